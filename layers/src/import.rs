@@ -1,0 +1,138 @@
+//! Turning an existing tar (a root filesystem from mmdebstrap, say) into a
+//! layer: its entries are checked, its bytes kept as they are, then gzipped.
+
+use std::io::{self, Read, Write};
+
+use crate::digest::{HashingWriter, LayerDigests};
+use crate::pargz::ParallelGzWriter;
+use crate::LayerError;
+
+/// Copies everything read from `inner` into `copy` as well.
+struct TeeReader<R, W> {
+    inner: R,
+    copy: W,
+}
+
+impl<R: Read, W: Write> Read for TeeReader<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.copy.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
+
+/// Validates the tar read from `source` and writes it, unchanged, gzipped to
+/// `sink`, in one pass. `name` is used in error messages only.
+///
+/// Refused: data that is not a tar, an empty archive, and any entry or hard
+/// link whose path climbs out of the root with `..`. Absolute paths are kept,
+/// as every runtime resolves them against the layer root.
+pub fn gzip_existing_tar<R: Read, W: Write>(
+    name: &str,
+    source: R,
+    sink: W,
+    workers: usize,
+) -> Result<(LayerDigests, W), LayerError> {
+    let bad = |why: String| LayerError::BadTar(format!("{name}: {why}"));
+    let compressed = HashingWriter::new(sink);
+    let gz = ParallelGzWriter::new(compressed, workers).map_err(LayerError::Write)?;
+    let uncompressed = HashingWriter::new(gz);
+    let mut tee = TeeReader {
+        inner: source,
+        copy: uncompressed,
+    };
+    let mut count = 0usize;
+    {
+        let mut archive = tar::Archive::new(&mut tee);
+        let entries = archive
+            .entries()
+            .map_err(|e| bad(format!("not a tar archive ({e})")))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| bad(format!("not a valid tar archive ({e})")))?;
+            let path = entry
+                .path_bytes()
+                .into_owned();
+            check_path(&path).map_err(|why| {
+                bad(format!(
+                    "entry {:?} {why}",
+                    String::from_utf8_lossy(&path)
+                ))
+            })?;
+            if entry.header().entry_type() == tar::EntryType::Link {
+                if let Some(target) = entry.link_name_bytes() {
+                    check_path(&target).map_err(|why| {
+                        bad(format!(
+                            "hard link {:?} -> {:?} {why}",
+                            String::from_utf8_lossy(&path),
+                            String::from_utf8_lossy(&target)
+                        ))
+                    })?;
+                }
+            }
+            count += 1;
+        }
+    }
+    if count == 0 {
+        return Err(bad("not a tar archive, or an empty one".into()));
+    }
+    // The end-of-archive blocks and record padding are part of the layer too.
+    io::copy(&mut tee, &mut io::sink()).map_err(LayerError::Write)?;
+    let (diff_id, uncompressed_size, gz) = tee.copy.finish();
+    let compressed = gz.finish().map_err(LayerError::Write)?;
+    let (digest, size, sink) = compressed.finish();
+    Ok((
+        LayerDigests {
+            diff_id,
+            digest,
+            size,
+            uncompressed_size,
+        },
+        sink,
+    ))
+}
+
+fn check_path(path: &[u8]) -> Result<(), &'static str> {
+    if path.split(|b| *b == b'/').any(|part| part == b"..") {
+        return Err("climbs out of the root with '..'");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_with(path: &str) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(1);
+        header.set_mode(0o644);
+        // Bypass tar-rs's own '..' check to make the hostile archive.
+        header.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+        header.set_cksum();
+        builder.append(&header, &b"x"[..]).unwrap();
+        builder.into_inner().unwrap()
+    }
+
+    #[test]
+    fn keeps_bytes_and_refuses_escapes() {
+        let good = tar_with("./etc/hostname");
+        let (digests, gz) = gzip_existing_tar("good.tar", &good[..], Vec::new(), 2).unwrap();
+        let mut back = Vec::new();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(back, good);
+        assert_eq!(digests.uncompressed_size, good.len() as u64);
+
+        let err = gzip_existing_tar("bad.tar", &tar_with("../etc/passwd")[..], Vec::new(), 1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bad.tar") && err.contains(".."), "{err}");
+
+        let err = gzip_existing_tar("text.tar", &b"hello, not a tar\n"[..], Vec::new(), 1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a"), "{err}");
+    }
+}

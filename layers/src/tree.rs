@@ -1,0 +1,451 @@
+//! A layer described as a sorted tree of entries, and its deterministic tar.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+
+use sha2::{Digest as _, Sha256};
+
+use crate::digest::{HashingWriter, LayerDigests};
+use crate::pargz::ParallelGzWriter;
+use crate::LayerError;
+
+/// Where a regular file's bytes come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    Bytes(Vec<u8>),
+    /// Read when the layer is written; its length must not change meanwhile.
+    File(PathBuf),
+}
+
+/// One entry of a layer. Modes are not stored: they are normalised when
+/// written (directories 0755, files 0644 or 0755, symlinks 0777).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Node {
+    Dir,
+    File { content: Content, executable: bool },
+    Symlink { target: String },
+}
+
+/// Fixed settings of the tar stream.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteOptions {
+    /// Every entry's mtime (seconds since the Unix epoch).
+    pub mtime: u64,
+    /// Gzip worker threads; 0 means one per core. Never changes the bytes.
+    pub workers: usize,
+}
+
+/// A layer's entries keyed by their path inside the image, without leading or
+/// trailing slash. Keys sort by bytes, which is the order they are written in;
+/// every parent directory is present.
+#[derive(Debug, Default, Clone)]
+pub struct LayerTree {
+    nodes: BTreeMap<String, Node>,
+}
+
+/// Bumped whenever the tar or gzip format changes, so cached layers made by
+/// an older writer are not reused.
+const FORMAT_VERSION: &str = "dallinger-oci-layers/1";
+
+impl LayerTree {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Node)> {
+        self.nodes.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    pub fn get(&self, path: &str) -> Option<&Node> {
+        self.nodes.get(path)
+    }
+
+    pub fn add_dir(&mut self, path: &str) -> Result<(), LayerError> {
+        self.insert(path, Node::Dir)
+    }
+
+    pub fn add_file(
+        &mut self,
+        path: &str,
+        content: Content,
+        executable: bool,
+    ) -> Result<(), LayerError> {
+        self.insert(
+            path,
+            Node::File {
+                content,
+                executable,
+            },
+        )
+    }
+
+    pub fn add_symlink(&mut self, path: &str, target: &str) -> Result<(), LayerError> {
+        if target.is_empty() || target.contains('\0') {
+            return Err(LayerError::InvalidPath {
+                path: path.to_string(),
+                reason: "symlink target is empty or contains NUL".into(),
+            });
+        }
+        self.insert(
+            path,
+            Node::Symlink {
+                target: target.to_string(),
+            },
+        )
+    }
+
+    /// Adds `node` at `path` and every missing parent directory. A path may be
+    /// added twice only as a directory; anything else is a collision.
+    fn insert(&mut self, path: &str, node: Node) -> Result<(), LayerError> {
+        let path = normalise(path)?;
+        let mut parent = String::new();
+        let parts: Vec<&str> = path.split('/').collect();
+        for part in &parts[..parts.len() - 1] {
+            if !parent.is_empty() {
+                parent.push('/');
+            }
+            parent.push_str(part);
+            match self.nodes.get(&parent) {
+                None => {
+                    self.nodes.insert(parent.clone(), Node::Dir);
+                }
+                Some(Node::Dir) => {}
+                Some(_) => {
+                    return Err(LayerError::Collision {
+                        path: parent,
+                        reason: format!("it is a file but {path} needs it to be a directory"),
+                    })
+                }
+            }
+        }
+        match (self.nodes.get(&path), &node) {
+            (None, _) => {
+                self.nodes.insert(path, node);
+                Ok(())
+            }
+            (Some(Node::Dir), Node::Dir) => Ok(()),
+            (Some(_), _) => Err(LayerError::Collision {
+                reason: "it was added twice".into(),
+                path,
+            }),
+        }
+    }
+
+    /// A digest of everything that determines the layer's bytes: paths,
+    /// kinds, modes, contents, link targets, the mtime and the format version.
+    /// Reads every file once. Equal keys mean equal layers, so a cached blob
+    /// can be reused without writing the tar again.
+    pub fn input_key(&self, options: &WriteOptions) -> Result<String, LayerError> {
+        let mut hasher = Sha256::new();
+        hasher.update(FORMAT_VERSION.as_bytes());
+        hasher.update(crate::pargz::COMPRESSOR_ID.as_bytes());
+        hasher.update(options.mtime.to_le_bytes());
+        for (path, node) in &self.nodes {
+            hasher.update(path.as_bytes());
+            hasher.update([0]);
+            match node {
+                Node::Dir => hasher.update(b"d"),
+                Node::Symlink { target } => {
+                    hasher.update(b"l");
+                    hasher.update(target.as_bytes());
+                }
+                Node::File {
+                    content,
+                    executable,
+                } => {
+                    hasher.update(if *executable { b"x" } else { b"f" });
+                    let mut content_hash = HashingWriter::new(io::sink());
+                    match content {
+                        Content::Bytes(bytes) => content_hash
+                            .write_all(bytes)
+                            .map_err(LayerError::Write)?,
+                        Content::File(source) => {
+                            let mut file = open(source)?;
+                            io::copy(&mut file, &mut content_hash)
+                                .map_err(|e| LayerError::read(source, e))?;
+                        }
+                    }
+                    hasher.update(content_hash.finish().0.as_bytes());
+                }
+            }
+            hasher.update([0]);
+        }
+        Ok(hex::encode(hasher.finalize()))
+    }
+
+    /// Writes the gzipped tar to `sink` and returns its digests.
+    pub fn write<W: Write>(
+        &self,
+        options: &WriteOptions,
+        sink: W,
+    ) -> Result<(LayerDigests, W), LayerError> {
+        let compressed = HashingWriter::new(sink);
+        let gz = ParallelGzWriter::new(compressed, options.workers).map_err(LayerError::Write)?;
+        let mut tar = tar::Builder::new(HashingWriter::new(gz));
+        for (path, node) in &self.nodes {
+            self.append(&mut tar, path, node, options.mtime)?;
+        }
+        let uncompressed = tar.into_inner().map_err(LayerError::Write)?;
+        let (diff_id, uncompressed_size, gz) = uncompressed.finish();
+        let compressed = gz.finish().map_err(LayerError::Write)?;
+        let (digest, size, sink) = compressed.finish();
+        Ok((
+            LayerDigests {
+                diff_id,
+                digest,
+                size,
+                uncompressed_size,
+            },
+            sink,
+        ))
+    }
+
+    fn append<W: Write>(
+        &self,
+        tar: &mut tar::Builder<W>,
+        path: &str,
+        node: &Node,
+        mtime: u64,
+    ) -> Result<(), LayerError> {
+        let mut header = tar::Header::new_ustar();
+        header.set_mtime(mtime);
+        header.set_uid(0);
+        header.set_gid(0);
+        let mut pax: Vec<(&str, Vec<u8>)> = Vec::new();
+        let name = match node {
+            Node::Dir => format!("{path}/"),
+            _ => path.to_string(),
+        };
+        if header.set_path(&name).is_err() {
+            pax.push(("path", name.clone().into_bytes()));
+            set_truncated_name(&mut header, &name);
+        }
+        match node {
+            Node::Dir => {
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_mode(0o755);
+                header.set_size(0);
+                write_pax(tar, &pax)?;
+                header.set_cksum();
+                tar.append(&header, io::empty()).map_err(LayerError::Write)?;
+            }
+            Node::Symlink { target } => {
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_mode(0o777);
+                header.set_size(0);
+                if header.set_link_name(target).is_err() {
+                    pax.push(("linkpath", target.clone().into_bytes()));
+                }
+                write_pax(tar, &pax)?;
+                header.set_cksum();
+                tar.append(&header, io::empty()).map_err(LayerError::Write)?;
+            }
+            Node::File {
+                content,
+                executable,
+            } => {
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_mode(if *executable { 0o755 } else { 0o644 });
+                match content {
+                    Content::Bytes(bytes) => {
+                        header.set_size(bytes.len() as u64);
+                        write_pax(tar, &pax)?;
+                        header.set_cksum();
+                        tar.append(&header, &bytes[..])
+                            .map_err(LayerError::Write)?;
+                    }
+                    Content::File(source) => {
+                        let file = open(source)?;
+                        let len = file
+                            .metadata()
+                            .map_err(|e| LayerError::read(source, e))?
+                            .len();
+                        header.set_size(len);
+                        write_pax(tar, &pax)?;
+                        header.set_cksum();
+                        let mut reader = ExactReader {
+                            inner: file.take(len),
+                            remaining: len,
+                            source: source.clone(),
+                        };
+                        tar.append(&header, &mut reader).map_err(|e| {
+                            if e.kind() == io::ErrorKind::UnexpectedEof {
+                                LayerError::Changed {
+                                    path: source.clone(),
+                                }
+                            } else {
+                                LayerError::Write(e)
+                            }
+                        })?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn write_pax<W: Write>(
+    tar: &mut tar::Builder<W>,
+    records: &[(&str, Vec<u8>)],
+) -> Result<(), LayerError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    tar.append_pax_extensions(records.iter().map(|(k, v)| (*k, v.as_slice())))
+        .map_err(LayerError::Write)
+}
+
+/// The ustar name field of an entry whose real path is in a PAX record: its
+/// first 100 bytes, as Go's archive/tar keeps a best-effort short name.
+fn set_truncated_name(header: &mut tar::Header, name: &str) {
+    let ustar = header.as_ustar_mut().expect("ustar header");
+    let bytes = name.as_bytes();
+    let n = bytes.len().min(ustar.name.len());
+    ustar.name[..n].copy_from_slice(&bytes[..n]);
+}
+
+/// Fails with UnexpectedEof when the file is shorter than its header says,
+/// so a file truncated during the build cannot produce a corrupt tar.
+struct ExactReader<R> {
+    inner: R,
+    remaining: u64,
+    source: PathBuf,
+}
+
+impl<R: Read> Read for ExactReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && self.remaining > 0 && !buf.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{} shrank while it was read", self.source.display()),
+            ));
+        }
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
+
+fn open(path: &PathBuf) -> Result<File, LayerError> {
+    File::open(path).map_err(|e| LayerError::read(path, e))
+}
+
+/// Checks a layer path and returns it without `./`, leading or trailing slash.
+fn normalise(path: &str) -> Result<String, LayerError> {
+    let invalid = |reason: &str| LayerError::InvalidPath {
+        path: path.to_string(),
+        reason: reason.to_string(),
+    };
+    if path.contains('\0') {
+        return Err(invalid("contains NUL"));
+    }
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    if parts.is_empty() {
+        return Err(invalid("names no entry"));
+    }
+    if parts.contains(&"..") {
+        return Err(invalid("contains '..'"));
+    }
+    Ok(parts.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> WriteOptions {
+        WriteOptions {
+            mtime: 946_684_800,
+            workers: 2,
+        }
+    }
+
+    #[test]
+    fn parents_are_added_and_collisions_refused() {
+        let mut tree = LayerTree::new();
+        tree.add_file("a/b/c.txt", Content::Bytes(b"x".to_vec()), false)
+            .unwrap();
+        let keys: Vec<&str> = tree.iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["a", "a/b", "a/b/c.txt"]);
+        assert!(tree
+            .add_file("a/b/c.txt", Content::Bytes(vec![]), false)
+            .is_err());
+        assert!(tree
+            .add_file("a/b/c.txt/d", Content::Bytes(vec![]), false)
+            .is_err());
+        assert!(tree.add_dir("../x").is_err());
+        tree.add_dir("./a/b/").unwrap();
+    }
+
+    #[test]
+    fn tar_entries_are_normalised_and_sorted() {
+        let mut tree = LayerTree::new();
+        let long = format!("d/{}", "n".repeat(150));
+        tree.add_file("z.sh", Content::Bytes(b"#!/bin/sh\n".to_vec()), true)
+            .unwrap();
+        tree.add_file(&long, Content::Bytes(b"long".to_vec()), false)
+            .unwrap();
+        tree.add_symlink("d/link", "../z.sh").unwrap();
+        let (digests, bytes) = tree.write(&options(), Vec::new()).unwrap();
+        assert_eq!(digests.size, bytes.len() as u64);
+        let mut tar_bytes = Vec::new();
+        flate2::read::GzDecoder::new(&bytes[..])
+            .read_to_end(&mut tar_bytes)
+            .unwrap();
+        assert_eq!(digests.uncompressed_size, tar_bytes.len() as u64);
+        assert_eq!(
+            digests.diff_id,
+            format!("sha256:{}", hex::encode(Sha256::digest(&tar_bytes)))
+        );
+        let mut archive = tar::Archive::new(&tar_bytes[..]);
+        let seen: Vec<(String, u32, u64, u64)> = archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let h = e.header();
+                (
+                    e.path().unwrap().to_string_lossy().into_owned(),
+                    h.mode().unwrap(),
+                    h.uid().unwrap(),
+                    h.mtime().unwrap(),
+                )
+            })
+            .collect();
+        let names: Vec<&str> = seen.iter().map(|s| s.0.as_str()).collect();
+        assert_eq!(names, ["d/", "d/link", long.as_str(), "z.sh"]);
+        assert_eq!(seen[0].1, 0o755);
+        assert_eq!(seen[1].1, 0o777);
+        assert_eq!(seen[2].1, 0o644);
+        assert_eq!(seen[3].1, 0o755);
+        assert!(seen.iter().all(|s| s.2 == 0 && s.3 == 946_684_800));
+    }
+
+    #[test]
+    fn same_tree_gives_same_bytes_and_key() {
+        let build = |order: &[&str]| {
+            let mut tree = LayerTree::new();
+            for name in order {
+                tree.add_file(name, Content::Bytes(name.as_bytes().to_vec()), false)
+                    .unwrap();
+            }
+            let key = tree.input_key(&options()).unwrap();
+            (tree.write(&options(), Vec::new()).unwrap().1, key)
+        };
+        assert_eq!(build(&["b", "a/x", "c"]), build(&["c", "a/x", "b"]));
+    }
+}
