@@ -46,18 +46,13 @@ pub fn gzip_existing_tar<R: Read, W: Write>(
         let mut archive = tar::Archive::new(&mut tee);
         let entries = archive
             .entries()
-            .map_err(|e| bad(format!("not a tar archive ({e})")))?;
+            .map_err(|e| bad(format!("not a tar archive ({})", first_line(&e))))?;
         for entry in entries {
-            let entry = entry.map_err(|e| bad(format!("not a valid tar archive ({e})")))?;
-            let path = entry
-                .path_bytes()
-                .into_owned();
-            check_path(&path).map_err(|why| {
-                bad(format!(
-                    "entry {:?} {why}",
-                    String::from_utf8_lossy(&path)
-                ))
-            })?;
+            let entry =
+                entry.map_err(|e| bad(format!("not a valid tar archive ({})", first_line(&e))))?;
+            let path = entry.path_bytes().into_owned();
+            check_path(&path)
+                .map_err(|why| bad(format!("entry {:?} {why}", String::from_utf8_lossy(&path))))?;
             if entry.header().entry_type() == tar::EntryType::Link {
                 if let Some(target) = entry.link_name_bytes() {
                     check_path(&target).map_err(|why| {
@@ -89,6 +84,14 @@ pub fn gzip_existing_tar<R: Read, W: Write>(
         },
         sink,
     ))
+}
+
+/// tar-rs errors can quote raw header bytes; keep the message to one short line.
+fn first_line(error: &io::Error) -> String {
+    let text = error.to_string();
+    let line = text.lines().next().unwrap_or_default();
+    let short: String = line.chars().take(80).collect();
+    short.chars().filter(|c| !c.is_control()).collect()
 }
 
 fn check_path(path: &[u8]) -> Result<(), &'static str> {

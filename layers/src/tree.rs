@@ -166,9 +166,9 @@ impl LayerTree {
                     hasher.update(if *executable { b"x" } else { b"f" });
                     let mut content_hash = HashingWriter::new(io::sink());
                     match content {
-                        Content::Bytes(bytes) => content_hash
-                            .write_all(bytes)
-                            .map_err(LayerError::Write)?,
+                        Content::Bytes(bytes) => {
+                            content_hash.write_all(bytes).map_err(LayerError::Write)?
+                        }
                         Content::File(source) => {
                             let mut file = open(source)?;
                             io::copy(&mut file, &mut content_hash)
@@ -237,7 +237,8 @@ impl LayerTree {
                 header.set_size(0);
                 write_pax(tar, &pax)?;
                 header.set_cksum();
-                tar.append(&header, io::empty()).map_err(LayerError::Write)?;
+                tar.append(&header, io::empty())
+                    .map_err(LayerError::Write)?;
             }
             Node::Symlink { target } => {
                 header.set_entry_type(tar::EntryType::Symlink);
@@ -248,7 +249,8 @@ impl LayerTree {
                 }
                 write_pax(tar, &pax)?;
                 header.set_cksum();
-                tar.append(&header, io::empty()).map_err(LayerError::Write)?;
+                tar.append(&header, io::empty())
+                    .map_err(LayerError::Write)?;
             }
             Node::File {
                 content,
@@ -261,8 +263,7 @@ impl LayerTree {
                         header.set_size(bytes.len() as u64);
                         write_pax(tar, &pax)?;
                         header.set_cksum();
-                        tar.append(&header, &bytes[..])
-                            .map_err(LayerError::Write)?;
+                        tar.append(&header, &bytes[..]).map_err(LayerError::Write)?;
                     }
                     Content::File(source) => {
                         let file = open(source)?;

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the test suite uses. Tests never skip when a
+# tool is missing; they fail, so this must run first (scripts/test.sh does).
+set -euo pipefail
+packages=(
+  git            # experiment file sets and labels
+  skopeo         # independent check of layouts
+  umoci          # independent unpack of layouts
+  podman runc    # load and run archives (runc: crun fails on this kernel's cgroups)
+  aardvark-dns   # container name resolution for podman networks
+  busybox-static # a tiny runnable base for run tests
+  mmdebstrap     # the Python base root filesystem
+  docker-registry apache2-utils
+  hyperfine time # benchmarks
+  util-linux     # setpriv, to test unreadable files as another user
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Makes (or reuses) a Debian bookworm root filesystem with Python, for use as
+# `--base rootfs:FILE`. Prints the tarball's path. The tarball is cached under
+# the dallinger-oci cache, keyed by every option that shapes it, and is
+# byte-reproducible for a given state of the Debian archive (SOURCE_DATE_EPOCH).
+set -euo pipefail
+
+suite=${BASE_SUITE:-bookworm}
+variant=${BASE_VARIANT:-apt}
+packages=${BASE_PACKAGES:-python3,libpq5,libstdc++6}
+mirror=${BASE_MIRROR:-http://deb.debian.org/debian}
+epoch=${BASE_SOURCE_DATE_EPOCH:-946684800}
+
+cache=${DALLINGER_OCI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dallinger-oci}
+key=$(printf '%s\n' "$suite" "$variant" "$packages" "$mirror" "$epoch" | sha256sum | cut -c1-16)
+out="$cache/bases/$suite-python-$key.tar"
+
+if [ ! -s "$out" ]; then
+  command -v mmdebstrap >/dev/null || {
+    echo "installing mmdebstrap" >&2
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >&2
+  }
+  mkdir -p "$(dirname "$out")"
+  tmp="$out.partial.$$"
+  trap 'rm -f "$tmp"' EXIT
+  echo "making the $suite Python base with mmdebstrap (about 30 s)" >&2
+  SOURCE_DATE_EPOCH=$epoch mmdebstrap --quiet --variant="$variant" --include="$packages" \
+    --mode=root --format=tar "$suite" "$tmp" "$mirror" >&2
+  mv "$tmp" "$out"
+fi
+echo "$out"

@@ -1,0 +1,262 @@
+//! Base images: where they come from (`scratch`, an OCI layout, a root
+//! filesystem tarball) and what they give the build: a config, layers in the
+//! store, and the name and digest recorded in the image's labels.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use dallinger_oci_layers::{gzip_existing_tar, COMPRESSOR_ID, MEDIA_TYPE_GZIP_LAYER};
+use serde_json::{json, Value};
+
+use crate::image::store::{sha256_file, BlobStore, StoredLayer};
+use crate::image::{layout, Image, ImageLayer, ANNOTATION_COMPRESSOR};
+
+/// Where the base image comes from, as given on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BaseRef {
+    Scratch,
+    OciLayout { dir: PathBuf, tag: Option<String> },
+    Rootfs { file: PathBuf },
+}
+
+impl BaseRef {
+    pub fn parse(text: &str) -> Result<BaseRef> {
+        if text == "scratch" {
+            return Ok(BaseRef::Scratch);
+        }
+        if let Some(rest) = text.strip_prefix("oci:") {
+            let (dir, tag) = split_dir_and_tag(rest);
+            return Ok(BaseRef::OciLayout { dir, tag });
+        }
+        if let Some(file) = text.strip_prefix("rootfs:") {
+            if file.is_empty() {
+                bail!("base {text:?} names no file: use rootfs:FILE.tar");
+            }
+            return Ok(BaseRef::Rootfs {
+                file: PathBuf::from(file),
+            });
+        }
+        bail!(
+                "base {text:?}: registry bases (docker://HOST/REPO:TAG) are not supported yet; \
+             use oci:DIR[:TAG], rootfs:FILE.tar or scratch (e.g. `skopeo copy docker://{} oci:base:latest`)",
+            text.trim_start_matches("docker://")
+        )
+    }
+}
+
+/// Splits `DIR[:TAG]`: a final `:` part without `/` is the tag.
+pub fn split_dir_and_tag(text: &str) -> (PathBuf, Option<String>) {
+    match text.rsplit_once(':') {
+        Some((dir, tag)) if !tag.contains('/') && !tag.is_empty() && !dir.is_empty() => {
+            (PathBuf::from(dir), Some(tag.to_string()))
+        }
+        _ => (PathBuf::from(text), None),
+    }
+}
+
+/// A resolved base image: every layer blob is in the store.
+pub struct BaseImage {
+    pub config: Value,
+    pub layers: Vec<ImageLayer>,
+    /// `org.opencontainers.image.base.name`, when the base has a portable name.
+    pub name: Option<String>,
+    /// `org.opencontainers.image.base.digest`: the base manifest's digest.
+    pub digest: Option<String>,
+}
+
+/// `os/arch` for bases that do not say (scratch, root filesystems). Fixed,
+/// never the host's, so the same command gives the same image everywhere.
+pub const DEFAULT_PLATFORM: &str = "linux/amd64";
+
+pub fn resolve(base: &BaseRef, store: &BlobStore, platform: &str, epoch: u64) -> Result<BaseImage> {
+    match base {
+        BaseRef::Scratch => Ok(BaseImage {
+            config: empty_config(platform),
+            layers: Vec::new(),
+            name: None,
+            digest: None,
+        }),
+        BaseRef::OciLayout { dir, tag } => from_layout(dir, tag.as_deref(), store, platform),
+        BaseRef::Rootfs { file } => from_rootfs(file, store, platform, epoch),
+    }
+}
+
+fn empty_config(platform: &str) -> Value {
+    let (os, arch) = platform.split_once('/').unwrap_or(("linux", platform));
+    json!({
+        "architecture": arch,
+        "os": os,
+        "config": {
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+        },
+        "rootfs": {"type": "layers", "diff_ids": []},
+        "history": [],
+    })
+}
+
+fn from_layout(
+    dir: &Path,
+    tag: Option<&str>,
+    store: &BlobStore,
+    platform: &str,
+) -> Result<BaseImage> {
+    let found = layout::find_manifest(dir, tag, platform)
+        .with_context(|| format!("base oci:{}", dir.display()))?;
+    let manifest: Value = serde_json::from_slice(&found.bytes)?;
+    let config_digest = manifest
+        .pointer("/config/digest")
+        .and_then(Value::as_str)
+        .context("the base manifest has no config")?;
+    let config: Value = serde_json::from_slice(&layout::read_verified(dir, config_digest)?)
+        .context("the base image config is not JSON")?;
+    let diff_ids: Vec<String> = config
+        .pointer("/rootfs/diff_ids")
+        .and_then(Value::as_array)
+        .context("the base image config has no rootfs.diff_ids")?
+        .iter()
+        .filter_map(|v| v.as_str().map(String::from))
+        .collect();
+    let descriptors = manifest
+        .get("layers")
+        .and_then(Value::as_array)
+        .context("the base manifest has no layers list")?;
+    if descriptors.len() != diff_ids.len() {
+        bail!(
+            "the base image in {} lists {} layers but its config {} diff_ids",
+            dir.display(),
+            descriptors.len(),
+            diff_ids.len()
+        );
+    }
+    let mut layers = Vec::new();
+    for (descriptor, diff_id) in descriptors.iter().zip(diff_ids) {
+        let digest = descriptor
+            .get("digest")
+            .and_then(Value::as_str)
+            .context("a base layer has no digest")?;
+        let size = descriptor
+            .get("size")
+            .and_then(Value::as_u64)
+            .context("a base layer has no size")?;
+        let media_type = descriptor
+            .get("mediaType")
+            .and_then(Value::as_str)
+            .unwrap_or(MEDIA_TYPE_GZIP_LAYER);
+        store.import_blob(&layout::blob_path(dir, digest)?, digest, size)?;
+        let annotations: BTreeMap<String, String> = descriptor
+            .get("annotations")
+            .and_then(|a| serde_json::from_value(a.clone()).ok())
+            .unwrap_or_default();
+        layers.push(ImageLayer {
+            blob: StoredLayer {
+                diff_id,
+                digest: digest.to_string(),
+                size,
+                media_type: media_type.to_string(),
+            },
+            annotations,
+        });
+    }
+    // A ref name that is a full image reference is a portable base name; a
+    // bare tag or a local directory is not, and no host path may enter the image.
+    let name = found.ref_name.filter(|n| n.contains('/'));
+    Ok(BaseImage {
+        config,
+        layers,
+        name,
+        digest: Some(found.digest),
+    })
+}
+
+fn from_rootfs(file: &Path, store: &BlobStore, platform: &str, epoch: u64) -> Result<BaseImage> {
+    let meta = fs::metadata(file)
+        .with_context(|| format!("cannot read the base root filesystem {}", file.display()))?;
+    if !meta.is_file() {
+        bail!("base rootfs:{} is not a file", file.display());
+    }
+    let content = sha256_file(file)?;
+    let key = format!(
+        "rootfs-{}-{}",
+        &content["sha256:".len()..],
+        short_hash(COMPRESSOR_ID)
+    );
+    let blob = match store.cached_layer(&key) {
+        Some(layer) => layer,
+        None => {
+            let display = file.display().to_string();
+            let reader = BufReader::with_capacity(1 << 20, File::open(file)?);
+            let layer = store.put_layer_with(MEDIA_TYPE_GZIP_LAYER, |sink| {
+                Ok(gzip_existing_tar(
+                    &format!("base rootfs:{display}"),
+                    reader,
+                    sink,
+                    0,
+                )?)
+            })?;
+            store.remember_layer(&key, &layer)?;
+            layer
+        }
+    };
+    let layer = ImageLayer {
+        blob,
+        annotations: BTreeMap::from([(
+            ANNOTATION_COMPRESSOR.to_string(),
+            COMPRESSOR_ID.to_string(),
+        )]),
+    };
+    let mut config = empty_config(platform);
+    config["created"] = json!(crate::image::rfc3339(epoch)?);
+    config["rootfs"]["diff_ids"] = json!([layer.blob.diff_id]);
+    config["history"] = json!([{
+        "created": crate::image::rfc3339(epoch)?,
+        "created_by": "dallinger-oci: root filesystem imported from a tarball",
+    }]);
+    // The base as an image of its own, so its digest can be recorded.
+    let base_image = Image::assemble(store, &config, vec![layer.clone()])?;
+    Ok(BaseImage {
+        config,
+        layers: vec![layer],
+        name: None,
+        digest: Some(base_image.manifest_digest),
+    })
+}
+
+fn short_hash(text: &str) -> String {
+    crate::image::store::sha256_digest(text.as_bytes())["sha256:".len().."sha256:".len() + 12]
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_base_references() {
+        assert_eq!(BaseRef::parse("scratch").unwrap(), BaseRef::Scratch);
+        assert_eq!(
+            BaseRef::parse("oci:some/dir:v1").unwrap(),
+            BaseRef::OciLayout {
+                dir: "some/dir".into(),
+                tag: Some("v1".into())
+            }
+        );
+        assert_eq!(
+            BaseRef::parse("oci:/abs/dir").unwrap(),
+            BaseRef::OciLayout {
+                dir: "/abs/dir".into(),
+                tag: None
+            }
+        );
+        assert_eq!(
+            BaseRef::parse("rootfs:base.tar").unwrap(),
+            BaseRef::Rootfs {
+                file: "base.tar".into()
+            }
+        );
+        let err = BaseRef::parse("ghcr.io/dallinger/dallinger:12.3.0").unwrap_err();
+        assert!(err.to_string().contains("not supported yet"), "{err}");
+    }
+}

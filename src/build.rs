@@ -1,0 +1,345 @@
+//! `build`: experiment → layers → image → outputs, in one direction.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use dallinger_oci_layers::{
+    Content, LayerTree, WriteOptions, COMPRESSOR_ID, MEDIA_TYPE_GZIP_LAYER,
+};
+
+use crate::base::{self, BaseRef};
+use crate::experiment::{Experiment, FileKind, LoadOptions};
+use crate::image::store::{BlobStore, StoredLayer};
+use crate::image::{
+    self, archive, layout, ConfigChanges, Image, ImageLayer, ANNOTATION_COMPRESSOR,
+};
+
+/// Seconds since the epoch used for every time in an image when
+/// `SOURCE_DATE_EPOCH` is not set: 2000-01-01T00:00:00Z, fixed and after 1980
+/// (zip-based tools reject earlier times).
+pub const DEFAULT_EPOCH: u64 = 946_684_800;
+
+/// Where the image goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputRef {
+    OciLayout { dir: PathBuf, tag: Option<String> },
+    DockerArchive { file: PathBuf },
+}
+
+impl OutputRef {
+    pub fn parse(text: &str) -> Result<OutputRef> {
+        if let Some(rest) = text.strip_prefix("oci:") {
+            let (dir, tag) = base::split_dir_and_tag(rest);
+            if dir.as_os_str().is_empty() {
+                bail!("output {text:?} names no directory: use oci:DIR[:TAG]");
+            }
+            return Ok(OutputRef::OciLayout { dir, tag });
+        }
+        if let Some(file) = text.strip_prefix("docker-archive:") {
+            if file.is_empty() {
+                bail!("output {text:?} names no file: use docker-archive:FILE");
+            }
+            return Ok(OutputRef::DockerArchive {
+                file: PathBuf::from(file),
+            });
+        }
+        bail!("unknown output {text:?}: use oci:DIR[:TAG] or docker-archive:FILE")
+    }
+
+    pub fn describe(&self, default_tag: &str) -> String {
+        match self {
+            OutputRef::OciLayout { dir, tag } => {
+                format!(
+                    "oci:{}:{}",
+                    dir.display(),
+                    tag.as_deref().unwrap_or(default_tag)
+                )
+            }
+            OutputRef::DockerArchive { file } => format!("docker-archive:{}", file.display()),
+        }
+    }
+}
+
+pub struct BuildRequest {
+    pub experiment_dir: PathBuf,
+    pub base: Option<String>,
+    pub outputs: Vec<OutputRef>,
+    pub tag: Option<String>,
+    pub cache_dir: PathBuf,
+    pub platform: Option<String>,
+    pub epoch: u64,
+    pub home_config: Option<PathBuf>,
+}
+
+pub struct BuildResult {
+    /// `REPOSITORY:TAG`.
+    pub image_name: String,
+    pub tag: String,
+    pub image: Image,
+    /// Whether the experiment layer came from the cache.
+    pub layer_reused: bool,
+}
+
+/// The epoch from `SOURCE_DATE_EPOCH`, or [`DEFAULT_EPOCH`].
+pub fn epoch_from_env() -> Result<u64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.trim().is_empty() => v.trim().parse().with_context(|| {
+            format!("SOURCE_DATE_EPOCH={v:?} is not a whole number of seconds since 1970")
+        }),
+        _ => Ok(DEFAULT_EPOCH),
+    }
+}
+
+pub fn build(request: &BuildRequest) -> Result<BuildResult> {
+    let experiment = Experiment::load(
+        &request.experiment_dir,
+        &LoadOptions {
+            home_config: request.home_config.clone(),
+        },
+    )?;
+    let tag = match &request.tag {
+        Some(tag) => validate_tag(tag)?,
+        None => experiment.default_tag(),
+    };
+    let repository = image_repository(&experiment, request)?;
+    let image_name = format!("{repository}:{tag}");
+
+    let base_text = match (&request.base, experiment.get("docker_base_image")) {
+        (Some(b), _) => b.clone(),
+        (None, Some(b)) => b.to_string(),
+        (None, None) => bail!(
+            "no base image: pass --base (oci:DIR[:TAG], rootfs:FILE.tar or scratch) \
+             or set docker_base_image under [Docker] in config.txt"
+        ),
+    };
+    let base_ref = BaseRef::parse(&base_text)?;
+    let platform = request
+        .platform
+        .as_deref()
+        .unwrap_or(base::DEFAULT_PLATFORM);
+    let store = BlobStore::open(&request.cache_dir)?;
+    let base = base::resolve(&base_ref, &store, platform, request.epoch)?;
+
+    let options = WriteOptions {
+        mtime: request.epoch,
+        workers: 0,
+    };
+    let tree = experiment_tree(&experiment)?;
+    let (code_layer, layer_reused) = layer_from_cache_or_write(&store, &tree, &options)?;
+    let code_layer = ImageLayer {
+        blob: code_layer,
+        annotations: BTreeMap::from([(
+            ANNOTATION_COMPRESSOR.to_string(),
+            COMPRESSOR_ID.to_string(),
+        )]),
+    };
+
+    let mut labels = BTreeMap::new();
+    if let Some(git) = &experiment.git {
+        if let Some(source) = &git.source {
+            labels.insert("org.opencontainers.image.source".into(), source.clone());
+        }
+        labels.insert(
+            "org.opencontainers.image.revision".into(),
+            git.revision.clone(),
+        );
+    }
+    if let Some(name) = &base.name {
+        labels.insert("org.opencontainers.image.base.name".into(), name.clone());
+    }
+    if let Some(digest) = &base.digest {
+        labels.insert(
+            "org.opencontainers.image.base.digest".into(),
+            digest.clone(),
+        );
+    }
+    // As Dallinger's generated Dockerfile: WORKDIR /experiment, ENV PORT=5000,
+    // shell-form CMD dallinger_heroku_web.
+    let changes = ConfigChanges {
+        epoch: request.epoch,
+        env: vec![("PORT".into(), "5000".into())],
+        working_dir: Some("/experiment".into()),
+        cmd: Some(vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "dallinger_heroku_web".into(),
+        ]),
+        labels,
+    };
+    let config = image::derive_config(
+        &base.config,
+        &changes,
+        &[(&code_layer, "dallinger-oci: experiment code at /experiment")],
+    )?;
+    let mut layers = base.layers;
+    layers.push(code_layer);
+    let image = Image::assemble(&store, &config, layers)?;
+
+    for output in &request.outputs {
+        match output {
+            OutputRef::OciLayout { dir, tag: out_tag } => {
+                layout::write(&store, &image, dir, out_tag.as_deref().unwrap_or(&tag))?
+            }
+            OutputRef::DockerArchive { file } => {
+                archive::write(&store, &image, file, &image_name, request.epoch)?
+            }
+        }
+    }
+    Ok(BuildResult {
+        image_name,
+        tag,
+        image,
+        layer_reused,
+    })
+}
+
+/// `docker_image_base_name`, or — for builds that name their own output or
+/// tag — the directory name, as Dallinger's `debug` does.
+fn image_repository(experiment: &Experiment, request: &BuildRequest) -> Result<String> {
+    if let Some(name) = experiment.get("docker_image_base_name") {
+        let name = name.trim();
+        if name.is_empty() || name.contains(char::is_whitespace) || name.contains('@') {
+            bail!(
+                "docker_image_base_name = {name:?} in config.txt is not an image repository \
+                 (e.g. ghcr.io/USER/EXPERIMENT)"
+            );
+        }
+        return Ok(name.to_string());
+    }
+    if request.tag.is_some() || !request.outputs.is_empty() {
+        return Ok(sanitise_repository(&experiment.dir_name()));
+    }
+    bail!(
+        "docker_image_base_name is not set: add `docker_image_base_name = ghcr.io/USER/EXPERIMENT` \
+         under [Docker] in {}/config.txt (or in ~/.dallingerconfig), or pass --output/--tag",
+        experiment.dir.display()
+    )
+}
+
+/// A repository name from a directory name: lowercase, other characters `-`.
+fn sanitise_repository(name: &str) -> String {
+    let cleaned: String = name
+        .to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let trimmed = cleaned.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    if trimmed.is_empty() {
+        "experiment".into()
+    } else {
+        trimmed.to_string()
+    }
+}
+
+fn validate_tag(tag: &str) -> Result<String> {
+    let ok = !tag.is_empty()
+        && tag.len() <= 128
+        && tag
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        && tag
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if !ok {
+        bail!("--tag {tag:?} is not a valid tag (letters, digits, '_', '.', '-'; at most 128; not starting with '.' or '-')");
+    }
+    Ok(tag.to_string())
+}
+
+/// The experiment-code layer: everything under `/experiment`.
+fn experiment_tree(experiment: &Experiment) -> Result<LayerTree> {
+    let mut tree = LayerTree::new();
+    tree.add_dir("experiment")?;
+    for file in &experiment.files {
+        let path = format!("experiment/{}", file.rel);
+        match &file.kind {
+            FileKind::File { source, executable } => {
+                tree.add_file(&path, Content::File(source.clone()), *executable)?
+            }
+            FileKind::Generated { bytes, executable } => {
+                tree.add_file(&path, Content::Bytes(bytes.clone()), *executable)?
+            }
+            FileKind::Symlink { target } => tree.add_symlink(&path, target)?,
+        }
+    }
+    Ok(tree)
+}
+
+/// The layer for `tree` from the store when its inputs were built before,
+/// else written now and remembered.
+fn layer_from_cache_or_write(
+    store: &BlobStore,
+    tree: &LayerTree,
+    options: &WriteOptions,
+) -> Result<(StoredLayer, bool)> {
+    let key = tree.input_key(options)?;
+    if let Some(layer) = store.cached_layer(&key) {
+        return Ok((layer, true));
+    }
+    let layer =
+        store.put_layer_with(MEDIA_TYPE_GZIP_LAYER, |sink| Ok(tree.write(options, sink)?))?;
+    store.remember_layer(&key, &layer)?;
+    Ok((layer, false))
+}
+
+/// The default cache directory: `$DALLINGER_OCI_CACHE` is handled by the CLI;
+/// this is the user cache dir's `dallinger-oci`.
+pub fn default_cache_dir() -> PathBuf {
+    dirs::cache_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("dallinger-oci")
+}
+
+/// Writes `sha256:HEX` and a newline to `path`, atomically.
+pub fn write_digest_file(path: &Path, digest: &str) -> Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let tmp = tempfile::NamedTempFile::new_in(parent)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    fs::write(tmp.path(), format!("{digest}\n"))?;
+    tmp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_outputs() {
+        assert_eq!(
+            OutputRef::parse("oci:out:v1").unwrap(),
+            OutputRef::OciLayout {
+                dir: "out".into(),
+                tag: Some("v1".into())
+            }
+        );
+        assert_eq!(
+            OutputRef::parse("docker-archive:x.tar").unwrap(),
+            OutputRef::DockerArchive {
+                file: "x.tar".into()
+            }
+        );
+        assert!(OutputRef::parse("dir:x").is_err());
+    }
+
+    #[test]
+    fn directory_names_become_repositories() {
+        assert_eq!(sanitise_repository("Bartlett 1932"), "bartlett-1932");
+        assert_eq!(sanitise_repository("--"), "experiment");
+        assert!(validate_tag("v1.0").is_ok());
+        assert!(validate_tag("-x").is_err());
+    }
+}

@@ -1,0 +1,143 @@
+//! `docker-archive` output: one tar that `docker load` and `podman load` read
+//! through its `manifest.json`, and that is also an OCI layout (`oci-layout`,
+//! `index.json`, `blobs/`), as `docker save` writes since Docker 25.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+
+use super::store::{hex_of, BlobStore};
+use super::{canonical_json, Image, ANNOTATION_REF_NAME, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST};
+
+/// Writes `image` to `path` as an archive naming it `name` (`REPO:TAG`).
+/// The archive is written under a temporary name and renamed when complete.
+pub fn write(store: &BlobStore, image: &Image, path: &Path, name: &str, epoch: u64) -> Result<()> {
+    if path.is_dir() {
+        anyhow::bail!(
+            "{} is a directory; docker-archive:FILE needs a file path",
+            path.display()
+        );
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".dallinger-oci-archive-")
+        .tempfile_in(parent)
+        .with_context(|| format!("cannot create a temporary file in {}", parent.display()))?;
+    let mut tar = tar::Builder::new(BufWriter::with_capacity(1 << 20, tmp.reopen()?));
+
+    let blob_name =
+        |digest: &str| -> Result<String> { Ok(format!("blobs/sha256/{}", hex_of(digest)?)) };
+    let docker_manifest = json!([{
+        "Config": blob_name(&image.config_digest)?,
+        "RepoTags": [name],
+        "Layers": image.layers.iter().map(|l| blob_name(&l.blob.digest)).collect::<Result<Vec<_>>>()?,
+    }]);
+    let tag = name.rsplit_once(':').map_or(name, |(_, t)| t);
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": MEDIA_TYPE_INDEX,
+        "manifests": [{
+            "mediaType": MEDIA_TYPE_MANIFEST,
+            "digest": image.manifest_digest,
+            "size": image.manifest_size(),
+            "annotations": {
+                ANNOTATION_REF_NAME: tag,
+                "io.containerd.image.name": name,
+            },
+        }],
+    });
+
+    // Entries in byte order of their names, each blob once.
+    let mut blobs: Vec<(String, u64)> = image
+        .layers
+        .iter()
+        .map(|l| (l.blob.digest.clone(), l.blob.size))
+        .collect();
+    blobs.push((image.config_digest.clone(), image.config_size));
+    blobs.push((image.manifest_digest.clone(), image.manifest_size()));
+    blobs.sort();
+    blobs.dedup();
+
+    append_dir(&mut tar, "blobs/", epoch)?;
+    append_dir(&mut tar, "blobs/sha256/", epoch)?;
+    for (digest, size) in &blobs {
+        let file = File::open(store.blob_path(digest)?)
+            .with_context(|| format!("blob {digest} is missing from the cache"))?;
+        append_file(&mut tar, &blob_name(digest)?, *size, file, epoch)?;
+    }
+    let index = canonical_json(&index);
+    append_file(
+        &mut tar,
+        "index.json",
+        index.len() as u64,
+        &index[..],
+        epoch,
+    )?;
+    let manifest = canonical_json(&docker_manifest);
+    append_file(
+        &mut tar,
+        "manifest.json",
+        manifest.len() as u64,
+        &manifest[..],
+        epoch,
+    )?;
+    let layout = br#"{"imageLayoutVersion":"1.0.0"}"#;
+    append_file(
+        &mut tar,
+        "oci-layout",
+        layout.len() as u64,
+        &layout[..],
+        epoch,
+    )?;
+
+    let writer = tar.into_inner()?;
+    let file = writer.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all().ok();
+    tmp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn header(
+    entry_type: tar::EntryType,
+    path: &str,
+    size: u64,
+    mode: u32,
+    epoch: u64,
+) -> Result<tar::Header> {
+    let mut header = tar::Header::new_ustar();
+    header.set_entry_type(entry_type);
+    header.set_path(path)?;
+    header.set_size(size);
+    header.set_mode(mode);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(epoch);
+    header.set_cksum();
+    Ok(header)
+}
+
+fn append_dir<W: io::Write>(tar: &mut tar::Builder<W>, path: &str, epoch: u64) -> Result<()> {
+    let h = header(tar::EntryType::Directory, path, 0, 0o755, epoch)?;
+    tar.append(&h, io::empty())?;
+    Ok(())
+}
+
+fn append_file<W: io::Write>(
+    tar: &mut tar::Builder<W>,
+    path: &str,
+    size: u64,
+    data: impl io::Read,
+    epoch: u64,
+) -> Result<()> {
+    let h = header(tar::EntryType::Regular, path, size, 0o644, epoch)?;
+    tar.append(&h, data)?;
+    Ok(())
+}

@@ -1,0 +1,252 @@
+//! OCI image layout directories: as a sink for built images and as a source
+//! of base images.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use super::store::{hex_of, BlobStore};
+use super::{canonical_json, Image, ANNOTATION_REF_NAME, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST};
+
+const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+
+/// Writes `image` into the layout at `dir` under the name `tag`.
+///
+/// A new layout is assembled beside `dir` and renamed into place, so a failed
+/// build leaves nothing behind. An existing layout gets the missing blobs and
+/// an `index.json` (replaced atomically) in which `tag` names this image.
+/// Anything else at `dir` is refused.
+pub fn write(store: &BlobStore, image: &Image, dir: &Path, tag: &str) -> Result<()> {
+    if dir.exists() {
+        if !is_layout(dir) {
+            bail!(
+                "{} exists and is not an OCI image layout (it has no oci-layout file); choose another output path or remove it",
+                dir.display()
+            );
+        }
+        copy_blobs(store, image, dir)?;
+        let index = updated_index(dir, image, tag)?;
+        write_atomically(&dir.join("index.json"), &canonical_json(&index))?;
+        return Ok(());
+    }
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".dallinger-oci-layout-")
+        .tempdir_in(&parent)
+        .with_context(|| {
+            format!(
+                "cannot create a temporary directory in {}",
+                parent.display()
+            )
+        })?;
+    fs::write(staging.path().join("oci-layout"), OCI_LAYOUT)?;
+    copy_blobs(store, image, staging.path())?;
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": MEDIA_TYPE_INDEX,
+        "manifests": [descriptor(image, tag)],
+    });
+    fs::write(staging.path().join("index.json"), canonical_json(&index))?;
+    let staged = staging.keep();
+    set_dir_modes(&staged)?;
+    fs::rename(&staged, dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(())
+}
+
+fn is_layout(dir: &Path) -> bool {
+    dir.is_dir() && dir.join("oci-layout").is_file()
+}
+
+/// tempdir creates 0700 directories; a layout is meant to be shared.
+fn set_dir_modes(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+fn descriptor(image: &Image, tag: &str) -> Value {
+    json!({
+        "mediaType": MEDIA_TYPE_MANIFEST,
+        "digest": image.manifest_digest,
+        "size": image.manifest_size(),
+        "annotations": { ANNOTATION_REF_NAME: tag },
+    })
+}
+
+fn updated_index(dir: &Path, image: &Image, tag: &str) -> Result<Value> {
+    let path = dir.join("index.json");
+    let mut index: Value = match fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not valid JSON", path.display()))?,
+        Err(_) => json!({"schemaVersion": 2, "mediaType": MEDIA_TYPE_INDEX, "manifests": []}),
+    };
+    let manifests = index
+        .get_mut("manifests")
+        .and_then(Value::as_array_mut)
+        .with_context(|| format!("{} has no manifests list", path.display()))?;
+    manifests.retain(|m| {
+        m.pointer("/annotations/org.opencontainers.image.ref.name")
+            .and_then(Value::as_str)
+            != Some(tag)
+    });
+    manifests.push(descriptor(image, tag));
+    Ok(index)
+}
+
+fn copy_blobs(store: &BlobStore, image: &Image, dir: &Path) -> Result<()> {
+    let blobs = dir.join("blobs/sha256");
+    fs::create_dir_all(&blobs)?;
+    let mut all: Vec<(&str, u64)> = image
+        .layers
+        .iter()
+        .map(|l| (l.blob.digest.as_str(), l.blob.size))
+        .collect();
+    all.push((&image.config_digest, image.config_size));
+    all.push((&image.manifest_digest, image.manifest_size()));
+    for (digest, size) in all {
+        let dest = blobs.join(hex_of(digest)?);
+        if fs::metadata(&dest).is_ok_and(|m| m.len() == size) {
+            continue;
+        }
+        let tmp = blobs.join(format!(".{}.partial", hex_of(digest)?));
+        fs::copy(store.blob_path(digest)?, &tmp)
+            .with_context(|| format!("cannot write {}", dest.display()))?;
+        fs::rename(&tmp, &dest)?;
+    }
+    Ok(())
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("json.partial");
+    fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// A manifest found in a layout, with its bytes verified.
+pub struct LayoutManifest {
+    pub digest: String,
+    pub bytes: Vec<u8>,
+    pub ref_name: Option<String>,
+}
+
+/// Finds the manifest named `tag` (or the only one) in the layout at `dir`,
+/// resolving an image index to the manifest for `platform` (`os/arch`).
+pub fn find_manifest(dir: &Path, tag: Option<&str>, platform: &str) -> Result<LayoutManifest> {
+    if !is_layout(dir) {
+        bail!(
+            "{} is not an OCI image layout (no oci-layout file)",
+            dir.display()
+        );
+    }
+    let index_path = dir.join("index.json");
+    let index: Value = serde_json::from_slice(
+        &fs::read(&index_path).with_context(|| format!("cannot read {}", index_path.display()))?,
+    )
+    .with_context(|| format!("{} is not valid JSON", index_path.display()))?;
+    let manifests = index
+        .get("manifests")
+        .and_then(Value::as_array)
+        .with_context(|| format!("{} has no manifests list", index_path.display()))?;
+    let name_of = |m: &Value| {
+        m.pointer("/annotations/org.opencontainers.image.ref.name")
+            .and_then(Value::as_str)
+            .map(String::from)
+    };
+    let chosen = match tag {
+        Some(tag) => manifests
+            .iter()
+            .find(|m| name_of(m).as_deref() == Some(tag))
+            .with_context(|| {
+                let names: Vec<String> = manifests.iter().filter_map(name_of).collect();
+                format!(
+                    "{} has no image named {tag:?} (it has: {})",
+                    dir.display(),
+                    if names.is_empty() {
+                        "none".into()
+                    } else {
+                        names.join(", ")
+                    }
+                )
+            })?,
+        None if manifests.len() == 1 => &manifests[0],
+        None => bail!(
+            "{} holds {} images; name one as oci:{}:TAG",
+            dir.display(),
+            manifests.len(),
+            dir.display()
+        ),
+    };
+    let ref_name = name_of(chosen);
+    let mut descriptor = chosen.clone();
+    // An index is resolved to one platform's manifest; nesting is bounded.
+    for _ in 0..4 {
+        let digest = descriptor
+            .get("digest")
+            .and_then(Value::as_str)
+            .context("a descriptor in index.json has no digest")?
+            .to_string();
+        let bytes = read_verified(dir, &digest)?;
+        let media_type = descriptor
+            .get("mediaType")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let parsed: Value = serde_json::from_slice(&bytes)
+            .with_context(|| format!("blob {digest} in {} is not JSON", dir.display()))?;
+        let is_index = media_type == MEDIA_TYPE_INDEX
+            || media_type == "application/vnd.docker.distribution.manifest.list.v2+json"
+            || parsed.get("manifests").is_some();
+        if !is_index {
+            return Ok(LayoutManifest {
+                digest,
+                bytes,
+                ref_name,
+            });
+        }
+        let (os, arch) = platform.split_once('/').unwrap_or(("linux", platform));
+        descriptor = parsed
+            .get("manifests")
+            .and_then(Value::as_array)
+            .and_then(|ms| {
+                ms.iter().find(|m| {
+                    m.pointer("/platform/os").and_then(Value::as_str) == Some(os)
+                        && m.pointer("/platform/architecture").and_then(Value::as_str) == Some(arch)
+                })
+            })
+            .cloned()
+            .with_context(|| {
+                format!(
+                    "the image index {digest} in {} has no manifest for {platform}",
+                    dir.display()
+                )
+            })?;
+    }
+    bail!("image indexes in {} are nested too deeply", dir.display())
+}
+
+/// Path of a blob inside a layout.
+pub fn blob_path(dir: &Path, digest: &str) -> Result<PathBuf> {
+    Ok(dir.join("blobs/sha256").join(hex_of(digest)?))
+}
+
+/// Reads a small blob from a layout and checks it against its digest.
+pub fn read_verified(dir: &Path, digest: &str) -> Result<Vec<u8>> {
+    let path = blob_path(dir, digest)?;
+    let bytes =
+        fs::read(&path).with_context(|| format!("{} lacks blob {digest}", dir.display()))?;
+    let actual = super::store::sha256_digest(&bytes);
+    if actual != digest {
+        bail!(
+            "blob {digest} in {} is corrupt (its content hashes to {actual})",
+            dir.display()
+        );
+    }
+    Ok(bytes)
+}

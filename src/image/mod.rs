@@ -1,0 +1,213 @@
+//! Images: a base (config plus layers), new layers on top, and the config and
+//! manifest that describe them, serialised canonically. Outputs (`layout`,
+//! `archive`) are sinks that copy an [`Image`] out of the [`store::BlobStore`].
+
+pub mod archive;
+pub mod layout;
+pub mod store;
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use store::{BlobStore, StoredLayer};
+
+pub const MEDIA_TYPE_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const MEDIA_TYPE_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const MEDIA_TYPE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// Which compressor made a layer: gzip bytes are only reproducible with the
+/// same one, so a reader (or a later rebuild) can tell.
+pub const ANNOTATION_COMPRESSOR: &str = "org.dallinger.oci.layer.compressor";
+
+/// Canonical JSON: serde_json's `Value` keeps object keys in a BTreeMap (the
+/// `preserve_order` feature is never enabled), so keys are sorted and the
+/// bytes depend only on the content.
+pub fn canonical_json(value: &Value) -> Vec<u8> {
+    serde_json::to_vec(value).expect("a JSON value always serialises")
+}
+
+/// A layer of an image: its blob, and annotations for its descriptor.
+#[derive(Debug, Clone)]
+pub struct ImageLayer {
+    pub blob: StoredLayer,
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// A finished image, every blob of it in the store.
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub layers: Vec<ImageLayer>,
+    pub config_digest: String,
+    pub config_size: u64,
+    pub manifest_bytes: Vec<u8>,
+    pub manifest_digest: String,
+}
+
+impl Image {
+    pub fn manifest_size(&self) -> u64 {
+        self.manifest_bytes.len() as u64
+    }
+
+    /// Stores `config` and the manifest over it and `layers`.
+    pub fn assemble(store: &BlobStore, config: &Value, layers: Vec<ImageLayer>) -> Result<Image> {
+        let config_bytes = canonical_json(config);
+        let config_digest = store.put_bytes(&config_bytes)?;
+        let layer_descriptors: Vec<Value> = layers
+            .iter()
+            .map(|layer| {
+                let mut d = json!({
+                    "mediaType": oci_layer_media_type(&layer.blob.media_type),
+                    "digest": layer.blob.digest,
+                    "size": layer.blob.size,
+                });
+                if !layer.annotations.is_empty() {
+                    d["annotations"] = json!(layer.annotations);
+                }
+                d
+            })
+            .collect();
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": MEDIA_TYPE_MANIFEST,
+            "config": {
+                "mediaType": MEDIA_TYPE_CONFIG,
+                "digest": config_digest,
+                "size": config_bytes.len(),
+            },
+            "layers": layer_descriptors,
+        });
+        let manifest_bytes = canonical_json(&manifest);
+        let manifest_digest = store.put_bytes(&manifest_bytes)?;
+        Ok(Image {
+            layers,
+            config_digest,
+            config_size: config_bytes.len() as u64,
+            manifest_bytes,
+            manifest_digest,
+        })
+    }
+}
+
+/// Docker schema 2 layer types carry the same bytes as their OCI
+/// counterparts; an OCI manifest must name the OCI type.
+pub fn oci_layer_media_type(media_type: &str) -> &str {
+    match media_type {
+        "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        }
+        "application/vnd.docker.image.rootfs.diff.tar" => "application/vnd.oci.image.layer.v1.tar",
+        other => other,
+    }
+}
+
+/// RFC 3339 UTC time of `epoch` seconds, as image configs store it.
+pub fn rfc3339(epoch: u64) -> Result<String> {
+    let time = time::OffsetDateTime::from_unix_timestamp(epoch as i64)
+        .with_context(|| format!("epoch {epoch} is out of range"))?;
+    Ok(time.format(&time::format_description::well_known::Rfc3339)?)
+}
+
+/// What the experiment stage adds to the base image's config.
+#[derive(Debug, Clone)]
+pub struct ConfigChanges {
+    pub epoch: u64,
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<String>,
+    pub cmd: Option<Vec<String>>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A new config from the base's: base fields kept as they are (including
+/// Docker-only ones such as Healthcheck), our changes applied, our layers
+/// appended to rootfs and history with the build epoch as their time.
+pub fn derive_config(
+    base_config: &Value,
+    changes: &ConfigChanges,
+    new_layers: &[(&ImageLayer, &str)],
+) -> Result<Value> {
+    let mut config = base_config.clone();
+    let Some(root) = config.as_object_mut() else {
+        bail!("the base image config is not a JSON object");
+    };
+    let created = rfc3339(changes.epoch)?;
+    root.insert("created".into(), json!(created));
+    let inner = root
+        .entry("config")
+        .or_insert_with(|| json!({}))
+        .as_object_mut()
+        .context("the base image config's \"config\" is not an object")?;
+    if !changes.env.is_empty() {
+        let mut env: Vec<String> = match inner.get("Env") {
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect(),
+            _ => Vec::new(),
+        };
+        for (key, value) in &changes.env {
+            let entry = format!("{key}={value}");
+            let prefix = format!("{key}=");
+            match env.iter_mut().find(|e| e.starts_with(&prefix)) {
+                Some(existing) => *existing = entry,
+                None => env.push(entry),
+            }
+        }
+        inner.insert("Env".into(), json!(env));
+    }
+    if let Some(dir) = &changes.working_dir {
+        inner.insert("WorkingDir".into(), json!(dir));
+    }
+    if let Some(cmd) = &changes.cmd {
+        inner.insert("Cmd".into(), json!(cmd));
+    }
+    if !changes.labels.is_empty() {
+        let labels = inner
+            .entry("Labels")
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+            .context("the base image's Labels is not an object")?;
+        for (k, v) in &changes.labels {
+            labels.insert(k.clone(), json!(v));
+        }
+    }
+    let rootfs = root
+        .entry("rootfs")
+        .or_insert_with(|| json!({"type": "layers", "diff_ids": []}));
+    let diff_ids = rootfs
+        .get_mut("diff_ids")
+        .and_then(Value::as_array_mut)
+        .context("the base image config has no rootfs.diff_ids list")?;
+    let base_layer_count = diff_ids.len();
+    for (layer, _) in new_layers {
+        diff_ids.push(json!(layer.blob.diff_id));
+    }
+    let history = root.entry("history").or_insert_with(|| json!([]));
+    let history = history
+        .as_array_mut()
+        .context("the base image's history is not a list")?;
+    // Tools that pair history with layers need one non-empty entry per base
+    // layer; a base without history gets placeholders.
+    let non_empty = history
+        .iter()
+        .filter(|h| {
+            !h.get("empty_layer")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+        })
+        .count();
+    if non_empty < base_layer_count {
+        for _ in non_empty..base_layer_count {
+            history.push(json!({"created": created, "created_by": "base image layer"}));
+        }
+    }
+    for (_, created_by) in new_layers {
+        history.push(json!({
+            "created": created,
+            "created_by": created_by,
+            "comment": "dallinger-oci",
+        }));
+    }
+    Ok(config)
+}

@@ -1,0 +1,167 @@
+//! Helpers shared by the integration tests: the binary, fixtures, tools.
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(rel: &str) -> PathBuf {
+    repo_root().join("fixtures").join(rel)
+}
+
+/// A tool the test needs. Missing tools fail the test: they never skip it.
+pub fn require_tool(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        let candidate = dir.join(name);
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!("{name} is not installed: run scripts/install-test-deps.sh (scripts/test.sh does)");
+}
+
+/// An isolated world for one test: a temp dir with a HOME and a cache.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        Sandbox {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn home(&self) -> PathBuf {
+        let home = self.path("home");
+        fs::create_dir_all(&home).unwrap();
+        home
+    }
+
+    /// The dallinger-oci command with HOME and the cache inside the sandbox
+    /// and no SOURCE_DATE_EPOCH from the caller.
+    pub fn cmd(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dallinger-oci"));
+        cmd.env("HOME", self.home())
+            .env("DALLINGER_OCI_CACHE", self.path("cache"))
+            .env_remove("SOURCE_DATE_EPOCH")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .current_dir(self.dir.path());
+        cmd
+    }
+
+    /// Copies a fixture experiment out of the repository (so no git of ours
+    /// applies) to `rel`.
+    pub fn experiment(&self, fixture_name: &str, rel: &str) -> PathBuf {
+        let dest = self.path(rel);
+        copy_tree(&fixture(&format!("experiments/{fixture_name}")), &dest);
+        dest
+    }
+}
+
+pub fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    let mut names: Vec<_> = fs::read_dir(from).unwrap().map(|e| e.unwrap()).collect();
+    names.sort_by_key(|e| e.file_name());
+    for entry in names {
+        let src = entry.path();
+        let dst = to.join(entry.file_name());
+        let kind = entry.file_type().unwrap();
+        if kind.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(&src).unwrap(), &dst).unwrap();
+        } else if kind.is_dir() {
+            copy_tree(&src, &dst);
+        } else {
+            fs::copy(&src, &dst).unwrap();
+        }
+    }
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("command starts")
+}
+
+/// Runs and requires success; returns stdout.
+pub fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{:?} failed ({}):\nstdout: {}\nstderr: {}",
+        cmd,
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The `sha256:...` digest line a build prints last.
+pub fn printed_digest(stdout: &str) -> String {
+    let line = stdout.lines().last().expect("build printed something");
+    assert!(
+        line.starts_with("sha256:") && line.len() == 71,
+        "unexpected output {stdout:?}"
+    );
+    line.to_string()
+}
+
+pub fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&fs::read(path).unwrap()).unwrap()
+}
+
+/// Manifest of the single image in an OCI layout, and its config.
+pub fn layout_image(dir: &Path) -> (String, serde_json::Value, serde_json::Value) {
+    let index = read_json(&dir.join("index.json"));
+    let digest = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let manifest = read_json(&blob(dir, &digest));
+    let config = read_json(&blob(dir, manifest["config"]["digest"].as_str().unwrap()));
+    (digest, manifest, config)
+}
+
+pub fn blob(dir: &Path, digest: &str) -> PathBuf {
+    dir.join("blobs/sha256")
+        .join(digest.strip_prefix("sha256:").unwrap())
+}
+
+pub fn gunzip(path: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(fs::File::open(path).unwrap())
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+/// A runnable root filesystem tarball made from busybox-static.
+pub fn busybox_rootfs(dest: &Path) -> PathBuf {
+    let busybox = require_tool("busybox");
+    let root = dest.join("busybox-root");
+    fs::create_dir_all(root.join("bin")).unwrap();
+    fs::copy(&busybox, root.join("bin/busybox")).unwrap();
+    for applet in ["sh", "cat", "ls", "echo", "sleep"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    let tar = dest.join("busybox-rootfs.tar");
+    ok(Command::new(require_tool("tar"))
+        .arg("--sort=name")
+        .arg("--mtime=@946684800")
+        .args(["--owner=0", "--group=0", "--numeric-owner", "-cf"])
+        .arg(&tar)
+        .arg("-C")
+        .arg(&root)
+        .arg("."));
+    tar
+}
