@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use dallinger_oci_layers::{gzip_existing_tar, COMPRESSOR_ID, MEDIA_TYPE_GZIP_LAYER};
 use serde_json::{json, Value};
 
-use crate::image::store::{sha256_file, BlobStore, StoredLayer};
+use crate::image::store::{BlobStore, StoredLayer};
 use crate::image::{layout, Image, ImageLayer, ANNOTATION_COMPRESSOR};
 
 /// Where the base image comes from, as given on the command line.
@@ -177,7 +177,7 @@ fn from_rootfs(file: &Path, store: &BlobStore, platform: &str, epoch: u64) -> Re
     if !meta.is_file() {
         bail!("base rootfs:{} is not a file", file.display());
     }
-    let content = sha256_file(file)?;
+    let content = store.file_digest(file)?;
     let key = format!(
         "rootfs-{}-{}",
         &content["sha256:".len()..],

@@ -305,7 +305,9 @@ pub fn write_digest_file(path: &Path, digest: &str) -> Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let tmp = tempfile::NamedTempFile::new_in(parent)
+    let tmp = tempfile::Builder::new()
+        .permissions(crate::image::store::readable_file())
+        .tempfile_in(parent)
         .with_context(|| format!("cannot write {}", path.display()))?;
     fs::write(tmp.path(), format!("{digest}\n"))?;
     tmp.persist(path)

@@ -28,6 +28,7 @@ pub fn write(store: &BlobStore, image: &Image, path: &Path, name: &str, epoch: u
     fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
     let tmp = tempfile::Builder::new()
         .prefix(".dallinger-oci-archive-")
+        .permissions(super::store::readable_file())
         .tempfile_in(parent)
         .with_context(|| format!("cannot create a temporary file in {}", parent.display()))?;
     let mut tar = tar::Builder::new(BufWriter::with_capacity(1 << 20, tmp.reopen()?));

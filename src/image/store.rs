@@ -27,7 +27,7 @@ pub struct BlobStore {
 impl BlobStore {
     /// Opens (creating if needed) the store at `root`.
     pub fn open(root: &Path) -> Result<BlobStore> {
-        for sub in ["blobs/sha256", "layers", "tmp"] {
+        for sub in ["blobs/sha256", "layers", "files", "tmp"] {
             fs::create_dir_all(root.join(sub))
                 .with_context(|| format!("cannot create the cache directory {}", root.display()))?;
         }
@@ -137,9 +137,44 @@ impl BlobStore {
         Ok(())
     }
 
+    /// sha256 of a large input file (a base tarball), remembered by the
+    /// file's identity and change times so an unchanged file is not read again.
+    pub fn file_digest(&self, path: &Path) -> Result<String> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let canonical = fs::canonicalize(path)?;
+        let identity = format!(
+            "{}\0{}\0{}.{}\0{}.{}\0{}\0{}",
+            canonical.display(),
+            meta.len(),
+            meta.mtime(),
+            meta.mtime_nsec(),
+            meta.ctime(),
+            meta.ctime_nsec(),
+            meta.ino(),
+            meta.dev()
+        );
+        let memo = self
+            .root
+            .join("files")
+            .join(&sha256_digest(identity.as_bytes())["sha256:".len()..]);
+        if let Ok(known) = fs::read_to_string(&memo) {
+            if hex_of(known.trim()).is_ok() {
+                return Ok(known.trim().to_string());
+            }
+        }
+        let digest = sha256_file(path)?;
+        let (mut file, tmp) = self.temp_file()?;
+        file.write_all(digest.as_bytes())?;
+        drop(file);
+        fs::rename(&tmp, &memo)?;
+        Ok(digest)
+    }
+
     fn temp_file(&self) -> Result<(File, PathBuf)> {
         let tmp = tempfile::Builder::new()
             .prefix("blob-")
+            .permissions(readable_file())
             .tempfile_in(self.root.join("tmp"))
             .context("cannot create a temporary file in the cache")?;
         let (file, path) = tmp.keep().context("cannot keep a temporary file")?;
@@ -151,6 +186,13 @@ impl BlobStore {
         fs::rename(&tmp, &dest)
             .with_context(|| format!("cannot move a blob into {}", dest.display()))
     }
+}
+
+/// Mode of files we write: tempfile's default 0600 would make blobs and
+/// outputs unreadable to other users.
+pub fn readable_file() -> fs::Permissions {
+    use std::os::unix::fs::PermissionsExt;
+    fs::Permissions::from_mode(0o644)
 }
 
 pub fn sha256_digest(bytes: &[u8]) -> String {
