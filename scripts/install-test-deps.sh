@@ -13,6 +13,7 @@ packages=(
   docker-registry apache2-utils
   hyperfine time # benchmarks
   util-linux     # setpriv, to test unreadable files as another user
+  openssl        # the test token issuer signs its tokens
 )
 missing=()
 for p in "${packages[@]}"; do

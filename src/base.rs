@@ -12,14 +12,21 @@ use dallinger_oci_layers::{gzip_existing_tar, COMPRESSOR_ID, MEDIA_TYPE_GZIP_LAY
 use serde_json::{json, Value};
 
 use crate::image::store::{BlobStore, StoredLayer};
-use crate::image::{layout, Image, ImageLayer, ANNOTATION_COMPRESSOR};
+use crate::image::{layout, Image, ImageLayer, RemoteBlob, ANNOTATION_COMPRESSOR};
 
 /// Where the base image comes from, as given on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BaseRef {
     Scratch,
-    OciLayout { dir: PathBuf, tag: Option<String> },
-    Rootfs { file: PathBuf },
+    OciLayout {
+        dir: PathBuf,
+        tag: Option<String>,
+    },
+    Rootfs {
+        file: PathBuf,
+    },
+    /// `docker://HOST/REPO:TAG`, `…@sha256:…`, or a plain reference.
+    Registry(crate::registry::Reference),
 }
 
 impl BaseRef {
@@ -39,11 +46,11 @@ impl BaseRef {
                 file: PathBuf::from(file),
             });
         }
-        bail!(
-                "base {text:?}: registry bases (docker://HOST/REPO:TAG) are not supported yet; \
-             use oci:DIR[:TAG], rootfs:FILE.tar or scratch (e.g. `skopeo copy docker://{} oci:base:latest`)",
-            text.trim_start_matches("docker://")
-        )
+        crate::registry::Reference::parse(text)
+            .map(BaseRef::Registry)
+            .with_context(|| {
+                format!("unknown base {text:?}: use docker://HOST/REPO:TAG, oci:DIR[:TAG], rootfs:FILE.tar or scratch")
+            })
     }
 }
 
@@ -81,6 +88,7 @@ pub fn resolve(base: &BaseRef, store: &BlobStore, platform: &str, epoch: u64) ->
         }),
         BaseRef::OciLayout { dir, tag } => from_layout(dir, tag.as_deref(), store, platform),
         BaseRef::Rootfs { file } => from_rootfs(file, store, platform, epoch),
+        BaseRef::Registry(_) => bail!("registry bases are resolved by the registry module"),
     }
 }
 
@@ -112,53 +120,11 @@ fn from_layout(
         .context("the base manifest has no config")?;
     let config: Value = serde_json::from_slice(&layout::read_verified(dir, config_digest)?)
         .context("the base image config is not JSON")?;
-    let diff_ids: Vec<String> = config
-        .pointer("/rootfs/diff_ids")
-        .and_then(Value::as_array)
-        .context("the base image config has no rootfs.diff_ids")?
-        .iter()
-        .filter_map(|v| v.as_str().map(String::from))
-        .collect();
-    let descriptors = manifest
-        .get("layers")
-        .and_then(Value::as_array)
-        .context("the base manifest has no layers list")?;
-    if descriptors.len() != diff_ids.len() {
-        bail!(
-            "the base image in {} lists {} layers but its config {} diff_ids",
-            dir.display(),
-            descriptors.len(),
-            diff_ids.len()
-        );
-    }
-    let mut layers = Vec::new();
-    for (descriptor, diff_id) in descriptors.iter().zip(diff_ids) {
-        let digest = descriptor
-            .get("digest")
-            .and_then(Value::as_str)
-            .context("a base layer has no digest")?;
-        let size = descriptor
-            .get("size")
-            .and_then(Value::as_u64)
-            .context("a base layer has no size")?;
-        let media_type = descriptor
-            .get("mediaType")
-            .and_then(Value::as_str)
-            .unwrap_or(MEDIA_TYPE_GZIP_LAYER);
+    let layers = layers_of(&manifest, &config, None)
+        .with_context(|| format!("base oci:{}", dir.display()))?;
+    for layer in &layers {
+        let (digest, size) = (&layer.blob.digest, layer.blob.size);
         store.import_blob(&layout::blob_path(dir, digest)?, digest, size)?;
-        let annotations: BTreeMap<String, String> = descriptor
-            .get("annotations")
-            .and_then(|a| serde_json::from_value(a.clone()).ok())
-            .unwrap_or_default();
-        layers.push(ImageLayer {
-            blob: StoredLayer {
-                diff_id,
-                digest: digest.to_string(),
-                size,
-                media_type: media_type.to_string(),
-            },
-            annotations,
-        });
     }
     // A ref name that is a full image reference is a portable base name; a
     // bare tag or a local directory is not, and no host path may enter the image.
@@ -169,6 +135,59 @@ fn from_layout(
         name,
         digest: Some(found.digest),
     })
+}
+
+/// The layers a manifest lists, paired with its config's diff_ids.
+pub fn layers_of(
+    manifest: &Value,
+    config: &Value,
+    remote: Option<RemoteBlob>,
+) -> Result<Vec<ImageLayer>> {
+    let diff_ids: Vec<&str> = config
+        .pointer("/rootfs/diff_ids")
+        .and_then(Value::as_array)
+        .context("the image config has no rootfs.diff_ids")?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let descriptors = manifest
+        .get("layers")
+        .and_then(Value::as_array)
+        .context("the manifest has no layers list")?;
+    if descriptors.len() != diff_ids.len() {
+        bail!(
+            "the manifest lists {} layers but the config {} diff_ids",
+            descriptors.len(),
+            diff_ids.len()
+        );
+    }
+    descriptors
+        .iter()
+        .zip(diff_ids)
+        .map(|(descriptor, diff_id)| {
+            let field = |name: &str| descriptor.get(name);
+            Ok(ImageLayer {
+                blob: StoredLayer {
+                    diff_id: diff_id.to_string(),
+                    digest: field("digest")
+                        .and_then(Value::as_str)
+                        .context("a layer has no digest")?
+                        .to_string(),
+                    size: field("size")
+                        .and_then(Value::as_u64)
+                        .context("a layer has no size")?,
+                    media_type: field("mediaType")
+                        .and_then(Value::as_str)
+                        .unwrap_or(MEDIA_TYPE_GZIP_LAYER)
+                        .to_string(),
+                },
+                annotations: field("annotations")
+                    .and_then(|a| serde_json::from_value(a.clone()).ok())
+                    .unwrap_or_default(),
+                remote: remote.clone(),
+            })
+        })
+        .collect()
 }
 
 fn from_rootfs(file: &Path, store: &BlobStore, platform: &str, epoch: u64) -> Result<BaseImage> {
@@ -206,6 +225,7 @@ fn from_rootfs(file: &Path, store: &BlobStore, platform: &str, epoch: u64) -> Re
             ANNOTATION_COMPRESSOR.to_string(),
             COMPRESSOR_ID.to_string(),
         )]),
+        remote: None,
     };
     let mut config = empty_config(platform);
     config["created"] = json!(crate::image::rfc3339(epoch)?);
@@ -256,7 +276,14 @@ mod tests {
                 file: "base.tar".into()
             }
         );
-        let err = BaseRef::parse("ghcr.io/dallinger/dallinger:12.3.0").unwrap_err();
-        assert!(err.to_string().contains("not supported yet"), "{err}");
+        assert!(matches!(
+            BaseRef::parse("ghcr.io/dallinger/dallinger:12.3.0").unwrap(),
+            BaseRef::Registry(r) if r.repository == "dallinger/dallinger"
+        ));
+        assert!(matches!(
+            BaseRef::parse("docker://127.0.0.1:5000/base:v1").unwrap(),
+            BaseRef::Registry(r) if r.registry == "127.0.0.1:5000"
+        ));
+        assert!(BaseRef::parse("docker://Bad Name").is_err());
     }
 }

@@ -13,8 +13,10 @@ use crate::base::{self, BaseRef};
 use crate::experiment::{Experiment, FileKind, LoadOptions};
 use crate::image::store::{BlobStore, StoredLayer};
 use crate::image::{
-    self, archive, layout, ConfigChanges, Image, ImageLayer, ANNOTATION_COMPRESSOR,
+    self, archive, layout, ConfigChanges, Image, ImageLayer, RemoteBlob, ANNOTATION_COMPRESSOR,
 };
+use crate::registry::credentials::{self, CredentialContext};
+use crate::registry::{pull, Reference, RegistryClient, RetryPolicy};
 
 /// Seconds since the epoch used for every time in an image when
 /// `SOURCE_DATE_EPOCH` is not set: 2000-01-01T00:00:00Z, fixed and after 1980
@@ -62,6 +64,40 @@ impl OutputRef {
     }
 }
 
+/// How to reach registries, for bases and pushes.
+pub struct RegistryOptions {
+    pub insecure: Vec<String>,
+    pub credentials: CredentialContext,
+    pub retry: RetryPolicy,
+    /// Resolve registry base tags again instead of using the recorded digest.
+    pub refresh_base: bool,
+}
+
+impl RegistryOptions {
+    /// A client for `registry`, with the credentials users expect it to use.
+    pub fn client(&self, reference: &Reference) -> Result<RegistryClient> {
+        let found = credentials::find_credentials(&reference.registry, &self.credentials)
+            .with_context(|| format!("looking up credentials for {}", reference.registry))?;
+        let credential = match found {
+            Some((credential, source)) => {
+                eprintln!("Using credentials for {} from {source}", reference.registry);
+                Some(credential)
+            }
+            None => None,
+        };
+        RegistryClient::new(reference, &self.insecure, credential, self.retry)
+    }
+
+    fn client_for_remote(&self, remote: &RemoteBlob) -> Result<RegistryClient> {
+        self.client(&Reference {
+            registry: remote.registry.clone(),
+            repository: remote.repository.clone(),
+            tag: None,
+            digest: None,
+        })
+    }
+}
+
 pub struct BuildRequest {
     pub experiment_dir: PathBuf,
     pub base: Option<String>,
@@ -71,9 +107,11 @@ pub struct BuildRequest {
     pub platform: Option<String>,
     pub epoch: u64,
     pub home_config: Option<PathBuf>,
+    pub registry: RegistryOptions,
 }
 
 pub struct BuildResult {
+    pub store: BlobStore,
     /// `REPOSITORY:TAG`.
     pub image_name: String,
     pub tag: String,
@@ -120,7 +158,19 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
         .as_deref()
         .unwrap_or(base::DEFAULT_PLATFORM);
     let store = BlobStore::open(&request.cache_dir)?;
-    let base = base::resolve(&base_ref, &store, platform, request.epoch)?;
+    let base = match &base_ref {
+        BaseRef::Registry(reference) => {
+            let client = request.registry.client(reference)?;
+            pull::resolve_base(
+                &client,
+                &store,
+                reference,
+                platform,
+                request.registry.refresh_base,
+            )?
+        }
+        local => base::resolve(local, &store, platform, request.epoch)?,
+    };
 
     let options = WriteOptions {
         mtime: request.epoch,
@@ -134,6 +184,7 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
             ANNOTATION_COMPRESSOR.to_string(),
             COMPRESSOR_ID.to_string(),
         )]),
+        remote: None,
     };
 
     let mut labels = BTreeMap::new();
@@ -177,6 +228,11 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
     layers.push(code_layer);
     let image = Image::assemble(&store, &config, layers)?;
 
+    if !request.outputs.is_empty() {
+        pull::fetch_missing(&store, &image.layers, &|remote| {
+            request.registry.client_for_remote(remote)
+        })?;
+    }
     for output in &request.outputs {
         match output {
             OutputRef::OciLayout { dir, tag: out_tag } => {
@@ -188,6 +244,7 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
         }
     }
     Ok(BuildResult {
+        store,
         image_name,
         tag,
         image,

@@ -5,3 +5,4 @@ pub mod base;
 pub mod build;
 pub mod experiment;
 pub mod image;
+pub mod registry;

@@ -33,6 +33,16 @@ pub fn canonical_json(value: &Value) -> Vec<u8> {
 pub struct ImageLayer {
     pub blob: StoredLayer,
     pub annotations: BTreeMap<String, String>,
+    /// Where the blob can be fetched (or mounted) from when it is not in
+    /// the store: base layers are only downloaded when an output needs them.
+    pub remote: Option<RemoteBlob>,
+}
+
+/// A repository of a registry that holds a blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteBlob {
+    pub registry: String,
+    pub repository: String,
 }
 
 /// A finished image, every blob of it in the store.

@@ -27,7 +27,7 @@ pub struct BlobStore {
 impl BlobStore {
     /// Opens (creating if needed) the store at `root`.
     pub fn open(root: &Path) -> Result<BlobStore> {
-        for sub in ["blobs/sha256", "layers", "files", "tmp"] {
+        for sub in ["blobs/sha256", "layers", "files", "pushed", "tmp"] {
             fs::create_dir_all(root.join(sub))
                 .with_context(|| format!("cannot create the cache directory {}", root.display()))?;
         }
@@ -99,20 +99,7 @@ impl BlobStore {
         }
         let mut input =
             File::open(source).with_context(|| format!("cannot read blob {}", source.display()))?;
-        let (file, tmp) = self.temp_file()?;
-        let mut writer = HashingWriter::new(BufWriter::new(file));
-        io::copy(&mut input, &mut writer)
-            .with_context(|| format!("cannot copy blob {}", source.display()))?;
-        let (actual, actual_size, writer) = writer.finish();
-        writer.into_inner().map_err(|e| e.into_error())?;
-        if actual != digest || actual_size != size {
-            let _ = fs::remove_file(&tmp);
-            bail!(
-                "blob {} does not match its descriptor: expected {digest} ({size} bytes), found {actual} ({actual_size} bytes)",
-                source.display()
-            );
-        }
-        self.commit(tmp, digest)
+        self.import_reader(&mut input, digest, size, &source.display().to_string())
     }
 
     /// Reads a whole blob (configs and manifests only: they are small).
@@ -169,6 +156,59 @@ impl BlobStore {
         drop(file);
         fs::rename(&tmp, &memo)?;
         Ok(digest)
+    }
+
+    fn pushed_record(&self, registry: &str, digest: &str) -> PathBuf {
+        let key = sha256_digest(format!("{registry}\0{digest}").as_bytes());
+        self.root.join("pushed").join(&key["sha256:".len()..])
+    }
+
+    /// The repository of `registry` a blob was last pushed to, if any, so a
+    /// push to another repository can mount it instead of uploading it.
+    pub fn pushed_to(&self, registry: &str, digest: &str) -> Option<String> {
+        let text = fs::read_to_string(self.pushed_record(registry, digest)).ok()?;
+        Some(text.trim().to_string()).filter(|r| !r.is_empty())
+    }
+
+    /// Best effort: a lost record only costs an upload later.
+    pub fn remember_pushed(&self, registry: &str, digest: &str, repository: &str) {
+        if let Ok((mut file, tmp)) = self.temp_file() {
+            if file.write_all(repository.as_bytes()).is_ok() {
+                let _ = fs::rename(&tmp, self.pushed_record(registry, digest));
+            } else {
+                let _ = fs::remove_file(&tmp);
+            }
+        }
+    }
+
+    /// Stores a blob read from `reader`, verifying its digest and size.
+    pub fn import_reader(
+        &self,
+        reader: &mut dyn Read,
+        digest: &str,
+        size: u64,
+        origin: &str,
+    ) -> Result<()> {
+        let (file, tmp) = self.temp_file()?;
+        let mut writer = HashingWriter::new(BufWriter::new(file));
+        let copied = io::copy(reader, &mut writer);
+        let (actual, actual_size, writer) = writer.finish();
+        let flushed = writer.into_inner().map_err(|e| e.into_error());
+        if let Err(err) = copied
+            .map(|_| ())
+            .map_err(anyhow::Error::from)
+            .and(flushed.map(|_| ()).map_err(anyhow::Error::from))
+        {
+            let _ = fs::remove_file(&tmp);
+            return Err(err.context(format!("cannot read blob {digest} from {origin}")));
+        }
+        if actual != digest || actual_size != size {
+            let _ = fs::remove_file(&tmp);
+            bail!(
+                "blob {digest} from {origin} does not match its descriptor: it hashes to {actual} ({actual_size} bytes, expected {size}); refusing it"
+            );
+        }
+        self.commit(tmp, digest)
     }
 
     fn temp_file(&self) -> Result<(File, PathBuf)> {

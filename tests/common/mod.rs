@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: the binary, fixtures, tools.
 #![allow(dead_code)]
 
+pub mod registry;
+
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -58,7 +60,39 @@ impl Sandbox {
             .env("GIT_CONFIG_NOSYSTEM", "1")
             .env("GIT_CONFIG_GLOBAL", "/dev/null")
             .current_dir(self.dir.path());
+        // Nothing of the caller's registry credentials or CI settings leaks in.
+        for var in [
+            "REGISTRY_AUTH_FILE",
+            "DOCKER_CONFIG",
+            "XDG_RUNTIME_DIR",
+            "XDG_CONFIG_HOME",
+            "GITHUB_TOKEN",
+            "GITHUB_ACTOR",
+            "GITHUB_OUTPUT",
+            "DALLINGER_OCI_REGISTRY_USERNAME",
+            "DALLINGER_OCI_REGISTRY_PASSWORD",
+        ] {
+            cmd.env_remove(var);
+        }
         cmd
+    }
+
+    /// Sets the experiment's `docker_image_base_name` (its config.txt has one).
+    pub fn name_image(&self, experiment: &Path, name: &str) {
+        let path = experiment.join("config.txt");
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.contains("docker_image_base_name"), "{text}");
+        let out: Vec<String> = text
+            .lines()
+            .map(|l| {
+                if l.trim_start().starts_with("docker_image_base_name") {
+                    format!("docker_image_base_name = {name}")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect();
+        fs::write(&path, out.join("\n") + "\n").unwrap();
     }
 
     /// Copies a fixture experiment out of the repository (so no git of ours

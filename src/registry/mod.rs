@@ -1,0 +1,11 @@
+//! The registry: one client for pulling bases and pushing images over the
+//! OCI distribution API, and where credentials come from.
+
+pub mod client;
+pub mod credentials;
+pub mod pull;
+pub mod push;
+pub mod reference;
+
+pub use client::{BlobOutcome, RegistryClient, RetryPolicy};
+pub use reference::Reference;

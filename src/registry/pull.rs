@@ -1,0 +1,160 @@
+//! Base images from a registry: the tag resolved to a manifest for the
+//! target platform, everything verified against its digest, and layer bytes
+//! fetched only when an output needs them.
+
+use std::fs;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use super::client::RegistryClient;
+use super::reference::Reference;
+use crate::base::{layers_of, BaseImage};
+use crate::image::store::{sha256_digest, BlobStore};
+use crate::image::{ImageLayer, RemoteBlob};
+
+/// Resolves `reference` to a base image. A tag resolved before is not
+/// resolved again unless `refresh`: a rebuild must not follow a moved tag.
+pub fn resolve_base(
+    client: &RegistryClient,
+    store: &BlobStore,
+    reference: &Reference,
+    platform: &str,
+    refresh: bool,
+) -> Result<BaseImage> {
+    let memo = store
+        .root()
+        .join("files")
+        .join(&sha256_digest(format!("base\0{reference}\0{platform}").as_bytes())[7..]);
+    let pinned = match (&reference.digest, refresh) {
+        (Some(d), _) => Some(d.clone()),
+        (None, false) => fs::read_to_string(&memo).ok().map(|s| s.trim().to_string()),
+        (None, true) => None,
+    };
+    let repository = reference.repository.as_str();
+    let manifest_bytes = match pinned.as_deref().and_then(|d| store.read_blob(d).ok()) {
+        Some(bytes) => bytes,
+        None => {
+            let wanted = pinned.as_deref().unwrap_or(reference.manifest_ref());
+            let (bytes, media_type, digest) = client
+                .get_manifest(repository, wanted)
+                .with_context(|| format!("base {reference}"))?;
+            let parsed: Value = serde_json::from_slice(&bytes)
+                .with_context(|| format!("the manifest of {reference} is not JSON"))?;
+            let is_index = media_type.contains("index")
+                || media_type.contains("manifest.list")
+                || parsed.get("manifests").is_some();
+            let bytes = if is_index {
+                let chosen = choose_platform(&parsed, platform)
+                    .with_context(|| format!("base {reference} (index {digest})"))?;
+                client.get_manifest(repository, &chosen)?.0
+            } else {
+                bytes
+            };
+            store.put_bytes(&bytes)?;
+            bytes
+        }
+    };
+    let digest = sha256_digest(&manifest_bytes);
+    if reference.digest.is_none() {
+        fs::write(&memo, &digest)?;
+    }
+    let manifest: Value = serde_json::from_slice(&manifest_bytes)?;
+    let config_digest = manifest
+        .pointer("/config/digest")
+        .and_then(Value::as_str)
+        .context("the base manifest has no config")?
+        .to_string();
+    let config_size = manifest
+        .pointer("/config/size")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    if !store.has_blob(&config_digest, config_size) {
+        let origin = format!("{}", reference);
+        client.get_blob(repository, &config_digest, &mut |reader| {
+            store.import_reader(reader, &config_digest, config_size, &origin)
+        })?;
+    }
+    let config: Value = serde_json::from_slice(&store.read_blob(&config_digest)?)
+        .context("the base image config is not JSON")?;
+    let remote = RemoteBlob {
+        registry: reference.registry.clone(),
+        repository: repository.to_string(),
+    };
+    let layers =
+        layers_of(&manifest, &config, Some(remote)).with_context(|| format!("base {reference}"))?;
+    let name = Reference {
+        digest: None,
+        ..reference.clone()
+    }
+    .to_string();
+    Ok(BaseImage {
+        config,
+        layers,
+        name: Some(name),
+        digest: Some(digest),
+    })
+}
+
+/// The digest of the index entry for `platform` (`os/arch[/variant]`).
+fn choose_platform(index: &Value, platform: &str) -> Result<String> {
+    let mut parts = platform.split('/');
+    let (os, arch, variant) = (
+        parts.next().unwrap_or("linux"),
+        parts.next().unwrap_or("amd64"),
+        parts.next(),
+    );
+    let manifests = index
+        .get("manifests")
+        .and_then(Value::as_array)
+        .context("the index has no manifests")?;
+    let found = manifests.iter().find(|m| {
+        m.pointer("/platform/os").and_then(Value::as_str) == Some(os)
+            && m.pointer("/platform/architecture").and_then(Value::as_str) == Some(arch)
+            && variant
+                .is_none_or(|v| m.pointer("/platform/variant").and_then(Value::as_str) == Some(v))
+    });
+    match found.and_then(|m| m.get("digest")).and_then(Value::as_str) {
+        Some(d) => Ok(d.to_string()),
+        None => {
+            let available: Vec<String> = manifests
+                .iter()
+                .filter_map(|m| {
+                    Some(format!(
+                        "{}/{}",
+                        m.pointer("/platform/os")?.as_str()?,
+                        m.pointer("/platform/architecture")?.as_str()?
+                    ))
+                })
+                .collect();
+            bail!(
+                "no manifest for {platform} (available: {})",
+                available.join(", ")
+            )
+        }
+    }
+}
+
+/// Downloads (verified) every layer an output needs that is not in the store.
+pub fn fetch_missing(
+    store: &BlobStore,
+    layers: &[ImageLayer],
+    client_for: &dyn Fn(&RemoteBlob) -> Result<RegistryClient>,
+) -> Result<()> {
+    for layer in layers {
+        if store.has_blob(&layer.blob.digest, layer.blob.size) {
+            continue;
+        }
+        let remote = layer
+            .remote
+            .as_ref()
+            .with_context(|| format!("blob {} is missing from the cache", layer.blob.digest))?;
+        let client = client_for(remote)?;
+        let origin = format!("{}/{}", remote.registry, remote.repository);
+        eprintln!("fetching base layer {} from {origin}", layer.blob.digest);
+        client.get_blob(&remote.repository, &layer.blob.digest, &mut |reader| {
+            store.import_reader(reader, &layer.blob.digest, layer.blob.size, &origin)
+        })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,165 @@
+//! Image references: `[HOST[:PORT]/]REPOSITORY[:TAG][@sha256:HEX]`, with
+//! docker's defaults (`docker.io`, `library/`, `latest`).
+
+use anyhow::{bail, Result};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reference {
+    /// As users write it: `ghcr.io`, `127.0.0.1:5000`, `docker.io`.
+    pub registry: String,
+    pub repository: String,
+    pub tag: Option<String>,
+    pub digest: Option<String>,
+}
+
+impl Reference {
+    pub fn parse(text: &str) -> Result<Reference> {
+        let original = text;
+        let text = text.strip_prefix("docker://").unwrap_or(text);
+        let (rest, digest) = match text.split_once('@') {
+            Some((rest, digest)) => {
+                crate::image::store::hex_of(digest)?;
+                (rest, Some(digest.to_string()))
+            }
+            None => (text, None),
+        };
+        // A ':' after the last '/' starts the tag; one before it is a port.
+        let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+        let (name, tag) = match rest[last_slash..].rfind(':') {
+            Some(i) => (
+                &rest[..last_slash + i],
+                Some(rest[last_slash + i + 1..].to_string()),
+            ),
+            None => (rest, None),
+        };
+        let (registry, repository) = match name.split_once('/') {
+            Some((first, path))
+                if first.contains('.') || first.contains(':') || first == "localhost" =>
+            {
+                (first.to_string(), path.to_string())
+            }
+            _ => ("docker.io".to_string(), name.to_string()),
+        };
+        let repository = if registry == "docker.io" && !repository.contains('/') {
+            format!("library/{repository}")
+        } else {
+            repository
+        };
+        // GHCR refuses upper case; docker users expect lowercase names to work.
+        let repository = if registry == "ghcr.io" {
+            repository.to_lowercase()
+        } else {
+            repository
+        };
+        let valid_component = |c: &str| {
+            !c.is_empty()
+                && c.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+                && c.as_bytes()[0].is_ascii_alphanumeric()
+        };
+        if repository.is_empty() || !repository.split('/').all(valid_component) {
+            bail!(
+                "{original:?} is not a valid image reference: repository names use lowercase letters, digits and . _ - separated by /"
+            );
+        }
+        if let Some(tag) = &tag {
+            let ok = !tag.is_empty()
+                && tag.len() <= 128
+                && tag
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                && !tag.starts_with(['.', '-']);
+            if !ok {
+                bail!("{original:?} has an invalid tag {tag:?}");
+            }
+        }
+        Ok(Reference {
+            registry,
+            repository,
+            tag,
+            digest,
+        })
+    }
+
+    /// The host the HTTP API lives on.
+    pub fn api_host(&self) -> &str {
+        if self.registry == "docker.io" {
+            "registry-1.docker.io"
+        } else {
+            &self.registry
+        }
+    }
+
+    /// Plain HTTP only for loopback registries (or ones the user names).
+    pub fn scheme(&self, insecure: &[String]) -> &'static str {
+        let host = self.registry.split(':').next().unwrap_or_default();
+        if host == "localhost"
+            || host == "127.0.0.1"
+            || host == "[::1]"
+            || insecure.contains(&self.registry)
+            || insecure.iter().any(|h| h == host)
+        {
+            "http"
+        } else {
+            "https"
+        }
+    }
+
+    /// `REGISTRY/REPOSITORY` as docker prints it.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.registry, self.repository)
+    }
+
+    /// The manifest reference: the digest when there is one, else the tag.
+    pub fn manifest_ref(&self) -> &str {
+        self.digest
+            .as_deref()
+            .or(self.tag.as_deref())
+            .unwrap_or("latest")
+    }
+}
+
+impl std::fmt::Display for Reference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.name())?;
+        if let Some(tag) = &self.tag {
+            write!(f, ":{tag}")?;
+        }
+        if let Some(digest) = &self.digest {
+            write!(f, "@{digest}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_usual_forms() {
+        let r = Reference::parse("ghcr.io/Example-Lab/Stroop:46b77694").unwrap();
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()),
+            ("ghcr.io", "example-lab/stroop", Some("46b77694"))
+        );
+        let r = Reference::parse("127.0.0.1:5000/a/b").unwrap();
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()),
+            ("127.0.0.1:5000", "a/b", None)
+        );
+        assert_eq!(r.scheme(&[]), "http");
+        let r = Reference::parse("python:3.11").unwrap();
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str()),
+            ("docker.io", "library/python")
+        );
+        assert_eq!(r.api_host(), "registry-1.docker.io");
+        assert_eq!(r.scheme(&[]), "https");
+        let d = format!("sha256:{}", "a".repeat(64));
+        let r = Reference::parse(&format!("docker://localhost:5000/x@{d}")).unwrap();
+        assert_eq!(r.manifest_ref(), d);
+        assert!(Reference::parse("docker.io/Bad Name").is_err());
+        assert!(Reference::parse("quay.io/x/Y:t").is_err());
+    }
+}
