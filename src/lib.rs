@@ -5,4 +5,5 @@ pub mod base;
 pub mod build;
 pub mod experiment;
 pub mod image;
+pub mod python;
 pub mod registry;
