@@ -5,5 +5,6 @@ pub mod base;
 pub mod build;
 pub mod experiment;
 pub mod image;
+pub mod plan;
 pub mod python;
 pub mod registry;

@@ -4,4 +4,4 @@
 
 pub mod target;
 
-pub use target::{InstalledDist, Target};
+pub use target::{InstalledDist, Target, TargetOverrides};

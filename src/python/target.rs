@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 /// A distribution already installed in the base image.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InstalledDist {
     /// As in its METADATA `Name:`.
     pub name: String,
@@ -18,7 +18,7 @@ pub struct InstalledDist {
 /// The target Python. Paths are image paths without a leading `/`
 /// (e.g. `usr/lib/python3/dist-packages`), except `interpreter`, which is
 /// absolute because it goes into shebangs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Target {
     /// `x86_64` or `aarch64` (the machine name used in wheel tags).
     pub arch: String,
@@ -56,4 +56,393 @@ pub fn normalise_name(name: &str) -> String {
         }
     }
     out
+}
+
+/// The target of a base image, read from its layers once and then
+/// remembered in the cache under the layers' digests.
+pub fn detect(
+    store: &crate::image::store::BlobStore,
+    layers: &[crate::image::ImageLayer],
+    config: &serde_json::Value,
+    overrides: &TargetOverrides,
+) -> anyhow::Result<Target> {
+    use crate::image::store::sha256_digest;
+    let mut key_text = String::from("target/1\n");
+    for layer in layers {
+        key_text.push_str(&layer.blob.digest);
+        key_text.push('\n');
+    }
+    key_text.push_str(&serde_json::to_string(&config.get("architecture"))?);
+    key_text.push_str(&serde_json::to_string(&config.pointer("/config/Env"))?);
+    let memo = store
+        .root()
+        .join("files")
+        .join(format!("target-{}", &sha256_digest(key_text.as_bytes())[7..]));
+    let files = match std::fs::read(&memo).ok().and_then(|b| serde_json::from_slice::<BaseFiles>(&b).ok()) {
+        Some(files) => files,
+        None => {
+            let paths = layers
+                .iter()
+                .map(|l| Ok((store.blob_path(&l.blob.digest)?, l.blob.media_type.clone())))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let files = scan_layers(&paths)?;
+            let tmp = memo.with_extension("partial");
+            std::fs::write(&tmp, serde_json::to_vec(&files)?)?;
+            std::fs::rename(&tmp, &memo)?;
+            files
+        }
+    };
+    target_from(&files, config, overrides)
+}
+
+/// Overrides for the rare base whose Python cannot be read from its files.
+#[derive(Debug, Clone, Default)]
+pub struct TargetOverrides {
+    pub python_version: Option<(u32, u32, u32)>,
+    pub interpreter: Option<String>,
+    pub site_packages: Option<String>,
+}
+
+/// Files of the base image that describe its Python, after every layer
+/// (and its whiteouts) is applied.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct BaseFiles {
+    /// Symlinks among the interpreter candidates: path → target.
+    pub links: BTreeMap<String, String>,
+    /// Paths that exist (files, directories, links) among those we look at.
+    pub present: std::collections::BTreeSet<String>,
+    /// Contents of the small text files we read.
+    pub texts: BTreeMap<String, String>,
+}
+
+impl BaseFiles {
+    fn remove_subtree(&mut self, path: &str) {
+        let prefix = format!("{path}/");
+        let keep = |p: &String| p != path && !p.starts_with(&prefix);
+        self.links.retain(|p, _| keep(p));
+        self.present.retain(keep);
+        self.texts.retain(|p, _| keep(p));
+    }
+
+    fn clear_children(&mut self, dir: &str) {
+        let prefix = format!("{dir}/");
+        self.links.retain(|p, _| !p.starts_with(&prefix));
+        self.present.retain(|p| !p.starts_with(&prefix));
+        self.texts.retain(|p, _| !p.starts_with(&prefix));
+    }
+}
+
+/// Whether a path can tell us about the base's Python.
+fn interesting(path: &str) -> (bool, bool) {
+    let is_python_bin = (path.starts_with("usr/bin/python3") || path.starts_with("usr/local/bin/python3"))
+        && !path[path.rfind('/').unwrap_or(0)..].contains('-');
+    let in_site = (path.contains("/site-packages/") || path.contains("/dist-packages/")) && path.contains(".dist-info/");
+    let read = path == "var/lib/dpkg/status"
+        || (in_site && (path.ends_with(".dist-info/METADATA") || path.ends_with(".dist-info/RECORD")));
+    let keep = read || is_python_bin || path.starts_with("usr/lib/python3") || path.starts_with("usr/local/lib/python3");
+    (keep, read)
+}
+
+/// Reads the base layers (gzip or plain tar), applying OCI whiteouts.
+pub(crate) fn scan_layers(paths: &[(std::path::PathBuf, String)]) -> anyhow::Result<BaseFiles> {
+    use anyhow::Context;
+    use std::io::Read;
+    let mut files = BaseFiles::default();
+    for (path, media_type) in paths {
+        let file = std::fs::File::open(path).with_context(|| format!("cannot read base layer {}", path.display()))?;
+        let reader: Box<dyn Read> = if media_type.ends_with("+gzip") || media_type.ends_with(".gzip") {
+            Box::new(flate2::read::GzDecoder::new(std::io::BufReader::with_capacity(1 << 20, file)))
+        } else if media_type.ends_with(".tar") || media_type.ends_with("tar") {
+            Box::new(std::io::BufReader::with_capacity(1 << 20, file))
+        } else {
+            anyhow::bail!("base layer {} has media type {media_type}, which cannot be read yet", path.display());
+        };
+        let mut archive = tar::Archive::new(reader);
+        for entry in archive.entries().context("reading a base layer")? {
+            let mut entry = entry.context("reading a base layer")?;
+            let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            let p = raw.trim_start_matches("./").trim_start_matches('/').trim_end_matches('/').to_string();
+            let (dir, name) = match p.rsplit_once('/') {
+                Some((d, n)) => (d.to_string(), n.to_string()),
+                None => (String::new(), p.clone()),
+            };
+            if name == ".wh..wh..opq" {
+                files.clear_children(&dir);
+                continue;
+            }
+            if let Some(hidden) = name.strip_prefix(".wh.") {
+                let gone = if dir.is_empty() { hidden.to_string() } else { format!("{dir}/{hidden}") };
+                files.remove_subtree(&gone);
+                continue;
+            }
+            let (keep, read) = interesting(&p);
+            if !keep {
+                continue;
+            }
+            files.remove_subtree(&p);
+            files.present.insert(p.clone());
+            match entry.header().entry_type() {
+                tar::EntryType::Symlink => {
+                    if let Some(target) = entry.link_name().ok().flatten() {
+                        files.links.insert(p, target.to_string_lossy().into_owned());
+                    }
+                }
+                tar::EntryType::Regular | tar::EntryType::Continuous if read => {
+                    let mut text = String::new();
+                    entry
+                        .read_to_string(&mut text)
+                        .with_context(|| format!("reading {p} in a base layer"))?;
+                    files.texts.insert(p, text);
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// Works out the target from the base's files and config.
+pub(crate) fn target_from(files: &BaseFiles, config: &serde_json::Value, overrides: &TargetOverrides) -> anyhow::Result<Target> {
+    use anyhow::{bail, Context};
+    let arch = match config.get("architecture").and_then(|v| v.as_str()).unwrap_or("amd64") {
+        "amd64" => "x86_64",
+        "arm64" => "aarch64",
+        "386" => "i686",
+        other => other,
+    }
+    .to_string();
+    // The interpreter: python.org images put theirs in /usr/local, Debian in /usr.
+    let candidates = ["usr/local/bin/python3", "usr/bin/python3"];
+    let interpreter_path = match &overrides.interpreter {
+        Some(i) => i.trim_start_matches('/').to_string(),
+        None => candidates
+            .iter()
+            .find(|c| files.present.contains(**c))
+            .map(|c| c.to_string())
+            .context("the base image has no Python: neither /usr/local/bin/python3 nor /usr/bin/python3 exists (pass --python to name the interpreter)")?,
+    };
+    // Follow links (python3 -> python3.11) to learn the minor version.
+    let mut resolved = interpreter_path.clone();
+    for _ in 0..8 {
+        match files.links.get(&resolved) {
+            Some(t) if t.starts_with('/') => resolved = t.trim_start_matches('/').to_string(),
+            Some(t) => {
+                let dir = resolved.rsplit_once('/').map_or("", |(d, _)| d);
+                resolved = if dir.is_empty() { t.clone() } else { format!("{dir}/{t}") };
+            }
+            None => break,
+        }
+    }
+    let minor_from_name = |name: &str| -> Option<u32> {
+        name.rsplit('/').next()?.strip_prefix("python3.")?.parse().ok()
+    };
+    let env_version = config
+        .pointer("/config/Env")
+        .and_then(|e| e.as_array())
+        .and_then(|env| {
+            env.iter()
+                .filter_map(|v| v.as_str())
+                .find_map(|v| v.strip_prefix("PYTHON_VERSION="))
+                .map(String::from)
+        });
+    let dpkg = files.texts.get("var/lib/dpkg/status").map(String::as_str).unwrap_or("");
+    let minor = minor_from_name(&resolved).or_else(|| {
+        files
+            .present
+            .iter()
+            .filter_map(|p| p.strip_prefix(if interpreter_path.starts_with("usr/local") { "usr/local/lib/python3." } else { "usr/lib/python3." }))
+            .filter_map(|rest| rest.split('/').next()?.parse::<u32>().ok())
+            .max()
+    });
+    let version = match overrides.python_version {
+        Some(v) => v,
+        None => {
+            let from_env = env_version.as_deref().and_then(parse_version);
+            let from_dpkg = minor.and_then(|m| {
+                dpkg_version(dpkg, &format!("libpython3.{m}-minimal"))
+                    .or_else(|| dpkg_version(dpkg, &format!("python3.{m}-minimal")))
+                    .and_then(|v| parse_version(&v))
+            });
+            match from_env.or(from_dpkg) {
+                Some(v) => v,
+                None => bail!(
+                    "cannot tell the base image's full Python version (no PYTHON_VERSION in its config, no python3 package in its dpkg status): pass --python-version X.Y.Z"
+                ),
+            }
+        }
+    };
+    if let Some(m) = minor {
+        if m != version.1 {
+            bail!("the base's interpreter is Python 3.{m} but its version reads {}.{}.{}: pass --python-version", version.0, version.1, version.2);
+        }
+    }
+    let major_minor = format!("python{}.{}", version.0, version.1);
+    let python_org = interpreter_path.starts_with("usr/local");
+    // Everything pip installs as root goes under /usr/local, on both kinds of
+    // base: /usr belongs to dpkg on Debian.
+    let prefix = "usr/local";
+    // Where pip would install as root: python.org builds use site-packages under
+    // /usr/local; Debian's python uses /usr/local/lib/python3.X/dist-packages
+    // (its posix_local scheme), keeping /usr for dpkg.
+    let site = match &overrides.site_packages {
+        Some(s) => s.trim_start_matches('/').trim_end_matches('/').to_string(),
+        None if python_org => format!("usr/local/lib/{major_minor}/site-packages"),
+        None => format!("usr/local/lib/{major_minor}/dist-packages"),
+    };
+    let glibc = dpkg_version(dpkg, "libc6").and_then(|v| {
+        let mut parts = v.split(|c: char| !c.is_ascii_digit());
+        Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+    });
+    let mut installed = BTreeMap::new();
+    for (path, text) in &files.texts {
+        let Some(dist_info) = path.strip_suffix("/METADATA") else { continue };
+        let header = |key: &str| {
+            text.lines()
+                .take_while(|l| !l.is_empty())
+                .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+        };
+        let (Some(name), Some(version)) = (header("Name:"), header("Version:")) else { continue };
+        let root = dist_info.rsplit_once('/').map_or("", |(d, _)| d);
+        let files_listed = files
+            .texts
+            .get(&format!("{dist_info}/RECORD"))
+            .map(|record| {
+                record
+                    .lines()
+                    .filter_map(|l| l.split(',').next())
+                    .filter(|p| !p.is_empty())
+                    .map(|p| normalise_join(root, p))
+                    .collect()
+            })
+            .unwrap_or_default();
+        installed.insert(
+            normalise_name(&name),
+            InstalledDist { name, version, dist_info: dist_info.to_string(), files: files_listed },
+        );
+    }
+    Ok(Target {
+        arch,
+        python_version: version,
+        interpreter: format!("/{interpreter_path}"),
+        purelib: site.clone(),
+        platlib: site,
+        scripts: format!("{prefix}/bin"),
+        headers: format!("{prefix}/include/{major_minor}"),
+        data: prefix.to_string(),
+        glibc,
+        installed,
+    })
+}
+
+/// `root/rel` with `..` and `.` resolved (RECORD paths of scripts climb out).
+fn normalise_join(root: &str, rel: &str) -> String {
+    let mut parts: Vec<&str> = root.split('/').filter(|p| !p.is_empty()).collect();
+    for part in rel.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    parts.join("/")
+}
+
+/// `X.Y.Z` at the start of a version string (`3.11.2-6+deb12u6` → 3.11.2).
+fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
+    let mut parts = text.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// The Version of an installed package in a dpkg status file.
+fn dpkg_version(status: &str, package: &str) -> Option<String> {
+    status.split("\n\n").find_map(|stanza| {
+        let mut name = None;
+        let mut version = None;
+        let mut installed = false;
+        for line in stanza.lines() {
+            if let Some(v) = line.strip_prefix("Package: ") {
+                name = Some(v.trim());
+            } else if let Some(v) = line.strip_prefix("Version: ") {
+                version = Some(v.trim());
+            } else if let Some(v) = line.strip_prefix("Status: ") {
+                installed = v.trim().ends_with(" installed");
+            }
+        }
+        (name == Some(package) && installed).then(|| version.map(String::from)).flatten()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(entries: &[(&str, Option<&str>, Option<&str>)]) -> BaseFiles {
+        let mut f = BaseFiles::default();
+        for (path, link, text) in entries {
+            f.present.insert(path.to_string());
+            if let Some(l) = link {
+                f.links.insert(path.to_string(), l.to_string());
+            }
+            if let Some(t) = text {
+                f.texts.insert(path.to_string(), t.to_string());
+            }
+        }
+        f
+    }
+
+    const DPKG: &str = "Package: libc6\nStatus: install ok installed\nVersion: 2.36-9+deb12u13\n\n\
+Package: libpython3.11-minimal\nStatus: install ok installed\nVersion: 3.11.2-6+deb12u6\n";
+
+    #[test]
+    fn debian_python() {
+        let f = files(&[
+            ("usr/bin/python3", Some("python3.11"), None),
+            ("usr/bin/python3.11", None, None),
+            ("usr/lib/python3.11", None, None),
+            ("var/lib/dpkg/status", None, Some(DPKG)),
+        ]);
+        let t = target_from(&f, &serde_json::json!({"architecture": "amd64"}), &TargetOverrides::default()).unwrap();
+        assert_eq!(t.python_version, (3, 11, 2));
+        assert_eq!(t.interpreter, "/usr/bin/python3");
+        assert_eq!(t.purelib, "usr/local/lib/python3.11/dist-packages");
+        assert_eq!(t.scripts, "usr/local/bin");
+        assert_eq!(t.glibc, Some((2, 36)));
+        assert_eq!(t.arch, "x86_64");
+    }
+
+    #[test]
+    fn python_org_image_with_installed_dists() {
+        let f = files(&[
+            ("usr/local/bin/python3", Some("python3.12"), None),
+            ("usr/local/bin/python3.12", None, None),
+            ("var/lib/dpkg/status", None, Some(DPKG)),
+            (
+                "usr/local/lib/python3.12/site-packages/pip-24.0.dist-info/METADATA",
+                None,
+                Some("Metadata-Version: 2.1\nName: pip\nVersion: 24.0\n\nbody"),
+            ),
+            (
+                "usr/local/lib/python3.12/site-packages/pip-24.0.dist-info/RECORD",
+                None,
+                Some("pip/__init__.py,sha256=x,1\n../../../bin/pip,sha256=y,2\n"),
+            ),
+        ]);
+        let config = serde_json::json!({"architecture": "arm64", "config": {"Env": ["PYTHON_VERSION=3.12.7"]}});
+        let t = target_from(&f, &config, &TargetOverrides::default()).unwrap();
+        assert_eq!(t.python_version, (3, 12, 7));
+        assert_eq!(t.purelib, "usr/local/lib/python3.12/site-packages");
+        assert_eq!(t.scripts, "usr/local/bin");
+        assert_eq!(t.arch, "aarch64");
+        let pip = &t.installed["pip"];
+        assert_eq!(pip.version, "24.0");
+        assert_eq!(pip.files, ["usr/local/lib/python3.12/site-packages/pip/__init__.py", "usr/local/bin/pip"]);
+    }
+
+    #[test]
+    fn no_python_is_a_clear_error() {
+        let err = target_from(&BaseFiles::default(), &serde_json::json!({}), &TargetOverrides::default()).unwrap_err();
+        assert!(err.to_string().contains("has no Python"), "{err}");
+    }
 }

@@ -199,3 +199,11 @@ pub fn busybox_rootfs(dest: &Path) -> PathBuf {
         .arg("."));
     tar
 }
+
+/// The Debian bookworm root filesystem with Python (made once by
+/// scripts/python-base.sh with mmdebstrap, then cached).
+pub fn python_base() -> PathBuf {
+    require_tool("mmdebstrap");
+    let out = ok(Command::new("bash").arg(repo_root().join("scripts/python-base.sh")));
+    PathBuf::from(out.trim())
+}

@@ -1,0 +1,144 @@
+//! The lock: every input of the Python layers resolved to a digest — the
+//! base image, the target read from it, and each wheel by file name, URL and
+//! sha256 — so a rebuild needs no index and gives the same bytes.
+//!
+//! Written in the shape of PEP 751 (`pylock.toml`): `lock-version`,
+//! `created-by`, `requires-python`, `[[packages]]` with `wheels`; what is ours
+//! lives under `[tool.dallinger-oci]`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// The lock file's name, next to `config.txt`.
+pub const LOCK_FILE: &str = "pylock.dallinger-oci.toml";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Lock {
+    pub lock_version: String,
+    pub created_by: String,
+    pub requires_python: String,
+    #[serde(default)]
+    pub packages: Vec<LockedPackage>,
+    pub tool: ToolSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolSection {
+    #[serde(rename = "dallinger-oci")]
+    pub ours: LockInputs,
+}
+
+/// What the lock was made from: when any of it changes, the lock is stale.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct LockInputs {
+    /// The base as configured (`docker://…`, `rootfs:…`, …): informational.
+    pub base: String,
+    /// The base manifest digest the target was read from.
+    pub base_digest: String,
+    pub platform: String,
+    /// sha256 of the requirements file the pins came from.
+    pub requirements_sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct LockedPackage {
+    pub name: String,
+    pub version: String,
+    #[serde(default)]
+    pub wheels: Vec<LockedWheel>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockedWheel {
+    pub name: String,
+    pub url: String,
+    pub hashes: Hashes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hashes {
+    pub sha256: String,
+}
+
+impl Lock {
+    pub fn path(experiment_dir: &Path) -> PathBuf {
+        experiment_dir.join(LOCK_FILE)
+    }
+
+    /// The lock next to `config.txt`, if there is one.
+    pub fn read(experiment_dir: &Path) -> Result<Option<Lock>> {
+        let path = Lock::path(experiment_dir);
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let lock: Lock = toml::from_str(&text).with_context(|| {
+            format!("{} is not a valid lock file: delete it and run `dallinger-oci lock`", path.display())
+        })?;
+        Ok(Some(lock))
+    }
+
+    /// Writes the lock atomically; packages sorted by name so the file is stable.
+    pub fn write(&self, experiment_dir: &Path) -> Result<PathBuf> {
+        let mut lock = self.clone();
+        lock.packages.sort_by(|a, b| a.name.cmp(&b.name));
+        let text = format!(
+            "# Written by `dallinger-oci lock`: every input of the image's Python layers.\n{}",
+            toml::to_string(&lock)?
+        );
+        let path = Lock::path(experiment_dir);
+        let tmp = path.with_extension("toml.partial");
+        fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+        fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_sorts() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = Lock {
+            lock_version: "1.0".into(),
+            created_by: "dallinger-oci".into(),
+            requires_python: "==3.11.2".into(),
+            packages: vec![
+                LockedPackage {
+                    name: "six".into(),
+                    version: "1.16.0".into(),
+                    wheels: vec![LockedWheel {
+                        name: "six-1.16.0-py2.py3-none-any.whl".into(),
+                        url: "https://example.test/six.whl".into(),
+                        hashes: Hashes { sha256: "ab".repeat(32) },
+                    }],
+                },
+                LockedPackage { name: "flask".into(), version: "3.0.3".into(), wheels: vec![] },
+            ],
+            tool: ToolSection {
+                ours: LockInputs {
+                    base: "rootfs:base.tar".into(),
+                    base_digest: format!("sha256:{}", "cd".repeat(32)),
+                    platform: "linux/amd64".into(),
+                    requirements_sha256: "ef".repeat(32),
+                },
+            },
+        };
+        let path = lock.write(dir.path()).unwrap();
+        let text = fs::read_to_string(path).unwrap();
+        assert!(text.contains("lock-version = \"1.0\""), "{text}");
+        assert!(text.contains("[tool.dallinger-oci]"), "{text}");
+        let back = Lock::read(dir.path()).unwrap().unwrap();
+        assert_eq!(back.packages[0].name, "flask");
+        assert_eq!(back.tool, lock.tool);
+    }
+}
