@@ -13,4 +13,5 @@ rm -rf "$out/oci" "$out/stroop.tar"
   --base "rootfs:$base" \
   --output "oci:$out/oci" \
   --output "docker-archive:$out/stroop.tar" \
-  --digest-file "$out/digest"
+  --digest-file "$out/digest" \
+  --no-deps  # Python layers: see README (psycopg2 needs an sdist build)

@@ -1,6 +1,6 @@
 //! `build`: experiment → layers → image → outputs, in one direction.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -11,10 +11,16 @@ use dallinger_oci_layers::{
 
 use crate::base::{self, BaseRef};
 use crate::experiment::{Experiment, FileKind, LoadOptions};
-use crate::image::store::{BlobStore, StoredLayer};
+use crate::image::store::{sha256_file, BlobStore, StoredLayer};
 use crate::image::{
     self, archive, layout, ConfigChanges, Image, ImageLayer, RemoteBlob, ANNOTATION_COMPRESSOR,
 };
+use crate::plan::{Lock, LockInputs};
+use crate::python::index::IndexConfig;
+use crate::python::layers::{python_layers, PythonLayers};
+use crate::python::requirements::parse_file;
+use crate::python::resolve::{self, ResolveRequest};
+use crate::python::{target, TargetOverrides};
 use crate::registry::credentials::{self, CredentialContext};
 use crate::registry::{pull, Reference, RegistryClient, RetryPolicy};
 
@@ -108,6 +114,123 @@ pub struct BuildRequest {
     pub epoch: u64,
     pub home_config: Option<PathBuf>,
     pub registry: RegistryOptions,
+    /// How to install the experiment's Python dependencies; `None` builds
+    /// only the experiment layer on the base (`--no-deps`).
+    pub python: Option<PythonOptions>,
+}
+
+/// Settings of the Python stage.
+pub struct PythonOptions {
+    pub index: IndexConfig,
+    pub overrides: TargetOverrides,
+    /// Fail when the lock is missing or out of date.
+    pub locked: bool,
+    /// Write the lock (the `lock` command).
+    pub write_lock: bool,
+    pub parallel: usize,
+}
+
+struct PythonStage {
+    layers: PythonLayers,
+}
+
+/// Target, pins, wheels and the dependency layers.
+#[allow(clippy::too_many_arguments)]
+fn python_stage(
+    experiment: &Experiment,
+    base: &base::BaseImage,
+    base_text: &str,
+    platform: &str,
+    store: &BlobStore,
+    request: &BuildRequest,
+    python: &PythonOptions,
+    options: &WriteOptions,
+) -> Result<PythonStage> {
+    // Reading the target needs the base layers' bytes.
+    pull::fetch_missing(store, &base.layers, &|remote| {
+        request.registry.client_for_remote(remote)
+    })?;
+    let target = target::detect(store, &base.layers, &base.config, &python.overrides)
+        .map_err(|e| e.context("reading the base image's Python (use --no-deps to build without Python dependencies)"))?;
+    let requirements = ["constraints.txt", "requirements.txt"]
+        .iter()
+        .map(|f| experiment.dir.join(f))
+        .find(|p| p.is_file())
+        .with_context(|| {
+            format!(
+                "{} has neither constraints.txt nor requirements.txt: pin the experiment's dependencies (`dallinger constraints generate`)",
+                experiment.dir.display()
+            )
+        })?;
+    let inputs = LockInputs {
+        base: portable_base_name(base_text),
+        base_digest: base.digest.clone().unwrap_or_else(|| "none".into()),
+        platform: platform.to_string(),
+        requirements_sha256: sha256_file(&requirements)?
+            .trim_start_matches("sha256:")
+            .to_string(),
+    };
+    let resolution = resolve::resolve(&ResolveRequest {
+        requirements: &requirements,
+        target: &target,
+        index: &python.index,
+        inputs,
+        lock: Lock::read(&experiment.dir)?,
+        locked: python.locked,
+        parallel: python.parallel,
+    })?;
+    eprintln!(
+        "Python {}.{}.{} in the base: {} wheels to install{}{}",
+        target.python_version.0,
+        target.python_version.1,
+        target.python_version.2,
+        resolution.wheels.len(),
+        if resolution.already_in_base.is_empty() {
+            String::new()
+        } else {
+            format!(", {} already in the base", resolution.already_in_base.len())
+        },
+        if resolution.from_lock {
+            " (from the lock)"
+        } else {
+            ""
+        }
+    );
+    if python.write_lock {
+        let path = resolution.lock.write(&experiment.dir)?;
+        eprintln!("Wrote {}", path.display());
+    }
+    // REQUESTED marks what the experiment asked for itself: its
+    // requirements.txt when it has one, else every pin.
+    let top_level = experiment.dir.join("requirements.txt");
+    let requested: BTreeSet<String> = if top_level.is_file() && requirements != top_level {
+        parse_file(&top_level)?
+            .requirements
+            .iter()
+            .map(|r| r.normalised.clone())
+            .collect()
+    } else {
+        resolution
+            .wheels
+            .iter()
+            .map(|w| w.normalised.clone())
+            .collect()
+    };
+    let clock_on = experiment.get("clock_on").is_some_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "true" | "1" | "yes" | "on"
+        )
+    });
+    let layers = python_layers(
+        store,
+        &target,
+        &resolution.wheels,
+        &requested,
+        clock_on,
+        options,
+    )?;
+    Ok(PythonStage { layers })
 }
 
 pub struct BuildResult {
@@ -176,7 +299,30 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
         mtime: request.epoch,
         workers: 0,
     };
-    let tree = experiment_tree(&experiment)?;
+    let python = match &request.python {
+        Some(python) => Some(python_stage(
+            &experiment,
+            &base,
+            &base_text,
+            platform,
+            &store,
+            request,
+            python,
+            &options,
+        )?),
+        None => None,
+    };
+    let mut tree = experiment_tree(&experiment)?;
+    if let Some(python) = &python {
+        // Dallinger's files go in where the experiment has none, as its
+        // assembly copies the experiment first and skips what exists.
+        for (rel, source) in &python.layers.experiment_files {
+            let path = format!("experiment/{rel}");
+            if tree.get(&path).is_none() {
+                tree.add_file(&path, Content::File(source.clone()), false)?;
+            }
+        }
+    }
     let (code_layer, layer_reused) = layer_from_cache_or_write(&store, &tree, &options)?;
     let code_layer = ImageLayer {
         blob: code_layer,
@@ -219,13 +365,21 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
         ]),
         labels,
     };
-    let config = image::derive_config(
-        &base.config,
-        &changes,
-        &[(&code_layer, "dallinger-oci: experiment code at /experiment")],
-    )?;
+    let mut new_layers: Vec<(ImageLayer, String)> = Vec::new();
+    if let Some(python) = python {
+        for l in python.layers.layers {
+            new_layers.push((l.layer, l.created_by));
+        }
+    }
+    new_layers.push((
+        code_layer,
+        "dallinger-oci: experiment code at /experiment".into(),
+    ));
+    let history: Vec<(&ImageLayer, &str)> =
+        new_layers.iter().map(|(l, c)| (l, c.as_str())).collect();
+    let config = image::derive_config(&base.config, &changes, &history)?;
     let mut layers = base.layers;
-    layers.push(code_layer);
+    layers.extend(new_layers.into_iter().map(|(l, _)| l));
     let image = Image::assemble(&store, &config, layers)?;
 
     if !request.outputs.is_empty() {
@@ -250,6 +404,29 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
         image,
         layer_reused,
     })
+}
+
+/// The base as the lock records it: no host path (only a file or directory
+/// name for local bases), since the lock is committed with the experiment.
+fn portable_base_name(base_text: &str) -> String {
+    let last = |path: &str| {
+        Path::new(path)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    if let Some(file) = base_text.strip_prefix("rootfs:") {
+        return format!("rootfs:{}", last(file));
+    }
+    if let Some(rest) = base_text.strip_prefix("oci:") {
+        let (dir, tag) = base::split_dir_and_tag(rest);
+        let dir = last(&dir.to_string_lossy());
+        return match tag {
+            Some(tag) => format!("oci:{dir}:{tag}"),
+            None => format!("oci:{dir}"),
+        };
+    }
+    base_text.to_string()
 }
 
 /// `docker_image_base_name`, or — for builds that name their own output or
@@ -317,6 +494,11 @@ fn experiment_tree(experiment: &Experiment) -> Result<LayerTree> {
     let mut tree = LayerTree::new();
     tree.add_dir("experiment")?;
     for file in &experiment.files {
+        // The lock is an input recorded by digest, not experiment code: the
+        // image must not change when it is (re)written.
+        if file.rel == crate::plan::LOCK_FILE {
+            continue;
+        }
         let path = format!("experiment/{}", file.rel);
         match &file.kind {
             FileKind::File { source, executable } => {

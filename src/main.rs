@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
-use dallinger_oci::build::{self, BuildRequest, BuildResult, OutputRef, RegistryOptions};
+use dallinger_oci::build::{
+    self, BuildRequest, BuildResult, OutputRef, PythonOptions, RegistryOptions,
+};
+use dallinger_oci::python::index::IndexConfig;
+use dallinger_oci::python::TargetOverrides;
 use dallinger_oci::registry::credentials::{CredentialContext, Secret};
 use dallinger_oci::registry::push::{push_image, PushOptions};
 use dallinger_oci::registry::{Reference, RetryPolicy};
@@ -34,6 +38,12 @@ enum Command {
         push: bool,
         #[command(flatten)]
         push_args: PushArgs,
+    },
+    /// Resolve the experiment's Python pins for the base and write the lock
+    /// (every wheel by URL and sha256, the base by digest) next to config.txt.
+    Lock {
+        #[command(flatten)]
+        build: BuildArgs,
     },
     /// Build the experiment's image and push it to {docker_image_base_name}:{tag}.
     Push {
@@ -83,6 +93,44 @@ struct BuildArgs {
     /// Attempts per registry request before giving up.
     #[arg(long, default_value_t = 6)]
     retries: u32,
+    #[command(flatten)]
+    python: PythonArgs,
+}
+
+#[derive(clap::Args)]
+struct PythonArgs {
+    /// Build only the experiment layer on the base: no Python dependencies.
+    #[arg(
+        long,
+        env = "DALLINGER_OCI_NO_DEPS",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    no_deps: bool,
+    /// Fail unless the lock exists and is up to date.
+    #[arg(long)]
+    locked: bool,
+    /// Package index (PEP 691 JSON Simple API); default PyPI or $PIP_INDEX_URL.
+    #[arg(long)]
+    index_url: Option<String>,
+    /// Further package indexes; repeatable.
+    #[arg(long)]
+    extra_index_url: Vec<String>,
+    /// A local directory of wheels to use as well; repeatable.
+    #[arg(long)]
+    find_links: Vec<PathBuf>,
+    /// No network for Python packages: only --find-links and the cache.
+    #[arg(long)]
+    offline: bool,
+    /// The base's full Python version, when it cannot be read from the base.
+    #[arg(long, value_name = "X.Y.Z")]
+    python_version: Option<String>,
+    /// The interpreter inside the base, when it is not python3 in /usr/local/bin or /usr/bin.
+    #[arg(long, value_name = "PATH")]
+    python: Option<String>,
+    /// The site-packages directory inside the base to install into.
+    #[arg(long, value_name = "DIR")]
+    site_packages: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -120,20 +168,68 @@ fn run(cli: Cli) -> Result<()> {
             push,
             push_args,
         } => {
-            let (request, result) = build_command(&build)?;
+            let (request, result) = build_command(&build, false)?;
             if push {
                 push_command(&request, &result, &push_args)?;
             }
             Ok(())
         }
+        Command::Lock { build } => {
+            build_command(&build, true)?;
+            Ok(())
+        }
         Command::Push { build, push_args } => {
-            let (request, result) = build_command(&build)?;
+            let (request, result) = build_command(&build, false)?;
             push_command(&request, &result, &push_args)
         }
     }
 }
 
-fn build_command(args: &BuildArgs) -> Result<(BuildRequest, BuildResult)> {
+fn python_options(
+    args: &BuildArgs,
+    cache_dir: &std::path::Path,
+    write_lock: bool,
+) -> Result<Option<PythonOptions>> {
+    let p = &args.python;
+    if p.no_deps {
+        if write_lock {
+            bail!("`lock` resolves Python dependencies: drop --no-deps");
+        }
+        return Ok(None);
+    }
+    let python_version = match &p.python_version {
+        Some(text) => {
+            let parts: Vec<u32> = text
+                .split('.')
+                .map(|x| x.parse())
+                .collect::<Result<_, _>>()
+                .ok()
+                .filter(|v: &Vec<u32>| v.len() == 3)
+                .with_context(|| format!("--python-version {text:?} is not X.Y.Z"))?;
+            Some((parts[0], parts[1], parts[2]))
+        }
+        None => None,
+    };
+    Ok(Some(PythonOptions {
+        index: IndexConfig::from_env_and_flags(
+            p.index_url.clone(),
+            p.extra_index_url.clone(),
+            p.find_links.clone(),
+            cache_dir.join("wheels"),
+            p.offline,
+        ),
+        overrides: TargetOverrides {
+            python_version,
+            interpreter: p.python.clone(),
+            site_packages: p.site_packages.clone(),
+        },
+        locked: p.locked,
+        write_lock,
+        parallel: 4,
+    }))
+}
+
+fn build_command(args: &BuildArgs, write_lock: bool) -> Result<(BuildRequest, BuildResult)> {
     let outputs = args
         .outputs
         .iter()
@@ -148,15 +244,17 @@ fn build_command(args: &BuildArgs) -> Result<(BuildRequest, BuildResult)> {
     } else {
         None
     };
+    let cache_dir = args
+        .cache_dir
+        .clone()
+        .unwrap_or_else(build::default_cache_dir);
     let request = BuildRequest {
         experiment_dir: args.experiment_dir.clone(),
         base: args.base.clone(),
         outputs,
         tag: args.tag.clone(),
-        cache_dir: args
-            .cache_dir
-            .clone()
-            .unwrap_or_else(build::default_cache_dir),
+        python: python_options(args, &cache_dir, write_lock)?,
+        cache_dir,
         platform: args.platform.clone(),
         epoch: build::epoch_from_env()?,
         home_config: dirs::home_dir().map(|h| h.join(".dallingerconfig")),

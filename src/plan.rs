@@ -80,7 +80,10 @@ impl Lock {
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
         let lock: Lock = toml::from_str(&text).with_context(|| {
-            format!("{} is not a valid lock file: delete it and run `dallinger-oci lock`", path.display())
+            format!(
+                "{} is not a valid lock file: delete it and run `dallinger-oci lock`",
+                path.display()
+            )
         })?;
         Ok(Some(lock))
     }
@@ -119,10 +122,16 @@ mod tests {
                     wheels: vec![LockedWheel {
                         name: "six-1.16.0-py2.py3-none-any.whl".into(),
                         url: "https://example.test/six.whl".into(),
-                        hashes: Hashes { sha256: "ab".repeat(32) },
+                        hashes: Hashes {
+                            sha256: "ab".repeat(32),
+                        },
                     }],
                 },
-                LockedPackage { name: "flask".into(), version: "3.0.3".into(), wheels: vec![] },
+                LockedPackage {
+                    name: "flask".into(),
+                    version: "3.0.3".into(),
+                    wheels: vec![],
+                },
             ],
             tool: ToolSection {
                 ours: LockInputs {

@@ -109,7 +109,8 @@ fn unreadable_file() {
         .env("HOME", sandbox.home())
         .env("DALLINGER_OCI_CACHE", sandbox.path("out/cache"))
         .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null");
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("DALLINGER_OCI_NO_DEPS", "1");
     fails(&mut cmd, &["static/private.js"], &[out]);
 }
 

@@ -12,8 +12,20 @@ fn bookworm_base_gives_its_own_python() {
     let rootfs = common::python_base();
     let cache = tempfile::tempdir().unwrap();
     let store = BlobStore::open(cache.path()).unwrap();
-    let base = base::resolve(&BaseRef::Rootfs { file: rootfs }, &store, "linux/amd64", 946_684_800).unwrap();
-    let target = detect(&store, &base.layers, &base.config, &TargetOverrides::default()).unwrap();
+    let base = base::resolve(
+        &BaseRef::Rootfs { file: rootfs },
+        &store,
+        "linux/amd64",
+        946_684_800,
+    )
+    .unwrap();
+    let target = detect(
+        &store,
+        &base.layers,
+        &base.config,
+        &TargetOverrides::default(),
+    )
+    .unwrap();
     // bookworm's python3 is 3.11.2 and its glibc 2.36, whatever the host has.
     assert_eq!(target.python_version, (3, 11, 2));
     assert_eq!(target.glibc, Some((2, 36)));
@@ -22,13 +34,22 @@ fn bookworm_base_gives_its_own_python() {
     assert_eq!(target.scripts, "usr/local/bin");
     assert_eq!(target.arch, "x86_64");
     // Read once, then remembered: a second detection does not scan layers.
-    let again = detect(&store, &base.layers, &base.config, &TargetOverrides::default()).unwrap();
+    let again = detect(
+        &store,
+        &base.layers,
+        &base.config,
+        &TargetOverrides::default(),
+    )
+    .unwrap();
     assert_eq!(again, target);
     let overridden = detect(
         &store,
         &base.layers,
         &base.config,
-        &TargetOverrides { python_version: Some((3, 11, 9)), ..Default::default() },
+        &TargetOverrides {
+            python_version: Some((3, 11, 9)),
+            ..Default::default()
+        },
     )
     .unwrap();
     assert_eq!(overridden.python_version, (3, 11, 9));

@@ -2,6 +2,16 @@
 //! interpreter read from the base image, wheels chosen and fetched from an
 //! index, and installed natively into layers.
 
+pub mod index;
+pub mod install;
+pub mod layers;
+pub mod markers;
+pub mod metadata;
+pub mod pins;
+pub mod requirements;
+pub mod resolve;
+pub mod tags;
 pub mod target;
+pub mod wheel;
 
 pub use target::{InstalledDist, Target, TargetOverrides};

@@ -74,11 +74,14 @@ pub fn detect(
     }
     key_text.push_str(&serde_json::to_string(&config.get("architecture"))?);
     key_text.push_str(&serde_json::to_string(&config.pointer("/config/Env"))?);
-    let memo = store
-        .root()
-        .join("files")
-        .join(format!("target-{}", &sha256_digest(key_text.as_bytes())[7..]));
-    let files = match std::fs::read(&memo).ok().and_then(|b| serde_json::from_slice::<BaseFiles>(&b).ok()) {
+    let memo = store.root().join("files").join(format!(
+        "target-{}",
+        &sha256_digest(key_text.as_bytes())[7..]
+    ));
+    let files = match std::fs::read(&memo)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<BaseFiles>(&b).ok())
+    {
         Some(files) => files,
         None => {
             let paths = layers
@@ -134,12 +137,18 @@ impl BaseFiles {
 
 /// Whether a path can tell us about the base's Python.
 fn interesting(path: &str) -> (bool, bool) {
-    let is_python_bin = (path.starts_with("usr/bin/python3") || path.starts_with("usr/local/bin/python3"))
+    let is_python_bin = (path.starts_with("usr/bin/python3")
+        || path.starts_with("usr/local/bin/python3"))
         && !path[path.rfind('/').unwrap_or(0)..].contains('-');
-    let in_site = (path.contains("/site-packages/") || path.contains("/dist-packages/")) && path.contains(".dist-info/");
+    let in_site = (path.contains("/site-packages/") || path.contains("/dist-packages/"))
+        && path.contains(".dist-info/");
     let read = path == "var/lib/dpkg/status"
-        || (in_site && (path.ends_with(".dist-info/METADATA") || path.ends_with(".dist-info/RECORD")));
-    let keep = read || is_python_bin || path.starts_with("usr/lib/python3") || path.starts_with("usr/local/lib/python3");
+        || (in_site
+            && (path.ends_with(".dist-info/METADATA") || path.ends_with(".dist-info/RECORD")));
+    let keep = read
+        || is_python_bin
+        || path.starts_with("usr/lib/python3")
+        || path.starts_with("usr/local/lib/python3");
     (keep, read)
 }
 
@@ -149,19 +158,30 @@ pub(crate) fn scan_layers(paths: &[(std::path::PathBuf, String)]) -> anyhow::Res
     use std::io::Read;
     let mut files = BaseFiles::default();
     for (path, media_type) in paths {
-        let file = std::fs::File::open(path).with_context(|| format!("cannot read base layer {}", path.display()))?;
-        let reader: Box<dyn Read> = if media_type.ends_with("+gzip") || media_type.ends_with(".gzip") {
-            Box::new(flate2::read::GzDecoder::new(std::io::BufReader::with_capacity(1 << 20, file)))
-        } else if media_type.ends_with(".tar") || media_type.ends_with("tar") {
-            Box::new(std::io::BufReader::with_capacity(1 << 20, file))
-        } else {
-            anyhow::bail!("base layer {} has media type {media_type}, which cannot be read yet", path.display());
-        };
+        let file = std::fs::File::open(path)
+            .with_context(|| format!("cannot read base layer {}", path.display()))?;
+        let reader: Box<dyn Read> =
+            if media_type.ends_with("+gzip") || media_type.ends_with(".gzip") {
+                Box::new(flate2::read::GzDecoder::new(
+                    std::io::BufReader::with_capacity(1 << 20, file),
+                ))
+            } else if media_type.ends_with(".tar") || media_type.ends_with("tar") {
+                Box::new(std::io::BufReader::with_capacity(1 << 20, file))
+            } else {
+                anyhow::bail!(
+                    "base layer {} has media type {media_type}, which cannot be read yet",
+                    path.display()
+                );
+            };
         let mut archive = tar::Archive::new(reader);
         for entry in archive.entries().context("reading a base layer")? {
             let mut entry = entry.context("reading a base layer")?;
             let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-            let p = raw.trim_start_matches("./").trim_start_matches('/').trim_end_matches('/').to_string();
+            let p = raw
+                .trim_start_matches("./")
+                .trim_start_matches('/')
+                .trim_end_matches('/')
+                .to_string();
             let (dir, name) = match p.rsplit_once('/') {
                 Some((d, n)) => (d.to_string(), n.to_string()),
                 None => (String::new(), p.clone()),
@@ -171,7 +191,11 @@ pub(crate) fn scan_layers(paths: &[(std::path::PathBuf, String)]) -> anyhow::Res
                 continue;
             }
             if let Some(hidden) = name.strip_prefix(".wh.") {
-                let gone = if dir.is_empty() { hidden.to_string() } else { format!("{dir}/{hidden}") };
+                let gone = if dir.is_empty() {
+                    hidden.to_string()
+                } else {
+                    format!("{dir}/{hidden}")
+                };
                 files.remove_subtree(&gone);
                 continue;
             }
@@ -202,9 +226,17 @@ pub(crate) fn scan_layers(paths: &[(std::path::PathBuf, String)]) -> anyhow::Res
 }
 
 /// Works out the target from the base's files and config.
-pub(crate) fn target_from(files: &BaseFiles, config: &serde_json::Value, overrides: &TargetOverrides) -> anyhow::Result<Target> {
+pub(crate) fn target_from(
+    files: &BaseFiles,
+    config: &serde_json::Value,
+    overrides: &TargetOverrides,
+) -> anyhow::Result<Target> {
     use anyhow::{bail, Context};
-    let arch = match config.get("architecture").and_then(|v| v.as_str()).unwrap_or("amd64") {
+    let arch = match config
+        .get("architecture")
+        .and_then(|v| v.as_str())
+        .unwrap_or("amd64")
+    {
         "amd64" => "x86_64",
         "arm64" => "aarch64",
         "386" => "i686",
@@ -228,13 +260,21 @@ pub(crate) fn target_from(files: &BaseFiles, config: &serde_json::Value, overrid
             Some(t) if t.starts_with('/') => resolved = t.trim_start_matches('/').to_string(),
             Some(t) => {
                 let dir = resolved.rsplit_once('/').map_or("", |(d, _)| d);
-                resolved = if dir.is_empty() { t.clone() } else { format!("{dir}/{t}") };
+                resolved = if dir.is_empty() {
+                    t.clone()
+                } else {
+                    format!("{dir}/{t}")
+                };
             }
             None => break,
         }
     }
     let minor_from_name = |name: &str| -> Option<u32> {
-        name.rsplit('/').next()?.strip_prefix("python3.")?.parse().ok()
+        name.rsplit('/')
+            .next()?
+            .strip_prefix("python3.")?
+            .parse()
+            .ok()
     };
     let env_version = config
         .pointer("/config/Env")
@@ -245,12 +285,22 @@ pub(crate) fn target_from(files: &BaseFiles, config: &serde_json::Value, overrid
                 .find_map(|v| v.strip_prefix("PYTHON_VERSION="))
                 .map(String::from)
         });
-    let dpkg = files.texts.get("var/lib/dpkg/status").map(String::as_str).unwrap_or("");
+    let dpkg = files
+        .texts
+        .get("var/lib/dpkg/status")
+        .map(String::as_str)
+        .unwrap_or("");
     let minor = minor_from_name(&resolved).or_else(|| {
         files
             .present
             .iter()
-            .filter_map(|p| p.strip_prefix(if interpreter_path.starts_with("usr/local") { "usr/local/lib/python3." } else { "usr/lib/python3." }))
+            .filter_map(|p| {
+                p.strip_prefix(if interpreter_path.starts_with("usr/local") {
+                    "usr/local/lib/python3."
+                } else {
+                    "usr/lib/python3."
+                })
+            })
             .filter_map(|rest| rest.split('/').next()?.parse::<u32>().ok())
             .max()
     });
@@ -295,13 +345,17 @@ pub(crate) fn target_from(files: &BaseFiles, config: &serde_json::Value, overrid
     });
     let mut installed = BTreeMap::new();
     for (path, text) in &files.texts {
-        let Some(dist_info) = path.strip_suffix("/METADATA") else { continue };
+        let Some(dist_info) = path.strip_suffix("/METADATA") else {
+            continue;
+        };
         let header = |key: &str| {
             text.lines()
                 .take_while(|l| !l.is_empty())
                 .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
         };
-        let (Some(name), Some(version)) = (header("Name:"), header("Version:")) else { continue };
+        let (Some(name), Some(version)) = (header("Name:"), header("Version:")) else {
+            continue;
+        };
         let root = dist_info.rsplit_once('/').map_or("", |(d, _)| d);
         let files_listed = files
             .texts
@@ -317,7 +371,12 @@ pub(crate) fn target_from(files: &BaseFiles, config: &serde_json::Value, overrid
             .unwrap_or_default();
         installed.insert(
             normalise_name(&name),
-            InstalledDist { name, version, dist_info: dist_info.to_string(), files: files_listed },
+            InstalledDist {
+                name,
+                version,
+                dist_info: dist_info.to_string(),
+                files: files_listed,
+            },
         );
     }
     Ok(Target {
@@ -352,7 +411,11 @@ fn normalise_join(root: &str, rel: &str) -> String {
 /// `X.Y.Z` at the start of a version string (`3.11.2-6+deb12u6` → 3.11.2).
 fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
     let mut parts = text.split(|c: char| !c.is_ascii_digit());
-    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+    Some((
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+    ))
 }
 
 /// The Version of an installed package in a dpkg status file.
@@ -370,7 +433,9 @@ fn dpkg_version(status: &str, package: &str) -> Option<String> {
                 installed = v.trim().ends_with(" installed");
             }
         }
-        (name == Some(package) && installed).then(|| version.map(String::from)).flatten()
+        (name == Some(package) && installed)
+            .then(|| version.map(String::from))
+            .flatten()
     })
 }
 
@@ -403,7 +468,12 @@ Package: libpython3.11-minimal\nStatus: install ok installed\nVersion: 3.11.2-6+
             ("usr/lib/python3.11", None, None),
             ("var/lib/dpkg/status", None, Some(DPKG)),
         ]);
-        let t = target_from(&f, &serde_json::json!({"architecture": "amd64"}), &TargetOverrides::default()).unwrap();
+        let t = target_from(
+            &f,
+            &serde_json::json!({"architecture": "amd64"}),
+            &TargetOverrides::default(),
+        )
+        .unwrap();
         assert_eq!(t.python_version, (3, 11, 2));
         assert_eq!(t.interpreter, "/usr/bin/python3");
         assert_eq!(t.purelib, "usr/local/lib/python3.11/dist-packages");
@@ -437,12 +507,23 @@ Package: libpython3.11-minimal\nStatus: install ok installed\nVersion: 3.11.2-6+
         assert_eq!(t.arch, "aarch64");
         let pip = &t.installed["pip"];
         assert_eq!(pip.version, "24.0");
-        assert_eq!(pip.files, ["usr/local/lib/python3.12/site-packages/pip/__init__.py", "usr/local/bin/pip"]);
+        assert_eq!(
+            pip.files,
+            [
+                "usr/local/lib/python3.12/site-packages/pip/__init__.py",
+                "usr/local/bin/pip"
+            ]
+        );
     }
 
     #[test]
     fn no_python_is_a_clear_error() {
-        let err = target_from(&BaseFiles::default(), &serde_json::json!({}), &TargetOverrides::default()).unwrap_err();
+        let err = target_from(
+            &BaseFiles::default(),
+            &serde_json::json!({}),
+            &TargetOverrides::default(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("has no Python"), "{err}");
     }
 }

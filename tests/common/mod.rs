@@ -59,6 +59,9 @@ impl Sandbox {
             .env_remove("SOURCE_DATE_EPOCH")
             .env("GIT_CONFIG_NOSYSTEM", "1")
             .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            // The fixture bases have no Python; tests of the Python layers
+            // remove this.
+            .env("DALLINGER_OCI_NO_DEPS", "1")
             .current_dir(self.dir.path());
         // Nothing of the caller's registry credentials or CI settings leaks in.
         for var in [
@@ -206,4 +209,42 @@ pub fn python_base() -> PathBuf {
     require_tool("mmdebstrap");
     let out = ok(Command::new("bash").arg(repo_root().join("scripts/python-base.sh")));
     PathBuf::from(out.trim())
+}
+
+/// Where tests keep what they make once (base layouts, downloads).
+pub fn test_cache_dir() -> PathBuf {
+    let dir = std::env::var_os("DALLINGER_OCI_TEST_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dirs::home_dir().unwrap().join(".cache/dallinger-oci-tests"));
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The Python base as an OCI layout (imported once, then reused), so tests
+/// copy its compressed layer instead of compressing 200 MB each time.
+/// Returns the `--base` argument.
+pub fn python_base_layout() -> String {
+    use dallinger_oci::base::{self, BaseRef};
+    use dallinger_oci::image::store::BlobStore;
+    use dallinger_oci::image::{layout, Image};
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let rootfs = python_base();
+    let stem = rootfs.file_stem().unwrap().to_string_lossy().into_owned();
+    let dir = test_cache_dir().join(format!("{stem}-oci"));
+    if !dir.join("index.json").is_file() {
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(store_dir.path()).unwrap();
+        let base = base::resolve(
+            &BaseRef::Rootfs { file: rootfs },
+            &store,
+            "linux/amd64",
+            946_684_800,
+        )
+        .unwrap();
+        let image = Image::assemble(&store, &base.config, base.layers).unwrap();
+        let _ = fs::remove_dir_all(&dir);
+        layout::write(&store, &image, &dir, "base").unwrap();
+    }
+    format!("oci:{}:base", dir.display())
 }

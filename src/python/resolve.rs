@@ -1,0 +1,414 @@
+//! From a fully pinned requirements file to verified wheels on disk, for one
+//! target: no resolver, only choice (best wheel for the target's tags),
+//! verification (sha256, closure of the pin set) and the lock.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use super::index::{self, Candidate, IndexConfig};
+use super::markers::MarkerEnv;
+use super::metadata::{applicable_dependencies, Dependency};
+use super::pins::{check_closed, pins_for_target, PinnedPackage};
+use super::requirements::parse_file;
+use super::tags::{TagIndex, WheelName};
+use super::target::{normalise_name, Target};
+use super::wheel::WheelArchive;
+use crate::image::store::sha256_file;
+use crate::plan::{Hashes, Lock, LockInputs, LockedPackage, LockedWheel};
+
+/// A wheel chosen, fetched and verified.
+#[derive(Debug, Clone)]
+pub struct ResolvedWheel {
+    pub name: String,
+    pub normalised: String,
+    pub version: String,
+    pub filename: String,
+    pub url: String,
+    /// Lowercase hex.
+    pub sha256: String,
+    pub path: PathBuf,
+}
+
+/// What the experiment's Python needs on the target.
+pub struct Resolution {
+    /// Wheels to install, sorted by normalised name. Pins the base already
+    /// has at the same version are not here.
+    pub wheels: Vec<ResolvedWheel>,
+    /// Pinned packages the base already has at the pinned version.
+    pub already_in_base: Vec<String>,
+    pub lock: Lock,
+    /// Whether the wheels came from an up-to-date lock.
+    pub from_lock: bool,
+}
+
+pub struct ResolveRequest<'a> {
+    /// constraints.txt (or requirements.txt) of the experiment.
+    pub requirements: &'a Path,
+    pub target: &'a Target,
+    pub index: &'a IndexConfig,
+    pub inputs: LockInputs,
+    /// The lock next to config.txt, if any.
+    pub lock: Option<Lock>,
+    /// Fail instead of resolving again when the lock is out of date.
+    pub locked: bool,
+    pub parallel: usize,
+}
+
+pub fn resolve(request: &ResolveRequest) -> Result<Resolution> {
+    let parsed = parse_file(request.requirements)?;
+    let env = MarkerEnv::for_target(request.target);
+    let pins = pins_for_target(&parsed, &env)?;
+    let (needed, already_in_base) = split_by_base(&pins, request.target);
+
+    let fresh_lock = |wheels: &[ResolvedWheel]| lock_of(request, wheels);
+    if let Some(lock) = &request.lock {
+        match stale_reason(lock, &request.inputs, &needed) {
+            None => {
+                let wheels = fetch_locked(lock, request)?;
+                check_pin_set(&pins, &wheels, request.target, &env)?;
+                return Ok(Resolution {
+                    lock: lock.clone(),
+                    wheels,
+                    already_in_base,
+                    from_lock: true,
+                });
+            }
+            Some(reason) if request.locked => bail!(
+                "the lock {} is out of date ({reason}): run `dallinger-oci lock`",
+                crate::plan::LOCK_FILE
+            ),
+            Some(reason) => eprintln!(
+                "warning: {} is out of date ({reason}); resolving again (run `dallinger-oci lock` to update it)",
+                crate::plan::LOCK_FILE
+            ),
+        }
+    } else if request.locked {
+        bail!(
+            "--locked needs a lock file: run `dallinger-oci lock` to write {}",
+            crate::plan::LOCK_FILE
+        );
+    }
+
+    let client = index::http_client()?;
+    let tags = TagIndex::for_target(request.target);
+    let priority = |filename: &str| WheelName::parse(filename).and_then(|w| w.priority(&tags));
+    // List and choose per package, a few at a time.
+    let pinned: Vec<&PinnedPackage> = needed.values().collect();
+    type Choice = Result<(Candidate, Option<String>)>;
+    let chosen: Vec<Mutex<Option<Choice>>> = pinned.iter().map(|_| Mutex::new(None)).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..request.parallel.clamp(1, 8) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let Some(pin) = pinned.get(i) else { return };
+                let result = choose(pin, request, &client, &priority);
+                *chosen[i].lock().unwrap() = Some(result);
+            });
+        }
+    });
+    let items: Vec<(Candidate, Option<String>)> = chosen
+        .into_iter()
+        .map(|slot| slot.into_inner().unwrap().expect("every pin was tried"))
+        .collect::<Result<_>>()?;
+    let paths = index::fetch_all(&items, request.index, &client, request.parallel.max(1))?;
+    let mut wheels = Vec::new();
+    for ((pin, (candidate, _)), path) in pinned.iter().zip(&items).zip(paths) {
+        wheels.push(ResolvedWheel {
+            name: pin.name.clone(),
+            normalised: normalise_name(&pin.name),
+            version: pin.version.clone(),
+            filename: candidate.filename.clone(),
+            url: candidate.url.clone(),
+            sha256: match &candidate.sha256 {
+                Some(s) => s.clone(),
+                None => sha256_file(&path)?
+                    .trim_start_matches("sha256:")
+                    .to_string(),
+            },
+            path,
+        });
+    }
+    check_pin_set(&pins, &wheels, request.target, &env)?;
+    Ok(Resolution {
+        lock: fresh_lock(&wheels),
+        wheels,
+        already_in_base,
+        from_lock: false,
+    })
+}
+
+/// Pins the base lacks (or has at another version), and those it has.
+fn split_by_base(
+    pins: &BTreeMap<String, PinnedPackage>,
+    target: &Target,
+) -> (BTreeMap<String, PinnedPackage>, Vec<String>) {
+    let mut needed = BTreeMap::new();
+    let mut in_base = Vec::new();
+    for (key, pin) in pins {
+        match target.installed.get(key) {
+            Some(dist) if same_version(&dist.version, &pin.version) => {
+                in_base.push(format!("{}=={}", pin.name, pin.version))
+            }
+            _ => {
+                needed.insert(key.clone(), pin.clone());
+            }
+        }
+    }
+    (needed, in_base)
+}
+
+fn same_version(a: &str, b: &str) -> bool {
+    match (
+        a.parse::<pep440_rs::Version>(),
+        b.parse::<pep440_rs::Version>(),
+    ) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+fn choose(
+    pin: &PinnedPackage,
+    request: &ResolveRequest,
+    client: &reqwest::blocking::Client,
+    priority: &dyn Fn(&str) -> Option<usize>,
+) -> Result<(Candidate, Option<String>)> {
+    let place = format!("{}:{}", pin.file.display(), pin.line);
+    if let Some(url) = &pin.url {
+        let filename = url
+            .rsplit('/')
+            .next()
+            .unwrap_or(url)
+            .split(['#', '?'])
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let sha = pin
+            .hashes
+            .first()
+            .map(|h| h.trim_start_matches("sha256:").to_string());
+        let candidate = Candidate {
+            filename,
+            url: url.clone(),
+            sha256: sha.clone(),
+            requires_python: None,
+            yanked: None,
+            size: None,
+            index: "direct URL".into(),
+        };
+        return Ok((candidate, sha));
+    }
+    let files = index::list_files(&pin.name, request.index, client)
+        .with_context(|| format!("{place}: {}=={}", pin.name, pin.version))?;
+    if files.is_empty() {
+        if request.index.offline {
+            bail!(
+                "{place}: {}=={} is neither in the wheel cache nor in --find-links, and --offline allows no network:                  build once with network (or run `dallinger-oci lock`) to fill the cache",
+                pin.name,
+                pin.version
+            );
+        }
+        bail!(
+            "{place}: no files of {} are published on {}",
+            pin.name,
+            request.index.indexes().collect::<Vec<_>>().join(", ")
+        );
+    }
+    let candidate = index::select(
+        &files,
+        &pin.version,
+        priority,
+        request.target.python_version,
+        true,
+    )
+    .map_err(|e| anyhow!("{place}: {e} (target: {})", describe_target(request.target)))?
+    .clone();
+    // A pin with hashes accepts only those files, as pip's hash checking does.
+    let expected = if pin.hashes.is_empty() {
+        None
+    } else {
+        let actual = candidate.sha256.clone().unwrap_or_default();
+        match pin
+            .hashes
+            .iter()
+            .find(|h| h.trim_start_matches("sha256:") == actual)
+        {
+            Some(h) => Some(h.trim_start_matches("sha256:").to_string()),
+            None => Some(pin.hashes[0].trim_start_matches("sha256:").to_string()),
+        }
+    };
+    Ok((candidate, expected))
+}
+
+fn describe_target(target: &Target) -> String {
+    let (a, b, c) = target.python_version;
+    match target.glibc {
+        Some((g1, g2)) => format!(
+            "CPython {a}.{b}.{c} on linux/{} with glibc {g1}.{g2}",
+            target.arch
+        ),
+        None => format!("CPython {a}.{b}.{c} on linux/{}", target.arch),
+    }
+}
+
+/// Every dependency of every pin (on this target) must be pinned or in the base.
+fn check_pin_set(
+    pins: &BTreeMap<String, PinnedPackage>,
+    wheels: &[ResolvedWheel],
+    target: &Target,
+    env: &MarkerEnv,
+) -> Result<()> {
+    let mut requires: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for wheel in wheels {
+        let info = WheelArchive::open(&wheel.path)
+            .and_then(|mut archive| archive.dist_info())
+            .with_context(|| format!("reading the metadata of {}", wheel.filename))?;
+        requires.insert(wheel.normalised.clone(), info.metadata.requires_dist);
+    }
+    // Packages the base provides count as pinned; their own dependencies are
+    // the base's business.
+    let mut all = pins.clone();
+    for (key, dist) in &target.installed {
+        all.entry(key.clone()).or_insert_with(|| PinnedPackage {
+            name: dist.name.clone(),
+            version: dist.version.clone(),
+            extras: Vec::new(),
+            hashes: Vec::new(),
+            url: None,
+            file: PathBuf::from("(base image)"),
+            line: 0,
+        });
+    }
+    let deps_of = |name: &str, extras: &[String]| -> Vec<Dependency> {
+        requires
+            .get(name)
+            .and_then(|r| applicable_dependencies(r, extras, env).ok())
+            .unwrap_or_default()
+    };
+    check_closed(&all, &deps_of, target.python_version)?;
+    Ok(())
+}
+
+fn stale_reason(
+    lock: &Lock,
+    inputs: &LockInputs,
+    needed: &BTreeMap<String, PinnedPackage>,
+) -> Option<String> {
+    let ours = &lock.tool.ours;
+    if ours.base_digest != inputs.base_digest {
+        return Some(format!(
+            "base {} is now {}",
+            ours.base_digest, inputs.base_digest
+        ));
+    }
+    if ours.platform != inputs.platform {
+        return Some(format!(
+            "platform {} is now {}",
+            ours.platform, inputs.platform
+        ));
+    }
+    if ours.requirements_sha256 != inputs.requirements_sha256 {
+        return Some("the requirements changed".into());
+    }
+    let locked: BTreeMap<String, &str> = lock
+        .packages
+        .iter()
+        .map(|p| (normalise_name(&p.name), p.version.as_str()))
+        .collect();
+    let wanted: BTreeMap<String, &str> = needed
+        .iter()
+        .map(|(k, p)| (k.clone(), p.version.as_str()))
+        .collect();
+    (locked != wanted).then(|| "its packages differ from the pins".into())
+}
+
+fn fetch_locked(lock: &Lock, request: &ResolveRequest) -> Result<Vec<ResolvedWheel>> {
+    let client = index::http_client()?;
+    let items: Vec<(Candidate, Option<String>)> = lock
+        .packages
+        .iter()
+        .map(|p| {
+            let wheel = p.wheels.first().with_context(|| {
+                format!("{} lists no wheel for {}", crate::plan::LOCK_FILE, p.name)
+            })?;
+            // A wheel locked by name only comes from --find-links or the cache.
+            let url = if wheel.url.starts_with("http://") || wheel.url.starts_with("https://") {
+                wheel.url.clone()
+            } else {
+                request
+                    .index
+                    .find_links
+                    .iter()
+                    .map(|dir| dir.join(&wheel.name))
+                    .find(|p| p.is_file())
+                    .unwrap_or_else(|| request.index.cache_path(&wheel.hashes.sha256, &wheel.name))
+                    .to_string_lossy()
+                    .into_owned()
+            };
+            Ok((
+                Candidate {
+                    filename: wheel.name.clone(),
+                    url,
+                    sha256: Some(wheel.hashes.sha256.clone()),
+                    requires_python: None,
+                    yanked: None,
+                    size: None,
+                    index: "lock".into(),
+                },
+                Some(wheel.hashes.sha256.clone()),
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let paths = index::fetch_all(&items, request.index, &client, request.parallel.max(1))?;
+    Ok(lock
+        .packages
+        .iter()
+        .zip(items)
+        .zip(paths)
+        .map(|((p, (c, _)), path)| ResolvedWheel {
+            name: p.name.clone(),
+            normalised: normalise_name(&p.name),
+            version: p.version.clone(),
+            filename: c.filename,
+            url: c.url,
+            sha256: c.sha256.unwrap_or_default(),
+            path,
+        })
+        .collect())
+}
+
+fn lock_of(request: &ResolveRequest, wheels: &[ResolvedWheel]) -> Lock {
+    let (a, b, c) = request.target.python_version;
+    Lock {
+        lock_version: "1.0".into(),
+        created_by: "dallinger-oci".into(),
+        requires_python: format!("=={a}.{b}.{c}"),
+        packages: wheels
+            .iter()
+            .map(|w| LockedPackage {
+                name: w.name.clone(),
+                version: w.version.clone(),
+                wheels: vec![LockedWheel {
+                    name: w.filename.clone(),
+                    // A wheel from --find-links is recorded by name only: the
+                    // lock must not hold this machine's paths.
+                    url: if w.url.starts_with("http://") || w.url.starts_with("https://") {
+                        w.url.clone()
+                    } else {
+                        w.filename.clone()
+                    },
+                    hashes: Hashes {
+                        sha256: w.sha256.clone(),
+                    },
+                }],
+            })
+            .collect(),
+        tool: crate::plan::ToolSection {
+            ours: request.inputs.clone(),
+        },
+    }
+}
