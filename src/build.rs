@@ -270,10 +270,11 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
     let base_text = match (&request.base, experiment.get("docker_base_image")) {
         (Some(b), _) => b.clone(),
         (None, Some(b)) => b.to_string(),
-        (None, None) => bail!(
-            "no base image: pass --base (oci:DIR[:TAG], rootfs:FILE.tar or scratch) \
-             or set docker_base_image under [Docker] in config.txt"
-        ),
+        (None, None) => {
+            let (base, why) = default_base(&experiment.dir);
+            eprintln!("No base image configured: using {base} ({why}); set docker_base_image under [Docker] or pass --base to choose");
+            base
+        }
     };
     let base_ref = BaseRef::parse(&base_text)?;
     let platform = request
@@ -404,6 +405,47 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
         image,
         layer_reused,
     })
+}
+
+/// Python used by the default base when the experiment does not say.
+const DEFAULT_PYTHON: &str = "3.13";
+
+/// The base used when none is configured: the official Python image on
+/// Debian bookworm (with libpq5, a compiler and headers, as Dallinger's own
+/// bases), for the Python the experiment asks for: `.python-version`, else
+/// the version `dallinger constraints generate` compiled for.
+pub fn default_base(experiment_dir: &Path) -> (String, String) {
+    let minor = |text: &str| -> Option<String> {
+        let mut parts = text.trim().split('.');
+        let (major, minor) = (parts.next()?, parts.next()?);
+        let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+        (major == "3" && digits(minor)).then(|| format!("3.{minor}"))
+    };
+    if let Some(v) = fs::read_to_string(experiment_dir.join(".python-version"))
+        .ok()
+        .and_then(|t| t.lines().next().and_then(minor))
+    {
+        return (
+            format!("docker.io/library/python:{v}-bookworm"),
+            format!("Python {v} from .python-version"),
+        );
+    }
+    if let Some(v) = fs::read_to_string(experiment_dir.join("constraints.txt"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.split("requesting Python ").nth(1).and_then(minor))
+        })
+    {
+        return (
+            format!("docker.io/library/python:{v}-bookworm"),
+            format!("Python {v}, as constraints.txt was compiled for"),
+        );
+    }
+    (
+        format!("docker.io/library/python:{DEFAULT_PYTHON}-bookworm"),
+        format!("Python {DEFAULT_PYTHON}, the default"),
+    )
 }
 
 /// The base as the lock records it: no host path (only a file or directory
@@ -574,6 +616,34 @@ mod tests {
             }
         );
         assert!(OutputRef::parse("dir:x").is_err());
+    }
+
+    #[test]
+    fn default_base_follows_the_experiments_python() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            default_base(dir.path()).0,
+            "docker.io/library/python:3.13-bookworm"
+        );
+        fs::write(
+            dir.path().join("constraints.txt"),
+            "# Compiled from a requirements.txt file with md5sum x and a .python-version file requesting Python 3.12\n",
+        )
+        .unwrap();
+        assert_eq!(
+            default_base(dir.path()).0,
+            "docker.io/library/python:3.12-bookworm"
+        );
+        fs::write(dir.path().join(".python-version"), "3.11.9\n").unwrap();
+        assert_eq!(
+            default_base(dir.path()).0,
+            "docker.io/library/python:3.11-bookworm"
+        );
+        fs::write(dir.path().join(".python-version"), "pypy3.10\n").unwrap();
+        assert_eq!(
+            default_base(dir.path()).0,
+            "docker.io/library/python:3.12-bookworm"
+        );
     }
 
     #[test]
