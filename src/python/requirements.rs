@@ -13,8 +13,8 @@ use pep440_rs::Operator;
 use pep508_rs::{Requirement as Pep508Requirement, VersionOrUrl};
 
 use super::markers;
-use super::tags::WheelName;
 use super::target::normalise_name;
+use super::wheel::WheelFilename;
 
 /// One requirement line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -807,7 +807,7 @@ fn url_requirement(
     let path = url.split(['?', '#']).next().unwrap_or(&url);
     let filename = path.rsplit('/').next().unwrap_or(path);
     let filename = percent_decode(filename);
-    let wheel = WheelName::parse(&filename).ok_or_else(|| {
+    let wheel = WheelFilename::parse(&filename).map_err(|_| {
         format!(
             "`{url}` is not a wheel: direct URLs must point to a .whl file (sdists need a \
              build); pin a released version or provide a wheel in --find-links"

@@ -13,7 +13,7 @@ use super::markers::MarkerEnv;
 use super::metadata::{applicable_dependencies, Dependency};
 use super::pins::{check_closed, pins_for_target, PinnedPackage};
 use super::requirements::parse_file;
-use super::tags::{TagIndex, WheelName};
+use super::tags::{file_priority, TagIndex};
 use super::target::{normalise_name, Target};
 use super::wheel::WheelArchive;
 use crate::image::store::sha256_file;
@@ -94,7 +94,7 @@ pub fn resolve(request: &ResolveRequest) -> Result<Resolution> {
 
     let client = index::http_client()?;
     let tags = TagIndex::for_target(request.target);
-    let priority = |filename: &str| WheelName::parse(filename).and_then(|w| w.priority(&tags));
+    let priority = |filename: &str| file_priority(filename, &tags);
     // List and choose per package, a few at a time.
     let pinned: Vec<&PinnedPackage> = needed.values().collect();
     type Choice = Result<(Candidate, Option<String>)>;

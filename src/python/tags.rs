@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 
 use super::target::Target;
+use super::wheel::WheelFilename;
 
 /// Legacy manylinux aliases, by the glibc version they stand for.
 const LEGACY_MANYLINUX: [((u32, u32), &str); 3] = [
@@ -161,56 +162,25 @@ pub fn wheel_priority(
     best
 }
 
-/// The parts of a wheel file name (`{name}-{ver}(-{build})?-{py}-{abi}-{plat}.whl`),
-/// with each tag component split on `.`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WheelName {
-    pub name: String,
-    pub version: String,
-    pub build: Option<String>,
-    pub python_tags: Vec<String>,
-    pub abi_tags: Vec<String>,
-    pub platform_tags: Vec<String>,
+/// [`wheel_priority`] of a parsed wheel file name.
+pub fn filename_priority(wheel: &WheelFilename, tags: &TagIndex) -> Option<usize> {
+    fn strs(s: &[String]) -> Vec<&str> {
+        s.iter().map(String::as_str).collect()
+    }
+    wheel_priority(
+        &strs(&wheel.python_tags),
+        &strs(&wheel.abi_tags),
+        &strs(&wheel.platform_tags),
+        tags,
+    )
 }
 
-impl WheelName {
-    /// Parses a wheel file name; None if it is not one.
-    pub fn parse(filename: &str) -> Option<WheelName> {
-        let stem = filename.strip_suffix(".whl")?;
-        let parts: Vec<&str> = stem.split('-').collect();
-        let (name, version, build, py, abi, plat) = match parts.as_slice() {
-            [n, v, py, abi, plat] => (*n, *v, None, *py, *abi, *plat),
-            [n, v, b, py, abi, plat] => (*n, *v, Some(*b), *py, *abi, *plat),
-            _ => return None,
-        };
-        if [name, version, py, abi, plat].iter().any(|s| s.is_empty())
-            || build.is_some_and(|b| !b.starts_with(|c: char| c.is_ascii_digit()))
-        {
-            return None;
-        }
-        let split = |s: &str| s.split('.').map(str::to_string).collect::<Vec<_>>();
-        Some(WheelName {
-            name: name.to_string(),
-            version: version.to_string(),
-            build: build.map(str::to_string),
-            python_tags: split(py),
-            abi_tags: split(abi),
-            platform_tags: split(plat),
-        })
-    }
-
-    /// [`wheel_priority`] of this wheel.
-    pub fn priority(&self, tags: &TagIndex) -> Option<usize> {
-        fn strs(s: &[String]) -> Vec<&str> {
-            s.iter().map(String::as_str).collect()
-        }
-        wheel_priority(
-            &strs(&self.python_tags),
-            &strs(&self.abi_tags),
-            &strs(&self.platform_tags),
-            tags,
-        )
-    }
+/// [`wheel_priority`] of a wheel given by file name; None for anything that
+/// is not a valid wheel name or does not fit the target.
+pub fn file_priority(filename: &str, tags: &TagIndex) -> Option<usize> {
+    WheelFilename::parse(filename)
+        .ok()
+        .and_then(|w| filename_priority(&w, tags))
 }
 
 #[cfg(test)]
@@ -318,9 +288,7 @@ mod tests {
     }
 
     fn prio(filename: &str, t: &Target) -> Option<usize> {
-        WheelName::parse(filename)
-            .unwrap()
-            .priority(&TagIndex::for_target(t))
+        file_priority(filename, &TagIndex::for_target(t))
     }
 
     #[test]
@@ -379,14 +347,15 @@ mod tests {
 
     #[test]
     fn wheel_names() {
-        let w = WheelName::parse("gevent-24.2.1-1-cp311-cp311-manylinux_2_28_x86_64.whl").unwrap();
+        let w =
+            WheelFilename::parse("gevent-24.2.1-1-cp311-cp311-manylinux_2_28_x86_64.whl").unwrap();
         assert_eq!(w.name, "gevent");
         assert_eq!(w.version, "24.2.1");
         assert_eq!(w.build.as_deref(), Some("1"));
         assert_eq!(w.platform_tags, vec!["manylinux_2_28_x86_64"]);
-        let w = WheelName::parse("six-1.16.0-py2.py3-none-any.whl").unwrap();
+        let w = WheelFilename::parse("six-1.16.0-py2.py3-none-any.whl").unwrap();
         assert_eq!(w.python_tags, vec!["py2", "py3"]);
-        assert!(WheelName::parse("six-1.16.0.tar.gz").is_none());
-        assert!(WheelName::parse("six-1.16.0-any.whl").is_none());
+        assert!(WheelFilename::parse("six-1.16.0.tar.gz").is_err());
+        assert!(WheelFilename::parse("six-1.16.0-any.whl").is_err());
     }
 }

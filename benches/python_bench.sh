@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Python layers benchmark, in one run:
+#  1. a cold build of the Dallinger closure with the wheels already cached,
+#     against `pip install --no-deps --no-compile --prefix` of the same wheels
+#     followed by `tar | gzip -6 -n` (the peer);
+#  2. a rebuild after editing one experiment file (only the code layer redone).
+# Figures only, no asserts. Needs the fixture experiment
+# fixtures/experiments/dallinger-demo and a psycopg2 wheel in the test
+# wheelhouse (tests/dallinger_image.rs makes it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${BENCH_RUNS:-5}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+test_cache=${DALLINGER_OCI_TEST_CACHE:-$HOME/.cache/dallinger-oci-tests}
+wheelhouse=$test_cache/wheelhouse
+[ -d "$wheelhouse" ] || { echo "no $wheelhouse: run cargo test --test dallinger_image first" >&2; exit 1; }
+
+cargo build --release --locked --quiet
+bin=$PWD/target/release/dallinger-oci
+rootfs=$(bash scripts/python-base.sh)
+base_layout=$test_cache/$(basename "${rootfs%.tar}")-oci
+[ -f "$base_layout/index.json" ] || { echo "no $base_layout: run cargo test --test python_target first" >&2; exit 1; }
+
+cp -r fixtures/experiments/dallinger-demo "$work/exp"
+export DALLINGER_OCI_CACHE=$work/cache
+build="$bin build $work/exp --base oci:$base_layout:base --find-links $wheelhouse --tag bench"
+$build >/dev/null 2>&1   # fills the wheel cache (and downloads once)
+wheels=$(find "$work/cache/wheels/sha256" -name '*.whl' | sort)
+count=$(echo "$wheels" | wc -l)
+
+cold_prepare="find $work/cache -mindepth 1 -maxdepth 1 ! -name wheels -exec rm -rf {} +"
+peer="rm -rf $work/prefix && python3 -m pip install --quiet --no-deps --no-compile --no-index --prefix $work/prefix $(echo $wheels) \
+ && tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf - -C $work/prefix . | gzip -6 -n > $work/peer.tar.gz"
+hyperfine --runs "$runs" --export-json "$work/cold.json" \
+  -n "dallinger-oci cold build ($count wheels cached)" --prepare "$cold_prepare" "$build" \
+  -n "pip install --prefix + tar | gzip -6" "$peer"
+
+$build >/dev/null 2>&1
+hyperfine --runs 10 --export-json "$work/edit.json" \
+  -n "rebuild after editing experiment.py" --prepare "echo '# edit' \$RANDOM >> $work/exp/experiment.py" "$build"
+
+/usr/bin/time -v sh -c "$cold_prepare; $build" >/dev/null 2>"$work/ours.time"
+installed=$(du -sb "$work/prefix" | cut -f1)
+python3 - "$work" "$installed" "$count" <<'PY'
+import json, re, sys
+work, installed, count = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+cold = json.load(open(f"{work}/cold.json"))["results"]
+edit = json.load(open(f"{work}/edit.json"))["results"][0]
+ours, peer = cold[0]["mean"], cold[1]["mean"]
+rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", open(f"{work}/ours.time").read()).group(1)) / 1024
+print(f"\n{count} wheels, {installed/1e6:.0f} MB installed by pip")
+print(f"cold build, wheels cached: dallinger-oci {ours:.2f} s, pip --prefix + tar|gzip -6 {peer:.2f} s, ratio {ours/peer:.2f}")
+print(f"rebuild after one edit: {edit['mean']*1000:.0f} ms (min {edit['min']*1000:.0f}, max {edit['max']*1000:.0f})")
+print(f"peak RSS of a cold build: {rss:.0f} MB")
+PY
