@@ -14,6 +14,7 @@ packages=(
   hyperfine time # benchmarks
   util-linux     # setpriv, to test unreadable files as another user
   openssl        # the test token issuer signs its tokens
+  libpq-dev gcc python3-dev python3-pip # psycopg2's wheel built from its sdist (dallinger_image)
 )
 missing=()
 for p in "${packages[@]}"; do
