@@ -31,6 +31,24 @@ pub struct PinnedPackage {
     pub line: usize,
 }
 
+impl PinnedPackage {
+    /// Where this pin is, for messages.
+    fn pin_ref(&self) -> PinRef {
+        PinRef {
+            file: self.file.clone(),
+            line: self.line,
+            pin: pin_text(&self.name, &self.version, self.url.as_ref()),
+        }
+    }
+
+    /// Adds extras requested on another line for the same package.
+    fn add_extras(&mut self, extras: &[String]) {
+        self.extras.extend(extras.iter().cloned());
+        self.extras.sort();
+        self.extras.dedup();
+    }
+}
+
 /// Where a pin is, for messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PinRef {
@@ -188,16 +206,10 @@ pub fn pins_for_target(
                         file: r.file.clone(),
                         line: r.line,
                         pin: pin_text(&r.name, version, r.url.as_ref()),
-                        other: Box::new(PinRef {
-                            file: pin.file.clone(),
-                            line: pin.line,
-                            pin: pin_text(&pin.name, &pin.version, pin.url.as_ref()),
-                        }),
+                        other: Box::new(pin.pin_ref()),
                     });
                 }
-                pin.extras.extend(r.extras.iter().cloned());
-                pin.extras.sort();
-                pin.extras.dedup();
+                pin.add_extras(&r.extras);
                 if pin.url.is_none() {
                     pin.url = r.url.clone();
                 }
@@ -249,16 +261,10 @@ pub fn pins_for_target(
                 file: r.file.clone(),
                 line: r.line,
                 requirement: display_requirement(r),
-                pin: Box::new(PinRef {
-                    file: pin.file.clone(),
-                    line: pin.line,
-                    pin: pin_text(&pin.name, &pin.version, pin.url.as_ref()),
-                }),
+                pin: Box::new(pin.pin_ref()),
             });
         }
-        pin.extras.extend(r.extras.iter().cloned());
-        pin.extras.sort();
-        pin.extras.dedup();
+        pin.add_extras(&r.extras);
     }
     let hash_mode = parsed.options.require_hashes || pins.values().any(|p| !p.hashes.is_empty());
     if hash_mode {
