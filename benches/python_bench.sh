@@ -36,9 +36,11 @@ hyperfine --runs "$runs" --export-json "$work/cold.json" \
   -n "dallinger-oci cold build ($count wheels cached)" --prepare "$cold_prepare" "$build" \
   -n "pip install --prefix + tar | gzip -6" "$peer"
 
-$build >/dev/null 2>&1
+# Rebuilds use the lock, as CI builds should: without it every build asks the
+# index about each pin.
+$bin lock "$work/exp" --base "oci:$base_layout:base" --find-links "$wheelhouse" --tag bench >/dev/null 2>&1
 hyperfine --runs 10 --export-json "$work/edit.json" \
-  -n "rebuild after editing experiment.py" --prepare "echo '# edit' \$RANDOM >> $work/exp/experiment.py" "$build"
+  -n "rebuild after editing experiment.py (locked)" --prepare "echo '# edit' \$RANDOM >> $work/exp/experiment.py" "$build --locked"
 
 /usr/bin/time -v sh -c "$cold_prepare; $build" >/dev/null 2>"$work/ours.time"
 installed=$(du -sb "$work/prefix" | cut -f1)
@@ -51,6 +53,6 @@ ours, peer = cold[0]["mean"], cold[1]["mean"]
 rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", open(f"{work}/ours.time").read()).group(1)) / 1024
 print(f"\n{count} wheels, {installed/1e6:.0f} MB installed by pip")
 print(f"cold build, wheels cached: dallinger-oci {ours:.2f} s, pip --prefix + tar|gzip -6 {peer:.2f} s, ratio {ours/peer:.2f}")
-print(f"rebuild after one edit: {edit['mean']*1000:.0f} ms (min {edit['min']*1000:.0f}, max {edit['max']*1000:.0f})")
+print(f"rebuild after one edit, with the lock: {edit['mean']*1000:.0f} ms (min {edit['min']*1000:.0f}, max {edit['max']*1000:.0f})")
 print(f"peak RSS of a cold build: {rss:.0f} MB")
 PY
