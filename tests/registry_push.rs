@@ -662,3 +662,68 @@ fn base64(bytes: &[u8]) -> String {
     }
     out
 }
+
+/// A raw TCP relay on 127.0.0.2 (loopback, but not a name that allows plain
+/// HTTP by itself) to a registry on 127.0.0.1. It stops accepting after
+/// `lifetime`; its threads end with their connections.
+fn relay_on_127_0_0_2(upstream: String, lifetime: std::time::Duration) -> String {
+    use std::io::copy;
+    use std::net::{TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.2:0").expect("127.0.0.2 is loopback");
+    let address = listener.local_addr().unwrap().to_string();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + lifetime;
+        while std::time::Instant::now() < deadline {
+            match listener.accept() {
+                Ok((client, _)) => {
+                    client.set_nonblocking(false).unwrap();
+                    let Ok(server) = TcpStream::connect(&upstream) else {
+                        continue;
+                    };
+                    let (mut c2, mut s2) =
+                        (client.try_clone().unwrap(), server.try_clone().unwrap());
+                    let (mut c1, mut s1) = (client, server);
+                    std::thread::spawn(move || {
+                        let _ = copy(&mut c1, &mut s1);
+                        let _ = s1.shutdown(std::net::Shutdown::Write);
+                    });
+                    std::thread::spawn(move || {
+                        let _ = copy(&mut s2, &mut c2);
+                        let _ = c2.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            }
+        }
+    });
+    address
+}
+
+#[test]
+fn tls_failure_names_the_way_out_and_insecure_registry_allows_plain_http() {
+    let registry = Registry::start(RegistryAuth::None);
+    let host = relay_on_127_0_0_2(registry.host(), std::time::Duration::from_secs(120));
+    let sandbox = Sandbox::new();
+    let exp = experiment(&sandbox, "golden", &format!("{host}/lab/tls"));
+    // A registry that speaks plain HTTP where TLS is expected.
+    let out = push(&sandbox, &exp, &["--retries", "1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap();
+    println!("{last}");
+    assert!(
+        last.contains("TLS") && last.contains(&format!("--insecure-registry {host}")),
+        "{stderr}"
+    );
+    // Named as insecure, the same registry takes the push over plain HTTP.
+    let (stdout, _) = push_ok(&sandbox, &exp, &["--insecure-registry", &host]);
+    let digest = pushed_digest(&stdout, &format!("{host}/lab/tls"));
+    assert_eq!(
+        skopeo_digest(
+            &format!("docker://{}/lab/tls@{digest}", registry.host()),
+            &[]
+        ),
+        digest
+    );
+}
