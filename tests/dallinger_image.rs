@@ -143,12 +143,7 @@ fn a_dallinger_release_and_its_whole_closure_build_and_run() {
     // base, third-party wheels, Dallinger, experiment code
     let (_, manifest, config) = layout_image(&sandbox.path("layout"));
     assert_eq!(manifest["layers"].as_array().unwrap().len(), 4);
-    let history: Vec<&str> = config["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|h| h["created_by"].as_str())
-        .collect();
+    let history = created_by(&config);
     let deps = format!("Python dependencies ({} wheels)", pins - 1);
     assert!(
         history.iter().any(|h| h.contains(&deps))

@@ -81,12 +81,7 @@ fn wheels_are_installed_and_run_in_the_image() {
     let (_, manifest, config) = layout_image(&sandbox.path("layout"));
     // base, dependencies, experiment code
     assert_eq!(manifest["layers"].as_array().unwrap().len(), 3);
-    let history: Vec<&str> = config["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|h| h["created_by"].as_str())
-        .collect();
+    let history = created_by(&config);
     assert!(
         history
             .iter()

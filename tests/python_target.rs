@@ -9,16 +9,12 @@ use dallinger_oci::python::TargetOverrides;
 
 #[test]
 fn bookworm_base_gives_its_own_python() {
-    let rootfs = common::python_base();
+    // The shared layout made from the mmdebstrap rootfs: same layers, no
+    // second compression of 200 MB.
+    let base_ref = BaseRef::parse(&common::python_base_layout()).unwrap();
     let cache = tempfile::tempdir().unwrap();
     let store = BlobStore::open(cache.path()).unwrap();
-    let base = base::resolve(
-        &BaseRef::Rootfs { file: rootfs },
-        &store,
-        "linux/amd64",
-        946_684_800,
-    )
-    .unwrap();
+    let base = base::resolve(&base_ref, &store, "linux/amd64", 946_684_800).unwrap();
     let target = detect(
         &store,
         &base.layers,

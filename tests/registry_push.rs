@@ -570,16 +570,28 @@ fn multi_platform_base_is_resolved_and_tampered_blobs_refused() {
     .unwrap();
     assert_eq!(response.status, 201, "{}", response.text());
 
+    // The child image, built on the index for arm64 into oci:out.
+    let build_child = |sandbox: &Sandbox| {
+        let exp = experiment(sandbox, "child", &format!("{host}/lab/child"));
+        let mut cmd = sandbox.cmd();
+        cmd.arg("build").arg(&exp).args([
+            "--base",
+            &format!("docker://{host}/lab/base:multi"),
+            "--platform",
+            "linux/arm64",
+            "--output",
+            "oci:out",
+        ]);
+        run(&mut cmd)
+    };
     let child = Sandbox::new();
-    let exp = experiment(&child, "child", &format!("{host}/lab/child"));
-    let stdout = ok(child.cmd().arg("build").arg(&exp).args([
-        "--base",
-        &format!("docker://{host}/lab/base:multi"),
-        "--platform",
-        "linux/arm64",
-        "--output",
-        "oci:out",
-    ]));
+    let out = build_child(&child);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     printed_digest(&stdout);
     let (_, _, config) = layout_image(&child.path("out"));
     assert_eq!(config["architecture"], "arm64");
@@ -612,15 +624,7 @@ fn multi_platform_base_is_resolved_and_tampered_blobs_refused() {
     bytes[last] ^= 0xff;
     fs::write(&data, bytes).unwrap();
     let fresh = Sandbox::new();
-    let exp = experiment(&fresh, "child", &format!("{host}/lab/child"));
-    let out = run(fresh.cmd().arg("build").arg(&exp).args([
-        "--base",
-        &format!("docker://{host}/lab/base:multi"),
-        "--platform",
-        "linux/arm64",
-        "--output",
-        "oci:out",
-    ]));
+    let out = build_child(&fresh);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(

@@ -168,14 +168,9 @@ impl RegistryClient {
             else {
                 return Ok(response);
             };
-            let had_credentials_in_play = {
-                let current = self.challenge.lock().unwrap();
-                current.is_some()
-            };
             *self.challenge.lock().unwrap() = Some(challenge);
             // A cached token that was refused is dropped and fetched again.
             self.tokens.lock().unwrap().remove(&scopes.join(" "));
-            let _ = had_credentials_in_play;
         }
         unreachable!("the loop returns on its second round")
     }

@@ -169,6 +169,16 @@ pub fn layout_image(dir: &Path) -> (String, serde_json::Value, serde_json::Value
     (digest, manifest, config)
 }
 
+/// The `created_by` of every history entry of an image config.
+pub fn created_by(config: &serde_json::Value) -> Vec<String> {
+    config["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["created_by"].as_str().map(String::from))
+        .collect()
+}
+
 pub fn blob(dir: &Path, digest: &str) -> PathBuf {
     dir.join("blobs/sha256")
         .join(digest.strip_prefix("sha256:").unwrap())
