@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: the binary, fixtures, tools.
 #![allow(dead_code)]
 
+pub mod dallinger;
 pub mod registry;
 
 use std::fs;
