@@ -8,3 +8,4 @@ pub mod image;
 pub mod plan;
 pub mod python;
 pub mod registry;
+pub mod sandbox;
