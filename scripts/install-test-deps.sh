@@ -14,7 +14,8 @@ packages=(
   hyperfine time # benchmarks
   util-linux     # setpriv, to test unreadable files as another user
   openssl        # the test token issuer signs its tokens
-  libpq-dev gcc python3-dev python3-pip # psycopg2's wheel built from its sdist (dallinger_image)
+  python3-pip    # the peer the installer is compared with (wheel_fidelity)
+  gcc            # C parts of some crates
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -65,6 +65,7 @@ pub fn split_dir_and_tag(text: &str) -> (PathBuf, Option<String>) {
 }
 
 /// A resolved base image: every layer blob is in the store.
+#[derive(Clone)]
 pub struct BaseImage {
     pub config: Value,
     pub layers: Vec<ImageLayer>,

@@ -11,7 +11,7 @@ use dallinger_oci_layers::{
 
 use crate::base::{self, BaseRef};
 use crate::experiment::{Experiment, FileKind, LoadOptions};
-use crate::image::store::{sha256_file, BlobStore, StoredLayer};
+use crate::image::store::{sha256_digest, sha256_file, BlobStore, StoredLayer};
 use crate::image::{
     self, archive, layout, ConfigChanges, Image, ImageLayer, RemoteBlob, ANNOTATION_COMPRESSOR,
 };
@@ -20,6 +20,7 @@ use crate::python::index::IndexConfig;
 use crate::python::layers::{python_layers, PythonLayers};
 use crate::python::requirements::parse_file;
 use crate::python::resolve::{self, ResolveRequest};
+use crate::python::sdist::{BuilderImage, SdistBuilder};
 use crate::python::{target, TargetOverrides};
 use crate::registry::credentials::{self, CredentialContext};
 use crate::registry::{pull, Reference, RegistryClient, RetryPolicy};
@@ -128,6 +129,10 @@ pub struct PythonOptions {
     /// Write the lock (the `lock` command).
     pub write_lock: bool,
     pub parallel: usize,
+    /// Build wheels for pins published only as sdists, in a sandbox.
+    pub build_sdists: bool,
+    /// The image to build them in (default: the base).
+    pub builder_base: Option<String>,
 }
 
 struct PythonStage {
@@ -169,6 +174,15 @@ fn python_stage(
         requirements_sha256: sha256_file(&requirements)?
             .trim_start_matches("sha256:")
             .to_string(),
+        builder: None,
+        builder_digest: None,
+    };
+    let builder = if python.build_sdists {
+        Some(sdist_builder(
+            base, base_text, platform, store, request, python,
+        ))
+    } else {
+        None
     };
     let resolution = resolve::resolve(&ResolveRequest {
         requirements: &requirements,
@@ -178,6 +192,7 @@ fn python_stage(
         lock: Lock::read(&experiment.dir)?,
         locked: python.locked,
         parallel: python.parallel,
+        sdists: builder.as_ref(),
     })?;
     eprintln!(
         "Python {}.{}.{} in the base: {} wheels to install{}{}",
@@ -282,19 +297,7 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
         .as_deref()
         .unwrap_or(base::DEFAULT_PLATFORM);
     let store = BlobStore::open(&request.cache_dir)?;
-    let base = match &base_ref {
-        BaseRef::Registry(reference) => {
-            let client = request.registry.client(reference)?;
-            pull::resolve_base(
-                &client,
-                &store,
-                reference,
-                platform,
-                request.registry.refresh_base,
-            )?
-        }
-        local => base::resolve(local, &store, platform, request.epoch)?,
-    };
+    let base = resolve_base(&base_ref, &store, platform, request)?;
 
     let options = WriteOptions {
         mtime: request.epoch,
@@ -405,6 +408,72 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
         image,
         layer_reused,
     })
+}
+
+/// A base (or builder) image from a registry, a layout, a rootfs or scratch.
+fn resolve_base(
+    base_ref: &BaseRef,
+    store: &BlobStore,
+    platform: &str,
+    request: &BuildRequest,
+) -> Result<base::BaseImage> {
+    match base_ref {
+        BaseRef::Registry(reference) => {
+            let client = request.registry.client(reference)?;
+            pull::resolve_base(
+                &client,
+                store,
+                reference,
+                platform,
+                request.registry.refresh_base,
+            )
+        }
+        local => base::resolve(local, store, platform, request.epoch),
+    }
+}
+
+/// The image sdists are built in: `--builder-base`, else the base itself.
+/// Nothing is resolved or pulled until a build needs it.
+fn sdist_builder<'a>(
+    base: &base::BaseImage,
+    base_text: &str,
+    platform: &'a str,
+    store: &BlobStore,
+    request: &'a BuildRequest,
+    python: &'a PythonOptions,
+) -> SdistBuilder<'a> {
+    let the_base = base.clone();
+    let resolve = move |store: &BlobStore| -> Result<BuilderImage> {
+        let image = match &python.builder_base {
+            Some(text) => resolve_base(&BaseRef::parse(text)?, store, platform, request)?,
+            None => the_base.clone(),
+        };
+        pull::fetch_missing(store, &image.layers, &|remote| {
+            request.registry.client_for_remote(remote)
+        })?;
+        // A rootfs or scratch base has no manifest digest of its own: its
+        // layers' digests name it.
+        let digest = image.digest.clone().unwrap_or_else(|| {
+            let layers: Vec<&str> = image
+                .layers
+                .iter()
+                .map(|l| l.blob.digest.as_str())
+                .collect();
+            sha256_digest(layers.join("\n").as_bytes())
+        });
+        Ok(BuilderImage {
+            digest,
+            layers: image.layers,
+            config: image.config,
+        })
+    };
+    let description = python.builder_base.as_deref().unwrap_or(base_text);
+    SdistBuilder::new(
+        portable_base_name(description),
+        store.clone(),
+        request.epoch,
+        Box::new(resolve),
+    )
 }
 
 /// Python used by the default base when the experiment does not say.

@@ -131,6 +131,19 @@ struct PythonArgs {
     /// The site-packages directory inside the base to install into.
     #[arg(long, value_name = "DIR")]
     site_packages: Option<String>,
+    /// Build wheels for pins published only as sdists (psycopg2), with
+    /// `pip wheel` in the builder image, in a sandbox without network.
+    #[arg(
+        long,
+        env = "DALLINGER_OCI_BUILD_SDISTS",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    build_sdists: bool,
+    /// The image to build sdists in (same forms as --base; default: the
+    /// base, which must then have pip, setuptools, a compiler and headers).
+    #[arg(long, value_name = "REF", requires = "build_sdists")]
+    builder_base: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -224,6 +237,8 @@ fn python_options(
             site_packages: p.site_packages.clone(),
         },
         locked: p.locked,
+        build_sdists: p.build_sdists,
+        builder_base: p.builder_base.clone(),
         write_lock,
         parallel: 4,
     }))

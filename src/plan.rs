@@ -43,6 +43,12 @@ pub struct LockInputs {
     pub platform: String,
     /// sha256 of the requirements file the pins came from.
     pub requirements_sha256: String,
+    /// The image sdists were built in (`--build-sdists`), when any was:
+    /// informational, the built wheels are pinned by their own sha256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builder: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builder_digest: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,12 +56,17 @@ pub struct LockInputs {
 pub struct LockedPackage {
     pub name: String,
     pub version: String,
+    /// The sdist a wheel was built from (`--build-sdists`); the wheel is
+    /// then recorded by name only, as it is at no URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdist: Option<LockedFile>,
     #[serde(default)]
-    pub wheels: Vec<LockedWheel>,
+    pub wheels: Vec<LockedFile>,
 }
 
+/// A wheel or sdist: its file name, where it came from, its hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LockedWheel {
+pub struct LockedFile {
     pub name: String,
     pub url: String,
     pub hashes: Hashes,
@@ -119,7 +130,8 @@ mod tests {
                 LockedPackage {
                     name: "six".into(),
                     version: "1.16.0".into(),
-                    wheels: vec![LockedWheel {
+                    sdist: None,
+                    wheels: vec![LockedFile {
                         name: "six-1.16.0-py2.py3-none-any.whl".into(),
                         url: "https://example.test/six.whl".into(),
                         hashes: Hashes {
@@ -128,8 +140,27 @@ mod tests {
                     }],
                 },
                 LockedPackage {
+                    name: "psycopg2".into(),
+                    version: "2.9.12".into(),
+                    sdist: Some(LockedFile {
+                        name: "psycopg2-2.9.12.tar.gz".into(),
+                        url: "https://example.test/psycopg2-2.9.12.tar.gz".into(),
+                        hashes: Hashes {
+                            sha256: "12".repeat(32),
+                        },
+                    }),
+                    wheels: vec![LockedFile {
+                        name: "psycopg2-2.9.12-cp311-cp311-linux_x86_64.whl".into(),
+                        url: "psycopg2-2.9.12-cp311-cp311-linux_x86_64.whl".into(),
+                        hashes: Hashes {
+                            sha256: "34".repeat(32),
+                        },
+                    }],
+                },
+                LockedPackage {
                     name: "flask".into(),
                     version: "3.0.3".into(),
+                    sdist: None,
                     wheels: vec![],
                 },
             ],
@@ -139,6 +170,8 @@ mod tests {
                     base_digest: format!("sha256:{}", "cd".repeat(32)),
                     platform: "linux/amd64".into(),
                     requirements_sha256: "ef".repeat(32),
+                    builder: Some("oci:builder:base".into()),
+                    builder_digest: Some(format!("sha256:{}", "56".repeat(32))),
                 },
             },
         };
@@ -148,6 +181,8 @@ mod tests {
         assert!(text.contains("[tool.dallinger-oci]"), "{text}");
         let back = Lock::read(dir.path()).unwrap().unwrap();
         assert_eq!(back.packages[0].name, "flask");
+        assert!(text.contains("[packages.sdist]"), "{text}");
+        assert_eq!(back.packages[1], lock.packages[1]);
         assert_eq!(back.tool, lock.tool);
     }
 }

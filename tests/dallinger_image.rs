@@ -38,7 +38,6 @@ fn a_dallinger_release_and_its_whole_closure_build_and_run() {
         .lines()
         .filter(|l| !l.starts_with([' ', '#']) && l.contains("=="))
         .count();
-    let wheelhouse = psycopg2_wheelhouse(&pinned(&constraints, "psycopg2"));
     let base = python_base_layout();
 
     let archive = sandbox.path("image.tar");
@@ -47,8 +46,7 @@ fn a_dallinger_release_and_its_whole_closure_build_and_run() {
         .arg("build")
         .arg(&exp)
         .args(["--base", &base])
-        .arg("--find-links")
-        .arg(&wheelhouse)
+        .args(sdist_build_args())
         .args(["--tag", "dallinger-image-test"])
         .arg("--output")
         .arg(format!("docker-archive:{}", archive.display()))

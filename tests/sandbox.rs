@@ -16,7 +16,7 @@ fn busybox_root(dir: &Path) -> std::path::PathBuf {
     root
 }
 
-fn run(sandbox: &Sandbox, script: &str, dir: &Path) -> (Exit, String) {
+fn run_script(sandbox: &Sandbox, script: &str, dir: &Path) -> (Exit, String) {
     let log_path = dir.join("log");
     let log = File::create(&log_path).unwrap();
     let exit = sandbox
@@ -33,7 +33,7 @@ fn runs_as_root_of_its_own_namespaces_on_a_read_only_root() {
         .env("PATH", "/bin")
         .env("GREETING", "it's $HOME \"quoted\"")
         .workdir("/tmp");
-    let (exit, out) = run(
+    let (exit, out) = run_script(
         &sandbox,
         "busybox id -u; busybox id -g; echo pid $$; busybox hostname; pwd; \
          echo \"$GREETING\"; echo ${HOME:-no home}; \
@@ -88,7 +88,7 @@ fn binds_exit_codes_and_network_choice() {
             inside: "/tmp/build/out".into(),
             writable: true,
         });
-    let (exit, out) = run(
+    let (exit, out) = run_script(
         &sandbox,
         "cat /tmp/build/in/input.txt > /tmp/build/out/copy.txt; \
          echo x > /tmp/build/in/no 2>/dev/null && echo in-writable; exit 3",
@@ -103,7 +103,7 @@ fn binds_exit_codes_and_network_choice() {
     );
 
     // With the network on, the host's interfaces are there.
-    let (_, out) = run(
+    let (_, out) = run_script(
         &Sandbox::new(&root).network(true),
         "busybox cat /proc/net/dev | busybox tail -n +3 | busybox wc -l",
         dir.path(),
@@ -135,5 +135,38 @@ fn setup_errors_name_the_step() {
     assert_eq!(
         err.to_string(),
         "a sandbox bind must lie under /tmp, /var/tmp, /root or /run: /etc/passwd"
+    );
+}
+
+/// The same sandbox for a user without any privilege (uid 65534): the test
+/// binary runs the first test again as that user.
+#[test]
+fn works_for_an_unprivileged_user() {
+    let setpriv = require_tool("setpriv");
+    let dir = tempfile::tempdir().unwrap();
+    let scratch = dir.path().join("scratch");
+    fs::create_dir_all(&scratch).unwrap();
+    let exe = dir.path().join("sandbox-test");
+    fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(&scratch, Some(65534), Some(65534)).unwrap();
+    let out = run(std::process::Command::new(setpriv)
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&exe)
+        .args([
+            "--exact",
+            "runs_as_root_of_its_own_namespaces_on_a_read_only_root",
+        ])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap())
+        .env("HOME", &scratch)
+        .env("TMPDIR", &scratch));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

@@ -5,6 +5,7 @@
 pub mod archive;
 pub mod layout;
 pub mod store;
+pub mod unpack;
 
 use std::collections::BTreeMap;
 

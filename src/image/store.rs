@@ -20,6 +20,7 @@ pub struct StoredLayer {
     pub media_type: String,
 }
 
+#[derive(Debug, Clone)]
 pub struct BlobStore {
     root: PathBuf,
 }

@@ -488,6 +488,26 @@ pub fn select<'a>(
     })
 }
 
+/// The sdist of `version` to build when no wheel fits: not yanked before
+/// yanked, `.tar.gz` (PEP 625's format) before older archive kinds, then by
+/// name, so the choice is deterministic.
+pub fn select_sdist<'a>(candidates: &'a [Candidate], version: &str) -> Option<&'a Candidate> {
+    let rank = |c: &Candidate| {
+        let ext = SDIST_EXTENSIONS
+            .iter()
+            .position(|e| c.filename.ends_with(e))
+            .unwrap_or(usize::MAX);
+        (c.yanked.is_some(), ext, c.filename.clone())
+    };
+    candidates
+        .iter()
+        .filter(|c| {
+            parse_filename(&c.filename)
+                .is_some_and(|f| f.kind == FileKind::Sdist && same_version(&f.version, version))
+        })
+        .min_by_key(|c| rank(c))
+}
+
 fn unknown_version(
     parsed: &[(&Candidate, Option<FileName>)],
     package: String,

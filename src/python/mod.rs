@@ -10,6 +10,7 @@ pub mod metadata;
 pub mod pins;
 pub mod requirements;
 pub mod resolve;
+pub mod sdist;
 pub mod tags;
 pub mod target;
 pub mod wheel;

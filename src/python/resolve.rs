@@ -6,18 +6,19 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 
-use super::index::{self, Candidate, IndexConfig};
+use super::index::{self, Candidate, IndexConfig, SelectError};
 use super::markers::MarkerEnv;
 use super::metadata::{applicable_dependencies, Dependency};
 use super::pins::{check_closed, pins_for_target, PinnedPackage};
 use super::requirements::parse_file;
+use super::sdist::SdistBuilder;
 use super::tags::{file_priority, TagIndex};
 use super::target::{normalise_name, Target};
 use super::wheel::WheelArchive;
 use crate::image::store::sha256_file;
-use crate::plan::{Hashes, Lock, LockInputs, LockedPackage, LockedWheel};
+use crate::plan::{Hashes, Lock, LockInputs, LockedFile, LockedPackage};
 
 /// A wheel chosen, fetched and verified.
 #[derive(Debug, Clone)]
@@ -30,6 +31,17 @@ pub struct ResolvedWheel {
     /// Lowercase hex.
     pub sha256: String,
     pub path: PathBuf,
+    /// The sdist the wheel was built from, when no wheel was published.
+    pub sdist: Option<SdistSource>,
+}
+
+/// An sdist a wheel was built from.
+#[derive(Debug, Clone)]
+pub struct SdistSource {
+    pub filename: String,
+    pub url: String,
+    /// Lowercase hex.
+    pub sha256: String,
 }
 
 /// What the experiment's Python needs on the target.
@@ -55,6 +67,8 @@ pub struct ResolveRequest<'a> {
     /// Fail instead of resolving again when the lock is out of date.
     pub locked: bool,
     pub parallel: usize,
+    /// Builds wheels for pins published only as sdists (`--build-sdists`).
+    pub sdists: Option<&'a SdistBuilder<'a>>,
 }
 
 pub fn resolve(request: &ResolveRequest) -> Result<Resolution> {
@@ -117,19 +131,27 @@ pub fn resolve(request: &ResolveRequest) -> Result<Resolution> {
     let paths = index::fetch_all(&items, request.index, &client, request.parallel.max(1))?;
     let mut wheels = Vec::new();
     for ((pin, (candidate, _)), path) in pinned.iter().zip(&items).zip(paths) {
-        wheels.push(ResolvedWheel {
+        let sha256 = match &candidate.sha256 {
+            Some(s) => s.clone(),
+            None => sha256_file(&path)?
+                .trim_start_matches("sha256:")
+                .to_string(),
+        };
+        let wheel = ResolvedWheel {
             name: pin.name.clone(),
             normalised: normalise_name(&pin.name),
             version: pin.version.clone(),
             filename: candidate.filename.clone(),
             url: candidate.url.clone(),
-            sha256: match &candidate.sha256 {
-                Some(s) => s.clone(),
-                None => sha256_file(&path)?
-                    .trim_start_matches("sha256:")
-                    .to_string(),
-            },
+            sha256,
             path,
+            sdist: None,
+        };
+        wheels.push(if candidate.is_wheel() {
+            wheel
+        } else {
+            build_from_sdist(wheel, request)
+                .with_context(|| format!("{}:{}", pin.file.display(), pin.line))?
         });
     }
     check_pin_set(&pins, &wheels, request.target, &env)?;
@@ -218,15 +240,23 @@ fn choose(
             request.index.indexes().collect::<Vec<_>>().join(", ")
         );
     }
-    let candidate = index::select(
+    let selected = index::select(
         &files,
         &pin.version,
         priority,
         request.target.python_version,
         true,
-    )
-    .map_err(|e| anyhow!("{place}: {e} (target: {})", describe_target(request.target)))?
-    .clone();
+    );
+    let candidate = match selected {
+        Ok(wheel) => wheel.clone(),
+        // No wheel fits: build one from the sdist when asked to.
+        Err(SelectError::SdistOnly { .. } | SelectError::NoWheel { .. })
+            if request.sdists.is_some() && index::select_sdist(&files, &pin.version).is_some() =>
+        {
+            index::select_sdist(&files, &pin.version).unwrap().clone()
+        }
+        Err(e) => bail!("{place}: {e} (target: {})", describe_target(request.target)),
+    };
     // A pin with hashes accepts only those files, as pip's hash checking does.
     let expected = if pin.hashes.is_empty() {
         None
@@ -242,6 +272,34 @@ fn choose(
         }
     };
     Ok((candidate, expected))
+}
+
+/// The wheel built from the fetched sdist `fetched` (whose fields describe
+/// the sdist), recording where it came from.
+fn build_from_sdist(fetched: ResolvedWheel, request: &ResolveRequest) -> Result<ResolvedWheel> {
+    let builder = request
+        .sdists
+        .context("an sdist was chosen without --build-sdists")?;
+    let built = builder.build(
+        &fetched.path,
+        &fetched.sha256,
+        &fetched.name,
+        &fetched.version,
+        request.target,
+        request.index,
+    )?;
+    Ok(ResolvedWheel {
+        filename: built.filename.clone(),
+        url: built.filename,
+        sha256: built.sha256,
+        path: built.path,
+        sdist: Some(SdistSource {
+            filename: fetched.filename,
+            url: fetched.url,
+            sha256: fetched.sha256,
+        }),
+        ..fetched
+    })
 }
 
 fn describe_target(target: &Target) -> String {
@@ -328,48 +386,61 @@ fn stale_reason(
 
 fn fetch_locked(lock: &Lock, request: &ResolveRequest) -> Result<Vec<ResolvedWheel>> {
     let client = index::http_client()?;
-    let items: Vec<(Candidate, Option<String>)> = lock
-        .packages
-        .iter()
-        .map(|p| {
-            let wheel = p.wheels.first().with_context(|| {
-                format!("{} lists no wheel for {}", crate::plan::LOCK_FILE, p.name)
-            })?;
-            // A wheel locked by name only comes from --find-links or the cache.
-            let url = if wheel.url.starts_with("http://") || wheel.url.starts_with("https://") {
-                wheel.url.clone()
-            } else {
-                request
-                    .index
-                    .find_links
-                    .iter()
-                    .map(|dir| dir.join(&wheel.name))
-                    .find(|p| p.is_file())
-                    .unwrap_or_else(|| request.index.cache_path(&wheel.hashes.sha256, &wheel.name))
-                    .to_string_lossy()
-                    .into_owned()
-            };
-            Ok((
-                Candidate {
-                    filename: wheel.name.clone(),
-                    url,
-                    sha256: Some(wheel.hashes.sha256.clone()),
-                    requires_python: None,
-                    yanked: None,
-                    size: None,
-                    index: "lock".into(),
-                },
-                Some(wheel.hashes.sha256.clone()),
-            ))
-        })
-        .collect::<Result<_>>()?;
+    // Per package: what to fetch (the wheel, or the sdist to build it
+    // again), and the locked wheel.
+    let mut items: Vec<(Candidate, Option<String>)> = Vec::new();
+    let mut rebuild: Vec<bool> = Vec::new();
+    for p in &lock.packages {
+        let wheel = p
+            .wheels
+            .first()
+            .with_context(|| format!("{} lists no wheel for {}", crate::plan::LOCK_FILE, p.name))?;
+        let local = locked_local_path(&wheel.name, &wheel.hashes.sha256, request);
+        let from = match (&p.sdist, &local) {
+            (Some(sdist), None) => {
+                if request.sdists.is_none() {
+                    bail!(
+                        "{} {}'s wheel was built from its sdist and is not in the cache: pass \
+                         --build-sdists to build it again (or --find-links DIR holding {})",
+                        p.name,
+                        p.version,
+                        wheel.name
+                    );
+                }
+                rebuild.push(true);
+                sdist
+            }
+            _ => {
+                rebuild.push(false);
+                wheel
+            }
+        };
+        // A file locked by name only comes from --find-links or the cache.
+        let url = if from.url.starts_with("http://") || from.url.starts_with("https://") {
+            from.url.clone()
+        } else {
+            locked_local_path(&from.name, &from.hashes.sha256, request)
+                .unwrap_or_else(|| request.index.cache_path(&from.hashes.sha256, &from.name))
+                .to_string_lossy()
+                .into_owned()
+        };
+        items.push((
+            Candidate {
+                filename: from.name.clone(),
+                url,
+                sha256: Some(from.hashes.sha256.clone()),
+                requires_python: None,
+                yanked: None,
+                size: None,
+                index: "lock".into(),
+            },
+            Some(from.hashes.sha256.clone()),
+        ));
+    }
     let paths = index::fetch_all(&items, request.index, &client, request.parallel.max(1))?;
-    Ok(lock
-        .packages
-        .iter()
-        .zip(items)
-        .zip(paths)
-        .map(|((p, (c, _)), path)| ResolvedWheel {
+    let mut wheels = Vec::new();
+    for (((p, (c, _)), path), rebuild) in lock.packages.iter().zip(items).zip(paths).zip(rebuild) {
+        let fetched = ResolvedWheel {
             name: p.name.clone(),
             normalised: normalise_name(&p.name),
             version: p.version.clone(),
@@ -377,12 +448,72 @@ fn fetch_locked(lock: &Lock, request: &ResolveRequest) -> Result<Vec<ResolvedWhe
             url: c.url,
             sha256: c.sha256.unwrap_or_default(),
             path,
-        })
-        .collect())
+            sdist: p.sdist.as_ref().map(|s| SdistSource {
+                filename: s.name.clone(),
+                url: s.url.clone(),
+                sha256: s.hashes.sha256.clone(),
+            }),
+        };
+        if !rebuild {
+            wheels.push(fetched);
+            continue;
+        }
+        let locked = &p.wheels[0];
+        let built = build_from_sdist(fetched, request)?;
+        if built.sha256 != locked.hashes.sha256 {
+            bail!(
+                "building {} {} from its sdist again gave {} with sha256 {}, but {} has {} with \
+                 sha256 {}: the build is not reproducible with the builder {}; run \
+                 `dallinger-oci lock` to accept the new wheel",
+                p.name,
+                p.version,
+                built.filename,
+                built.sha256,
+                crate::plan::LOCK_FILE,
+                locked.name,
+                locked.hashes.sha256,
+                request
+                    .sdists
+                    .map(|b| b.description.as_str())
+                    .unwrap_or("?")
+            );
+        }
+        wheels.push(built);
+    }
+    Ok(wheels)
+}
+
+/// A locked file known by name and hash, in --find-links or the cache.
+fn locked_local_path(name: &str, sha256: &str, request: &ResolveRequest) -> Option<PathBuf> {
+    request
+        .index
+        .find_links
+        .iter()
+        .map(|dir| dir.join(name))
+        .chain(std::iter::once(request.index.cache_path(sha256, name)))
+        .find(|p| p.is_file())
+}
+
+/// A URL fit for the lock: a wheel from --find-links or built here is
+/// recorded by name only, as the lock must not hold this machine's paths.
+fn portable_url(url: &str, filename: &str) -> String {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        url.to_string()
+    } else {
+        filename.to_string()
+    }
 }
 
 fn lock_of(request: &ResolveRequest, wheels: &[ResolvedWheel]) -> Lock {
     let (a, b, c) = request.target.python_version;
+    let mut inputs = request.inputs.clone();
+    if let Some(builder) = request
+        .sdists
+        .filter(|_| wheels.iter().any(|w| w.sdist.is_some()))
+    {
+        inputs.builder = Some(builder.description.clone());
+        inputs.builder_digest = builder.resolved_digest().map(str::to_string);
+    }
     Lock {
         lock_version: "1.0".into(),
         created_by: "dallinger-oci".into(),
@@ -392,23 +523,22 @@ fn lock_of(request: &ResolveRequest, wheels: &[ResolvedWheel]) -> Lock {
             .map(|w| LockedPackage {
                 name: w.name.clone(),
                 version: w.version.clone(),
-                wheels: vec![LockedWheel {
-                    name: w.filename.clone(),
-                    // A wheel from --find-links is recorded by name only: the
-                    // lock must not hold this machine's paths.
-                    url: if w.url.starts_with("http://") || w.url.starts_with("https://") {
-                        w.url.clone()
-                    } else {
-                        w.filename.clone()
+                sdist: w.sdist.as_ref().map(|s| LockedFile {
+                    name: s.filename.clone(),
+                    url: portable_url(&s.url, &s.filename),
+                    hashes: Hashes {
+                        sha256: s.sha256.clone(),
                     },
+                }),
+                wheels: vec![LockedFile {
+                    name: w.filename.clone(),
+                    url: portable_url(&w.url, &w.filename),
                     hashes: Hashes {
                         sha256: w.sha256.clone(),
                     },
                 }],
             })
             .collect(),
-        tool: crate::plan::ToolSection {
-            ours: request.inputs.clone(),
-        },
+        tool: crate::plan::ToolSection { ours: inputs },
     }
 }

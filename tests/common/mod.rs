@@ -214,12 +214,26 @@ pub fn busybox_rootfs(dest: &Path) -> PathBuf {
     tar
 }
 
-/// The Debian bookworm root filesystem with Python (made once by
+/// Debian packages of the Python base the tests build on.
+pub const PYTHON_BASE_PACKAGES: &str = "python3,libpq5,libstdc++6";
+/// The same, plus what building psycopg2 (and C extensions) from an sdist
+/// needs: the builder image of `--build-sdists`.
+pub const PYTHON_BUILDER_PACKAGES: &str = "python3,libpq5,libstdc++6,build-essential,python3-dev,\
+libpq-dev,python3-pip,python3-setuptools,python3-wheel";
+
+/// A Debian bookworm root filesystem with `packages` (made once by
 /// scripts/python-base.sh with mmdebstrap, then cached).
-pub fn python_base() -> PathBuf {
+pub fn debian_rootfs(packages: &str) -> PathBuf {
     require_tool("mmdebstrap");
-    let out = ok(Command::new("bash").arg(repo_root().join("scripts/python-base.sh")));
+    let out = ok(Command::new("bash")
+        .arg(repo_root().join("scripts/python-base.sh"))
+        .env("BASE_PACKAGES", packages));
     PathBuf::from(out.trim())
+}
+
+/// The Debian bookworm root filesystem with Python.
+pub fn python_base() -> PathBuf {
+    debian_rootfs(PYTHON_BASE_PACKAGES)
 }
 
 /// Where tests keep what they make once (base layouts, downloads).
@@ -235,12 +249,23 @@ pub fn test_cache_dir() -> PathBuf {
 /// copy its compressed layer instead of compressing 200 MB each time.
 /// Returns the `--base` argument.
 pub fn python_base_layout() -> String {
+    rootfs_layout(python_base())
+}
+
+/// The sdist builder (the base plus a compiler and headers) as an OCI
+/// layout; returns the `--builder-base` argument.
+pub fn python_builder_layout() -> String {
+    rootfs_layout(debian_rootfs(PYTHON_BUILDER_PACKAGES))
+}
+
+/// A root filesystem tarball as an OCI layout, made once under the test
+/// cache and reused; returns its `oci:DIR:base` reference.
+pub fn rootfs_layout(rootfs: PathBuf) -> String {
     use dallinger_oci::base::{self, BaseRef};
     use dallinger_oci::image::store::BlobStore;
     use dallinger_oci::image::{layout, Image};
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let rootfs = python_base();
     let stem = rootfs.file_stem().unwrap().to_string_lossy().into_owned();
     let dir = test_cache_dir().join(format!("{stem}-oci"));
     if !dir.join("index.json").is_file() {
@@ -254,8 +279,12 @@ pub fn python_base_layout() -> String {
         )
         .unwrap();
         let image = Image::assemble(&store, &base.config, base.layers).unwrap();
+        // Written beside, then renamed: another test binary never sees half.
+        let partial = dir.with_extension("partial");
+        let _ = fs::remove_dir_all(&partial);
+        layout::write(&store, &image, &partial, "base").unwrap();
         let _ = fs::remove_dir_all(&dir);
-        layout::write(&store, &image, &dir, "base").unwrap();
+        fs::rename(&partial, &dir).unwrap();
     }
     format!("oci:{}:base", dir.display())
 }
