@@ -5,42 +5,48 @@
 #     followed by `tar | gzip -6 -n` (the peer);
 #  2. a rebuild after editing one experiment file (only the code layer redone).
 # Figures only, no asserts. Needs the fixture experiment
-# fixtures/experiments/dallinger-demo and a psycopg2 wheel in the test
-# wheelhouse (tests/dallinger_image.rs makes it).
+# fixtures/experiments/dallinger-demo and the test cache's base and builder
+# layouts (tests/sdist_build.rs makes them); psycopg2 is built from its sdist
+# once, by the lock, and stays in the wheel cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${BENCH_RUNS:-5}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 test_cache=${DALLINGER_OCI_TEST_CACHE:-$HOME/.cache/dallinger-oci-tests}
-wheelhouse=$test_cache/wheelhouse
-[ -d "$wheelhouse" ] || { echo "no $wheelhouse: run cargo test --test dallinger_image first" >&2; exit 1; }
 
 cargo build --release --locked --quiet
 bin=$PWD/target/release/dallinger-oci
 rootfs=$(bash scripts/python-base.sh)
 base_layout=$test_cache/$(basename "${rootfs%.tar}")-oci
-[ -f "$base_layout/index.json" ] || { echo "no $base_layout: run cargo test --test python_target first" >&2; exit 1; }
+builder=$(BASE_PACKAGES=python3,libpq5,libstdc++6,build-essential,python3-dev,libpq-dev,python3-pip,python3-setuptools,python3-wheel \
+  bash scripts/python-base.sh)
+builder_layout=$test_cache/$(basename "${builder%.tar}")-oci
+for layout in "$base_layout" "$builder_layout"; do
+  [ -f "$layout/index.json" ] || { echo "no $layout: run cargo test --test sdist_build first" >&2; exit 1; }
+done
 
 cp -r fixtures/experiments/dallinger-demo "$work/exp"
 export DALLINGER_OCI_CACHE=$work/cache
-build="$bin build $work/exp --base oci:$base_layout:base --find-links $wheelhouse --tag bench"
-$build >/dev/null 2>&1   # fills the wheel cache (and downloads once)
+# The lock fills the wheel cache (downloads once, builds psycopg2 once);
+# builds then use it, as CI builds should.
+$bin lock "$work/exp" --base "oci:$base_layout:base" --build-sdists \
+  --builder-base "oci:$builder_layout:base" >/dev/null 2>&1
+build="$bin build $work/exp --base oci:$base_layout:base --locked --tag bench"
 wheels=$(find "$work/cache/wheels/sha256" -name '*.whl' | sort)
 count=$(echo "$wheels" | wc -l)
 
-cold_prepare="find $work/cache -mindepth 1 -maxdepth 1 ! -name wheels -exec rm -rf {} +"
+# sync: the kernel is slow to create files right after tens of thousands
+# were deleted; flushing first keeps that out of the figure.
+cold_prepare="find $work/cache -mindepth 1 -maxdepth 1 ! -name wheels -exec rm -rf {} + && sync"
 peer="rm -rf $work/prefix && python3 -m pip install --quiet --no-deps --no-compile --no-index --prefix $work/prefix $(echo $wheels) \
  && tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf - -C $work/prefix . | gzip -6 -n > $work/peer.tar.gz"
 hyperfine --runs "$runs" --export-json "$work/cold.json" \
   -n "dallinger-oci cold build ($count wheels cached)" --prepare "$cold_prepare" "$build" \
   -n "pip install --prefix + tar | gzip -6" "$peer"
 
-# Rebuilds use the lock, as CI builds should: without it every build asks the
-# index about each pin.
-$bin lock "$work/exp" --base "oci:$base_layout:base" --find-links "$wheelhouse" --tag bench >/dev/null 2>&1
-hyperfine --runs 10 --export-json "$work/edit.json" \
-  -n "rebuild after editing experiment.py (locked)" --prepare "echo '# edit' \$RANDOM >> $work/exp/experiment.py" "$build --locked"
+hyperfine --warmup 1 --runs 10 --export-json "$work/edit.json" \
+  -n "rebuild after editing experiment.py (locked)" --prepare "echo '# edit' \$RANDOM >> $work/exp/experiment.py" "$build"
 
 /usr/bin/time -v sh -c "$cold_prepare; $build" >/dev/null 2>"$work/ours.time"
 installed=$(du -sb "$work/prefix" | cut -f1)

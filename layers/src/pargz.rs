@@ -24,7 +24,7 @@ pub const BLOCK_SIZE: usize = 1 << 20;
 pub const LEVEL: u32 = 6;
 /// Recorded in layer annotations so a reader knows how the bytes were made.
 pub const COMPRESSOR_ID: &str =
-    "gzip;deflate=miniz_oxide-0.9.1;level=6;block=1MiB;header-mtime=0;os=255";
+    "gzip;deflate=zlib-rs-0.6.8;level=6;block=1MiB;header-mtime=0;os=255";
 
 /// Gzip header: magic, CM=deflate, no flags, MTIME 0, XFL 0, OS 255 (unknown),
 /// as flate2 writes it, so the header never depends on the host.

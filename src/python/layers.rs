@@ -120,6 +120,7 @@ fn layer_for(
     if let Some(layer) = store.cached_layer(&key) {
         return Ok((layer, true));
     }
+    unpack_in_parallel(&sorted, unpack_cache)?;
     let mut tree = LayerTree::new();
     for wheel in &sorted {
         let installed = install_wheel(
@@ -160,6 +161,41 @@ fn layer_for(
         store.put_layer_with(MEDIA_TYPE_GZIP_LAYER, |sink| Ok(tree.write(options, sink)?))?;
     store.remember_layer(&key, &layer)?;
     Ok((layer, false))
+}
+
+/// Unpacks the wheels into the unpack cache, one per core at a time: in a
+/// cold build, inflating and creating files is most of the work, and each
+/// wheel is independent. The installer then finds them unpacked.
+fn unpack_in_parallel(wheels: &[&&ResolvedWheel], unpack_cache: &Path) -> Result<()> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(wheels.len().max(1));
+    let results: Vec<Result<()>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| -> Result<()> {
+                    while !failed.load(Ordering::SeqCst) {
+                        let Some(wheel) = wheels.get(next.fetch_add(1, Ordering::SeqCst)) else {
+                            break;
+                        };
+                        if let Err(e) = unpack_wheel(&wheel.path, unpack_cache) {
+                            failed.store(true, Ordering::SeqCst);
+                            return Err(e.into());
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("an unpacking thread panicked"))
+            .collect()
+    });
+    results.into_iter().collect()
 }
 
 /// Dallinger's `frontend/` (static files, templates) and the Procfile, as
