@@ -15,6 +15,7 @@ packages=(
   util-linux     # setpriv, to test unreadable files as another user
   openssl        # the test token issuer signs its tokens
   libpq-dev gcc python3-dev python3-pip # psycopg2's wheel built from its sdist (dallinger_image)
+  podman-compose # debug / deploy-image run compose files with it (podman 4.3 has no `podman compose`)
 )
 missing=()
 for p in "${packages[@]}"; do

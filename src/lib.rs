@@ -8,3 +8,8 @@ pub mod image;
 pub mod plan;
 pub mod python;
 pub mod registry;
+
+// Running images (debug, deploy-image, services): the only part that calls
+// a container engine.
+pub mod deploy;
+pub mod runtime;
