@@ -127,15 +127,18 @@ fn parse_number<T: std::str::FromStr>(env: &[(String, String)], key: &str) -> Re
     }
 }
 
-/// Fails, naming the port, when something on this machine listens on it.
-pub fn check_port_free(port: u16, what: &str) -> Result<()> {
+/// Fails, naming the port, when something on this machine listens on it;
+/// `remedy` says what else the user can do.
+pub fn check_port_free(port: u16, what: &str, remedy: &str) -> Result<()> {
     for address in ["0.0.0.0", "127.0.0.1"] {
         if let Err(err) = TcpListener::bind((address, port)) {
-            bail!("port {port} ({what}) is already in use on this machine ({err}): stop what listens on it, or choose another port with --port");
+            bail!("port {port} ({what}) is already in use on this machine ({err}): stop what listens on it, or {remedy}");
         }
     }
     Ok(())
 }
+
+const CHOOSE_PORT: &str = "choose another port with --port";
 
 fn open_browser(url: &str) {
     for opener in ["xdg-open", "open"] {
@@ -206,7 +209,7 @@ pub fn debug(req: &DebugRequest) -> Result<()> {
         None => parse_number::<u16>(&dallinger_environment(Some(config), &[], &[]), "base_port")?
             .unwrap_or(5000),
     };
-    check_port_free(port, "the experiment's web server")?;
+    check_port_free(port, "the experiment's web server", CHOOSE_PORT)?;
     let dashboard_user = config.get("dashboard_user").unwrap_or("admin").to_string();
     let dashboard_password = match config.get("dashboard_password") {
         Some(p) if !p.is_empty() => p.to_string(),
@@ -465,7 +468,7 @@ pub fn deploy_image(engine: Option<&Engine>, req: &DeployRequest) -> Result<()> 
         return Ok(());
     };
     if engine.remote_url().is_none() {
-        check_port_free(req.port, "the experiment's web server")?;
+        check_port_free(req.port, "the experiment's web server", CHOOSE_PORT)?;
     }
     if engine.image_id(&image)?.is_none() {
         eprintln!("Pulling {image}…");
@@ -565,14 +568,10 @@ const POSTGRES_CONTAINER: &str = "dallinger_postgres";
 /// `dallinger docker start-services`: redis on 6379 and postgres on 5432
 /// for a local `dallinger debug`, with persistent volumes.
 pub fn start_services(engine: &Engine, images: &ServiceImages) -> Result<()> {
-    check_port_free(6379, "redis").map_err(|e| {
-        anyhow::anyhow!("{e:#}")
-            .context("start-services publishes redis on 6379, as Dallinger's does")
-    })?;
-    check_port_free(5432, "postgres").map_err(|e| {
-        anyhow::anyhow!("{e:#}")
-            .context("start-services publishes postgres on 5432, as Dallinger's does")
-    })?;
+    // Dallinger's fixed ports, which a local Dallinger expects.
+    let remedy = "run `dallinger-oci stop-services` if they are ours";
+    check_port_free(6379, "redis, as Dallinger publishes it", remedy)?;
+    check_port_free(5432, "postgres, as Dallinger publishes it", remedy)?;
     engine.run([
         "run",
         "--rm",

@@ -264,3 +264,27 @@ fn rendered_compose_values_reach_the_containers_unchanged() {
     compose(&["down", "-v"]);
     assert_eq!(project_containers(&app), Vec::<String>::new());
 }
+
+#[test]
+fn a_port_in_use_is_named_before_anything_starts() {
+    require_tool("podman");
+    let sandbox = Sandbox::new();
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = format!("port-test-{}", std::process::id());
+    let out = run(sandbox
+        .cmd()
+        .env("CONTAINERS_CONF", fixture("containers.conf"))
+        .args(["deploy-image", "--image"])
+        .arg(format!("localhost/never/pulled@sha256:{}", "0".repeat(64)))
+        .args(["--app", &app, "--port", &port.to_string()]));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "error: port {port} (the experiment's web server) is already in use"
+        )) && stderr.contains("--port"),
+        "{stderr}"
+    );
+    assert_eq!(project_containers(&app), Vec::<String>::new());
+}
