@@ -16,6 +16,7 @@ packages=(
   openssl        # the test token issuer signs its tokens
   python3-pip    # the peer the installer is compared with (wheel_fidelity)
   gcc            # C parts of some crates
+  podman-compose # debug / deploy-image run compose files with it (podman 4.3 has no `podman compose`)
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -9,3 +9,8 @@ pub mod plan;
 pub mod python;
 pub mod registry;
 pub mod sandbox;
+
+// Running images (debug, deploy-image, services): the only part that calls
+// a container engine.
+pub mod deploy;
+pub mod runtime;

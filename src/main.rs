@@ -1,5 +1,7 @@
 //! The `dallinger-oci` command line: parse, call the library, print.
 
+mod cli_runtime;
+
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,6 +54,10 @@ enum Command {
         #[command(flatten)]
         push_args: PushArgs,
     },
+
+    // Commands that run containers (src/cli_runtime.rs).
+    #[command(flatten)]
+    Runtime(cli_runtime::RuntimeCommand),
 }
 
 #[derive(clap::Args)]
@@ -195,6 +201,7 @@ fn run(cli: Cli) -> Result<()> {
             let (request, result) = build_command(&build, false)?;
             push_command(&request, &result, &push_args)
         }
+        Command::Runtime(command) => cli_runtime::run(command),
     }
 }
 

@@ -4,6 +4,7 @@ Each participant is a single node in an empty network; the trial list is made
 on the client and responses are stored as infos.
 """
 
+from dallinger.config import get_config
 from dallinger.experiment import Experiment
 from dallinger.networks import Empty
 
@@ -11,13 +12,19 @@ from dallinger.networks import Empty
 class Stroop(Experiment):
     """Congruent and incongruent colour-word trials, one participant per network."""
 
-    def __init__(self, session=None):
-        super().__init__(session)
-        self.experiment_repeats = 1
-        self.initial_recruitment_size = 1
+    experiment_repeats = 1
+    initial_recruitment_size = 1
+
+    # Dallinger 12 constructs experiments with no_configure (its server
+    # checks protected routes with one before /launch).
+    def __init__(self, no_configure=False):
+        super().__init__(no_configure=no_configure)
         self.trials_per_participant = 24
-        if session:
-            self.setup()
+
+    @classmethod
+    def extra_parameters(cls):
+        # config.txt sets it; Dallinger refuses keys nobody registered.
+        get_config().register("num_participants", int)
 
     def create_network(self):
         return Empty(max_size=1)

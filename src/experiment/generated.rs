@@ -48,9 +48,19 @@ pub(crate) fn is_sensitive(key: &str) -> bool {
     SENSITIVE_KEYS.contains(&key.as_str()) || SENSITIVE_SUBSTRINGS.iter().any(|s| key.contains(s))
 }
 
+/// `[Docker]` keys only dallinger-oci reads. Dallinger loads config.txt
+/// strictly and would refuse to start on a key it does not register, so
+/// they stay out of the image's config.txt.
+pub const TOOL_ONLY_KEYS: &[&str] = &[
+    "docker_base_image",
+    "docker_redis_image",
+    "docker_postgresql_image",
+];
+
 /// The `/experiment/config.txt` written into the image, as Dallinger's
 /// `config.write(filter_sensitive=True)` would, with these differences:
 ///
+/// - dallinger-oci's own keys ([`TOOL_ONLY_KEYS`]) are left out.
 /// - Only the experiment's own `config.txt` goes in. Dallinger also writes
 ///   every other layer, `~/.dallingerconfig` included; we never do, so that
 ///   the user's private settings and credentials stay out of the image and
@@ -70,7 +80,7 @@ pub(crate) fn is_sensitive(key: &str) -> bool {
 pub(crate) fn config_txt(experiment_config: &Config) -> Vec<u8> {
     let mut out = String::from("[Parameters]\n");
     for (key, value) in experiment_config.iter() {
-        if is_sensitive(key) {
+        if is_sensitive(key) || TOOL_ONLY_KEYS.contains(&key) {
             continue;
         }
         let value = value.replace('%', "%%").replace('\n', "\n\t");
@@ -195,6 +205,18 @@ mod tests {
         ] {
             assert!(!is_sensitive(k), "{k}");
         }
+    }
+
+    #[test]
+    fn tool_only_keys_stay_out_of_the_image_config() {
+        let config = Config::parse(
+            Path::new("config.txt"),
+            "[Docker]\ndocker_image_base_name = r/x\ndocker_base_image = oci:b\n\
+             docker_redis_image = redis:7\ndocker_postgresql_image = postgres:16\n",
+        )
+        .unwrap();
+        let text = String::from_utf8(config_txt(&config)).unwrap();
+        assert_eq!(text, "[Parameters]\ndocker_image_base_name = r/x\n\n");
     }
 
     #[test]

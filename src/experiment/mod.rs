@@ -64,6 +64,7 @@ mod generated;
 mod git;
 
 pub use config::ConfigError;
+pub use generated::TOOL_ONLY_KEYS;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExperimentError {
@@ -188,6 +189,11 @@ impl Experiment {
     /// `config.txt` winning over `~/.dallingerconfig`. Keys are lowercase.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.config.get(key)
+    }
+
+    /// The merged configuration (`config.txt` over `~/.dallingerconfig`).
+    pub fn config(&self) -> &config::Config {
+        &self.config
     }
 
     /// The experiment directory's name, used when no image name is configured.

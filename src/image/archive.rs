@@ -31,7 +31,25 @@ pub fn write(store: &BlobStore, image: &Image, path: &Path, name: &str, epoch: u
         .permissions(super::store::readable_file())
         .tempfile_in(parent)
         .with_context(|| format!("cannot create a temporary file in {}", parent.display()))?;
-    let mut tar = tar::Builder::new(BufWriter::with_capacity(1 << 20, tmp.reopen()?));
+    let mut writer = BufWriter::with_capacity(1 << 20, tmp.reopen()?);
+    write_to(store, image, &mut writer, name, epoch)?;
+    let file = writer.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all().ok();
+    tmp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// Writes the archive of `image` named `name` to `out`: the same bytes as
+/// [`write`], streamed (into `podman load`, say) without a file.
+pub fn write_to(
+    store: &BlobStore,
+    image: &Image,
+    out: &mut dyn io::Write,
+    name: &str,
+    epoch: u64,
+) -> Result<()> {
+    let mut tar = tar::Builder::new(out);
 
     let blob_name =
         |digest: &str| -> Result<String> { Ok(format!("blobs/sha256/{}", hex_of(digest)?)) };
@@ -98,11 +116,7 @@ pub fn write(store: &BlobStore, image: &Image, path: &Path, name: &str, epoch: u
         epoch,
     )?;
 
-    let writer = tar.into_inner()?;
-    let file = writer.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all().ok();
-    tmp.persist(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    io::Write::flush(tar.into_inner()?)?;
     Ok(())
 }
 

@@ -2,7 +2,9 @@
 #![allow(dead_code)]
 
 pub mod dallinger;
+pub mod dallinger_image;
 pub mod registry;
+pub mod service_images;
 
 use std::fs;
 use std::io::Read;
@@ -287,4 +289,13 @@ pub fn rootfs_layout(rootfs: PathBuf) -> String {
         fs::rename(&partial, &dir).unwrap();
     }
     format!("oci:{}:base", dir.display())
+}
+
+/// A TCP port free on 127.0.0.1 when asked (for a server a test starts).
+pub fn free_local_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
