@@ -162,18 +162,7 @@ fn waiting_image(dir: &Path) -> String {
         fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
     }
     let tar = dir.join("rootfs.tar");
-    ok(std::process::Command::new(require_tool("tar"))
-        .args([
-            "--sort=name",
-            "--mtime=@946684800",
-            "--owner=0",
-            "--group=0",
-        ])
-        .args(["--numeric-owner", "-cf"])
-        .arg(&tar)
-        .arg("-C")
-        .arg(&root)
-        .arg("."));
+    deterministic_tar(&tar, &root, ".");
     load_rootfs_image(
         &tar,
         "localhost/dallinger-oci-test/waiting:1",

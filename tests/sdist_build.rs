@@ -42,18 +42,7 @@ fn sdist_dir(dir: &Path) -> PathBuf {
     let links = dir.join("links");
     fs::create_dir_all(&links).unwrap();
     let tar = dir.join("tinyext-1.0.tar");
-    ok(Command::new(require_tool("tar"))
-        .args([
-            "--sort=name",
-            "--mtime=@946684800",
-            "--owner=0",
-            "--group=0",
-        ])
-        .args(["--numeric-owner", "-cf"])
-        .arg(&tar)
-        .arg("-C")
-        .arg(dir.join("src"))
-        .arg("tinyext-1.0"));
+    deterministic_tar(&tar, &dir.join("src"), "tinyext-1.0");
     ok(Command::new(require_tool("gzip"))
         .args(["-n", "-9"])
         .arg(&tar));

@@ -195,6 +195,23 @@ pub fn gunzip(path: &Path) -> Vec<u8> {
     out
 }
 
+/// Tars `member` of `dir` into `out` the same way every time: sorted names,
+/// fixed mtime, owner 0.
+pub fn deterministic_tar(out: &Path, dir: &Path, member: &str) {
+    ok(Command::new(require_tool("tar"))
+        .args([
+            "--sort=name",
+            "--mtime=@946684800",
+            "--owner=0",
+            "--group=0",
+        ])
+        .args(["--numeric-owner", "-cf"])
+        .arg(out)
+        .arg("-C")
+        .arg(dir)
+        .arg(member));
+}
+
 /// A runnable root filesystem tarball made from busybox-static.
 pub fn busybox_rootfs(dest: &Path) -> PathBuf {
     let busybox = require_tool("busybox");
@@ -205,14 +222,7 @@ pub fn busybox_rootfs(dest: &Path) -> PathBuf {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
     let tar = dest.join("busybox-rootfs.tar");
-    ok(Command::new(require_tool("tar"))
-        .arg("--sort=name")
-        .arg("--mtime=@946684800")
-        .args(["--owner=0", "--group=0", "--numeric-owner", "-cf"])
-        .arg(&tar)
-        .arg("-C")
-        .arg(&root)
-        .arg("."));
+    deterministic_tar(&tar, &root, ".");
     tar
 }
 
