@@ -39,6 +39,16 @@ pub struct Sandbox {
     workdir: String,
     network: bool,
     hostname: String,
+    /// Writable root: an overlay whose changes land in `upper`.
+    overlay: Option<Overlay>,
+}
+
+/// Where an overlay root keeps its changes (both empty directories on the
+/// same file system, outside the image root).
+#[derive(Debug, Clone)]
+pub struct Overlay {
+    pub upper: PathBuf,
+    pub work: PathBuf,
 }
 
 /// Directories of the image that get a fresh, writable, empty tmpfs.
@@ -78,7 +88,19 @@ impl Sandbox {
             workdir: "/".into(),
             network: false,
             hostname: "dallinger-oci".into(),
+            overlay: None,
         }
+    }
+
+    /// Makes the root writable through an overlay: what the program adds,
+    /// changes or deletes is recorded in `overlay.upper` (deletions as
+    /// 0/0 character devices, replaced directories with the
+    /// `user.overlay.opaque` attribute), the image root stays untouched.
+    /// Only `/run` then gets a tmpfs; `/tmp` and `/root` are part of the
+    /// overlay, as in a Dockerfile's RUN.
+    pub fn overlay(mut self, overlay: Overlay) -> Sandbox {
+        self.overlay = Some(overlay);
+        self
     }
 
     pub fn bind(mut self, bind: Bind) -> Sandbox {
@@ -171,6 +193,9 @@ impl Sandbox {
         }
         let mut tmpfs = Vec::new();
         for dir in TMPFS_DIRS {
+            if self.overlay.is_some() && dir != "run" {
+                continue;
+            }
             if root.join(dir).is_dir() && !root.join(dir).is_symlink() {
                 tmpfs.push(under(dir)?);
             }
@@ -178,15 +203,22 @@ impl Sandbox {
         let mut binds = Vec::new();
         for bind in &self.binds {
             let inside = bind.inside.trim_start_matches('/');
-            if !TMPFS_DIRS
-                .iter()
-                .any(|d| inside.starts_with(&format!("{d}/")))
+            // Binds are made inside a tmpfs, never in the image root (or
+            // its overlay, where they would count as changes).
+            let allowed: &[&str] = if self.overlay.is_some() {
+                &["run"]
+            } else {
+                &TMPFS_DIRS
+            };
+            if !allowed.iter().any(|d| inside.starts_with(&format!("{d}/")))
                 || inside
                     .split('/')
                     .any(|c| c == ".." || c == "." || c.is_empty())
             {
+                let list: Vec<String> = allowed.iter().map(|d| format!("/{d}")).collect();
                 bail!(
-                    "a sandbox bind must lie under /tmp, /var/tmp, /root or /run: {}",
+                    "a sandbox bind must lie under {}: {}",
+                    list.join(", "),
                     bind.inside
                 );
             }
@@ -247,12 +279,35 @@ impl Sandbox {
             .map(|a| CString::new(*a))
             .collect::<Result<Vec<_>, _>>()
             .context("an argument holds a NUL byte")?;
+        let overlay = match &self.overlay {
+            None => None,
+            Some(o) => {
+                let dirs = [&root, &o.upper.canonicalize()?, &o.work.canonicalize()?];
+                if let Some(bad) = dirs
+                    .iter()
+                    .find(|d| d.to_str().is_none_or(|t| t.contains([',', ':', '\\'])))
+                {
+                    bail!(
+                        "the overlay directory {} holds a comma, colon or backslash, which \
+                         overlay mount options cannot carry: use a cache directory without them",
+                        bad.display()
+                    );
+                }
+                Some(CString::new(format!(
+                    "lowerdir={},upperdir={},workdir={},userxattr",
+                    dirs[0].display(),
+                    dirs[1].display(),
+                    dirs[2].display()
+                ))?)
+            }
+        };
         let argv = pointers(&args);
         let envp = pointers(&env);
         Ok(ChildPlan {
             flags,
             uid_map: format!("0 {uid} 1\n").into_bytes(),
             gid_map: format!("0 {gid} 1\n").into_bytes(),
+            overlay,
             proc_target: under("proc")?,
             dev_target: under("dev")?,
             devices,
@@ -366,6 +421,8 @@ struct ChildPlan {
     uid_map: Vec<u8>,
     gid_map: Vec<u8>,
     root: CString,
+    /// Overlay mount options, when the root is writable.
+    overlay: Option<CString>,
     locked: libc::c_ulong,
     proc_target: CString,
     dev_target: CString,
@@ -389,7 +446,7 @@ const STEPS: [&str; 16] = [
     "write its uid and gid maps",
     "fork its first process",
     "make its mounts private",
-    "bind the image root",
+    "mount the image root (bind or overlay)",
     "mount /proc",
     "mount /dev",
     "create a device node",
@@ -480,13 +537,23 @@ unsafe fn child_main(plan: &ChildPlan, stdin: i32, log: i32, report: i32) -> ! {
     ) {
         fail(report, 4);
     }
-    if !mount(
-        plan.root.as_ptr(),
-        plan.root.as_ptr(),
-        null,
-        libc::MS_BIND | libc::MS_REC,
-        null,
-    ) {
+    let root_mounted = match &plan.overlay {
+        Some(options) => mount(
+            c"overlay".as_ptr(),
+            plan.root.as_ptr(),
+            c"overlay".as_ptr(),
+            0,
+            options.as_ptr(),
+        ),
+        None => mount(
+            plan.root.as_ptr(),
+            plan.root.as_ptr(),
+            null,
+            libc::MS_BIND | libc::MS_REC,
+            null,
+        ),
+    };
+    if !root_mounted {
         fail(report, 5);
     }
     if !mount(
@@ -569,13 +636,15 @@ unsafe fn child_main(plan: &ChildPlan, stdin: i32, log: i32, report: i32) -> ! {
             fail(report, 10);
         }
     }
-    if !mount(
-        null,
-        plan.root.as_ptr(),
-        null,
-        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | plan.locked,
-        null,
-    ) {
+    if plan.overlay.is_none()
+        && !mount(
+            null,
+            plan.root.as_ptr(),
+            null,
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | plan.locked,
+            null,
+        )
+    {
         fail(report, 11);
     }
     if libc::chdir(plan.root.as_ptr()) != 0

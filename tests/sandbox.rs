@@ -134,12 +134,12 @@ fn setup_errors_name_the_step() {
         .unwrap_err();
     assert_eq!(
         err.to_string(),
-        "a sandbox bind must lie under /tmp, /var/tmp, /root or /run: /etc/passwd"
+        "a sandbox bind must lie under /tmp, /var/tmp, /root, /run: /etc/passwd"
     );
 }
 
 /// The same sandbox for a user without any privilege (uid 65534): the test
-/// binary runs the first test again as that user.
+/// binary runs the read-only and the overlay tests again as that user.
 #[test]
 fn works_for_an_unprivileged_user() {
     let setpriv = require_tool("setpriv");
@@ -158,6 +158,7 @@ fn works_for_an_unprivileged_user() {
         .args([
             "--exact",
             "runs_as_root_of_its_own_namespaces_on_a_read_only_root",
+            "an_overlay_root_records_changes_in_its_upper_directory",
         ])
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap())
@@ -165,8 +166,64 @@ fn works_for_an_unprivileged_user() {
         .env("TMPDIR", &scratch));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        out.status.success() && stdout.contains("1 passed"),
+        out.status.success() && stdout.contains("2 passed"),
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// With an overlay the root is writable and every change lands in the upper
+/// directory: additions as files, deletions as 0/0 character devices, a
+/// replaced directory marked opaque; the image root is untouched.
+#[test]
+fn an_overlay_root_records_changes_in_its_upper_directory() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let dir = tempfile::tempdir().unwrap();
+    let root = busybox_root(dir.path());
+    fs::create_dir_all(root.join("etc/old")).unwrap();
+    fs::write(root.join("etc/old/a"), "a").unwrap();
+    fs::write(root.join("etc/gone"), "gone").unwrap();
+    let upper = dir.path().join("upper");
+    let work = dir.path().join("work");
+    fs::create_dir_all(&upper).unwrap();
+    fs::create_dir_all(&work).unwrap();
+    let sandbox = Sandbox::new(&root)
+        .overlay(dallinger_oci::sandbox::Overlay {
+            upper: upper.clone(),
+            work,
+        })
+        .env("PATH", "/bin");
+    let (exit, out) = run_script(
+        &sandbox,
+        "echo new > /etc/new && busybox rm /etc/gone && busybox rm -r /etc/old && \
+         busybox mkdir /etc/old && echo b > /etc/old/b && echo kept > /tmp/t && busybox ls /etc/old",
+        dir.path(),
+    );
+    assert_eq!(exit, Exit::Code(0), "{out}");
+    assert_eq!(out, "b\n");
+    assert_eq!(fs::read_to_string(upper.join("etc/new")).unwrap(), "new\n");
+    assert_eq!(fs::read_to_string(upper.join("tmp/t")).unwrap(), "kept\n");
+    let gone = fs::symlink_metadata(upper.join("etc/gone")).unwrap();
+    assert!(gone.file_type().is_char_device() && gone.rdev() == 0);
+    let opaque = xattr_value(&upper.join("etc/old"), "user.overlay.opaque");
+    assert_eq!(opaque.as_deref(), Some(&b"y"[..]));
+    // The image root is as it was.
+    assert!(root.join("etc/gone").is_file() && root.join("etc/old/a").is_file());
+    assert!(!root.join("etc/new").exists());
+}
+
+fn xattr_value(path: &Path, name: &str) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let name = std::ffi::CString::new(name).unwrap();
+    let mut buf = [0u8; 64];
+    let n = unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    (n >= 0).then(|| buf[..n as usize].to_vec())
 }
