@@ -16,6 +16,7 @@ use crate::image::{
     self, archive, layout, ConfigChanges, Image, ImageLayer, RemoteBlob, ANNOTATION_COMPRESSOR,
 };
 use crate::plan::{Lock, LockInputs};
+use crate::prepare;
 use crate::python::index::IndexConfig;
 use crate::python::layers::{python_layers, PythonLayers};
 use crate::python::requirements::parse_file;
@@ -118,6 +119,17 @@ pub struct BuildRequest {
     /// How to install the experiment's Python dependencies; `None` builds
     /// only the experiment layer on the base (`--no-deps`).
     pub python: Option<PythonOptions>,
+    /// What to do with the experiment's own prepare script and Dockerfile.
+    pub customisation: Customisation,
+}
+
+/// How far the build may go with an experiment that customises its image.
+#[derive(Debug, Clone, Default)]
+pub struct Customisation {
+    /// Run a non-default `prepare_docker_image.sh` in the sandbox.
+    pub run_prepare: bool,
+    /// Give it the host's network.
+    pub prepare_network: bool,
 }
 
 /// Settings of the Python stage.
@@ -275,6 +287,7 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
             home_config: request.home_config.clone(),
         },
     )?;
+    refuse_unrequested_customisation(&experiment, &request.customisation)?;
     let tag = match &request.tag {
         Some(tag) => validate_tag(tag)?,
         None => experiment.default_tag(),
@@ -316,6 +329,35 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
         )?),
         None => None,
     };
+    let prepared = match experiment.custom_prepare_script() {
+        Some(script) => {
+            let mut so_far = base.layers.clone();
+            if let Some(python) = &python {
+                so_far.extend(python.layers.layers.iter().map(|l| l.layer.clone()));
+            }
+            pull::fetch_missing(&store, &so_far, &|remote| {
+                request.registry.client_for_remote(remote)
+            })?;
+            let (layer, reused) = prepare::prepare_layer(
+                &store,
+                &prepare::PrepareRequest {
+                    script,
+                    requirements: experiment.generated("requirements.txt").unwrap_or_default(),
+                    layers: &so_far,
+                    config: &base.config,
+                    network: request.customisation.prepare_network,
+                    options: &options,
+                },
+            )?;
+            eprintln!(
+                "prepare_docker_image.sh layer: {} ({})",
+                layer.blob.digest,
+                if reused { "unchanged, reused" } else { "built" }
+            );
+            Some((layer, sha256_digest(script)))
+        }
+        None => None,
+    };
     let mut tree = experiment_tree(&experiment)?;
     if let Some(python) = &python {
         // Dallinger's files go in where the experiment has none, as its
@@ -347,6 +389,9 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
             git.revision.clone(),
         );
     }
+    if let Some((_, script)) = &prepared {
+        labels.insert(prepare::LABEL_PREPARE_SCRIPT.into(), script.clone());
+    }
     if let Some(name) = &base.name {
         labels.insert("org.opencontainers.image.base.name".into(), name.clone());
     }
@@ -374,6 +419,12 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
         for l in python.layers.layers {
             new_layers.push((l.layer, l.created_by));
         }
+    }
+    if let Some((layer, script)) = prepared {
+        new_layers.push((
+            layer,
+            format!("dallinger-oci: ran prepare_docker_image.sh ({script}) in a sandbox"),
+        ));
     }
     new_layers.push((
         code_layer,
@@ -408,6 +459,35 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
         image,
         layer_reused,
     })
+}
+
+/// Stops before any work when the experiment customises its image in a way
+/// the user has not allowed: a prepare script must run inside the image, a
+/// Dockerfile needs a container engine. Neither is ever ignored.
+fn refuse_unrequested_customisation(
+    experiment: &Experiment,
+    customisation: &Customisation,
+) -> Result<()> {
+    if experiment.has_dockerfile() {
+        bail!(
+            "{}: the experiment has its own Dockerfile, which Dallinger builds instead of its \
+             generated one; a Dockerfile needs a container engine, so dallinger-oci does not \
+             build it: build it with `docker build` or `podman build`, or remove it (declare \
+             Debian packages with `system_packages` under [Docker] and put other steps in \
+             prepare_docker_image.sh) to build without a daemon",
+            experiment.dir.join("Dockerfile").display()
+        );
+    }
+    if experiment.custom_prepare_script().is_some() && !customisation.run_prepare {
+        bail!(
+            "{}: this script must run inside the image to customise it, and is never skipped: \
+             pass --run-prepare to run it in a sandbox (as root in /experiment, no network \
+             unless --prepare-network) and keep its changes as a layer, or declare Debian \
+             packages with `system_packages` under [Docker] in config.txt instead",
+            experiment.dir.join("prepare_docker_image.sh").display()
+        );
+    }
+    Ok(())
 }
 
 /// A base (or builder) image from a registry, a layout, a rootfs or scratch.

@@ -6,6 +6,7 @@ pub mod build;
 pub mod experiment;
 pub mod image;
 pub mod plan;
+pub mod prepare;
 pub mod python;
 pub mod registry;
 pub mod sandbox;

@@ -101,6 +101,14 @@ struct BuildArgs {
     retries: u32,
     #[command(flatten)]
     python: PythonArgs,
+    /// Run the experiment's own prepare_docker_image.sh in a sandbox (root,
+    /// /experiment, after the dependency layers) and keep its changes as a layer.
+    #[arg(long)]
+    run_prepare: bool,
+    /// Give the prepare script the host's network (its result may then
+    /// differ between builds).
+    #[arg(long, requires = "run_prepare")]
+    prepare_network: bool,
 }
 
 #[derive(clap::Args)]
@@ -288,6 +296,10 @@ fn build_command(args: &BuildArgs, write_lock: bool) -> Result<(BuildRequest, Bu
                 ..RetryPolicy::default()
             },
             refresh_base: args.pull,
+        },
+        customisation: build::Customisation {
+            run_prepare: args.run_prepare,
+            prepare_network: args.prepare_network,
         },
     };
     let result = build::build(&request)?;

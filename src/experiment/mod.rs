@@ -207,16 +207,38 @@ impl Experiment {
     /// Dallinger's default tag: the first 8 hex digits of sha256 over
     /// `requirements.txt` then `prepare_docker_image.sh`, as they are in the image.
     pub fn default_tag(&self) -> String {
-        let bytes = |rel: &str| {
-            self.files
-                .iter()
-                .find_map(|f| match &f.kind {
-                    FileKind::Generated { bytes, .. } if f.rel == rel => Some(bytes.as_slice()),
-                    _ => None,
-                })
-                .unwrap_or_default()
-        };
-        generated::tag(bytes("requirements.txt"), bytes("prepare_docker_image.sh"))
+        generated::tag(
+            self.generated("requirements.txt").unwrap_or_default(),
+            self.generated("prepare_docker_image.sh")
+                .unwrap_or_default(),
+        )
+    }
+
+    /// The bytes of a file we generate into `/experiment` (`config.txt`,
+    /// `requirements.txt`, `prepare_docker_image.sh`).
+    pub fn generated(&self, rel: &str) -> Option<&[u8]> {
+        self.files.iter().find_map(|f| match &f.kind {
+            FileKind::Generated { bytes, .. } if f.rel == rel => Some(bytes.as_slice()),
+            _ => None,
+        })
+    }
+
+    /// The experiment's own `prepare_docker_image.sh`, when it does
+    /// anything: a script of only comments and blank lines (Dallinger's
+    /// template among them) is none.
+    pub fn custom_prepare_script(&self) -> Option<&[u8]> {
+        let script = self.generated("prepare_docker_image.sh")?;
+        let does_something = String::from_utf8_lossy(script).lines().any(|line| {
+            let line = line.trim();
+            !line.is_empty() && !line.starts_with('#')
+        });
+        does_something.then_some(script)
+    }
+
+    /// Whether the experiment ships its own `Dockerfile` (Dallinger builds
+    /// that instead of its generated one).
+    pub fn has_dockerfile(&self) -> bool {
+        self.files.iter().any(|f| f.rel == "Dockerfile")
     }
 }
 

@@ -29,6 +29,20 @@ pub fn canonical_json(value: &Value) -> Vec<u8> {
     serde_json::to_vec(value).expect("a JSON value always serialises")
 }
 
+/// An image config's `Env`, as (name, value) pairs in order.
+pub fn config_env(config: &Value) -> Vec<(String, String)> {
+    config
+        .pointer("/config/Env")
+        .and_then(|v| v.as_array())
+        .map(|vars| {
+            vars.iter()
+                .filter_map(|v| v.as_str()?.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A layer of an image: its blob, and annotations for its descriptor.
 #[derive(Debug, Clone)]
 pub struct ImageLayer {

@@ -292,17 +292,7 @@ impl<'a> SdistBuilder<'a> {
                 started.elapsed().as_secs_f64()
             );
         }
-        let env = image
-            .config
-            .pointer("/config/Env")
-            .and_then(|v| v.as_array())
-            .map(|vars| {
-                vars.iter()
-                    .filter_map(|v| v.as_str()?.split_once('='))
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let env = crate::image::config_env(&image.config);
         let _ = self.prepared.set(Prepared {
             rootfs,
             python: target.interpreter.clone(),
