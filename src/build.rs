@@ -130,6 +130,8 @@ pub struct Customisation {
     pub run_prepare: bool,
     /// Give it the host's network.
     pub prepare_network: bool,
+    /// Build the experiment's own Dockerfile with this engine.
+    pub dockerfile_engine: Option<crate::dockerfile::DockerfileEngine>,
 }
 
 /// Settings of the Python stage.
@@ -310,6 +312,27 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
         .as_deref()
         .unwrap_or(base::DEFAULT_PLATFORM);
     let store = BlobStore::open(&request.cache_dir)?;
+    if let (true, Some(engine)) = (
+        experiment.has_dockerfile(),
+        request.customisation.dockerfile_engine,
+    ) {
+        let built = crate::dockerfile::build_with_engine(
+            engine,
+            &experiment,
+            &image_name,
+            &store,
+            platform,
+        )?;
+        let image = Image::assemble(&store, &built.config, built.layers)?;
+        write_outputs(request, &store, &image, &tag, &image_name)?;
+        return Ok(BuildResult {
+            store,
+            image_name,
+            tag,
+            image,
+            layer_reused: false,
+        });
+    }
     let base = resolve_base(&base_ref, &store, platform, request)?;
 
     let options = WriteOptions {
@@ -437,21 +460,7 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
     layers.extend(new_layers.into_iter().map(|(l, _)| l));
     let image = Image::assemble(&store, &config, layers)?;
 
-    if !request.outputs.is_empty() {
-        pull::fetch_missing(&store, &image.layers, &|remote| {
-            request.registry.client_for_remote(remote)
-        })?;
-    }
-    for output in &request.outputs {
-        match output {
-            OutputRef::OciLayout { dir, tag: out_tag } => {
-                layout::write(&store, &image, dir, out_tag.as_deref().unwrap_or(&tag))?
-            }
-            OutputRef::DockerArchive { file } => {
-                archive::write(&store, &image, file, &image_name, request.epoch)?
-            }
-        }
-    }
+    write_outputs(request, &store, &image, &tag, &image_name)?;
     Ok(BuildResult {
         store,
         image_name,
@@ -461,6 +470,32 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
     })
 }
 
+/// Writes the image to every `--output`, fetching base blobs first.
+fn write_outputs(
+    request: &BuildRequest,
+    store: &BlobStore,
+    image: &Image,
+    tag: &str,
+    image_name: &str,
+) -> Result<()> {
+    if !request.outputs.is_empty() {
+        pull::fetch_missing(store, &image.layers, &|remote| {
+            request.registry.client_for_remote(remote)
+        })?;
+    }
+    for output in &request.outputs {
+        match output {
+            OutputRef::OciLayout { dir, tag: out_tag } => {
+                layout::write(store, image, dir, out_tag.as_deref().unwrap_or(tag))?
+            }
+            OutputRef::DockerArchive { file } => {
+                archive::write(store, image, file, image_name, request.epoch)?
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Stops before any work when the experiment customises its image in a way
 /// the user has not allowed: a prepare script must run inside the image, a
 /// Dockerfile needs a container engine. Neither is ever ignored.
@@ -468,11 +503,12 @@ fn refuse_unrequested_customisation(
     experiment: &Experiment,
     customisation: &Customisation,
 ) -> Result<()> {
-    if experiment.has_dockerfile() {
+    if experiment.has_dockerfile() && customisation.dockerfile_engine.is_none() {
         bail!(
             "{}: the experiment has its own Dockerfile, which Dallinger builds instead of its \
              generated one; a Dockerfile needs a container engine, so dallinger-oci does not \
-             build it: build it with `docker build` or `podman build`, or remove it (declare \
+             build it: pass --dockerfile-engine podman|docker|buildah to build it with that engine (dallinger-oci \
+             then writes and pushes the result), or remove it (declare \
              Debian packages with `system_packages` under [Docker] and put other steps in \
              prepare_docker_image.sh) to build without a daemon",
             experiment.dir.join("Dockerfile").display()

@@ -109,6 +109,10 @@ struct BuildArgs {
     /// differ between builds).
     #[arg(long, requires = "run_prepare")]
     prepare_network: bool,
+    /// Build the experiment's own Dockerfile with this container engine
+    /// (podman, docker or buildah), then write and push its result.
+    #[arg(long, value_name = "ENGINE")]
+    dockerfile_engine: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -300,6 +304,11 @@ fn build_command(args: &BuildArgs, write_lock: bool) -> Result<(BuildRequest, Bu
         customisation: build::Customisation {
             run_prepare: args.run_prepare,
             prepare_network: args.prepare_network,
+            dockerfile_engine: args
+                .dockerfile_engine
+                .as_deref()
+                .map(dallinger_oci::dockerfile::DockerfileEngine::parse)
+                .transpose()?,
         },
     };
     let result = build::build(&request)?;

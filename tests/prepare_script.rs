@@ -204,3 +204,58 @@ fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
 }
+
+/// With --dockerfile-engine the Dockerfile is built by that engine (podman
+/// here) and its result written by us.
+#[test]
+fn a_dockerfile_is_built_by_the_named_engine() {
+    require_tool("podman");
+    let sandbox = Sandbox::new();
+    let base = base(&sandbox.path("base"));
+    let exp = sandbox.experiment("golden", "with-dockerfile");
+    fs::write(
+        exp.join("Dockerfile"),
+        "FROM scratch\nCOPY experiment.py config.txt /experiment/\nENV MADE_BY=dockerfile\n",
+    )
+    .unwrap();
+    let image = "registry.example.test/dallinger-oci/golden:prep";
+    let out = run(sandbox
+        .cmd()
+        .env("CONTAINERS_CONF", fixture("containers.conf"))
+        .arg("build")
+        .arg(&exp)
+        .arg("--base")
+        .arg(format!("rootfs:{}", base.display()))
+        .args(["--tag", "prep", "-o", "oci:layout", "--dockerfile-engine", "podman"]));
+    let _ = Command::new("podman")
+        .env("CONTAINERS_CONF", fixture("containers.conf"))
+        .args(["rmi", "-f", image])
+        .output();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("building it with podman"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("Built image: {image}")), "{stdout}");
+    let (_, manifest, config) = layout_image(&sandbox.path("layout"));
+    assert_eq!(manifest["layers"].as_array().unwrap().len(), 1);
+    assert!(
+        config["config"]["Env"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("MADE_BY=dockerfile")),
+        "{config}"
+    );
+    let layer = gunzip(&blob(
+        &sandbox.path("layout"),
+        manifest["layers"][0]["digest"].as_str().unwrap(),
+    ));
+    let mut names = Vec::new();
+    for entry in tar::Archive::new(&layer[..]).entries().unwrap() {
+        names.push(entry.unwrap().path().unwrap().display().to_string());
+    }
+    assert!(
+        names.iter().any(|n| n.ends_with("experiment/experiment.py"))
+            && names.iter().any(|n| n.ends_with("experiment/config.txt")),
+        "{names:?}"
+    );
+}
