@@ -11,7 +11,7 @@ use dallinger_oci_layers::{
 
 use crate::base::{self, BaseRef};
 use crate::experiment::{Experiment, FileKind, LoadOptions};
-use crate::image::store::{sha256_digest, sha256_file, BlobStore, StoredLayer};
+use crate::image::store::{sha256_digest, BlobStore, StoredLayer};
 use crate::image::{
     self, archive, layout, ConfigChanges, Image, ImageLayer, RemoteBlob, ANNOTATION_COMPRESSOR,
 };
@@ -185,9 +185,8 @@ fn python_stage(
         base: portable_base_name(base_text),
         base_digest: base.digest.clone().unwrap_or_else(|| "none".into()),
         platform: platform.to_string(),
-        requirements_sha256: sha256_file(&requirements)?
-            .trim_start_matches("sha256:")
-            .to_string(),
+        // The requirements file and everything it includes (-r, -c).
+        requirements_sha256: parse_file(&requirements)?.inputs_sha256(),
         builder: None,
         builder_digest: None,
     };

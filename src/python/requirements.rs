@@ -100,6 +100,28 @@ pub struct ParsedFile {
     /// Options read but without effect here (e.g. `--pre`), one message
     /// each, with file and line.
     pub warnings: Vec<String>,
+    /// Every file read (the top one first, then includes in reading
+    /// order) with the sha256 (hex) of its bytes: what a lock depends on.
+    pub inputs: Vec<(PathBuf, String)>,
+}
+
+impl ParsedFile {
+    /// One digest (hex) of every file read: the top file's own sha256 when
+    /// it includes nothing, else the sha256 of the files' digests in order.
+    pub fn inputs_sha256(&self) -> String {
+        match self.inputs.as_slice() {
+            [(_, only)] => only.clone(),
+            all => {
+                use sha2::Digest;
+                let mut hasher = sha2::Sha256::new();
+                for (_, sha) in all {
+                    hasher.update(sha.as_bytes());
+                    hasher.update(b"\n");
+                }
+                hex::encode(hasher.finalize())
+            }
+        }
+    }
 }
 
 /// Errors from reading requirements files.
@@ -150,6 +172,11 @@ impl Parser {
             file: path.to_path_buf(),
             source,
         })?;
+        {
+            use sha2::Digest;
+            let sha = hex::encode(sha2::Sha256::digest(&bytes));
+            self.out.inputs.push((path.to_path_buf(), sha));
+        }
         let text = String::from_utf8(bytes).map_err(|_| RequirementsError::Line {
             file: path.to_path_buf(),
             line: 1,
@@ -995,6 +1022,25 @@ mod tests {
         assert_eq!(r[1].pinned.as_deref(), Some("8.1.7"));
         assert_eq!((r[2].normalised.as_str(), r[2].line), ("markupsafe", 6));
         assert_eq!((r[3].normalised.as_str(), r[3].line), ("werkzeug", 8));
+    }
+
+    #[test]
+    fn inputs_cover_every_included_file() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "more.txt", "six==1.16.0\n");
+        let top = write(dir.path(), "top.txt", "-r more.txt\nflask==3.0.3\n");
+        let one = parse_file(&top).unwrap();
+        assert_eq!(one.inputs.len(), 2);
+        write(dir.path(), "more.txt", "six==1.17.0\n");
+        let two = parse_file(&top).unwrap();
+        assert_ne!(one.inputs_sha256(), two.inputs_sha256());
+        // Without includes, the digest is the file's own sha256.
+        let alone = write(dir.path(), "alone.txt", "flask==3.0.3\n");
+        use sha2::Digest;
+        assert_eq!(
+            parse_file(&alone).unwrap().inputs_sha256(),
+            hex::encode(sha2::Sha256::digest(b"flask==3.0.3\n"))
+        );
     }
 
     #[test]
