@@ -17,6 +17,7 @@ use crate::image::{
 };
 use crate::plan::{Lock, LockInputs};
 use crate::prepare;
+use crate::python::bytecode::BytecodeCompiler;
 use crate::python::index::IndexConfig;
 use crate::python::layers::{python_layers, PythonLayers};
 use crate::python::requirements::parse_file;
@@ -147,6 +148,8 @@ pub struct PythonOptions {
     pub build_sdists: bool,
     /// The image to build them in (default: the base).
     pub builder_base: Option<String>,
+    /// Compile `.pyc` files with the base's interpreter, as pip does.
+    pub compile_bytecode: bool,
 }
 
 struct PythonStage {
@@ -250,12 +253,16 @@ fn python_stage(
             "true" | "1" | "yes" | "on"
         )
     });
+    let compiler = python
+        .compile_bytecode
+        .then(|| BytecodeCompiler::new(store, &base.layers, &base.config));
     let layers = python_layers(
         store,
         &target,
         &resolution.wheels,
         &requested,
         clock_on,
+        compiler.as_ref(),
         options,
     )?;
     Ok(PythonStage { layers })

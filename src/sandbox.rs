@@ -56,6 +56,14 @@ const TMPFS_DIRS: [&str; 4] = ["tmp", "var/tmp", "root", "run"];
 /// The device nodes a build may open.
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
+/// The links a /dev has: process substitution and `/dev/stdin` need them.
+const DEV_LINKS: [(&str, &str); 4] = [
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+];
+
 /// How the program ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -308,6 +316,11 @@ impl Sandbox {
             uid_map: format!("0 {uid} 1\n").into_bytes(),
             gid_map: format!("0 {gid} 1\n").into_bytes(),
             overlay,
+            shm_target: under("dev/shm")?,
+            dev_links: DEV_LINKS
+                .iter()
+                .map(|(name, target)| Ok((under(&format!("dev/{name}"))?, CString::new(*target)?)))
+                .collect::<Result<Vec<_>>>()?,
             proc_target: under("proc")?,
             dev_target: under("dev")?,
             devices,
@@ -426,6 +439,10 @@ struct ChildPlan {
     locked: libc::c_ulong,
     proc_target: CString,
     dev_target: CString,
+    /// `/dev/shm`, a tmpfs (POSIX semaphores, multiprocessing).
+    shm_target: CString,
+    /// `/dev/fd` and friends: (link, target).
+    dev_links: Vec<(CString, CString)>,
     devices: Vec<(CString, CString)>,
     tmpfs: Vec<CString>,
     binds: Vec<ChildBind>,
@@ -596,6 +613,22 @@ unsafe fn child_main(plan: &ChildPlan, stdin: i32, log: i32, report: i32) -> ! {
         libc::close(fd);
         if !mount(host.as_ptr(), target.as_ptr(), null, libc::MS_BIND, null) {
             fail(report, 8);
+        }
+    }
+    if libc::mkdir(plan.shm_target.as_ptr(), 0o1777) != 0
+        || !mount(
+            c"tmpfs".as_ptr(),
+            plan.shm_target.as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            c"mode=1777".as_ptr(),
+        )
+    {
+        fail(report, 7);
+    }
+    for (link, target) in &plan.dev_links {
+        if libc::symlink(target.as_ptr(), link.as_ptr()) != 0 {
+            fail(report, 7);
         }
     }
     for dir in &plan.tmpfs {

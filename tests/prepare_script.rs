@@ -226,7 +226,14 @@ fn a_dockerfile_is_built_by_the_named_engine() {
         .arg(&exp)
         .arg("--base")
         .arg(format!("rootfs:{}", base.display()))
-        .args(["--tag", "prep", "-o", "oci:layout", "--dockerfile-engine", "podman"]));
+        .args([
+            "--tag",
+            "prep",
+            "-o",
+            "oci:layout",
+            "--dockerfile-engine",
+            "podman",
+        ]));
     let _ = Command::new("podman")
         .env("CONTAINERS_CONF", fixture("containers.conf"))
         .args(["rmi", "-f", image])
@@ -235,7 +242,10 @@ fn a_dockerfile_is_built_by_the_named_engine() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("building it with podman"), "{stderr}");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains(&format!("Built image: {image}")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("Built image: {image}")),
+        "{stdout}"
+    );
     let (_, manifest, config) = layout_image(&sandbox.path("layout"));
     assert_eq!(manifest["layers"].as_array().unwrap().len(), 1);
     assert!(
@@ -254,7 +264,9 @@ fn a_dockerfile_is_built_by_the_named_engine() {
         names.push(entry.unwrap().path().unwrap().display().to_string());
     }
     assert!(
-        names.iter().any(|n| n.ends_with("experiment/experiment.py"))
+        names
+            .iter()
+            .any(|n| n.ends_with("experiment/experiment.py"))
             && names.iter().any(|n| n.ends_with("experiment/config.txt")),
         "{names:?}"
     );

@@ -256,3 +256,84 @@ fn bad_python_inputs_give_clear_errors() {
         "{err}"
     );
 }
+
+/// `--compile-bytecode`: `.pyc` files made by the base's own interpreter in
+/// the sandbox, the same bytes from another path and a cold cache, naming
+/// the installed path (not the staging one), and loaded in the image.
+#[test]
+fn bytecode_is_compiled_by_the_target_and_reproducible() {
+    let podman = require_tool("podman");
+    let a = Sandbox::new();
+    let exp_a = experiment(&a, "first/flaskapp", FLASK_CLOSURE);
+    let archive = a.path("image.tar");
+    let digest = build_ok(
+        &a,
+        &exp_a,
+        &[
+            "--compile-bytecode",
+            "--tag",
+            "pyc",
+            "--output",
+            "oci:out",
+            "--output",
+            &format!("docker-archive:{}", archive.display()),
+        ],
+    );
+    let b = Sandbox::new();
+    let exp_b = experiment(&b, "somewhere/else", FLASK_CLOSURE);
+    assert_eq!(
+        build_ok(&b, &exp_b, &["--compile-bytecode", "--tag", "pyc"]),
+        digest
+    );
+    let without = build_ok(&b, &exp_b, &["--tag", "pyc"]);
+    assert_ne!(without, digest);
+
+    let (_, manifest, _) = layout_image(&a.path("out"));
+    let deps = gunzip(&blob(
+        &a.path("out"),
+        manifest["layers"][1]["digest"].as_str().unwrap(),
+    ));
+    let mut pyc = Vec::new();
+    for entry in tar::Archive::new(&deps[..]).entries().unwrap() {
+        let path = entry.unwrap().path().unwrap().display().to_string();
+        if path.ends_with(".pyc") {
+            pyc.push(path);
+        }
+    }
+    assert!(
+        pyc.contains(
+            &"usr/local/lib/python3.11/dist-packages/flask/__pycache__/app.cpython-311.pyc"
+                .to_string()
+        ),
+        "{pyc:?}"
+    );
+
+    let podman_cmd = || {
+        let mut c = Command::new(&podman);
+        c.env("CONTAINERS_CONF", fixture("containers.conf"));
+        c
+    };
+    ok(podman_cmd().arg("load").arg("-i").arg(&archive));
+    let name = "registry.example.test/dallinger-oci/golden:pyc";
+    // The header is the interpreter's own (magic number, unchecked-hash
+    // flag 0b01), and the code object names the installed file.
+    let out = run(podman_cmd().args([
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        name,
+        "python3",
+        "-c",
+        "import importlib.util, marshal, flask.app as m\n\
+         data = open(m.__cached__, 'rb').read()\n\
+         print(data[:4] == importlib.util.MAGIC_NUMBER, int.from_bytes(data[4:8], 'little'))\n\
+         print(marshal.loads(data[16:]).co_filename)",
+    ]));
+    let _ = podman_cmd().args(["rmi", "-f", name]).output();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "True 1\n/usr/local/lib/python3.11/dist-packages/flask/app.py\n",
+        "{out:?}"
+    );
+}

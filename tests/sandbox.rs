@@ -58,7 +58,7 @@ fn runs_as_root_of_its_own_namespaces_on_a_read_only_root() {
             "no home",
             "scratch",
             "root-read-only",
-            "full null random tty urandom zero ",
+            "fd full null random shm stderr stdin stdout tty urandom zero ",
             "lo",
             "bin dev proc tmp ",
         ],

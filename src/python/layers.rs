@@ -12,6 +12,7 @@ use dallinger_oci_layers::{
     Content, LayerTree, WriteOptions, COMPRESSOR_ID, MEDIA_TYPE_GZIP_LAYER,
 };
 
+use super::bytecode::BytecodeCompiler;
 use super::install::{install_wheel, unpack_wheel};
 use super::resolve::ResolvedWheel;
 use super::target::Target;
@@ -44,6 +45,7 @@ pub fn python_layers(
     wheels: &[ResolvedWheel],
     requested: &BTreeSet<String>,
     clock_on: bool,
+    bytecode: Option<&BytecodeCompiler>,
     options: &WriteOptions,
 ) -> Result<PythonLayers> {
     let unpack_cache = store.root().join("wheels-unpacked");
@@ -67,7 +69,15 @@ pub fn python_layers(
         } else {
             format!("dallinger-oci: {what} ({} wheels)", group.len())
         };
-        let (blob, reused) = layer_for(store, target, &group, requested, &unpack_cache, options)?;
+        let (blob, reused) = layer_for(
+            store,
+            target,
+            &group,
+            requested,
+            &unpack_cache,
+            bytecode,
+            options,
+        )?;
         layers.push(PythonLayer {
             layer: ImageLayer {
                 blob,
@@ -99,12 +109,14 @@ fn layer_for(
     wheels: &[&ResolvedWheel],
     requested: &BTreeSet<String>,
     unpack_cache: &Path,
+    bytecode: Option<&BytecodeCompiler>,
     options: &WriteOptions,
 ) -> Result<(StoredLayer, bool)> {
     let mut key = format!(
-        "{INSTALL_FORMAT}\n{COMPRESSOR_ID}\n{}\n{}\n",
+        "{INSTALL_FORMAT}\n{COMPRESSOR_ID}\n{}\n{}\n{}\n",
         options.mtime,
-        serde_json::to_string(target)?
+        serde_json::to_string(target)?,
+        if bytecode.is_some() { "bytecode" } else { "" }
     );
     let mut sorted: Vec<&&ResolvedWheel> = wheels.iter().collect();
     sorted.sort_by(|a, b| a.normalised.cmp(&b.normalised));
@@ -157,6 +169,10 @@ fn layer_for(
             }
         }
     }
+    let _compiled = match bytecode {
+        Some(compiler) => Some(compiler.compile(&mut tree, target)?),
+        None => None,
+    };
     let layer =
         store.put_layer_with(MEDIA_TYPE_GZIP_LAYER, |sink| Ok(tree.write(options, sink)?))?;
     store.remember_layer(&key, &layer)?;

@@ -2,6 +2,7 @@
 //! interpreter read from the base image, wheels chosen and fetched from an
 //! index, and installed natively into layers.
 
+pub mod bytecode;
 pub mod index;
 pub mod install;
 pub mod layers;

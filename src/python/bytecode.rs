@@ -1,0 +1,175 @@
+//! `.pyc` files for the installed `.py` files, as `pip install` writes them
+//! by default (`--compile-bytecode`, opt-in as in uv): compiled by the
+//! target's own interpreter, run from the base image's unpacked root in the
+//! sandbox, so the magic number and code objects are the target's.
+//!
+//! Reproducible: `--invalidation-mode unchecked-hash` puts a hash of the
+//! source in the header instead of its mtime, and `-d` records the file's
+//! path in the image, never the staging path. `.pyc` files are not added to
+//! RECORD (pip's uninstall removes them beside their `.py` anyway).
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use anyhow::{bail, Context, Result};
+use dallinger_oci_layers::{Content, LayerTree, Node};
+
+use super::target::Target;
+use crate::image::store::BlobStore;
+use crate::image::{config_env, unpack, ImageLayer};
+use crate::sandbox::{Bind, Exit, Sandbox};
+
+/// Where the staged sources are inside the sandbox.
+const STAGE: &str = "/tmp/dallinger-oci/bytecode";
+
+/// Compiles with the base image's interpreter; its root is unpacked on
+/// first use and kept in the cache.
+pub struct BytecodeCompiler<'a> {
+    store: &'a BlobStore,
+    base_layers: &'a [ImageLayer],
+    base_config: &'a serde_json::Value,
+    rootfs: OnceLock<PathBuf>,
+}
+
+/// Staged sources and their `.pyc` files: keep it until the layer is written.
+pub struct Compiled {
+    _stage: tempfile::TempDir,
+    pub count: usize,
+}
+
+impl<'a> BytecodeCompiler<'a> {
+    pub fn new(
+        store: &'a BlobStore,
+        base_layers: &'a [ImageLayer],
+        base_config: &'a serde_json::Value,
+    ) -> BytecodeCompiler<'a> {
+        BytecodeCompiler {
+            store,
+            base_layers,
+            base_config,
+            rootfs: OnceLock::new(),
+        }
+    }
+
+    /// Adds `__pycache__/*.cpython-XY.pyc` beside every `.py` file of
+    /// `tree` under the target's purelib and platlib.
+    pub fn compile(&self, tree: &mut LayerTree, target: &Target) -> Result<Compiled> {
+        let rootfs = match self.rootfs.get() {
+            Some(r) => r.clone(),
+            None => {
+                let r = unpack::cached_rootfs(self.store, self.base_layers)
+                    .context("unpacking the base image to compile bytecode")?;
+                self.rootfs.get_or_init(|| r).clone()
+            }
+        };
+        let stage = tempfile::Builder::new()
+            .prefix("bytecode-")
+            .tempdir_in(self.store.root().join("tmp"))?;
+        let site_dirs: BTreeSet<&str> = [target.purelib.as_str(), target.platlib.as_str()]
+            .into_iter()
+            .collect();
+        let mut count = 0;
+        let mut additions = Vec::new();
+        for (i, site) in site_dirs.iter().enumerate() {
+            let staged = stage.path().join(i.to_string());
+            fs::create_dir_all(&staged)?;
+            let prefix = format!("{site}/");
+            let mut any = false;
+            for (path, node) in tree.iter() {
+                let Some(rel) = path.strip_prefix(&prefix) else {
+                    continue;
+                };
+                let Node::File { content, .. } = node else {
+                    continue;
+                };
+                if !rel.ends_with(".py") {
+                    continue;
+                }
+                let dest = staged.join(rel);
+                fs::create_dir_all(dest.parent().unwrap())?;
+                match content {
+                    Content::File(source) => {
+                        if fs::hard_link(source, &dest).is_err() {
+                            fs::copy(source, &dest)?;
+                        }
+                    }
+                    Content::Bytes(bytes) => fs::write(&dest, bytes)?,
+                }
+                any = true;
+            }
+            if !any {
+                continue;
+            }
+            self.run_compileall(&rootfs, &staged, site, target)?;
+            for entry in walkdir::WalkDir::new(&staged).sort_by_file_name() {
+                let entry = entry?;
+                let p = entry.path();
+                if entry.file_type().is_file() && p.extension().is_some_and(|e| e == "pyc") {
+                    let rel = p.strip_prefix(&staged)?.to_string_lossy().into_owned();
+                    additions.push((format!("{site}/{rel}"), p.to_path_buf()));
+                }
+            }
+        }
+        for (path, source) in additions {
+            tree.add_file(&path, Content::File(source), false)?;
+            count += 1;
+        }
+        Ok(Compiled {
+            _stage: stage,
+            count,
+        })
+    }
+
+    fn run_compileall(
+        &self,
+        rootfs: &Path,
+        staged: &Path,
+        site: &str,
+        target: &Target,
+    ) -> Result<()> {
+        let mut sandbox = Sandbox::new(rootfs)
+            .bind(Bind {
+                host: staged.to_path_buf(),
+                inside: STAGE.into(),
+                writable: true,
+            })
+            .workdir("/tmp");
+        for (k, v) in config_env(self.base_config) {
+            sandbox = sandbox.env(&k, &v);
+        }
+        sandbox = sandbox.env("HOME", "/root").env("PYTHONHASHSEED", "0");
+        let log_path = staged.with_extension("log");
+        let log = File::create(&log_path)?;
+        let ddir = format!("/{site}");
+        let exit = sandbox.run(
+            &[
+                &target.interpreter,
+                "-m",
+                "compileall",
+                "-q",
+                "-f",
+                "-j",
+                "0",
+                "--invalidation-mode",
+                "unchecked-hash",
+                "-d",
+                &ddir,
+                STAGE,
+            ],
+            &log,
+        )?;
+        // 1: some file did not compile (a Python 2 leftover in a package):
+        // pip skips those too; the rest are compiled.
+        if !matches!(exit, Exit::Code(0) | Exit::Code(1)) {
+            let text = fs::read_to_string(&log_path).unwrap_or_default();
+            bail!(
+                "compiling bytecode with {} in the base failed ({exit}): {}",
+                target.interpreter,
+                text.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+            );
+        }
+        Ok(())
+    }
+}
