@@ -7,6 +7,8 @@ for (var i = 0; i < 24; i++) {
 }
 var current = 0;
 var shownAt = 0;
+// The participant's node in the network, where responses are stored.
+var nodeId = null;
 
 function show() {
   var trial = trials[current];
@@ -21,7 +23,8 @@ document.addEventListener("keydown", function (event) {
   var answer = colours[event.key];
   if (!answer || current >= trials.length) { return; }
   var trial = trials[current];
-  dallinger.createInfo(dallinger.identity.participantId, {
+  if (nodeId === null) { return; }
+  dallinger.createInfo(nodeId, {
     contents: JSON.stringify({ word: trial.word, ink: trial.ink, answer: answer, rt: Date.now() - shownAt }),
     info_type: "Info"
   });
@@ -29,4 +32,7 @@ document.addEventListener("keydown", function (event) {
   if (current < trials.length) { show(); } else { dallinger.allowExit(); dallinger.goToPage("questionnaire"); }
 });
 
-window.addEventListener("load", show);
+dallinger.createAgent().done(function (resp) {
+  nodeId = resp.node.id;
+  show();
+});
