@@ -3,6 +3,7 @@
 
 pub mod base;
 pub mod build;
+pub mod debian;
 pub mod experiment;
 pub mod image;
 pub mod plan;
