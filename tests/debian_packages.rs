@@ -96,6 +96,27 @@ fn build_err(sandbox: &Sandbox, exp: &Path, extra: &[&str], env: &[(&str, &str)]
     last
 }
 
+/// A file's text from a gzipped layer, streamed.
+fn file_in_layer(layer: &Path, path: &str) -> String {
+    let gz = flate2::read::GzDecoder::new(fs::File::open(layer).unwrap());
+    let mut archive = tar::Archive::new(gz);
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry
+            .path()
+            .unwrap()
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
+        if name == path {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut entry, &mut text).unwrap();
+            return text;
+        }
+    }
+    panic!("{path} is not in {}", layer.display());
+}
+
 #[test]
 fn jq_runs_is_known_to_dpkg_and_builds_reproducibly() {
     let podman = require_tool("podman");
@@ -142,6 +163,30 @@ fn jq_runs_is_known_to_dpkg_and_builds_reproducibly() {
             assert!(!text.contains("system_packages"), "{text}");
         }
     }
+
+    // dpkg's status: the base's stanzas byte for byte, plus the three new.
+    let layout = a.path("layout");
+    let base_status = file_in_layer(
+        &blob(&layout, layers[0]["digest"].as_str().unwrap()),
+        "var/lib/dpkg/status",
+    );
+    let new_status = file_in_layer(
+        &blob(&layout, layers[1]["digest"].as_str().unwrap()),
+        "var/lib/dpkg/status",
+    );
+    let kept: Vec<&str> = new_status
+        .split("\n\n")
+        .filter(|s| {
+            !["jq", "libjq1", "libonig5"]
+                .iter()
+                .any(|p| s.starts_with(&format!("Package: {p}\n")))
+        })
+        .collect();
+    assert_eq!(kept.join("\n\n"), base_status);
+    assert_eq!(
+        new_status.split("\n\n").count(),
+        base_status.split("\n\n").count() + 3
+    );
 
     // Warm: the same digest, the Debian layer taken from the cache.
     let (warm, _) = build_ok(&a, &exp_a, &["--tag", "jq"], &[]);

@@ -12,7 +12,8 @@ use std::io::BufRead;
 use anyhow::{bail, Context, Result};
 
 /// One stanza: fields in file order. A value keeps its continuation lines
-/// as they were (each starting with a space or tab), joined by `\n`.
+/// as they were (each starting with a space or tab), joined by `\n`, and
+/// any trailing blanks (which [`Stanza::get`] leaves out).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stanza {
     pub fields: Vec<(String, String)>,
@@ -24,7 +25,7 @@ impl Stanza {
         self.fields
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.trim_end())
     }
 
     /// A value's lines with their leading white space removed, the first
@@ -111,9 +112,11 @@ impl<R: BufRead> StanzaReader<R> {
                     self.line_number
                 );
             };
+            // Trailing blanks stay: the base's status is written back
+            // byte for byte, as dpkg keeps them.
             stanza
                 .fields
-                .push((name.trim().to_string(), value.trim().to_string()));
+                .push((name.trim().to_string(), value.trim_start().to_string()));
         }
     }
 }
@@ -352,7 +355,7 @@ mod tests {
 
     #[test]
     fn stanzas_keep_continuation_lines_and_round_trip() {
-        let text = "Package: jq\nVersion: 1.6-2.1\nDescription: JSON\n processor\n .\n more\n\n\n# comment\nPackage: libjq1\nConffiles:\n /etc/a 0123\n";
+        let text = "Package: jq\nVersion: 1.6-2.1 \nDescription: JSON\n processor\n .\n more\n\n\n# comment\nPackage: libjq1\nConffiles:\n /etc/a 0123\n";
         let stanzas = parse_stanzas(text, "test").unwrap();
         assert_eq!(stanzas.len(), 2);
         assert_eq!(stanzas[0].get("package"), Some("jq"));
@@ -363,8 +366,9 @@ mod tests {
         assert_eq!(stanzas[1].lines_of("Conffiles"), ["/etc/a 0123"]);
         assert_eq!(
             stanzas[0].to_text(),
-            "Package: jq\nVersion: 1.6-2.1\nDescription: JSON\n processor\n .\n more\n"
+            "Package: jq\nVersion: 1.6-2.1 \nDescription: JSON\n processor\n .\n more\n"
         );
+        assert_eq!(stanzas[0].get("Version"), Some("1.6-2.1"));
         assert_eq!(
             stanzas[1].to_text(),
             "Package: libjq1\nConffiles:\n /etc/a 0123\n"

@@ -161,7 +161,7 @@ mod tests {
     #[test]
     fn packages_and_their_dpkg_records_go_into_the_tree() {
         let base = DebianBase::for_tests(
-            "Package: zlib1g\nStatus: install ok installed\nVersion: 1\n\nPackage: base-files\nStatus: install ok installed\nVersion: 12\n",
+            "Package: zlib1g\nStatus: install ok installed\nVersion: 1\nDescription: z \n\nPackage: base-files\nStatus: install ok installed\nVersion: 12\n",
         );
         let control = parse_stanzas(
             "Package: libjq1\nVersion: 1.6-2.1\nArchitecture: amd64\nMaintainer: M <m@example.test>\nInstalled-Size: 10\nDepends: libc6\nSection: libs\nPriority: optional\nMulti-Arch: same\nHomepage: https://example.test\nDescription: lib\n long\n",
@@ -231,7 +231,7 @@ mod tests {
              Package: libjq1\nStatus: install ok installed\nPriority: optional\nSection: libs\nInstalled-Size: 10\n\
              Maintainer: M <m@example.test>\nArchitecture: amd64\nMulti-Arch: same\nVersion: 1.6-2.1\nDepends: libc6\n\
              Description: lib\n long\nHomepage: https://example.test\n\n\
-             Package: zlib1g\nStatus: install ok installed\nVersion: 1\n\n"
+             Package: zlib1g\nStatus: install ok installed\nVersion: 1\nDescription: z \n\n"
         );
     }
 }
