@@ -192,6 +192,7 @@ fn python_stage(
         requirements_sha256: parse_file(&requirements)?.inputs_sha256(),
         builder: None,
         builder_digest: None,
+        debian: None,
     };
     let builder = if python.build_sdists {
         Some(sdist_builder(
@@ -345,6 +346,17 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
         mtime: request.epoch,
         workers: 0,
     };
+    // Debian packages sit right on the base: system libraries change less
+    // often than Python pins, and wheels may load them.
+    let debian = crate::debian::debian_layer(
+        &experiment,
+        &base.layers,
+        platform,
+        &store,
+        &options,
+        request.python.as_ref().is_some_and(|p| p.locked),
+        &|remote| request.registry.client_for_remote(remote),
+    )?;
     let python = match &request.python {
         Some(python) => Some(python_stage(
             &experiment,
@@ -361,6 +373,9 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
     let prepared = match experiment.custom_prepare_script() {
         Some(script) => {
             let mut so_far = base.layers.clone();
+            if let Some(debian) = &debian {
+                so_far.push(debian.layer.clone());
+            }
             if let Some(python) = &python {
                 so_far.extend(python.layers.layers.iter().map(|l| l.layer.clone()));
             }
@@ -387,6 +402,9 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
         }
         None => None,
     };
+    if request.python.as_ref().is_some_and(|p| p.write_lock) {
+        crate::debian::record_in_lock(&experiment.dir, debian.as_ref())?;
+    }
     let mut tree = experiment_tree(&experiment)?;
     if let Some(python) = &python {
         // Dallinger's files go in where the experiment has none, as its
@@ -444,6 +462,9 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
         labels,
     };
     let mut new_layers: Vec<(ImageLayer, String)> = Vec::new();
+    if let Some(debian) = debian {
+        new_layers.push((debian.layer, debian.created_by));
+    }
     if let Some(python) = python {
         for l in python.layers.layers {
             new_layers.push((l.layer, l.created_by));

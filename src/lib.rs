@@ -3,6 +3,7 @@
 
 pub mod base;
 pub mod build;
+pub mod debian;
 pub mod dockerfile;
 pub mod experiment;
 pub mod image;

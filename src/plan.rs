@@ -49,6 +49,35 @@ pub struct LockInputs {
     pub builder: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub builder_digest: Option<String>,
+    /// The Debian packages of `system_packages` (src/debian).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debian: Option<DebianLock>,
+}
+
+/// `[tool.dallinger-oci.debian]`: every `.deb` of the system packages
+/// layer, so a rebuild needs neither the archive's indexes nor its
+/// signatures, only these files (from the cache when there).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DebianLock {
+    /// `system_packages` as resolved (normalised: one space between names).
+    pub system_packages: String,
+    /// The release and suites they were resolved in: informational.
+    pub release: String,
+    /// sha256 of the base's layer digests the closure was computed against.
+    pub base_layers: String,
+    #[serde(default)]
+    pub packages: Vec<LockedDeb>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockedDeb {
+    pub name: String,
+    pub version: String,
+    pub arch: String,
+    pub url: String,
+    pub sha256: String,
+    pub size: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,7 +133,7 @@ impl Lock {
         let mut lock = self.clone();
         lock.packages.sort_by(|a, b| a.name.cmp(&b.name));
         let text = format!(
-            "# Written by `dallinger-oci lock`: every input of the image's Python layers.\n{}",
+            "# Written by `dallinger-oci lock`: every input of the image's Python and Debian layers.\n{}",
             toml::to_string(&lock)?
         );
         let path = Lock::path(experiment_dir);
@@ -172,6 +201,20 @@ mod tests {
                     requirements_sha256: "ef".repeat(32),
                     builder: Some("oci:builder:base".into()),
                     builder_digest: Some(format!("sha256:{}", "56".repeat(32))),
+                    debian: Some(DebianLock {
+                        system_packages: "jq".into(),
+                        release: "Debian GNU/Linux 12 (bookworm) bookworm (main)".into(),
+                        base_layers: format!("sha256:{}", "78".repeat(32)),
+                        packages: vec![LockedDeb {
+                            name: "jq".into(),
+                            version: "1.6-2.1".into(),
+                            arch: "amd64".into(),
+                            url: "http://deb.debian.org/debian/pool/main/j/jq/jq_1.6-2.1_amd64.deb"
+                                .into(),
+                            sha256: "9a".repeat(32),
+                            size: 64920,
+                        }],
+                    }),
                 },
             },
         };
@@ -179,6 +222,10 @@ mod tests {
         let text = fs::read_to_string(path).unwrap();
         assert!(text.contains("lock-version = \"1.0\""), "{text}");
         assert!(text.contains("[tool.dallinger-oci]"), "{text}");
+        assert!(
+            text.contains("[[tool.dallinger-oci.debian.packages]]"),
+            "{text}"
+        );
         let back = Lock::read(dir.path()).unwrap().unwrap();
         assert_eq!(back.packages[0].name, "flask");
         assert!(text.contains("[packages.sdist]"), "{text}");

@@ -55,6 +55,7 @@ pub const TOOL_ONLY_KEYS: &[&str] = &[
     "docker_base_image",
     "docker_redis_image",
     "docker_postgresql_image",
+    "system_packages",
 ];
 
 /// The `/experiment/config.txt` written into the image, as Dallinger's

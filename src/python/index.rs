@@ -1137,14 +1137,16 @@ fn download(
 // ---------------------------------------------------------------------------
 // Helpers
 
-enum Attempt {
+pub(crate) enum Attempt {
     Transport(reqwest::Error),
     Status(StatusCode),
 }
 
 /// Sends a request up to [`ATTEMPTS`] times while it fails on the connection
 /// or answers 5xx; other answers (404 included) are returned.
-fn with_retries(send: impl Fn() -> reqwest::Result<Response>) -> Result<Response, Attempt> {
+pub(crate) fn with_retries(
+    send: impl Fn() -> reqwest::Result<Response>,
+) -> Result<Response, Attempt> {
     let mut delay = FIRST_BACKOFF;
     for attempt in 1..=ATTEMPTS {
         let last = attempt == ATTEMPTS;
@@ -1179,13 +1181,13 @@ fn is_transient(error: &reqwest::Error) -> bool {
 }
 
 /// The host could not be reached at all.
-fn is_unreachable(error: &reqwest::Error) -> bool {
+pub(crate) fn is_unreachable(error: &reqwest::Error) -> bool {
     error.is_connect() || error.is_timeout() || is_dns_failure(error)
 }
 
 /// An error and its causes, one line, without repeating the URL. For a
 /// failed connection only the root cause ("Connection refused (os error 111)").
-fn describe(error: &reqwest::Error) -> String {
+pub(crate) fn describe(error: &reqwest::Error) -> String {
     if error.is_connect() {
         let mut root: &dyn std::error::Error = error;
         while let Some(s) = root.source() {

@@ -116,6 +116,9 @@ pub(crate) struct BaseFiles {
     pub present: std::collections::BTreeSet<String>,
     /// Contents of the small text files we read.
     pub texts: BTreeMap<String, String>,
+    /// Contents of the files we read that are not UTF-8 (keyrings).
+    #[serde(default)]
+    pub binaries: BTreeMap<String, Vec<u8>>,
 }
 
 impl BaseFiles {
@@ -125,6 +128,7 @@ impl BaseFiles {
         self.links.retain(|p, _| keep(p));
         self.present.retain(keep);
         self.texts.retain(|p, _| keep(p));
+        self.binaries.retain(|p, _| keep(p));
     }
 
     fn clear_children(&mut self, dir: &str) {
@@ -132,6 +136,7 @@ impl BaseFiles {
         self.links.retain(|p, _| !p.starts_with(&prefix));
         self.present.retain(|p| !p.starts_with(&prefix));
         self.texts.retain(|p, _| !p.starts_with(&prefix));
+        self.binaries.retain(|p, _| !p.starts_with(&prefix));
     }
 }
 
@@ -154,6 +159,15 @@ fn interesting(path: &str) -> (bool, bool) {
 
 /// Reads the base layers (gzip or plain tar), applying OCI whiteouts.
 pub(crate) fn scan_layers(paths: &[(std::path::PathBuf, String)]) -> anyhow::Result<BaseFiles> {
+    scan_layers_with(paths, &|path, _| interesting(path))
+}
+
+/// Reads the base layers, keeping the paths `interesting(path, is_symlink)`
+/// says to keep (first) and reading those it says to read (second).
+pub(crate) fn scan_layers_with(
+    paths: &[(std::path::PathBuf, String)],
+    interesting: &dyn Fn(&str, bool) -> (bool, bool),
+) -> anyhow::Result<BaseFiles> {
     use anyhow::Context;
     use std::io::Read;
     let mut files = BaseFiles::default();
@@ -199,7 +213,8 @@ pub(crate) fn scan_layers(paths: &[(std::path::PathBuf, String)]) -> anyhow::Res
                 files.remove_subtree(&gone);
                 continue;
             }
-            let (keep, read) = interesting(&p);
+            let is_symlink = entry.header().entry_type() == tar::EntryType::Symlink;
+            let (keep, read) = interesting(&p, is_symlink);
             if !keep {
                 continue;
             }
@@ -212,11 +227,18 @@ pub(crate) fn scan_layers(paths: &[(std::path::PathBuf, String)]) -> anyhow::Res
                     }
                 }
                 tar::EntryType::Regular | tar::EntryType::Continuous if read => {
-                    let mut text = String::new();
+                    let mut bytes = Vec::new();
                     entry
-                        .read_to_string(&mut text)
+                        .read_to_end(&mut bytes)
                         .with_context(|| format!("reading {p} in a base layer"))?;
-                    files.texts.insert(p, text);
+                    match String::from_utf8(bytes) {
+                        Ok(text) => {
+                            files.texts.insert(p, text);
+                        }
+                        Err(e) => {
+                            files.binaries.insert(p, e.into_bytes());
+                        }
+                    }
                 }
                 _ => {}
             }

@@ -1,0 +1,127 @@
+//! Downloads from the Debian archive: `InRelease` as text, and indexes and
+//! `.deb` files into the cache by sha256, verified before they are used.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use dallinger_oci_layers::HashingWriter;
+use reqwest::blocking::{Client, Response};
+
+use crate::python::index::{describe, is_unreachable, with_retries, Attempt};
+
+/// A file pinned by sha256 (lowercase hex) and size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pinned {
+    pub url: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// Where a pinned file lives in the cache: `debian/sha256/HEX/NAME`.
+pub fn cache_path(cache_root: &Path, pinned: &Pinned) -> PathBuf {
+    let name = pinned
+        .url
+        .rsplit('/')
+        .next()
+        .filter(|n| !n.is_empty() && *n != "." && *n != "..")
+        .unwrap_or("file");
+    cache_root
+        .join("debian/sha256")
+        .join(&pinned.sha256)
+        .join(name)
+}
+
+fn get(client: &Client, url: &str) -> Result<Response> {
+    let response = with_retries(|| client.get(url).send()).map_err(|attempt| match attempt {
+        Attempt::Transport(e) if is_unreachable(&e) => anyhow::anyhow!(
+            "cannot reach {url}: {}; check the network (a build with a lock and a warm cache needs none)",
+            describe(&e)
+        ),
+        Attempt::Transport(e) => anyhow::anyhow!("downloading {url} failed: {}", describe(&e)),
+        Attempt::Status(status) => anyhow::anyhow!("downloading {url} failed: HTTP {status}"),
+    })?;
+    if !response.status().is_success() {
+        bail!("downloading {url} failed: HTTP {}", response.status());
+    }
+    Ok(response)
+}
+
+/// A small text file (InRelease), in memory.
+pub fn get_text(client: &Client, url: &str) -> Result<String> {
+    let mut text = String::new();
+    get(client, url)?
+        .read_to_string(&mut text)
+        .with_context(|| format!("downloading {url} broke off"))?;
+    Ok(text)
+}
+
+/// The cached copy of `pinned`, downloaded first when missing. A cached
+/// file that no longer matches its sha256 is refused, never used or
+/// silently replaced: something changed the cache after it was verified.
+pub fn fetch(client: &Client, cache_root: &Path, pinned: &Pinned) -> Result<PathBuf> {
+    let path = cache_path(cache_root, pinned);
+    if path.is_file() {
+        let (digest, size) = hash_file(&path)?;
+        if digest != pinned.sha256 || size != pinned.size {
+            bail!(
+                "the cached {} does not match its pinned sha256 {} ({} bytes): it hashes to {digest} ({size} bytes), so it was changed after it was downloaded and verified; refusing it (delete {} and build again to download it afresh)",
+                path.file_name().unwrap_or_default().to_string_lossy(),
+                pinned.sha256,
+                pinned.size,
+                path.display()
+            );
+        }
+        return Ok(path);
+    }
+    let dir = path.parent().expect("cache paths have a parent");
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".partial-")
+        .permissions(crate::image::store::readable_file())
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    let mut response = get(client, &pinned.url)?;
+    let mut writer = HashingWriter::new(io::BufWriter::new(tmp.as_file()));
+    io::copy(&mut response, &mut writer)
+        .with_context(|| format!("downloading {} broke off", pinned.url))?;
+    let (digest, size, buffered) = writer.finish();
+    buffered.into_inner().map_err(|e| e.into_error())?;
+    let digest = digest.trim_start_matches("sha256:");
+    if digest != pinned.sha256 || size != pinned.size {
+        bail!(
+            "{} does not match the sha256 the signed archive index gives ({}, {} bytes): it hashes to {digest} ({size} bytes); refusing it",
+            pinned.url,
+            pinned.sha256,
+            pinned.size
+        );
+    }
+    tmp.persist(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
+}
+
+/// sha256 (hex) and size of a file, streamed.
+pub fn hash_file(path: &Path) -> Result<(String, u64)> {
+    let mut file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut writer = HashingWriter::new(io::sink());
+    io::copy(&mut file, &mut writer).with_context(|| format!("cannot read {}", path.display()))?;
+    let (digest, size, _) = writer.finish();
+    Ok((digest.trim_start_matches("sha256:").to_string(), size))
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().expect("a file path has a parent");
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".partial-")
+        .permissions(crate::image::store::readable_file())
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    tmp.write_all(bytes)?;
+    tmp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
