@@ -2,7 +2,6 @@
 //! filesystem tarball) and what they give the build: a config, layers in the
 //! store, and the name and digest recorded in the image's labels.
 
-use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
@@ -12,7 +11,7 @@ use dallinger_oci_layers::{gzip_existing_tar, COMPRESSOR_ID, MEDIA_TYPE_GZIP_LAY
 use serde_json::{json, Value};
 
 use crate::image::store::{BlobStore, StoredLayer};
-use crate::image::{layout, Image, ImageLayer, RemoteBlob, ANNOTATION_COMPRESSOR};
+use crate::image::{layout, Image, ImageLayer, RemoteBlob};
 
 /// Where the base image comes from, as given on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,14 +219,7 @@ fn from_rootfs(file: &Path, store: &BlobStore, platform: &str, epoch: u64) -> Re
             layer
         }
     };
-    let layer = ImageLayer {
-        blob,
-        annotations: BTreeMap::from([(
-            ANNOTATION_COMPRESSOR.to_string(),
-            COMPRESSOR_ID.to_string(),
-        )]),
-        remote: None,
-    };
+    let layer = ImageLayer::written(blob);
     let mut config = empty_config(platform);
     config["created"] = json!(crate::image::rfc3339(epoch)?);
     config["rootfs"]["diff_ids"] = json!([layer.blob.diff_id]);

@@ -5,16 +5,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use dallinger_oci_layers::{
-    Content, LayerTree, WriteOptions, COMPRESSOR_ID, MEDIA_TYPE_GZIP_LAYER,
-};
+use dallinger_oci_layers::{Content, LayerTree, WriteOptions, MEDIA_TYPE_GZIP_LAYER};
 
 use crate::base::{self, BaseRef};
 use crate::experiment::{Experiment, FileKind, LoadOptions};
 use crate::image::store::{sha256_digest, BlobStore, StoredLayer};
-use crate::image::{
-    self, archive, layout, ConfigChanges, Image, ImageLayer, RemoteBlob, ANNOTATION_COMPRESSOR,
-};
+use crate::image::{self, archive, layout, ConfigChanges, Image, ImageLayer, RemoteBlob};
 use crate::plan::{Lock, LockInputs};
 use crate::prepare;
 use crate::python::bytecode::BytecodeCompiler;
@@ -417,14 +413,7 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
         }
     }
     let (code_layer, layer_reused) = layer_from_cache_or_write(&store, &tree, &options)?;
-    let code_layer = ImageLayer {
-        blob: code_layer,
-        annotations: BTreeMap::from([(
-            ANNOTATION_COMPRESSOR.to_string(),
-            COMPRESSOR_ID.to_string(),
-        )]),
-        remote: None,
-    };
+    let code_layer = ImageLayer::written(code_layer);
 
     let mut labels = BTreeMap::new();
     if let Some(git) = &experiment.git {

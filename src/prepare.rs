@@ -6,7 +6,6 @@
 //! deletions as whiteouts. Package caches and logs (which hold times) are
 //! left out. No network unless asked.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -18,7 +17,7 @@ use dallinger_oci_layers::{
 };
 
 use crate::image::store::{sha256_digest, BlobStore};
-use crate::image::{config_env, unpack, ImageLayer, ANNOTATION_COMPRESSOR};
+use crate::image::{config_env, unpack, ImageLayer};
 use crate::sandbox::{Overlay, Sandbox};
 
 /// Label on images whose build ran a prepare script: its sha256.
@@ -72,17 +71,8 @@ pub fn prepare_layer(store: &BlobStore, request: &PrepareRequest) -> Result<(Ima
         key.push('\n');
     }
     let key = format!("prepare-{}", &sha256_digest(key.as_bytes())[7..]);
-    let annotations =
-        BTreeMap::from([(ANNOTATION_COMPRESSOR.to_string(), COMPRESSOR_ID.to_string())]);
     if let Some(blob) = store.cached_layer(&key) {
-        return Ok((
-            ImageLayer {
-                blob,
-                annotations,
-                remote: None,
-            },
-            true,
-        ));
+        return Ok((ImageLayer::written(blob), true));
     }
     let rootfs = unpack::cached_rootfs(store, request.layers)
         .context("unpacking the image for prepare_docker_image.sh")?;
@@ -160,14 +150,7 @@ pub fn prepare_layer(store: &BlobStore, request: &PrepareRequest) -> Result<(Ima
         Ok(tree.write(request.options, sink)?)
     })?;
     store.remember_layer(&key, &blob)?;
-    Ok((
-        ImageLayer {
-            blob,
-            annotations,
-            remote: None,
-        },
-        false,
-    ))
+    Ok((ImageLayer::written(blob), false))
 }
 
 /// The overlay's upper directory as layer entries: files, directories and

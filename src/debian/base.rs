@@ -11,7 +11,7 @@ use super::release::{
     parse_os_release, parse_sources_deb822, parse_sources_list, read_keyring, AptSource, OsRelease,
     SignedBy,
 };
-use crate::image::store::{sha256_digest, BlobStore};
+use crate::image::store::BlobStore;
 use crate::image::ImageLayer;
 use crate::python::target::{scan_layers_with, BaseFiles};
 
@@ -62,25 +62,9 @@ impl DebianBase {
             key.push_str(&layer.blob.digest);
             key.push('\n');
         }
-        let memo = store.root().join("files").join(format!(
-            "debian-base-{}",
-            &sha256_digest(key.as_bytes())[7..]
-        ));
-        let files = match std::fs::read(&memo)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<BaseFiles>(&b).ok())
-        {
-            Some(files) => files,
-            None => {
-                let paths = layers
-                    .iter()
-                    .map(|l| Ok((store.blob_path(&l.blob.digest)?, l.blob.media_type.clone())))
-                    .collect::<Result<Vec<_>>>()?;
-                let files = scan_layers_with(&paths, &wanted)?;
-                super::fetch::write_atomically(&memo, &serde_json::to_vec(&files)?)?;
-                files
-            }
-        };
+        let files = crate::image::memoised(store, "debian-base", &key, || {
+            scan_layers_with(&crate::image::layer_files(store, layers)?, &wanted)
+        })?;
         DebianBase::from_files(files)
     }
 

@@ -2,7 +2,7 @@
 //! `.deb` files into the cache by sha256, verified before they are used.
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -109,19 +109,4 @@ pub fn hash_file(path: &Path) -> Result<(String, u64)> {
     io::copy(&mut file, &mut writer).with_context(|| format!("cannot read {}", path.display()))?;
     let (digest, size, _) = writer.finish();
     Ok((digest.trim_start_matches("sha256:").to_string(), size))
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same directory.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().expect("a file path has a parent");
-    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".partial-")
-        .permissions(crate::image::store::readable_file())
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot write in {}", dir.display()))?;
-    tmp.write_all(bytes)?;
-    tmp.persist(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
 }

@@ -12,7 +12,6 @@ pub mod layer;
 pub mod release;
 pub mod resolve;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -20,7 +19,7 @@ use dallinger_oci_layers::{LayerTree, WriteOptions, COMPRESSOR_ID, MEDIA_TYPE_GZ
 
 use crate::experiment::Experiment;
 use crate::image::store::{sha256_digest, BlobStore, StoredLayer};
-use crate::image::{ImageLayer, RemoteBlob, ANNOTATION_COMPRESSOR};
+use crate::image::{ImageLayer, RemoteBlob};
 use crate::plan::{DebianLock, Lock, LockedDeb, LOCK_FILE};
 use crate::registry::{pull, RegistryClient};
 
@@ -151,14 +150,7 @@ pub fn debian_layer(
         }
     };
     Ok(Some(DebianLayer {
-        layer: ImageLayer {
-            blob,
-            annotations: BTreeMap::from([(
-                ANNOTATION_COMPRESSOR.to_string(),
-                COMPRESSOR_ID.to_string(),
-            )]),
-            remote: None,
-        },
+        layer: ImageLayer::written(blob),
         created_by,
         reused,
         lock,

@@ -53,6 +53,57 @@ pub struct ImageLayer {
     pub remote: Option<RemoteBlob>,
 }
 
+/// The blob files of `layers` in the store, with their media types.
+pub fn layer_files(
+    store: &BlobStore,
+    layers: &[ImageLayer],
+) -> Result<Vec<(std::path::PathBuf, String)>> {
+    layers
+        .iter()
+        .map(|l| Ok((store.blob_path(&l.blob.digest)?, l.blob.media_type.clone())))
+        .collect()
+}
+
+/// A value read from base layers once, then kept under the store's
+/// `files/` by the digest of `key` (which names the layers and whatever
+/// else the value depends on).
+pub fn memoised<T: serde::Serialize + serde::de::DeserializeOwned>(
+    store: &BlobStore,
+    kind: &str,
+    key: &str,
+    compute: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let memo = store.root().join("files").join(format!(
+        "{kind}-{}",
+        &store::sha256_digest(key.as_bytes())[7..]
+    ));
+    if let Some(value) = std::fs::read(&memo)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<T>(&b).ok())
+    {
+        return Ok(value);
+    }
+    let value = compute()?;
+    let tmp = memo.with_extension(format!("partial.{}", std::process::id()));
+    std::fs::write(&tmp, serde_json::to_vec(&value)?)?;
+    std::fs::rename(&tmp, &memo)?;
+    Ok(value)
+}
+
+impl ImageLayer {
+    /// A layer this tool wrote: its compressor recorded, nothing remote.
+    pub fn written(blob: StoredLayer) -> ImageLayer {
+        ImageLayer {
+            blob,
+            annotations: BTreeMap::from([(
+                ANNOTATION_COMPRESSOR.to_string(),
+                dallinger_oci_layers::COMPRESSOR_ID.to_string(),
+            )]),
+            remote: None,
+        }
+    }
+}
+
 /// A repository of a registry that holds a blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteBlob {

@@ -35,10 +35,7 @@ pub fn cached_rootfs(store: &BlobStore, layers: &[ImageLayer]) -> Result<PathBuf
         .prefix(".partial-")
         .tempdir_in(&parent)
         .context("cannot make a directory to unpack the builder image in")?;
-    let paths = layers
-        .iter()
-        .map(|l| Ok((store.blob_path(&l.blob.digest)?, l.blob.media_type.clone())))
-        .collect::<Result<Vec<_>>>()?;
+    let paths = super::layer_files(store, layers)?;
     unpack_layers(&paths, partial.path())?;
     fs::write(partial.path().join(".complete"), "")?;
     let _ = fs::remove_dir_all(&dir);

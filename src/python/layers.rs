@@ -17,7 +17,7 @@ use super::install::{install_wheel, unpack_wheel};
 use super::resolve::ResolvedWheel;
 use super::target::Target;
 use crate::image::store::{sha256_digest, BlobStore, StoredLayer};
-use crate::image::{ImageLayer, ANNOTATION_COMPRESSOR};
+use crate::image::ImageLayer;
 
 /// Bumped when installed trees change for the same wheels.
 const INSTALL_FORMAT: &str = "dallinger-oci-python-layers/1";
@@ -79,14 +79,7 @@ pub fn python_layers(
             options,
         )?;
         layers.push(PythonLayer {
-            layer: ImageLayer {
-                blob,
-                annotations: BTreeMap::from([(
-                    ANNOTATION_COMPRESSOR.to_string(),
-                    COMPRESSOR_ID.to_string(),
-                )]),
-                remote: None,
-            },
+            layer: ImageLayer::written(blob),
             created_by,
             reused,
         });

@@ -66,7 +66,6 @@ pub fn detect(
     config: &serde_json::Value,
     overrides: &TargetOverrides,
 ) -> anyhow::Result<Target> {
-    use crate::image::store::sha256_digest;
     let mut key_text = String::from("target/1\n");
     for layer in layers {
         key_text.push_str(&layer.blob.digest);
@@ -74,27 +73,9 @@ pub fn detect(
     }
     key_text.push_str(&serde_json::to_string(&config.get("architecture"))?);
     key_text.push_str(&serde_json::to_string(&config.pointer("/config/Env"))?);
-    let memo = store.root().join("files").join(format!(
-        "target-{}",
-        &sha256_digest(key_text.as_bytes())[7..]
-    ));
-    let files = match std::fs::read(&memo)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<BaseFiles>(&b).ok())
-    {
-        Some(files) => files,
-        None => {
-            let paths = layers
-                .iter()
-                .map(|l| Ok((store.blob_path(&l.blob.digest)?, l.blob.media_type.clone())))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let files = scan_layers(&paths)?;
-            let tmp = memo.with_extension("partial");
-            std::fs::write(&tmp, serde_json::to_vec(&files)?)?;
-            std::fs::rename(&tmp, &memo)?;
-            files
-        }
-    };
+    let files = crate::image::memoised(store, "target", &key_text, || {
+        scan_layers(&crate::image::layer_files(store, layers)?)
+    })?;
     target_from(&files, config, overrides)
 }
 
