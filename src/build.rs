@@ -193,6 +193,7 @@ fn python_stage(
         locked: python.locked,
         parallel: python.parallel,
         sdists: builder.as_ref(),
+        local_wheels: &[],
     })?;
     eprintln!(
         "Python {}.{}.{} in the base: {} wheels to install{}{}",

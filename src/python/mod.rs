@@ -2,6 +2,7 @@
 //! interpreter read from the base image, wheels chosen and fetched from an
 //! index, and installed natively into layers.
 
+pub mod git_source;
 pub mod index;
 pub mod install;
 pub mod layers;
@@ -11,6 +12,7 @@ pub mod pins;
 pub mod requirements;
 pub mod resolve;
 pub mod sdist;
+pub mod source_dir;
 pub mod tags;
 pub mod target;
 pub mod wheel;

@@ -104,9 +104,11 @@ impl<'a> SdistBuilder<'a> {
         Ok(self.image.get().unwrap())
     }
 
-    /// The wheel of `name` `version` built from `sdist` (already verified to
-    /// hash to `sdist_sha256`) for `target`, from the cache when it was
-    /// built before with this builder.
+    /// The wheel of `name` built from `sdist` (already verified to hash to
+    /// `sdist_sha256`; an sdist, or a source tarball of a git commit or a
+    /// directory) for `target`, from the cache when it was built before
+    /// with this builder. `version` says which source in messages: the
+    /// sdist's version, or e.g. "at 0123abcd4567".
     pub fn build(
         &self,
         sdist: &Path,
@@ -365,7 +367,17 @@ fn check_fits(prepared: &Prepared, target: &Target, builder: &str) -> Result<()>
 fn keep_log(log: &Path, index: &IndexConfig, name: &str, version: &str) -> Result<PathBuf> {
     let dir = index.cache_dir.join("built").join("logs");
     fs::create_dir_all(&dir)?;
-    let kept = dir.join(format!("{}-{version}.log", normalise_name(name)));
+    let label: String = version
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let kept = dir.join(format!("{}-{label}.log", normalise_name(name)));
     fs::copy(log, &kept)?;
     Ok(kept)
 }

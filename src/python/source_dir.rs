@@ -1,0 +1,106 @@
+//! A local source tree (`--dallinger-src`) as a source tarball, so the sdist
+//! builder can build it like any sdist, and its cache (keyed by the
+//! tarball's sha256) rebuilds only when a file changed.
+//!
+//! The tarball is deterministic: sorted entries, owner 0, one mtime (the
+//! build epoch), normalised modes. Inside a git work tree it holds what git
+//! keeps (tracked files and untracked files that are not ignored), as the
+//! experiment's file set does; elsewhere every file. `.git`,
+//! `__pycache__` and `*.pyc` never go in.
+
+use std::fs::{self, File};
+use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use dallinger_oci_layers::{Content, LayerTree, WriteOptions};
+
+use crate::experiment::git;
+use crate::image::store::sha256_file;
+
+/// A source tarball written for one build.
+pub struct SourceArchive {
+    /// `NAME-src.tar.gz` in a temporary directory, removed on drop.
+    pub path: PathBuf,
+    /// Lowercase hex.
+    pub sha256: String,
+    _dir: tempfile::TempDir,
+}
+
+/// The tarball of the source tree `root`, its top directory `NAME-src/`,
+/// written in a temporary directory under `work_parent`.
+pub fn source_archive(
+    root: &Path,
+    name: &str,
+    work_parent: &Path,
+    epoch: u64,
+) -> Result<SourceArchive> {
+    let root = fs::canonicalize(root)
+        .with_context(|| format!("cannot read the source tree {}", root.display()))?;
+    if !root.join("pyproject.toml").is_file() && !root.join("setup.py").is_file() {
+        bail!(
+            "{} has neither pyproject.toml nor setup.py: name the root of the {name} checkout",
+            root.display()
+        );
+    }
+    let kept = match git::find_work_tree(&root) {
+        Some(_) => Some(git::listed_files(&root, &[])?),
+        None => None,
+    };
+    let top = format!("{name}-src");
+    let mut tree = LayerTree::new();
+    tree.add_dir(&top)?;
+    let walker = walkdir::WalkDir::new(&root)
+        .min_depth(1)
+        .follow_links(false)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| !matches!(e.file_name().as_bytes(), b".git" | b"__pycache__"));
+    for entry in walker {
+        let entry = entry?;
+        let rel = entry.path().strip_prefix(&root)?;
+        let rel_text = rel
+            .to_str()
+            .with_context(|| format!("{} has a name that is not UTF-8", entry.path().display()))?;
+        let kind = entry.file_type();
+        if kind.is_dir() || rel_text.ends_with(".pyc") {
+            continue;
+        }
+        if let Some(kept) = &kept {
+            if !kept.contains(&git::path_key(rel.as_os_str().as_bytes())) {
+                continue;
+            }
+        }
+        let path = format!("{top}/{rel_text}");
+        if kind.is_symlink() {
+            let target = fs::read_link(entry.path())?;
+            tree.add_symlink(&path, &target.to_string_lossy())?;
+        } else if kind.is_file() {
+            let executable = entry.metadata()?.permissions().mode() & 0o111 != 0;
+            tree.add_file(&path, Content::File(entry.path().to_path_buf()), executable)?;
+        }
+    }
+    fs::create_dir_all(work_parent)?;
+    let dir = tempfile::Builder::new()
+        .prefix(".source-")
+        .tempdir_in(work_parent)
+        .context("cannot make a directory for the source tarball")?;
+    let path = dir.path().join(format!("{top}.tar.gz"));
+    let file = File::create(&path).with_context(|| format!("cannot write {}", path.display()))?;
+    tree.write(
+        &WriteOptions {
+            mtime: epoch,
+            workers: 0,
+        },
+        file,
+    )?;
+    let sha256 = sha256_file(&path)?
+        .trim_start_matches("sha256:")
+        .to_string();
+    Ok(SourceArchive {
+        path,
+        sha256,
+        _dir: dir,
+    })
+}
