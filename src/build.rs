@@ -133,10 +133,23 @@ pub struct PythonOptions {
     pub build_sdists: bool,
     /// The image to build them in (default: the base).
     pub builder_base: Option<String>,
+    /// Build Dallinger from this source tree instead of its pin.
+    pub dallinger_src: Option<PathBuf>,
 }
 
 struct PythonStage {
     layers: PythonLayers,
+    dallinger_mount: Option<SourceMount>,
+}
+
+/// A source tree `debug` bind-mounts over what the image installed from
+/// it, so edits show without a rebuild.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceMount {
+    /// Absolute, on this machine.
+    pub host: PathBuf,
+    /// Where the target's Python imports the package from.
+    pub container: String,
 }
 
 /// Target, pins, wheels and the dependency layers.
@@ -177,12 +190,30 @@ fn python_stage(
         builder: None,
         builder_digest: None,
     };
-    let builder = if python.build_sdists {
-        Some(sdist_builder(
-            base, base_text, platform, store, request, python,
-        ))
-    } else {
-        None
+    let builder = (python.build_sdists || python.dallinger_src.is_some())
+        .then(|| sdist_builder(base, base_text, platform, store, request, python));
+    let (local_wheels, dallinger_mount) = match (&python.dallinger_src, &builder) {
+        (Some(dir), Some(builder)) => {
+            let wheel = resolve::wheel_from_source_dir(
+                dir,
+                "dallinger",
+                builder,
+                &target,
+                &python.index,
+                request.epoch,
+            )?;
+            eprintln!(
+                "Dallinger {} from {} (--dallinger-src, not locked)",
+                wheel.version,
+                dir.display()
+            );
+            let mount = SourceMount {
+                host: fs::canonicalize(dir)?.join("dallinger"),
+                container: format!("/{}/dallinger", target.purelib.trim_matches('/')),
+            };
+            (vec![wheel], Some(mount))
+        }
+        _ => (Vec::new(), None),
     };
     let resolution = resolve::resolve(&ResolveRequest {
         requirements: &requirements,
@@ -192,8 +223,9 @@ fn python_stage(
         lock: Lock::read(&experiment.dir)?,
         locked: python.locked,
         parallel: python.parallel,
-        sdists: builder.as_ref(),
-        local_wheels: &[],
+        // git requirements and sdists are built only with --build-sdists.
+        sdists: builder.as_ref().filter(|_| python.build_sdists),
+        local_wheels: &local_wheels,
     })?;
     eprintln!(
         "Python {}.{}.{} in the base: {} wheels to install{}{}",
@@ -246,7 +278,10 @@ fn python_stage(
         clock_on,
         options,
     )?;
-    Ok(PythonStage { layers })
+    Ok(PythonStage {
+        layers,
+        dallinger_mount,
+    })
 }
 
 pub struct BuildResult {
@@ -257,6 +292,8 @@ pub struct BuildResult {
     pub image: Image,
     /// Whether the experiment layer came from the cache.
     pub layer_reused: bool,
+    /// `--dallinger-src`: what `debug` mounts into its containers.
+    pub dallinger_mount: Option<SourceMount>,
 }
 
 /// The epoch from `SOURCE_DATE_EPOCH`, or [`DEFAULT_EPOCH`].
@@ -371,6 +408,7 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
         labels,
     };
     let mut new_layers: Vec<(ImageLayer, String)> = Vec::new();
+    let dallinger_mount = python.as_ref().and_then(|p| p.dallinger_mount.clone());
     if let Some(python) = python {
         for l in python.layers.layers {
             new_layers.push((l.layer, l.created_by));
@@ -408,6 +446,7 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
         tag,
         image,
         layer_reused,
+        dallinger_mount,
     })
 }
 

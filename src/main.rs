@@ -148,8 +148,13 @@ struct PythonArgs {
     build_sdists: bool,
     /// The image to build sdists in (same forms as --base; default: the
     /// base, which must then have pip, setuptools, a compiler and headers).
-    #[arg(long, value_name = "REF", requires = "build_sdists")]
+    #[arg(long, value_name = "REF")]
     builder_base: Option<String>,
+    /// Build the Dallinger layer from this source tree (a Dallinger
+    /// checkout) in the builder instead of the pinned release; `debug` also
+    /// mounts PATH/dallinger into its containers. Never locked.
+    #[arg(long, value_name = "PATH")]
+    dallinger_src: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -217,6 +222,15 @@ fn python_options(
         }
         return Ok(None);
     }
+    if p.builder_base.is_some() && !p.build_sdists && p.dallinger_src.is_none() {
+        bail!("--builder-base is used only with --build-sdists or --dallinger-src: add one");
+    }
+    if write_lock && p.dallinger_src.is_some() {
+        bail!(
+            "`lock` records released inputs, and a --dallinger-src tree is never locked: run \
+             `lock` without --dallinger-src (builds with it use the lock for everything else)"
+        );
+    }
     let python_version = match &p.python_version {
         Some(text) => {
             let parts: Vec<u32> = text
@@ -246,6 +260,7 @@ fn python_options(
         locked: p.locked,
         build_sdists: p.build_sdists,
         builder_base: p.builder_base.clone(),
+        dallinger_src: p.dallinger_src.clone(),
         write_lock,
         parallel: 4,
     }))
