@@ -146,7 +146,10 @@ fn git_errors_are_one_line_and_name_the_problem() {
     // Each in its own experiment: the line, and what is wrong with it.
     let build_error = |name: &str, requirement: String| {
         let exp = experiment(&sandbox, name, &requirement);
-        let err = one_line_error(&dallinger_oci(&sandbox, "build", &exp, &build_args));
+        let out = dallinger_oci(&sandbox, "build", &exp, &build_args);
+        // The one credential of these requirements is never printed.
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("s3cret"));
+        let err = one_line_error(&out);
         // Nothing half-written: no lock.
         assert!(!exp.join("pylock.dallinger-oci.toml").exists());
         err
@@ -181,6 +184,16 @@ fn git_errors_are_one_line_and_name_the_problem() {
             missing.display(),
             missing.display()
         )),
+        "{err}"
+    );
+
+    // A credential in the URL is used, never shown.
+    let err = build_error(
+        "credentials",
+        "tinygit @ git+https://user:s3cret@127.0.0.1:9/x.git@main".into(),
+    );
+    assert!(
+        err.contains("cannot reach the git repository https://127.0.0.1:9/x.git: "),
         "{err}"
     );
 }

@@ -100,33 +100,7 @@ impl GitUrl {
     /// The fetch URL without credentials: for http(s) no user information
     /// at all (a token is often the user name), for ssh no password.
     pub fn redacted_url(&self) -> String {
-        let url = &self.fetch_url;
-        let Some(scheme_end) = url.find("://") else {
-            return url.clone();
-        };
-        let host_start = scheme_end + 3;
-        let authority_end = url[host_start..]
-            .find('/')
-            .map(|i| host_start + i)
-            .unwrap_or(url.len());
-        let Some(at) = url[host_start..authority_end].rfind('@') else {
-            return url.clone();
-        };
-        let userinfo = &url[host_start..host_start + at];
-        let kept = if url.starts_with("ssh://") {
-            userinfo
-                .split_once(':')
-                .map_or(userinfo, |(user, _)| user)
-                .to_string()
-                + "@"
-        } else {
-            String::new()
-        };
-        format!(
-            "{}{kept}{}",
-            &url[..host_start],
-            &url[host_start + at + 1..]
-        )
+        self.scrub(&self.fetch_url)
     }
 
     /// `git+URL[@REV]` without credentials, for messages.
@@ -137,10 +111,29 @@ impl GitUrl {
         }
     }
 
-    /// The secret part of the URL, if any, to scrub from git's messages.
-    fn secret(&self) -> Option<String> {
-        let redacted = self.redacted_url();
-        (redacted != self.fetch_url).then(|| self.fetch_url.clone())
+    /// `text` with the URL's credentials (`USERINFO@` as written) replaced
+    /// by what may be shown of them: git quotes URLs in its messages.
+    fn scrub(&self, text: &str) -> String {
+        let url = &self.fetch_url;
+        let Some(scheme_end) = url.find("://") else {
+            return text.to_string();
+        };
+        let host_start = scheme_end + 3;
+        let authority = &url[host_start..];
+        let authority = &authority[..authority.find('/').unwrap_or(authority.len())];
+        let Some(at) = authority.rfind('@') else {
+            return text.to_string();
+        };
+        let userinfo = &authority[..at];
+        let shown = if url.starts_with("ssh://") {
+            format!(
+                "{}@",
+                userinfo.split_once(':').map_or(userinfo, |(user, _)| user)
+            )
+        } else {
+            String::new()
+        };
+        text.replace(&format!("{userinfo}@"), &shown)
     }
 }
 
@@ -408,17 +401,14 @@ fn git_message(out: &Output, url: &GitUrl) -> String {
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with("hint:"))
         .collect();
-    let mut line = lines
+    let line = lines
         .iter()
         .find(|l| l.starts_with("fatal:") || l.starts_with("error:"))
         .or(lines.last())
         .copied()
         .unwrap_or("git failed without a message")
         .to_string();
-    if let Some(secret) = url.secret() {
-        line = line.replace(&secret, &url.redacted_url());
-    }
-    line
+    url.scrub(&line)
 }
 
 #[cfg(test)]
@@ -457,6 +447,10 @@ mod tests {
         assert_eq!(u.redacted_url(), "https://example.test/r.git");
         let u = GitUrl::parse("git+ssh://me:pw@example.test/r.git@abc").unwrap();
         assert_eq!(u.redacted_url(), "ssh://me@example.test/r.git");
+        assert_eq!(
+            u.scrub("fatal: unable to access 'ssh://me:pw@example.test/r.git/': denied"),
+            "fatal: unable to access 'ssh://me@example.test/r.git/': denied"
+        );
         assert_eq!(u.revision.as_deref(), Some("abc"));
     }
 
