@@ -471,7 +471,7 @@ pub fn wheel_from_source_dir(
         &archive.path,
         &archive.sha256,
         name,
-        &format!("from {}", dir.display()),
+        &format!("(source tree {})", dir.display()),
         target,
         index,
     )?;

@@ -393,6 +393,12 @@ fn hint(log: &str) -> &'static str {
     {
         ": the builder lacks the package's build backend (setuptools, wheel); sdists are \
          built without network, so choose a builder that has it (--builder-base)"
+    } else if log.contains("No module named 'hatchling'")
+        || log.contains("Cannot import 'hatchling")
+    {
+        ": the builder lacks the package's build backend, hatchling (Dallinger's); sources \
+         are built without network, so choose a builder that has it (--builder-base), e.g. \
+         with Debian's python3-hatchling"
     } else if log.contains("pg_config executable not found") {
         ": the builder has no libpq headers (pg_config); choose a builder with libpq-dev \
          (--builder-base)"
