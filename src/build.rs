@@ -21,6 +21,7 @@ use crate::python::layers::{python_layers, PythonLayers};
 use crate::python::requirements::parse_file;
 use crate::python::resolve::{self, ResolveRequest};
 use crate::python::sdist::{BuilderImage, SdistBuilder};
+use crate::python::source_dir::{dallinger_from_source, SourceMount};
 use crate::python::{target, TargetOverrides};
 use crate::registry::credentials::{self, CredentialContext};
 use crate::registry::{pull, Reference, RegistryClient, RetryPolicy};
@@ -142,16 +143,6 @@ struct PythonStage {
     dallinger_mount: Option<SourceMount>,
 }
 
-/// A source tree `debug` bind-mounts over what the image installed from
-/// it, so edits show without a rebuild.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SourceMount {
-    /// Absolute, on this machine.
-    pub host: PathBuf,
-    /// Where the target's Python imports the package from.
-    pub container: String,
-}
-
 /// Target, pins, wheels and the dependency layers.
 #[allow(clippy::too_many_arguments)]
 fn python_stage(
@@ -194,23 +185,8 @@ fn python_stage(
         .then(|| sdist_builder(base, base_text, platform, store, request, python));
     let (local_wheels, dallinger_mount) = match (&python.dallinger_src, &builder) {
         (Some(dir), Some(builder)) => {
-            let wheel = resolve::wheel_from_source_dir(
-                dir,
-                "dallinger",
-                builder,
-                &target,
-                &python.index,
-                request.epoch,
-            )?;
-            eprintln!(
-                "Dallinger {} from {} (--dallinger-src, not locked)",
-                wheel.version,
-                dir.display()
-            );
-            let mount = SourceMount {
-                host: fs::canonicalize(dir)?.join("dallinger"),
-                container: format!("/{}/dallinger", target.purelib.trim_matches('/')),
-            };
+            let (wheel, mount) =
+                dallinger_from_source(dir, builder, &target, &python.index, request.epoch)?;
             (vec![wheel], Some(mount))
         }
         _ => (Vec::new(), None),

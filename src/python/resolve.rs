@@ -455,32 +455,9 @@ fn build_from_git(
     source_built_wheel(&pin.name, built, Some(vcs))
 }
 
-/// The wheel of the source tree `dir` (`--dallinger-src`), built like an
-/// sdist; its version is the built wheel's.
-pub fn wheel_from_source_dir(
-    dir: &Path,
-    name: &str,
-    builder: &SdistBuilder,
-    target: &Target,
-    index: &IndexConfig,
-    epoch: u64,
-) -> Result<ResolvedWheel> {
-    let archive =
-        super::source_dir::source_archive(dir, name, &index.cache_dir.join("built"), epoch)?;
-    let built = builder.build(
-        &archive.path,
-        &archive.sha256,
-        name,
-        &format!("(source tree {})", dir.display()),
-        target,
-        index,
-    )?;
-    source_built_wheel(name, built, None)
-}
-
 /// A wheel built from a git commit or a source tree; its version is known
 /// only from its name.
-fn source_built_wheel(
+pub(crate) fn source_built_wheel(
     name: &str,
     built: BuiltWheel,
     vcs: Option<LockedVcs>,

@@ -16,8 +16,66 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use dallinger_oci_layers::{Content, LayerTree, WriteOptions};
 
+use super::index::IndexConfig;
+use super::resolve::{source_built_wheel, ResolvedWheel};
+use super::sdist::SdistBuilder;
+use super::target::Target;
 use crate::experiment::git;
 use crate::image::store::sha256_file;
+
+/// A source tree `debug` bind-mounts over what the image installed from
+/// it, so edits show without a rebuild.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceMount {
+    /// Absolute, on this machine.
+    pub host: PathBuf,
+    /// Where the target's Python imports the package from.
+    pub container: String,
+}
+
+/// `--dallinger-src DIR`: Dallinger's wheel built from the checkout, and
+/// where `debug` mounts its package.
+pub fn dallinger_from_source(
+    dir: &Path,
+    builder: &SdistBuilder,
+    target: &Target,
+    index: &IndexConfig,
+    epoch: u64,
+) -> Result<(ResolvedWheel, SourceMount)> {
+    let wheel = wheel_from_source_dir(dir, "dallinger", builder, target, index, epoch)?;
+    eprintln!(
+        "Dallinger {} from {} (--dallinger-src, not locked)",
+        wheel.version,
+        dir.display()
+    );
+    let mount = SourceMount {
+        host: fs::canonicalize(dir)?.join("dallinger"),
+        container: format!("/{}/dallinger", target.purelib.trim_matches('/')),
+    };
+    Ok((wheel, mount))
+}
+
+/// The wheel of the source tree `dir` (`--dallinger-src`), built like an
+/// sdist; its version is the built wheel's.
+pub fn wheel_from_source_dir(
+    dir: &Path,
+    name: &str,
+    builder: &SdistBuilder,
+    target: &Target,
+    index: &IndexConfig,
+    epoch: u64,
+) -> Result<ResolvedWheel> {
+    let archive = source_archive(dir, name, &index.cache_dir.join("built"), epoch)?;
+    let built = builder.build(
+        &archive.path,
+        &archive.sha256,
+        name,
+        &format!("(source tree {})", dir.display()),
+        target,
+        index,
+    )?;
+    source_built_wheel(name, built, None)
+}
 
 /// A source tarball written for one build.
 pub struct SourceArchive {
@@ -103,4 +161,46 @@ pub fn source_archive(
         sha256,
         _dir: dir,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tarball_depends_on_contents_only() {
+        let tree = tempfile::tempdir().unwrap();
+        let root = tree.path().join("src");
+        fs::create_dir_all(root.join("pkg/__pycache__")).unwrap();
+        fs::write(
+            root.join("setup.py"),
+            "from setuptools import setup; setup()\n",
+        )
+        .unwrap();
+        fs::write(root.join("pkg/__init__.py"), "X = 1\n").unwrap();
+        fs::write(
+            root.join("pkg/__pycache__/__init__.cpython-311.pyc"),
+            "junk",
+        )
+        .unwrap();
+        let work = tree.path().join("work");
+        let first = source_archive(&root, "pkg", &work, 946_684_800).unwrap();
+        // Another mtime, a compiled file beside: the same bytes.
+        fs::write(root.join("pkg/__init__.py"), "X = 1\n").unwrap();
+        fs::write(root.join("pkg/stale.pyc"), "junk").unwrap();
+        let second = source_archive(&root, "pkg", &work, 946_684_800).unwrap();
+        assert_eq!(first.sha256, second.sha256);
+        fs::write(root.join("pkg/__init__.py"), "X = 2\n").unwrap();
+        let third = source_archive(&root, "pkg", &work, 946_684_800).unwrap();
+        assert_ne!(first.sha256, third.sha256);
+
+        let err = source_archive(&root.join("pkg"), "pkg", &work, 946_684_800)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("has neither pyproject.toml nor setup.py"),
+            "{err}"
+        );
+    }
 }
