@@ -21,7 +21,9 @@ use crate::python::layers::{python_layers, PythonLayers};
 use crate::python::requirements::parse_file;
 use crate::python::resolve::{self, ResolveRequest};
 use crate::python::sdist::{BuilderImage, SdistBuilder};
-use crate::python::source_dir::{dallinger_from_source, SourceMount};
+use crate::python::source_dir::{
+    dallinger_from_source, warn_about_editable_dallinger, SourceMount,
+};
 use crate::python::{target, TargetOverrides};
 use crate::registry::credentials::{self, CredentialContext};
 use crate::registry::{pull, Reference, RegistryClient, RetryPolicy};
@@ -189,7 +191,10 @@ fn python_stage(
                 dallinger_from_source(dir, builder, &target, &python.index, request.epoch)?;
             (vec![wheel], Some(mount))
         }
-        _ => (Vec::new(), None),
+        _ => {
+            warn_about_editable_dallinger();
+            (Vec::new(), None)
+        }
     };
     let resolution = resolve::resolve(&ResolveRequest {
         requirements: &requirements,

@@ -161,3 +161,46 @@ fn lock_refuses_dallinger_src() {
         "{err}"
     );
 }
+
+#[test]
+fn an_editable_dallinger_on_this_machine_is_named_not_used() {
+    require_tool("python3");
+    let sandbox = Sandbox::new();
+    // What `pip install -e` leaves in site-packages (PEP 610), found by
+    // this machine's python3 through PYTHONPATH.
+    let site = sandbox.path("site");
+    let checkout = sandbox.path("my Dallinger");
+    let info = site.join("dallinger-99.0.0a1.dist-info");
+    fs::create_dir_all(&info).unwrap();
+    fs::write(
+        info.join("METADATA"),
+        "Metadata-Version: 2.1\nName: dallinger\nVersion: 99.0.0a1\n",
+    )
+    .unwrap();
+    let url = format!("file://{}", checkout.display()).replace(' ', "%20");
+    fs::write(
+        info.join("direct_url.json"),
+        format!(r#"{{"url": "{url}", "dir_info": {{"editable": true}}}}"#),
+    )
+    .unwrap();
+    let exp = sandbox.experiment("golden", "editable");
+    fs::write(exp.join("constraints.txt"), "# nothing to install\n").unwrap();
+
+    let out = run(sandbox
+        .cmd()
+        .env_remove("DALLINGER_OCI_NO_DEPS")
+        .env("PYTHONPATH", &site)
+        .arg("build")
+        .arg(&exp)
+        .args(["--base", &python_base_layout(), "--index-url", ""]));
+    let (_, stderr) = succeeds(out);
+    let path = checkout.display();
+    assert!(
+        stderr.contains(&format!(
+            "warning: this machine's python3 has Dallinger installed in editable mode from \
+             {path}; the image gets the pinned Dallinger, not that checkout: pass \
+             --dallinger-src {path} to build from it"
+        )),
+        "{stderr}"
+    );
+}

@@ -77,6 +77,44 @@ pub fn wheel_from_source_dir(
     source_built_wheel(name, built, None)
 }
 
+/// Asks this machine's `python3` (the user's environment, a virtualenv
+/// included) where an editable Dallinger install points, from its PEP 610
+/// `direct_url.json` (what current editable installs write; Dallinger's own
+/// `dallinger.egg-link` check finds none of them).
+const EDITABLE_DALLINGER: &str = "\
+import json, importlib.metadata as m
+from urllib.parse import unquote, urlparse
+try:
+    text = m.distribution('dallinger').read_text('direct_url.json')
+except m.PackageNotFoundError:
+    text = None
+url = json.loads(text) if text else {}
+if url.get('dir_info', {}).get('editable') and url.get('url', '').startswith('file:'):
+    print(unquote(urlparse(url['url']).path))
+";
+
+/// Says so when this machine's `python3` has Dallinger installed in
+/// editable mode: Dallinger would build its image from that checkout, we
+/// build from the pin unless told (`--dallinger-src`), so that an image
+/// never depends on the machine it is built on; but never silently.
+pub fn warn_about_editable_dallinger() {
+    let Ok(out) = std::process::Command::new("python3")
+        .args(["-c", EDITABLE_DALLINGER])
+        .stdin(std::process::Stdio::null())
+        .output()
+    else {
+        return;
+    };
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if out.status.success() && !path.is_empty() {
+        eprintln!(
+            "warning: this machine's python3 has Dallinger installed in editable mode from \
+             {path}; the image gets the pinned Dallinger, not that checkout: pass \
+             --dallinger-src {path} to build from it"
+        );
+    }
+}
+
 /// A source tarball written for one build.
 pub struct SourceArchive {
     /// `NAME-src.tar.gz` in a temporary directory, removed on drop.
