@@ -19,6 +19,9 @@ use crate::python::layers::{python_layers, PythonLayers};
 use crate::python::requirements::parse_file;
 use crate::python::resolve::{self, ResolveRequest};
 use crate::python::sdist::{BuilderImage, SdistBuilder};
+use crate::python::source_dir::{
+    dallinger_from_source, warn_about_editable_dallinger, SourceMount,
+};
 use crate::python::{target, TargetOverrides};
 use crate::registry::credentials::{self, CredentialContext};
 use crate::registry::{pull, Reference, RegistryClient, RetryPolicy};
@@ -146,10 +149,13 @@ pub struct PythonOptions {
     pub builder_base: Option<String>,
     /// Compile `.pyc` files with the base's interpreter, as pip does.
     pub compile_bytecode: bool,
+    /// Build Dallinger from this source tree instead of its pin.
+    pub dallinger_src: Option<PathBuf>,
 }
 
 struct PythonStage {
     layers: PythonLayers,
+    dallinger_mount: Option<SourceMount>,
 }
 
 /// Target, pins, wheels and the dependency layers.
@@ -190,12 +196,18 @@ fn python_stage(
         builder_digest: None,
         debian: None,
     };
-    let builder = if python.build_sdists {
-        Some(sdist_builder(
-            base, base_text, platform, store, request, python,
-        ))
-    } else {
-        None
+    let builder = (python.build_sdists || python.dallinger_src.is_some())
+        .then(|| sdist_builder(base, base_text, platform, store, request, python));
+    let (local_wheels, dallinger_mount) = match (&python.dallinger_src, &builder) {
+        (Some(dir), Some(builder)) => {
+            let (wheel, mount) =
+                dallinger_from_source(dir, builder, &target, &python.index, request.epoch)?;
+            (vec![wheel], Some(mount))
+        }
+        _ => {
+            warn_about_editable_dallinger();
+            (Vec::new(), None)
+        }
     };
     let resolution = resolve::resolve(&ResolveRequest {
         requirements: &requirements,
@@ -205,7 +217,9 @@ fn python_stage(
         lock: Lock::read(&experiment.dir)?,
         locked: python.locked,
         parallel: python.parallel,
-        sdists: builder.as_ref(),
+        // git requirements and sdists are built only with --build-sdists.
+        sdists: builder.as_ref().filter(|_| python.build_sdists),
+        local_wheels: &local_wheels,
     })?;
     eprintln!(
         "Python {}.{}.{} in the base: {} wheels to install{}{}",
@@ -262,7 +276,10 @@ fn python_stage(
         compiler.as_ref(),
         options,
     )?;
-    Ok(PythonStage { layers })
+    Ok(PythonStage {
+        layers,
+        dallinger_mount,
+    })
 }
 
 pub struct BuildResult {
@@ -273,6 +290,8 @@ pub struct BuildResult {
     pub image: Image,
     /// Whether the experiment layer came from the cache.
     pub layer_reused: bool,
+    /// `--dallinger-src`: what `debug` mounts into its containers.
+    pub dallinger_mount: Option<SourceMount>,
 }
 
 /// The epoch from `SOURCE_DATE_EPOCH`, or [`DEFAULT_EPOCH`].
@@ -334,6 +353,7 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
             tag,
             image,
             layer_reused: false,
+            dallinger_mount: None,
         });
     }
     let base = resolve_base(&base_ref, &store, platform, request)?;
@@ -454,6 +474,7 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
     if let Some(debian) = debian {
         new_layers.push((debian.layer, debian.created_by));
     }
+    let dallinger_mount = python.as_ref().and_then(|p| p.dallinger_mount.clone());
     if let Some(python) = python {
         for l in python.layers.layers {
             new_layers.push((l.layer, l.created_by));
@@ -483,6 +504,7 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
         tag,
         image,
         layer_reused,
+        dallinger_mount,
     })
 }
 

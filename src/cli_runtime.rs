@@ -32,6 +32,9 @@ pub enum RuntimeCommand {
         /// Also remove the stack's postgres and redis data volumes on exit.
         #[arg(long)]
         remove_volumes: bool,
+        /// Build, load the image and write the compose file; start nothing.
+        #[arg(long)]
+        no_start: bool,
     },
     /// Run a pushed image (REPO@sha256:…) on podman or docker, locally or on
     /// a remote engine (DOCKER_HOST / CONTAINER_HOST): web, workers, redis,
@@ -139,6 +142,7 @@ pub fn run(command: RuntimeCommand) -> Result<()> {
             port,
             no_browsers,
             remove_volumes,
+            no_start,
         } => {
             // Before the build: without an engine there is nothing to debug on.
             let found = engine.engine()?;
@@ -160,6 +164,7 @@ pub fn run(command: RuntimeCommand) -> Result<()> {
                 no_browsers,
                 remove_volumes,
                 verbose: engine.verbose,
+                no_start,
             })
         }
         RuntimeCommand::DeployImage {

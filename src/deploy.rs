@@ -182,6 +182,8 @@ pub struct DebugRequest<'a> {
     pub no_browsers: bool,
     pub remove_volumes: bool,
     pub verbose: bool,
+    /// Write the compose file (the image loaded), start nothing.
+    pub no_start: bool,
 }
 
 /// `dallinger docker debug`: load the image just built, start the stack,
@@ -209,7 +211,9 @@ pub fn debug(req: &DebugRequest) -> Result<()> {
         None => parse_number::<u16>(&dallinger_environment(Some(config), &[], &[]), "base_port")?
             .unwrap_or(5000),
     };
-    check_port_free(port, "the experiment's web server", CHOOSE_PORT)?;
+    if !req.no_start {
+        check_port_free(port, "the experiment's web server", CHOOSE_PORT)?;
+    }
     let dashboard_user = config.get("dashboard_user").unwrap_or("admin").to_string();
     let dashboard_password = match config.get("dashboard_password") {
         Some(p) if !p.is_empty() => p.to_string(),
@@ -234,6 +238,14 @@ pub fn debug(req: &DebugRequest) -> Result<()> {
             Some(config),
         ),
         worker_cpu_shares: parse_number(&environment, "docker_worker_cpu_shares")?,
+        // --dallinger-src: the tree over the installed package, so edits
+        // show without a rebuild.
+        source_mounts: req
+            .build
+            .dallinger_mount
+            .iter()
+            .map(|m| (m.host.to_string_lossy().into_owned(), m.container.clone()))
+            .collect(),
         clock: truthy(lookup(&environment, "clock_on")),
         environment,
         postgres_password: POSTGRES_DEBUG_PASSWORD.into(),
@@ -249,6 +261,10 @@ pub fn debug(req: &DebugRequest) -> Result<()> {
     let file = plan.compose_file();
     let dir = state_dir().join("debug").join(&project);
     let compose_file = write_stack_files(&dir, &project, &file.render())?;
+    if req.no_start {
+        println!("Compose file: {}", compose_file.display());
+        return Ok(());
+    }
     let stack = Stack {
         engine: engine.clone(),
         compose: Compose {
@@ -449,6 +465,7 @@ pub fn deploy_image(engine: Option<&Engine>, req: &DeployRequest) -> Result<()> 
             req.postgres_image.as_deref(),
             home.as_ref(),
         ),
+        source_mounts: Vec::new(),
         worker_cpu_shares: parse_number(&environment, "docker_worker_cpu_shares")?,
         clock: truthy(lookup(&environment, "clock_on")),
         environment,

@@ -160,7 +160,7 @@ struct PythonArgs {
     build_sdists: bool,
     /// The image to build sdists in (same forms as --base; default: the
     /// base, which must then have pip, setuptools, a compiler and headers).
-    #[arg(long, value_name = "REF", requires = "build_sdists")]
+    #[arg(long, value_name = "REF")]
     builder_base: Option<String>,
     /// Compile .pyc files for the installed packages with the base's own
     /// Python (in the sandbox), as pip does; faster first imports.
@@ -171,6 +171,11 @@ struct PythonArgs {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     compile_bytecode: bool,
+    /// Build the Dallinger layer from this source tree (a Dallinger
+    /// checkout) in the builder instead of the pinned release; `debug` also
+    /// mounts PATH/dallinger into its containers. Never locked.
+    #[arg(long, value_name = "PATH")]
+    dallinger_src: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -238,6 +243,15 @@ fn python_options(
         }
         return Ok(None);
     }
+    if p.builder_base.is_some() && !p.build_sdists && p.dallinger_src.is_none() {
+        bail!("--builder-base is used only with --build-sdists or --dallinger-src: add one");
+    }
+    if write_lock && p.dallinger_src.is_some() {
+        bail!(
+            "`lock` records released inputs, and a --dallinger-src tree is never locked: run \
+             `lock` without --dallinger-src (builds with it use the lock for everything else)"
+        );
+    }
     let python_version = match &p.python_version {
         Some(text) => {
             let parts: Vec<u32> = text
@@ -268,6 +282,7 @@ fn python_options(
         build_sdists: p.build_sdists,
         builder_base: p.builder_base.clone(),
         compile_bytecode: p.compile_bytecode,
+        dallinger_src: p.dallinger_src.clone(),
         write_lock,
         parallel: 4,
     }))

@@ -89,8 +89,27 @@ pub struct LockedPackage {
     /// then recorded by name only, as it is at no URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sdist: Option<LockedFile>,
+    /// The git source a wheel was built from (a `git+` requirement), as
+    /// PEP 751's `[packages.vcs]`; the built wheel is recorded by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcs: Option<LockedVcs>,
     #[serde(default)]
     pub wheels: Vec<LockedFile>,
+}
+
+/// A git source: the URL without credentials, the revision as written, and
+/// the commit it was resolved to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct LockedVcs {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_revision: Option<String>,
+    pub commit_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subdirectory: Option<String>,
 }
 
 /// A wheel or sdist: its file name, where it came from, its hash.
@@ -160,6 +179,7 @@ mod tests {
                     name: "six".into(),
                     version: "1.16.0".into(),
                     sdist: None,
+                    vcs: None,
                     wheels: vec![LockedFile {
                         name: "six-1.16.0-py2.py3-none-any.whl".into(),
                         url: "https://example.test/six.whl".into(),
@@ -178,6 +198,7 @@ mod tests {
                             sha256: "12".repeat(32),
                         },
                     }),
+                    vcs: None,
                     wheels: vec![LockedFile {
                         name: "psycopg2-2.9.12-cp311-cp311-linux_x86_64.whl".into(),
                         url: "psycopg2-2.9.12-cp311-cp311-linux_x86_64.whl".into(),
@@ -190,6 +211,20 @@ mod tests {
                     name: "flask".into(),
                     version: "3.0.3".into(),
                     sdist: None,
+                    vcs: None,
+                    wheels: vec![],
+                },
+                LockedPackage {
+                    name: "tinygit".into(),
+                    version: "0.1".into(),
+                    sdist: None,
+                    vcs: Some(LockedVcs {
+                        kind: "git".into(),
+                        url: "https://example.test/tinygit.git".into(),
+                        requested_revision: Some("main".into()),
+                        commit_id: "ab".repeat(20),
+                        subdirectory: None,
+                    }),
                     wheels: vec![],
                 },
             ],
@@ -231,5 +266,14 @@ mod tests {
         assert!(text.contains("[packages.sdist]"), "{text}");
         assert_eq!(back.packages[1], lock.packages[1]);
         assert_eq!(back.tool, lock.tool);
+        assert!(
+            text.contains(&format!(
+                "[packages.vcs]\ntype = \"git\"\nurl = \"https://example.test/tinygit.git\"\n\
+                 requested-revision = \"main\"\ncommit-id = \"{}\"\n",
+                "ab".repeat(20)
+            )),
+            "{text}"
+        );
+        assert_eq!(back.packages[3], lock.packages[3]);
     }
 }

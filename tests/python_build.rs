@@ -52,12 +52,7 @@ fn build_ok(sandbox: &Sandbox, exp: &Path, extra: &[&str]) -> String {
 
 /// A failing build's one-line error.
 fn build_err(sandbox: &Sandbox, exp: &Path, extra: &[&str]) -> String {
-    let out = build(sandbox, exp, extra);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    let last = stderr.lines().last().unwrap_or_default().to_string();
-    assert!(last.starts_with("error: "), "{stderr}");
-    last
+    one_line_error(&build(sandbox, exp, extra))
 }
 
 #[test]
@@ -244,7 +239,7 @@ fn bad_python_inputs_give_clear_errors() {
         "{err}"
     );
 
-    // A VCS requirement names its line.
+    // A git requirement without --build-sdists names its line.
     let exp = experiment(
         &sandbox,
         "vcs",
@@ -252,7 +247,7 @@ fn bad_python_inputs_give_clear_errors() {
     );
     let err = build_err(&sandbox, &exp, &["--tag", "t"]);
     assert!(
-        err.contains("constraints.txt:1") && err.contains("git+"),
+        err.contains("constraints.txt:1: `dallinger @ git+https://github.com/Dallinger/Dallinger@main` is a git requirement, built from source: pass --build-sdists"),
         "{err}"
     );
 }

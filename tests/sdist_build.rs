@@ -9,6 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::python_base_command as dallinger_oci;
 use common::*;
 
 const SETUP_PY: &str = "\
@@ -61,35 +62,14 @@ fn experiment(sandbox: &Sandbox, name: &str) -> PathBuf {
     exp
 }
 
-fn dallinger_oci(sandbox: &Sandbox, command: &str, exp: &Path, args: &[&str]) -> Output {
-    let mut cmd = sandbox.cmd();
-    cmd.env_remove("DALLINGER_OCI_NO_DEPS")
-        .arg(command)
-        .arg(exp)
-        .args(["--base", &python_base_layout()])
-        .args(["--index-url", ""])
-        .args(args);
-    run(&mut cmd)
-}
-
-fn succeeds(out: Output) -> (String, String) {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    (stdout, stderr)
-}
-
 fn fails(out: Output) -> (String, String) {
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    let last = stderr.lines().last().unwrap_or_default().to_string();
-    assert!(last.starts_with("error: "), "{stderr}");
-    (last, stderr)
+    let last = one_line_error(&out);
+    (last, String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 #[test]
 fn an_sdist_is_built_in_the_sandbox_locked_and_rebuilt_to_the_same_bytes() {
-    let podman = require_tool("podman");
+    require_tool("podman");
     let builder = python_builder_layout();
     let sandbox = Sandbox::new();
     let links = sdist_dir(&sandbox.path("sdists"));
@@ -136,35 +116,18 @@ fn an_sdist_is_built_in_the_sandbox_locked_and_rebuilt_to_the_same_bytes() {
     );
     assert!(!lock.contains(sandbox.path("").to_str().unwrap()), "{lock}");
 
-    let archive = sandbox.path("image.tar");
-    let archive_arg = format!("docker-archive:{}", archive.display());
-    let (stdout, stderr) = succeeds(dallinger_oci(
+    // The extension runs in the image.
+    let (digest, stderr, printed) = locked_build_and_run_python(
         &sandbox,
-        "build",
         &exp,
-        &[
-            &sdist_args[..],
-            &["--locked", "--tag", "sdist-test", "-o", &archive_arg],
-        ]
-        .concat(),
-    ));
+        &sdist_args,
+        "registry.example.test/dallinger-oci/golden",
+        "sdist-test",
+        "import tinyext; print(tinyext.add(2, 3))",
+    );
     // Built once, for the lock; the build took it from the cache.
     assert!(!stderr.contains("Building tinyext"), "{stderr}");
-    let digest = printed_digest(&stdout);
-
-    // The extension runs in the image.
-    let podman_cmd = || {
-        let mut c = Command::new(&podman);
-        c.env("CONTAINERS_CONF", fixture("containers.conf"));
-        c
-    };
-    ok(podman_cmd().arg("load").arg("-i").arg(&archive));
-    let image = "registry.example.test/dallinger-oci/golden:sdist-test";
-    let out = run(podman_cmd()
-        .args(["run", "--rm", "--network", "none", image])
-        .args(["python3", "-c", "import tinyext; print(tinyext.add(2, 3))"]));
-    let _ = podman_cmd().args(["rmi", "-f", image]).output();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "5\n", "{out:?}");
+    assert_eq!(printed, "5\n");
 
     // Elsewhere, with a cold cache: the lock needs the flag to build the
     // wheel again, and building it again gives the same bytes.

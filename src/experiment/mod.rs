@@ -61,7 +61,7 @@ pub struct Experiment {
 pub mod config;
 mod files;
 mod generated;
-mod git;
+pub(crate) mod git;
 
 pub use config::ConfigError;
 pub use generated::TOOL_ONLY_KEYS;

@@ -3,6 +3,7 @@
 //! index, and installed natively into layers.
 
 pub mod bytecode;
+pub mod git_source;
 pub mod index;
 pub mod install;
 pub mod layers;
@@ -12,6 +13,7 @@ pub mod pins;
 pub mod requirements;
 pub mod resolve;
 pub mod sdist;
+pub mod source_dir;
 pub mod tags;
 pub mod target;
 pub mod wheel;

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use pep440_rs::{Version, VersionSpecifiers};
 
+use super::git_source::GitUrl;
 use super::markers::{self, MarkerEnv};
 use super::metadata::Dependency;
 use super::requirements::{ParsedFile, Requirement};
@@ -26,6 +27,9 @@ pub struct PinnedPackage {
     pub hashes: Vec<String>,
     /// Direct wheel URL, if the pin is one.
     pub url: Option<String>,
+    /// A git URL to build from; `version` is then empty until the wheel is
+    /// built ([`PinnedPackage::with_version`]).
+    pub git: Option<GitUrl>,
     /// Where it is pinned.
     pub file: PathBuf,
     pub line: usize,
@@ -37,7 +41,16 @@ impl PinnedPackage {
         PinRef {
             file: self.file.clone(),
             line: self.line,
-            pin: pin_text(&self.name, &self.version, self.url.as_ref()),
+            pin: self.text(),
+        }
+    }
+
+    /// e.g. "flask==3.0.3", "name @ URL" or "name @ git+URL@REF" (no
+    /// credentials).
+    pub fn text(&self) -> String {
+        match &self.git {
+            Some(git) => format!("{} @ {}", self.name, git.display()),
+            None => pin_text(&self.name, &self.version, self.url.as_ref()),
         }
     }
 
@@ -176,9 +189,15 @@ pub fn pins_for_target(
         if !applies(r, env)? {
             continue;
         }
-        let Some(version) = &r.pinned else {
-            unpinned.push(r);
-            continue;
+        // A git requirement pins its source; its version comes from the
+        // wheel built from it.
+        let version = match (&r.pinned, &r.git) {
+            (Some(version), _) => version.as_str(),
+            (None, Some(_)) => "",
+            (None, None) => {
+                unpinned.push(r);
+                continue;
+            }
         };
         match pins.get_mut(&r.normalised) {
             None => {
@@ -189,10 +208,11 @@ pub fn pins_for_target(
                     r.normalised.clone(),
                     PinnedPackage {
                         name: r.name.clone(),
-                        version: version.clone(),
+                        version: version.to_string(),
                         extras,
                         hashes: r.hashes.clone(),
                         url: r.url.clone(),
+                        git: r.git.clone(),
                         file: r.file.clone(),
                         line: r.line,
                     },
@@ -200,12 +220,16 @@ pub fn pins_for_target(
             }
             Some(pin) => {
                 let conflict = !same_version(&pin.version, version)
-                    || (pin.url.is_some() && r.url.is_some() && pin.url != r.url);
+                    || (pin.url.is_some() && r.url.is_some() && pin.url != r.url)
+                    || pin.git != r.git;
                 if conflict {
                     return Err(PinError::Conflict {
                         file: r.file.clone(),
                         line: r.line,
-                        pin: pin_text(&r.name, version, r.url.as_ref()),
+                        pin: match &r.git {
+                            Some(git) => format!("{} @ {}", r.name, git.display()),
+                            None => pin_text(&r.name, version, r.url.as_ref()),
+                        },
                         other: Box::new(pin.pin_ref()),
                     });
                 }
@@ -248,7 +272,10 @@ pub fn pins_for_target(
                 requirement: display_requirement(r),
             });
         };
+        // A git pin's version is known after its build only; the pin
+        // stands for the line (as a direct URL does in pip).
         let satisfied = r.specifier.is_empty()
+            || pin.git.is_some()
             || match (
                 r.specifier.parse::<VersionSpecifiers>(),
                 pin.version.parse::<Version>(),

@@ -4,14 +4,16 @@
 //! includes and the index options.
 //!
 //! What a wheel-only installer cannot honour is refused with the file, the
-//! line and what to do instead: VCS URLs, editables, local paths and
-//! direct URLs that are not hashed wheels.
+//! line and what to do instead: VCS URLs other than git, editables, local
+//! paths and direct URLs that are not hashed wheels. git URLs are kept for
+//! a build from source ([`super::git_source`]).
 
 use std::path::{Path, PathBuf};
 
 use pep440_rs::Operator;
 use pep508_rs::{Requirement as Pep508Requirement, VersionOrUrl};
 
+use super::git_source::GitUrl;
 use super::markers;
 use super::target::normalise_name;
 use super::wheel::WheelFilename;
@@ -38,6 +40,9 @@ pub struct Requirement {
     pub hashes: Vec<String>,
     /// Direct wheel URL (without a `#sha256=` fragment), if any.
     pub url: Option<String>,
+    /// A `git+` URL, built from source; `pinned` is then `None`, the
+    /// version being known only from the built wheel.
+    pub git: Option<GitUrl>,
     /// The file the line is in, as reached from the top file's path.
     pub file: PathBuf,
     /// 1-based number of the line's first physical line.
@@ -598,14 +603,19 @@ fn has_scheme(s: &str) -> bool {
     }
 }
 
-const VCS_MESSAGE: &str = "VCS requirements are not supported yet: pin a released version or \
-                           provide a wheel in --find-links";
+const VCS_MESSAGE: &str = "only git is supported among version control systems \
+                           (`name @ git+https://…@REF`): pin a released version or provide a \
+                           wheel in --find-links";
 
 fn is_vcs(s: &str) -> bool {
     let s = s.trim().to_ascii_lowercase();
-    ["git+", "hg+", "svn+", "bzr+", "git://", "svn://"]
+    ["hg+", "svn+", "bzr+", "git://", "svn://"]
         .iter()
         .any(|p| s.starts_with(p))
+}
+
+fn is_git(s: &str) -> bool {
+    s.trim().to_ascii_lowercase().starts_with("git+")
 }
 
 fn local_path_error(what: &str) -> String {
@@ -728,6 +738,11 @@ fn parse_requirement(
     if is_vcs(arg) {
         return Err(format!("`{arg}`: {VCS_MESSAGE}"));
     }
+    // pip's `git+URL@REF#egg=name` form.
+    if is_git(arg) {
+        let (url, marker) = split_marker(arg, true);
+        return git_requirement(None, url, marker, hashes, file, line);
+    }
 
     // A bare URL: pip takes the name from the wheel file name.
     if has_scheme(arg) && !arg.contains(" @") && !arg.contains("@ ") {
@@ -746,7 +761,7 @@ fn parse_requirement(
         if is_vcs(url) {
             return Err(format!("`{arg}`: {VCS_MESSAGE}"));
         }
-        if url.to_ascii_lowercase().starts_with("file:") || !has_scheme(url) {
+        if !is_git(url) && (url.to_ascii_lowercase().starts_with("file:") || !has_scheme(url)) {
             return Err(local_path_error(url));
         }
         // `name[extras]` alone is a valid PEP 508 requirement.
@@ -755,6 +770,9 @@ fn parse_requirement(
             .parse()
             .map_err(|e: pep508_rs::Pep508Error| invalid_requirement(arg, &e))?;
         let name = (super::metadata::written_name(arg), name_extras(&parsed));
+        if is_git(url) {
+            return git_requirement(Some(name), url, marker, hashes, file, line);
+        }
         return url_requirement(Some(name), url, marker, hashes, file, line);
     }
 
@@ -791,6 +809,7 @@ fn parse_requirement(
         marker: marker.map(str::to_string),
         hashes,
         url: None,
+        git: None,
         file: file.to_path_buf(),
         line,
     })
@@ -806,6 +825,64 @@ fn invalid_requirement(arg: &str, e: &pep508_rs::Pep508Error) -> String {
          `flask==3.0.3 ; python_version >= \"3.8\"`)",
         e.message
     )
+}
+
+/// A `git+` requirement, `name @ git+…` or `git+…#egg=name`: built from
+/// source at the commit its revision names.
+fn git_requirement(
+    name: Option<(String, Vec<String>)>,
+    url: &str,
+    marker: Option<&str>,
+    hashes: Vec<String>,
+    file: &Path,
+    line: usize,
+) -> Result<Requirement, String> {
+    let git = GitUrl::parse(url)?;
+    if !hashes.is_empty() {
+        return Err(format!(
+            "`{}`: a git requirement cannot have --hash (its source is pinned by the commit): \
+             remove the --hash options",
+            git.display()
+        ));
+    }
+    let (name, extras) = match (name, &git.egg) {
+        (Some((n, _)), Some(egg)) if normalise_name(egg) != normalise_name(&n) => {
+            return Err(format!(
+                "`{n} @ {}`: `#egg={egg}` names another package",
+                git.display()
+            ))
+        }
+        (Some(named), _) => named,
+        (None, Some(egg)) => {
+            let parsed: Pep508Requirement = egg
+                .parse()
+                .map_err(|e: pep508_rs::Pep508Error| invalid_requirement(egg, &e))?;
+            (parsed.name.to_string(), name_extras(&parsed))
+        }
+        (None, None) => {
+            return Err(format!(
+                "`{}` does not name its package: write `NAME @ {}`",
+                git.display(),
+                git.display()
+            ))
+        }
+    };
+    if let Some(m) = marker {
+        markers::parse(m).map_err(|e| e.to_string())?;
+    }
+    Ok(Requirement {
+        normalised: normalise_name(&name),
+        name,
+        extras,
+        specifier: String::new(),
+        pinned: None,
+        marker: marker.map(str::to_string),
+        hashes,
+        url: None,
+        git: Some(git),
+        file: file.to_path_buf(),
+        line,
+    })
 }
 
 /// A direct URL requirement: it must be an http(s) URL to a wheel, with a
@@ -876,6 +953,7 @@ fn url_requirement(
         marker: marker.map(str::to_string),
         hashes,
         url: Some(url),
+        git: None,
         file: file.to_path_buf(),
         line,
     })
@@ -1161,18 +1239,49 @@ mod tests {
     }
 
     #[test]
+    fn git_requirements() {
+        let parsed = parse(
+            "git+https://github.com/Dallinger/Dallinger@v12.3.0#egg=dallinger\n\
+             tinygit[extra] @ git+ssh://git@example.test/owner/tinygit.git@main ; python_version >= \"3\"\n\
+             other@git+file:///srv/other#subdirectory=pkg\n",
+        )
+        .unwrap();
+        let r = &parsed.requirements;
+        assert_eq!(r[0].normalised, "dallinger");
+        assert_eq!(r[0].pinned, None);
+        let git = r[0].git.as_ref().unwrap();
+        assert_eq!(git.fetch_url, "https://github.com/Dallinger/Dallinger");
+        assert_eq!(git.revision.as_deref(), Some("v12.3.0"));
+        assert_eq!(r[1].name, "tinygit");
+        assert_eq!(r[1].extras, vec!["extra"]);
+        assert_eq!(r[1].marker.as_deref(), Some("python_version >= \"3\""));
+        assert_eq!(
+            r[1].git.as_ref().unwrap().fetch_url,
+            "ssh://git@example.test/owner/tinygit.git"
+        );
+        assert_eq!(
+            r[2].git.as_ref().unwrap().subdirectory.as_deref(),
+            Some("pkg")
+        );
+
+        let e = err("git+https://example.test/x.git@main\n");
+        assert!(e.contains(":1: `git+https://example.test/x.git@main` does not name its package: write `NAME @ git+"), "{e}");
+        let e = err("x @ git+https://example.test/x.git@main#egg=y\n");
+        assert!(e.contains("`#egg=y` names another package"), "{e}");
+        let e = err(&format!(
+            "x @ git+https://example.test/x.git@main --hash=sha256:{H1}\n"
+        ));
+        assert!(e.contains("cannot have --hash"), "{e}");
+        let e = err("-e git+https://x/y#egg=y\n");
+        assert!(e.contains("editable requirements"), "{e}");
+    }
+
+    #[test]
     fn refuses_vcs_editable_and_paths() {
-        let vcs = "VCS requirements are not supported yet: pin a released version or provide a \
-                   wheel in --find-links";
-        for line in [
-            "git+https://github.com/Dallinger/Dallinger@v12.3.0#egg=dallinger",
-            "dallinger @ git+https://github.com/Dallinger/Dallinger@v12.3.0",
-            "dallinger[docker]@git+ssh://git@github.com/Dallinger/Dallinger.git",
-            "hg+https://hg.example/pkg#egg=pkg",
-        ] {
+        for line in ["hg+https://hg.example/pkg#egg=pkg", "pkg @ svn+https://x/y"] {
             let e = err(&format!("flask==3.0.3\n{line}\n"));
             assert!(e.contains("requirements.txt:2: "), "{e}");
-            assert!(e.contains(vcs), "{e}");
+            assert!(e.contains("only git is supported"), "{e}");
         }
         for line in ["-e .", "--editable ./pkg", "-e git+https://x/y#egg=y"] {
             let e = err(line);

@@ -2,23 +2,24 @@
 //! target: no resolver, only choice (best wheel for the target's tags),
 //! verification (sha256, closure of the pin set) and the lock.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 
+use super::git_source::{self, GitUrl};
 use super::index::{self, Candidate, IndexConfig, SelectError};
 use super::markers::MarkerEnv;
 use super::metadata::{applicable_dependencies, Dependency};
 use super::pins::{check_closed, pins_for_target, PinnedPackage};
 use super::requirements::parse_file;
-use super::sdist::SdistBuilder;
+use super::sdist::{BuiltWheel, SdistBuilder};
 use super::tags::{file_priority, TagIndex};
 use super::target::{normalise_name, Target};
-use super::wheel::WheelArchive;
+use super::wheel::{WheelArchive, WheelFilename};
 use crate::image::store::sha256_file;
-use crate::plan::{Hashes, Lock, LockInputs, LockedFile, LockedPackage};
+use crate::plan::{Hashes, Lock, LockInputs, LockedFile, LockedPackage, LockedVcs};
 
 /// A wheel chosen, fetched and verified.
 #[derive(Debug, Clone)]
@@ -33,6 +34,8 @@ pub struct ResolvedWheel {
     pub path: PathBuf,
     /// The sdist the wheel was built from, when no wheel was published.
     pub sdist: Option<SdistSource>,
+    /// The git commit the wheel was built from (a `git+` requirement).
+    pub vcs: Option<LockedVcs>,
 }
 
 /// An sdist a wheel was built from.
@@ -67,21 +70,40 @@ pub struct ResolveRequest<'a> {
     /// Fail instead of resolving again when the lock is out of date.
     pub locked: bool,
     pub parallel: usize,
-    /// Builds wheels for pins published only as sdists (`--build-sdists`).
+    /// Builds wheels for pins published only as sdists and for git
+    /// requirements (`--build-sdists`).
     pub sdists: Option<&'a SdistBuilder<'a>>,
+    /// Wheels built from local source trees (`--dallinger-src`): they
+    /// replace the pins of their names, and are never locked.
+    pub local_wheels: &'a [ResolvedWheel],
 }
 
 pub fn resolve(request: &ResolveRequest) -> Result<Resolution> {
-    let parsed = parse_file(request.requirements)?;
+    let mut parsed = parse_file(request.requirements)?;
+    let local: BTreeSet<String> = request
+        .local_wheels
+        .iter()
+        .map(|w| w.normalised.clone())
+        .collect();
+    // A local source stands for every line naming its package, pinned or not.
+    parsed
+        .requirements
+        .retain(|r| !local.contains(&r.normalised));
+    parsed
+        .constraints
+        .retain(|r| !local.contains(&r.normalised));
     let env = MarkerEnv::for_target(request.target);
     let pins = pins_for_target(&parsed, &env)?;
-    let (needed, already_in_base) = split_by_base(&pins, request.target);
+    let (needed, already_in_base) = split_by_base(&pins, request.target, &local);
 
-    let fresh_lock = |wheels: &[ResolvedWheel]| lock_of(request, wheels);
+    let fresh_lock = |wheels: &[ResolvedWheel]| lock_of(request, wheels, &local);
     if let Some(lock) = &request.lock {
-        match stale_reason(lock, &request.inputs, &needed) {
+        match stale_reason(lock, &request.inputs, &needed, &local) {
             None => {
-                let wheels = fetch_locked(lock, request)?;
+                let mut wheels = fetch_locked(lock, request, &needed, &local)?;
+                wheels.extend(request.local_wheels.iter().cloned());
+                wheels.sort_by(|a, b| a.normalised.cmp(&b.normalised));
+                let pins = with_built_versions(&pins, &wheels);
                 check_pin_set(&pins, &wheels, request.target, &env)?;
                 return Ok(Resolution {
                     lock: lock.clone(),
@@ -106,11 +128,23 @@ pub fn resolve(request: &ResolveRequest) -> Result<Resolution> {
         );
     }
 
+    // git requirements are built from source, only when asked to: before
+    // anything is fetched.
+    let (git_pins, pinned): (Vec<&PinnedPackage>, Vec<&PinnedPackage>) =
+        needed.values().partition(|p| p.git.is_some());
+    if let (Some(pin), None) = (git_pins.first(), request.sdists) {
+        bail!(
+            "{}:{}: `{}` is a git requirement, built from source: pass --build-sdists (and \
+             --builder-base REF unless the base has pip, setuptools and a compiler)",
+            pin.file.display(),
+            pin.line,
+            pin.text()
+        );
+    }
     let client = index::http_client()?;
     let tags = TagIndex::for_target(request.target);
     let priority = |filename: &str| file_priority(filename, &tags);
     // List and choose per package, a few at a time.
-    let pinned: Vec<&PinnedPackage> = needed.values().collect();
     type Choice = Result<(Candidate, Option<String>)>;
     let chosen: Vec<Mutex<Option<Choice>>> = pinned.iter().map(|_| Mutex::new(None)).collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
@@ -146,6 +180,7 @@ pub fn resolve(request: &ResolveRequest) -> Result<Resolution> {
             sha256,
             path,
             sdist: None,
+            vcs: None,
         };
         wheels.push(if candidate.is_wheel() {
             wheel
@@ -154,6 +189,15 @@ pub fn resolve(request: &ResolveRequest) -> Result<Resolution> {
                 .with_context(|| format!("{}:{}", pin.file.display(), pin.line))?
         });
     }
+    for pin in git_pins {
+        wheels.push(
+            build_from_git(pin, None, request)
+                .with_context(|| format!("{}:{}: {}", pin.file.display(), pin.line, pin.text()))?,
+        );
+    }
+    wheels.extend(request.local_wheels.iter().cloned());
+    wheels.sort_by(|a, b| a.normalised.cmp(&b.normalised));
+    let pins = with_built_versions(&pins, &wheels);
     check_pin_set(&pins, &wheels, request.target, &env)?;
     Ok(Resolution {
         lock: fresh_lock(&wheels),
@@ -163,14 +207,16 @@ pub fn resolve(request: &ResolveRequest) -> Result<Resolution> {
     })
 }
 
-/// Pins the base lacks (or has at another version), and those it has.
+/// Pins the base lacks (or has at another version), and those it has;
+/// those built from `local` sources in neither.
 fn split_by_base(
     pins: &BTreeMap<String, PinnedPackage>,
     target: &Target,
+    local: &BTreeSet<String>,
 ) -> (BTreeMap<String, PinnedPackage>, Vec<String>) {
     let mut needed = BTreeMap::new();
     let mut in_base = Vec::new();
-    for (key, pin) in pins {
+    for (key, pin) in pins.iter().filter(|(k, _)| !local.contains(*k)) {
         match target.installed.get(key) {
             Some(dist) if same_version(&dist.version, &pin.version) => {
                 in_base.push(format!("{}=={}", pin.name, pin.version))
@@ -313,6 +359,129 @@ fn describe_target(target: &Target) -> String {
     }
 }
 
+/// The pins with the versions of the wheels built from git and local
+/// sources (known only now), and a pin for a local source that had none.
+fn with_built_versions(
+    pins: &BTreeMap<String, PinnedPackage>,
+    wheels: &[ResolvedWheel],
+) -> BTreeMap<String, PinnedPackage> {
+    let mut pins = pins.clone();
+    for wheel in wheels {
+        let pin = pins
+            .entry(wheel.normalised.clone())
+            .or_insert_with(|| PinnedPackage {
+                name: wheel.name.clone(),
+                version: wheel.version.clone(),
+                extras: Vec::new(),
+                hashes: Vec::new(),
+                url: None,
+                git: None,
+                file: PathBuf::from("(local source)"),
+                line: 0,
+            });
+        pin.version = wheel.version.clone();
+    }
+    pins
+}
+
+/// A git requirement's wheel: its revision resolved to a commit (the
+/// `locked` one when the lock has it), the source at that commit built
+/// like an sdist.
+fn build_from_git(
+    pin: &PinnedPackage,
+    locked: Option<&str>,
+    request: &ResolveRequest,
+) -> Result<ResolvedWheel> {
+    let git: &GitUrl = pin.git.as_ref().context("not a git requirement")?;
+    let builder = request
+        .sdists
+        .context("a git requirement needs --build-sdists")?;
+    let commit = match locked {
+        Some(commit) => commit.to_string(),
+        None if request.index.offline
+            && !git
+                .revision
+                .as_deref()
+                .is_some_and(git_source::is_full_commit) =>
+        {
+            bail!(
+                "resolving `{}` needs the repository, and --offline allows no network: lock it \
+                 once with network (`dallinger-oci lock`), or pin a full commit id",
+                git.revision.as_deref().unwrap_or("HEAD")
+            )
+        }
+        None => {
+            let resolved = git_source::resolve_revision(git)?;
+            if let Some(branch) = &resolved.moving {
+                eprintln!(
+                    "warning: {}:{}: {} follows the branch `{branch}`, now at commit {}: \
+                     until a lock records it (`dallinger-oci lock`), every build follows the \
+                     branch; pin a tag or commit to stop that",
+                    pin.file.display(),
+                    pin.line,
+                    pin.text(),
+                    resolved.commit
+                );
+            }
+            resolved.commit
+        }
+    };
+    let normalised = normalise_name(&pin.name);
+    let archive = git_source::source_archive(
+        &request.index.cache_dir.join("git"),
+        git,
+        &commit,
+        &normalised,
+        request.index.offline,
+    )?;
+    let sha256 = sha256_file(&archive)?
+        .trim_start_matches("sha256:")
+        .to_string();
+    let built = builder.build(
+        &archive,
+        &sha256,
+        &pin.name,
+        &format!("at {}", &commit[..12]),
+        request.target,
+        request.index,
+    )?;
+    let vcs = LockedVcs {
+        kind: "git".into(),
+        url: git.redacted_url(),
+        requested_revision: git.revision.clone(),
+        commit_id: commit,
+        subdirectory: git.subdirectory.clone(),
+    };
+    source_built_wheel(&pin.name, built, Some(vcs))
+}
+
+/// A wheel built from a git commit or a source tree; its version is known
+/// only from its name.
+pub(crate) fn source_built_wheel(
+    name: &str,
+    built: BuiltWheel,
+    vcs: Option<LockedVcs>,
+) -> Result<ResolvedWheel> {
+    let parsed = WheelFilename::parse(&built.filename)
+        .with_context(|| format!("the built wheel has a bad name: {}", built.filename))?;
+    let version = parsed
+        .version
+        .parse::<pep440_rs::Version>()
+        .map(|v| v.to_string())
+        .unwrap_or(parsed.version);
+    Ok(ResolvedWheel {
+        name: name.to_string(),
+        normalised: normalise_name(name),
+        version,
+        filename: built.filename.clone(),
+        url: built.filename,
+        sha256: built.sha256,
+        path: built.path,
+        sdist: None,
+        vcs,
+    })
+}
+
 /// Every dependency of every pin (on this target) must be pinned or in the base.
 fn check_pin_set(
     pins: &BTreeMap<String, PinnedPackage>,
@@ -337,6 +506,7 @@ fn check_pin_set(
             extras: Vec::new(),
             hashes: Vec::new(),
             url: None,
+            git: None,
             file: PathBuf::from("(base image)"),
             line: 0,
         });
@@ -355,6 +525,7 @@ fn stale_reason(
     lock: &Lock,
     inputs: &LockInputs,
     needed: &BTreeMap<String, PinnedPackage>,
+    local: &BTreeSet<String>,
 ) -> Option<String> {
     let ours = &lock.tool.ours;
     if ours.base_digest != inputs.base_digest {
@@ -372,25 +543,63 @@ fn stale_reason(
     if ours.requirements_sha256 != inputs.requirements_sha256 {
         return Some("the requirements changed".into());
     }
-    let locked: BTreeMap<String, &str> = lock
+    // A git package is compared by its source as written; its commit is
+    // what the lock is for.
+    let locked: BTreeMap<String, String> = lock
         .packages
         .iter()
-        .map(|p| (normalise_name(&p.name), p.version.as_str()))
+        .map(|p| (normalise_name(&p.name), p))
+        .filter(|(k, _)| !local.contains(k))
+        .map(|(k, p)| {
+            let source = match &p.vcs {
+                Some(v) => format!(
+                    "git {} {:?} {:?}",
+                    v.url, v.requested_revision, v.subdirectory
+                ),
+                None => p.version.clone(),
+            };
+            (k, source)
+        })
         .collect();
-    let wanted: BTreeMap<String, &str> = needed
+    let wanted: BTreeMap<String, String> = needed
         .iter()
-        .map(|(k, p)| (k.clone(), p.version.as_str()))
+        .map(|(k, p)| {
+            let source = match &p.git {
+                Some(g) => format!(
+                    "git {} {:?} {:?}",
+                    g.redacted_url(),
+                    g.revision,
+                    g.subdirectory
+                ),
+                None => p.version.clone(),
+            };
+            (k.clone(), source)
+        })
         .collect();
     (locked != wanted).then(|| "its packages differ from the pins".into())
 }
 
-fn fetch_locked(lock: &Lock, request: &ResolveRequest) -> Result<Vec<ResolvedWheel>> {
+fn fetch_locked(
+    lock: &Lock,
+    request: &ResolveRequest,
+    needed: &BTreeMap<String, PinnedPackage>,
+    local: &BTreeSet<String>,
+) -> Result<Vec<ResolvedWheel>> {
+    let (from_git, regular): (Vec<&LockedPackage>, Vec<&LockedPackage>) = lock
+        .packages
+        .iter()
+        .filter(|p| !local.contains(&normalise_name(&p.name)))
+        .partition(|p| p.vcs.is_some());
+    let mut wheels = Vec::new();
+    for p in from_git {
+        wheels.push(locked_git_wheel(p, request, needed)?);
+    }
     let client = index::http_client()?;
     // Per package: what to fetch (the wheel, or the sdist to build it
     // again), and the locked wheel.
     let mut items: Vec<(Candidate, Option<String>)> = Vec::new();
     let mut rebuild: Vec<bool> = Vec::new();
-    for p in &lock.packages {
+    for p in &regular {
         let wheel = p
             .wheels
             .first()
@@ -438,8 +647,7 @@ fn fetch_locked(lock: &Lock, request: &ResolveRequest) -> Result<Vec<ResolvedWhe
         ));
     }
     let paths = index::fetch_all(&items, request.index, &client, request.parallel.max(1))?;
-    let mut wheels = Vec::new();
-    for (((p, (c, _)), path), rebuild) in lock.packages.iter().zip(items).zip(paths).zip(rebuild) {
+    for (((p, (c, _)), path), rebuild) in regular.iter().zip(items).zip(paths).zip(rebuild) {
         let fetched = ResolvedWheel {
             name: p.name.clone(),
             normalised: normalise_name(&p.name),
@@ -453,34 +661,95 @@ fn fetch_locked(lock: &Lock, request: &ResolveRequest) -> Result<Vec<ResolvedWhe
                 url: s.url.clone(),
                 sha256: s.hashes.sha256.clone(),
             }),
+            vcs: None,
         };
         if !rebuild {
             wheels.push(fetched);
             continue;
         }
-        let locked = &p.wheels[0];
         let built = build_from_sdist(fetched, request)?;
-        if built.sha256 != locked.hashes.sha256 {
-            bail!(
-                "building {} {} from its sdist again gave {} with sha256 {}, but {} has {} with \
-                 sha256 {}: the build is not reproducible with the builder {}; run \
-                 `dallinger-oci lock` to accept the new wheel",
-                p.name,
-                p.version,
-                built.filename,
-                built.sha256,
-                crate::plan::LOCK_FILE,
-                locked.name,
-                locked.hashes.sha256,
-                request
-                    .sdists
-                    .map(|b| b.description.as_str())
-                    .unwrap_or("?")
-            );
-        }
+        check_rebuilt(p, &built, "its sdist", request)?;
         wheels.push(built);
     }
     Ok(wheels)
+}
+
+/// A rebuilt wheel must be the locked one, byte for byte.
+fn check_rebuilt(
+    p: &LockedPackage,
+    built: &ResolvedWheel,
+    source: &str,
+    request: &ResolveRequest,
+) -> Result<()> {
+    let locked = &p.wheels[0];
+    if built.sha256 != locked.hashes.sha256 {
+        bail!(
+            "building {} {} from {source} again gave {} with sha256 {}, but {} has {} with \
+             sha256 {}: the build is not reproducible with the builder {}; run \
+             `dallinger-oci lock` to accept the new wheel",
+            p.name,
+            p.version,
+            built.filename,
+            built.sha256,
+            crate::plan::LOCK_FILE,
+            locked.name,
+            locked.hashes.sha256,
+            request
+                .sdists
+                .map(|b| b.description.as_str())
+                .unwrap_or("?")
+        );
+    }
+    Ok(())
+}
+
+/// A locked git package's wheel: from the cache (no git, no network), else
+/// built again at the locked commit and checked against the lock.
+fn locked_git_wheel(
+    p: &LockedPackage,
+    request: &ResolveRequest,
+    needed: &BTreeMap<String, PinnedPackage>,
+) -> Result<ResolvedWheel> {
+    let vcs = p.vcs.as_ref().context("not a git package")?;
+    let wheel = p
+        .wheels
+        .first()
+        .with_context(|| format!("{} lists no wheel for {}", crate::plan::LOCK_FILE, p.name))?;
+    let cached = locked_local_path(&wheel.name, &wheel.hashes.sha256, request).filter(|path| {
+        sha256_file(path).is_ok_and(|h| h.trim_start_matches("sha256:") == wheel.hashes.sha256)
+    });
+    if let Some(path) = cached {
+        return Ok(ResolvedWheel {
+            name: p.name.clone(),
+            normalised: normalise_name(&p.name),
+            version: p.version.clone(),
+            filename: wheel.name.clone(),
+            url: wheel.name.clone(),
+            sha256: wheel.hashes.sha256.clone(),
+            path,
+            sdist: None,
+            vcs: Some(vcs.clone()),
+        });
+    }
+    if request.sdists.is_none() {
+        bail!(
+            "{} {}'s wheel was built from {} at commit {} and is not in the cache: pass \
+             --build-sdists to build it again (or --find-links DIR holding {})",
+            p.name,
+            p.version,
+            vcs.url,
+            vcs.commit_id,
+            wheel.name
+        );
+    }
+    // The requirement's own URL, which may carry credentials the lock must not.
+    let pin = needed
+        .get(&normalise_name(&p.name))
+        .with_context(|| format!("{} is locked but not required", p.name))?;
+    let built = build_from_git(pin, Some(&vcs.commit_id), request)
+        .with_context(|| format!("{}:{}: {}", pin.file.display(), pin.line, pin.text()))?;
+    check_rebuilt(p, &built, &format!("commit {}", vcs.commit_id), request)?;
+    Ok(built)
 }
 
 /// A locked file known by name and hash, in --find-links or the cache.
@@ -504,12 +773,12 @@ fn portable_url(url: &str, filename: &str) -> String {
     }
 }
 
-fn lock_of(request: &ResolveRequest, wheels: &[ResolvedWheel]) -> Lock {
+fn lock_of(request: &ResolveRequest, wheels: &[ResolvedWheel], local: &BTreeSet<String>) -> Lock {
     let (a, b, c) = request.target.python_version;
     let mut inputs = request.inputs.clone();
     if let Some(builder) = request
         .sdists
-        .filter(|_| wheels.iter().any(|w| w.sdist.is_some()))
+        .filter(|_| wheels.iter().any(|w| w.sdist.is_some() || w.vcs.is_some()))
     {
         inputs.builder = Some(builder.description.clone());
         inputs.builder_digest = builder.resolved_digest().map(str::to_string);
@@ -520,6 +789,7 @@ fn lock_of(request: &ResolveRequest, wheels: &[ResolvedWheel]) -> Lock {
         requires_python: format!("=={a}.{b}.{c}"),
         packages: wheels
             .iter()
+            .filter(|w| !local.contains(&w.normalised))
             .map(|w| LockedPackage {
                 name: w.name.clone(),
                 version: w.version.clone(),
@@ -530,6 +800,7 @@ fn lock_of(request: &ResolveRequest, wheels: &[ResolvedWheel]) -> Lock {
                         sha256: s.sha256.clone(),
                     },
                 }),
+                vcs: w.vcs.clone(),
                 wheels: vec![LockedFile {
                     name: w.filename.clone(),
                     url: portable_url(&w.url, &w.filename),

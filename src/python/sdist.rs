@@ -104,9 +104,11 @@ impl<'a> SdistBuilder<'a> {
         Ok(self.image.get().unwrap())
     }
 
-    /// The wheel of `name` `version` built from `sdist` (already verified to
-    /// hash to `sdist_sha256`) for `target`, from the cache when it was
-    /// built before with this builder.
+    /// The wheel of `name` built from `sdist` (already verified to hash to
+    /// `sdist_sha256`; an sdist, or a source tarball of a git commit or a
+    /// directory) for `target`, from the cache when it was built before
+    /// with this builder. `version` says which source in messages: the
+    /// sdist's version, or e.g. "at 0123abcd4567".
     pub fn build(
         &self,
         sdist: &Path,
@@ -355,7 +357,17 @@ fn check_fits(prepared: &Prepared, target: &Target, builder: &str) -> Result<()>
 fn keep_log(log: &Path, index: &IndexConfig, name: &str, version: &str) -> Result<PathBuf> {
     let dir = index.cache_dir.join("built").join("logs");
     fs::create_dir_all(&dir)?;
-    let kept = dir.join(format!("{}-{version}.log", normalise_name(name)));
+    let label: String = version
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let kept = dir.join(format!("{}-{label}.log", normalise_name(name)));
     fs::copy(log, &kept)?;
     Ok(kept)
 }
@@ -371,6 +383,12 @@ fn hint(log: &str) -> &'static str {
     {
         ": the builder lacks the package's build backend (setuptools, wheel); sdists are \
          built without network, so choose a builder that has it (--builder-base)"
+    } else if log.contains("No module named 'hatchling'")
+        || log.contains("Cannot import 'hatchling")
+    {
+        ": the builder lacks the package's build backend, hatchling (Dallinger's); sources \
+         are built without network, so choose a builder that has it (--builder-base), e.g. \
+         with Debian's python3-hatchling"
     } else if log.contains("pg_config executable not found") {
         ": the builder has no libpq headers (pg_config); choose a builder with libpq-dev \
          (--builder-base)"

@@ -31,6 +31,8 @@ pub struct Service {
     pub healthcheck: Option<Healthcheck>,
     /// `(named volume, path in the container)`.
     pub volumes: Vec<(String, String)>,
+    /// `(absolute host path, path in the container)`, mounted read-only.
+    pub binds: Vec<(String, String)>,
     pub cpu_shares: Option<u32>,
 }
 
@@ -134,10 +136,13 @@ fn render_service(out: &mut String, s: &Service) {
             let _ = writeln!(out, "      - {}", quote(&mapping));
         }
     }
-    if !s.volumes.is_empty() {
+    if !s.volumes.is_empty() || !s.binds.is_empty() {
         out.push_str("    volumes:\n");
         for (volume, path) in &s.volumes {
             let _ = writeln!(out, "      - {}", quote(&format!("{volume}:{path}")));
+        }
+        for (host, path) in &s.binds {
+            let _ = writeln!(out, "      - {}", quote(&format!("{host}:{path}:ro")));
         }
     }
 }
@@ -247,5 +252,26 @@ mod tests {
         );
         assert!(text.contains("      \"mode\": \"sandbox\"\n"), "{text}");
         assert!(text.ends_with("volumes:\n  \"redis_data\": {}\n"), "{text}");
+    }
+
+    #[test]
+    fn renders_binds_read_only_after_volumes() {
+        let file = ComposeFile {
+            services: vec![Service {
+                name: "web".into(),
+                image: "img".into(),
+                volumes: vec![("data".into(), "/data".into())],
+                binds: vec![("/src/dallinger".into(), "/usr/lib/x/dallinger".into())],
+                ..Service::default()
+            }],
+            volumes: vec![],
+        };
+        assert!(
+            file.render().ends_with(
+                "    volumes:\n      - \"data:/data\"\n      - \"/src/dallinger:/usr/lib/x/dallinger:ro\"\n"
+            ),
+            "{}",
+            file.render()
+        );
     }
 }

@@ -58,6 +58,9 @@ pub struct StackPlan {
     pub clock: bool,
     pub web_port: PortMapping,
     pub worker_cpu_shares: Option<u32>,
+    /// `(host path, container path)` bound read-only into web, workers and
+    /// clock: debug's `--dallinger-src` tree over the installed package.
+    pub source_mounts: Vec<(String, String)>,
 }
 
 pub const POSTGRES_USER: &str = "dallinger";
@@ -110,6 +113,7 @@ impl StackPlan {
             command: vec![command.into()],
             environment: env.clone(),
             depends_on: depends_on.clone(),
+            binds: self.source_mounts.clone(),
             ..Service::default()
         };
         let mut web = app("web", "dallinger_heroku_web");

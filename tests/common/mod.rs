@@ -309,3 +309,112 @@ pub fn free_local_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A failed run's last stderr line, after checking it failed with exit
+/// status 1 and that line is the one `error: ` line.
+pub fn one_line_error(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default().to_string();
+    assert!(last.starts_with("error: "), "{stderr}");
+    last
+}
+
+/// `pyproject.toml` of a setuptools project `name` `version` whose one
+/// package is `name`, plus `extra` TOML.
+pub fn setuptools_pyproject(name: &str, version: &str, extra: &str) -> String {
+    format!(
+        "[build-system]\nrequires = [\"setuptools\"]\nbuild-backend = \"setuptools.build_meta\"\n\n\
+         [project]\nname = \"{name}\"\nversion = \"{version}\"\n\n\
+         [tool.setuptools]\npackages = [\"{name}\"]\n{extra}"
+    )
+}
+
+/// An image loaded into podman (the tests' settings) from a docker
+/// archive, removed again on drop.
+pub struct PodmanImage {
+    pub name: String,
+    podman: PathBuf,
+}
+
+impl PodmanImage {
+    pub fn load(archive: &Path, name: &str) -> PodmanImage {
+        let image = PodmanImage {
+            name: name.to_string(),
+            podman: require_tool("podman"),
+        };
+        ok(image.podman().arg("load").arg("-i").arg(archive));
+        image
+    }
+
+    pub fn podman(&self) -> Command {
+        let mut c = Command::new(&self.podman);
+        c.env("CONTAINERS_CONF", fixture("containers.conf"));
+        c
+    }
+
+    /// `python3 -c code` in a container of the image, without network;
+    /// `run_args` go before the image (e.g. `-v`). Returns its stdout.
+    pub fn python(&self, run_args: &[String], code: &str) -> String {
+        let out = run(self
+            .podman()
+            .args(["run", "--rm", "--network", "none"])
+            .args(run_args)
+            .arg(&self.name)
+            .args(["python3", "-c", code]));
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for PodmanImage {
+    fn drop(&mut self) {
+        let _ = self.podman().args(["rmi", "-f", &self.name]).output();
+    }
+}
+
+/// `dallinger-oci COMMAND EXP` on the Python base with no package index
+/// (only --find-links, the cache and what the test passes in `args`).
+pub fn python_base_command(sandbox: &Sandbox, command: &str, exp: &Path, args: &[&str]) -> Output {
+    let mut cmd = sandbox.cmd();
+    cmd.env_remove("DALLINGER_OCI_NO_DEPS")
+        .arg(command)
+        .arg(exp)
+        .args(["--base", &python_base_layout()])
+        .args(["--index-url", ""])
+        .args(args);
+    run(&mut cmd)
+}
+
+/// A successful run's stdout and stderr.
+pub fn succeeds(out: Output) -> (String, String) {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    (stdout, stderr)
+}
+
+/// `build EXP --locked --tag TAG` on the Python base (plus `args`) into a
+/// docker archive, then `python3 -c code` in that image under podman, where
+/// the image is `REPOSITORY:TAG`. Returns the digest, the build's stderr
+/// and what the code printed.
+pub fn locked_build_and_run_python(
+    sandbox: &Sandbox,
+    exp: &Path,
+    args: &[&str],
+    repository: &str,
+    tag: &str,
+    code: &str,
+) -> (String, String, String) {
+    let archive = sandbox.path(&format!("{tag}.tar"));
+    let archive_arg = format!("docker-archive:{}", archive.display());
+    let (stdout, stderr) = succeeds(python_base_command(
+        sandbox,
+        "build",
+        exp,
+        &[args, &["--locked", "--tag", tag, "-o", &archive_arg]].concat(),
+    ));
+    let image = PodmanImage::load(&archive, &format!("{repository}:{tag}"));
+    let printed = image.python(&[], code);
+    (printed_digest(&stdout), stderr, printed)
+}
