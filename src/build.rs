@@ -198,6 +198,7 @@ fn python_stage(
     };
     let builder = (python.build_sdists || python.dallinger_src.is_some())
         .then(|| sdist_builder(base, base_text, platform, store, request, python));
+    let mut editable_check = None;
     let (local_wheels, dallinger_mount) = match (&python.dallinger_src, &builder) {
         (Some(dir), Some(builder)) => {
             let (wheel, mount) =
@@ -205,7 +206,11 @@ fn python_stage(
             (vec![wheel], Some(mount))
         }
         _ => {
-            warn_about_editable_dallinger();
+            // Asking the host's python3 takes ~0.1 s, done beside the build.
+            // A --locked build follows its lock by definition: no question.
+            if !python.locked {
+                editable_check = Some(std::thread::spawn(warn_about_editable_dallinger));
+            }
             (Vec::new(), None)
         }
     };
@@ -276,6 +281,9 @@ fn python_stage(
         compiler.as_ref(),
         options,
     )?;
+    if let Some(check) = editable_check {
+        let _ = check.join();
+    }
     Ok(PythonStage {
         layers,
         dallinger_mount,
