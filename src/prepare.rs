@@ -192,13 +192,7 @@ fn changes_as_layer(upper: &Path, request: &PrepareRequest) -> Result<LayerTree>
         let meta = entry.path().symlink_metadata()?;
         let kind = meta.file_type();
         if kind.is_char_device() && meta.rdev() == 0 {
-            let (dir, name) = rel.rsplit_once('/').unwrap_or(("", &rel));
-            let whiteout = if dir.is_empty() {
-                format!(".wh.{name}")
-            } else {
-                format!("{dir}/.wh.{name}")
-            };
-            tree.add_file(&whiteout, Content::Bytes(Vec::new()), false)?;
+            tree.add_whiteout(&rel)?;
         } else if kind.is_dir() {
             tree.add_dir(&rel)?;
             if is_opaque(entry.path()) {

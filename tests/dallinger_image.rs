@@ -7,7 +7,6 @@ mod common;
 
 use std::fs;
 
-use std::process::Command;
 use std::time::Instant;
 
 use common::dallinger::*;
@@ -15,21 +14,10 @@ use common::*;
 
 const IMAGE: &str = "registry.example.test/dallinger-oci/dallinger-demo:dallinger-image-test";
 
-/// Removes the loaded image however the test ends.
-struct LoadedImage<'a> {
-    podman: &'a dyn Fn() -> Command,
-}
-
-impl Drop for LoadedImage<'_> {
-    fn drop(&mut self) {
-        let _ = (self.podman)().args(["rmi", "-f", IMAGE]).output();
-    }
-}
-
 #[test]
 fn a_dallinger_release_and_its_whole_closure_build_and_run() {
     let test_started = Instant::now();
-    let podman = require_tool("podman");
+    require_tool("podman");
     let sandbox = Sandbox::new();
     let exp = sandbox.experiment("dallinger-demo", "dallinger-demo");
     let constraints = fs::read_to_string(exp.join("constraints.txt")).unwrap();
@@ -73,18 +61,11 @@ fn a_dallinger_release_and_its_whole_closure_build_and_run() {
         "{history:?}"
     );
 
-    let podman_cmd = || {
-        let mut c = Command::new(&podman);
-        c.env("CONTAINERS_CONF", fixture("containers.conf"));
-        c
-    };
-    let _loaded = LoadedImage {
-        podman: &podman_cmd,
-    };
-    ok(podman_cmd().arg("load").arg("-i").arg(&archive));
+    let image = PodmanImage::load(&archive, IMAGE);
     let run = |args: &[&str]| {
         let run_started = Instant::now();
-        let out = ok(podman_cmd()
+        let out = ok(image
+            .podman()
             .args(["run", "--rm", "--network", "none", IMAGE])
             .args(args));
         eprintln!("podman run {:?}: {:.1?}", args[0], run_started.elapsed());

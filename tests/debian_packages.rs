@@ -5,7 +5,7 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::*;
 
@@ -119,7 +119,7 @@ fn file_in_layer(layer: &Path, path: &str) -> String {
 
 #[test]
 fn jq_runs_is_known_to_dpkg_and_builds_reproducibly() {
-    let podman = require_tool("podman");
+    require_tool("podman");
     let a = Sandbox::new();
     let exp_a = experiment(&a, "first/jqexp", "jq");
     let archive = a.path("image.tar");
@@ -197,26 +197,20 @@ fn jq_runs_is_known_to_dpkg_and_builds_reproducibly() {
     let (other, _) = build_ok(&b, &exp_b, &["--tag", "jq"], &[]);
     assert_eq!(cold, other);
 
-    let podman_cmd = || {
-        let mut c = Command::new(&podman);
-        c.env("CONTAINERS_CONF", fixture("containers.conf"));
-        c
-    };
-    ok(podman_cmd().arg("load").arg("-i").arg(&archive));
-    let name = "registry.example.test/dallinger-oci/golden:jq";
-    let out = ok(podman_cmd().args([
+    let image = PodmanImage::load(&archive, "registry.example.test/dallinger-oci/golden:jq");
+    let out = ok(image.podman().args([
         "run",
         "--rm",
         "--network",
         "none",
-        name,
+        &image.name,
         "sh",
         "-c",
         "jq --version && echo '{\"a\":[1,2]}' | jq -c '.a|add' && dpkg -s jq | grep '^Status:' \
          && dpkg -l jq libjq1 libonig5 | grep -c '^ii' && dpkg -L libonig5 | grep -c libonig.so.5 \
          && dpkg --audit && echo audit-clean",
     ]));
-    let _ = podman_cmd().args(["rmi", "-f", name]).output();
+    drop(image);
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].starts_with("jq-1.6"), "{out}");
     assert_eq!(lines[1], "3", "{out}");

@@ -5,7 +5,7 @@ mod common;
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::*;
 
@@ -57,7 +57,7 @@ fn build_err(sandbox: &Sandbox, exp: &Path, extra: &[&str]) -> String {
 
 #[test]
 fn wheels_are_installed_and_run_in_the_image() {
-    let podman = require_tool("podman");
+    require_tool("podman");
     let sandbox = Sandbox::new();
     let exp = experiment(&sandbox, "flaskapp", FLASK_CLOSURE);
     let archive = sandbox.path("image.tar");
@@ -84,15 +84,9 @@ fn wheels_are_installed_and_run_in_the_image() {
         "{history:?}"
     );
 
-    let podman_cmd = || {
-        let mut c = Command::new(&podman);
-        c.env("CONTAINERS_CONF", fixture("containers.conf"));
-        c
-    };
-    ok(podman_cmd().arg("load").arg("-i").arg(&archive));
-    let name = "registry.example.test/dallinger-oci/golden:py";
-    let out = ok(podman_cmd().args([
-        "run", "--rm", "--network", "none", name, "sh", "-c",
+    let image = PodmanImage::load(&archive, "registry.example.test/dallinger-oci/golden:py");
+    let out = ok(image.podman().args([
+        "run", "--rm", "--network", "none", &image.name, "sh", "-c",
         "python3 -c 'import flask, markupsafe._speedups; print(flask.__version__)' && flask --version | head -1 \
          && head -1 /usr/local/bin/flask && cat /usr/local/lib/python3.11/dist-packages/flask-3.0.3.dist-info/INSTALLER \
          && ls /usr/local/lib/python3.11/dist-packages/flask-3.0.3.dist-info/REQUESTED \
@@ -103,7 +97,6 @@ fn wheels_are_installed_and_run_in_the_image() {
     assert!(lines[1].starts_with("Python 3.11.2"), "{out}");
     assert_eq!(lines[2], "#!/usr/bin/python3", "{out}");
     assert_eq!(lines[3], "dallinger-oci", "{out}");
-    let _ = podman_cmd().args(["rmi", "-f", name]).output();
 }
 
 #[test]
@@ -257,7 +250,7 @@ fn bad_python_inputs_give_clear_errors() {
 /// the installed path (not the staging one), and loaded in the image.
 #[test]
 fn bytecode_is_compiled_by_the_target_and_reproducible() {
-    let podman = require_tool("podman");
+    require_tool("podman");
     let a = Sandbox::new();
     let exp_a = experiment(&a, "first/flaskapp", FLASK_CLOSURE);
     let archive = a.path("image.tar");
@@ -303,32 +296,18 @@ fn bytecode_is_compiled_by_the_target_and_reproducible() {
         "{pyc:?}"
     );
 
-    let podman_cmd = || {
-        let mut c = Command::new(&podman);
-        c.env("CONTAINERS_CONF", fixture("containers.conf"));
-        c
-    };
-    ok(podman_cmd().arg("load").arg("-i").arg(&archive));
-    let name = "registry.example.test/dallinger-oci/golden:pyc";
+    let image = PodmanImage::load(&archive, "registry.example.test/dallinger-oci/golden:pyc");
     // The header is the interpreter's own (magic number, unchecked-hash
     // flag 0b01), and the code object names the installed file.
-    let out = run(podman_cmd().args([
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        name,
-        "python3",
-        "-c",
+    let out = image.python(
+        &[],
         "import importlib.util, marshal, flask.app as m\n\
          data = open(m.__cached__, 'rb').read()\n\
          print(data[:4] == importlib.util.MAGIC_NUMBER, int.from_bytes(data[4:8], 'little'))\n\
          print(marshal.loads(data[16:]).co_filename)",
-    ]));
-    let _ = podman_cmd().args(["rmi", "-f", name]).output();
+    );
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "True 1\n/usr/local/lib/python3.11/dist-packages/flask/app.py\n",
-        "{out:?}"
+        out,
+        "True 1\n/usr/local/lib/python3.11/dist-packages/flask/app.py\n"
     );
 }

@@ -150,7 +150,7 @@ fn umoci_unpacks_the_expected_tree() {
 
 #[test]
 fn podman_loads_the_archive_and_runs_it() {
-    let podman = require_tool("podman");
+    require_tool("podman");
     require_tool("runc");
     let sandbox = Sandbox::new();
     let base = busybox_rootfs(sandbox.dir.path());
@@ -166,14 +166,12 @@ fn podman_loads_the_archive_and_runs_it() {
         .arg(format!("docker-archive:{}", archive.display()))
         .args(["--tag", "podman-test"]));
     let digest = printed_digest(&stdout);
-    let name = "registry.example.test/dallinger-oci/golden:podman-test";
-    let podman_cmd = || {
-        let mut c = Command::new(&podman);
-        c.env("CONTAINERS_CONF", fixture("containers.conf"));
-        c
-    };
-    ok(podman_cmd().arg("load").arg("-i").arg(&archive));
-    let printed = ok(podman_cmd().args([
+    let image = PodmanImage::load(
+        &archive,
+        "registry.example.test/dallinger-oci/golden:podman-test",
+    );
+    let name = image.name.as_str();
+    let printed = ok(image.podman().args([
         "run",
         "--rm",
         "--network",
@@ -186,7 +184,7 @@ fn podman_loads_the_archive_and_runs_it() {
         printed.as_bytes(),
         fs::read(fixture("experiments/golden/experiment.py")).unwrap()
     );
-    let workdir = ok(podman_cmd().args([
+    let workdir = ok(image.podman().args([
         "run",
         "--rm",
         "--network",
@@ -198,8 +196,9 @@ fn podman_loads_the_archive_and_runs_it() {
     ]));
     assert_eq!(workdir, "/experiment\n5000\n");
     // podman recomputes nothing: the loaded config is ours.
-    let inspect = ok(podman_cmd().args(["image", "inspect", "--format", "{{.Digest}}", name]));
+    let inspect = ok(image
+        .podman()
+        .args(["image", "inspect", "--format", "{{.Digest}}", name]));
     assert!(!inspect.trim().is_empty());
     let _ = digest;
-    let _ = podman_cmd().args(["rmi", "-f", name]).output();
 }

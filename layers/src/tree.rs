@@ -89,6 +89,21 @@ impl LayerTree {
         )
     }
 
+    /// Hides `path` of a lower layer: an empty `.wh.NAME` file beside it
+    /// (OCI whiteout). Adding the same whiteout twice is harmless.
+    pub fn add_whiteout(&mut self, path: &str) -> Result<(), LayerError> {
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        let whiteout = if dir.is_empty() {
+            format!(".wh.{name}")
+        } else {
+            format!("{dir}/.wh.{name}")
+        };
+        if self.get(&whiteout).is_some() {
+            return Ok(());
+        }
+        self.add_file(&whiteout, Content::Bytes(Vec::new()), false)
+    }
+
     pub fn add_symlink(&mut self, path: &str, target: &str) -> Result<(), LayerError> {
         if target.is_empty() || target.contains('\0') {
             return Err(LayerError::InvalidPath {

@@ -8,9 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use dallinger_oci_layers::{
-    Content, LayerTree, WriteOptions, COMPRESSOR_ID, MEDIA_TYPE_GZIP_LAYER,
-};
+use dallinger_oci_layers::{LayerTree, WriteOptions, COMPRESSOR_ID, MEDIA_TYPE_GZIP_LAYER};
 
 use super::bytecode::BytecodeCompiler;
 use super::install::{install_wheel, unpack_wheel};
@@ -150,15 +148,7 @@ fn layer_for(
                 if tree.get(path).is_some() {
                     continue;
                 }
-                let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
-                let whiteout = if dir.is_empty() {
-                    format!(".wh.{name}")
-                } else {
-                    format!("{dir}/.wh.{name}")
-                };
-                if tree.get(&whiteout).is_none() {
-                    tree.add_file(&whiteout, Content::Bytes(Vec::new()), false)?;
-                }
+                tree.add_whiteout(path)?;
             }
         }
     }
