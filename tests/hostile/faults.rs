@@ -1,0 +1,1 @@
+//! Faults: SIGKILL at random points, a full file system, concurrent builds on one cache.

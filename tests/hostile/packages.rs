@@ -1,0 +1,1 @@
+//! Hostile packages: wheels, bytecode staging, git credentials, Debian locks.

@@ -1,0 +1,1 @@
+//! Hostile registries: credentials per origin, bounded answers, uploads that must progress.

@@ -1,0 +1,1 @@
+//! The build sandbox: locked mounts, no host /proc, no host directories created.

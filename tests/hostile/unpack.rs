@@ -1,0 +1,1 @@
+//! Unpacking hostile layers: nothing resolved outside the root.
