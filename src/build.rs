@@ -813,18 +813,7 @@ pub fn default_cache_dir() -> PathBuf {
 
 /// Writes `sha256:HEX` and a newline to `path`, atomically.
 pub fn write_digest_file(path: &Path, digest: &str) -> Result<()> {
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let tmp = tempfile::Builder::new()
-        .permissions(crate::image::store::readable_file())
-        .tempfile_in(parent)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    fs::write(tmp.path(), format!("{digest}\n"))?;
-    tmp.persist(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    crate::fsutil::write(path, format!("{digest}\n").as_bytes(), 0o644)
 }
 
 #[cfg(test)]

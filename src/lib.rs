@@ -6,6 +6,7 @@ pub mod build;
 pub mod debian;
 pub mod dockerfile;
 pub mod experiment;
+pub mod fsutil;
 pub mod image;
 pub mod plan;
 pub mod prepare;

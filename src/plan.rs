@@ -144,7 +144,66 @@ impl Lock {
                 path.display()
             )
         })?;
+        lock.check().map_err(|why| {
+            anyhow::anyhow!(
+                "{}: {why}; refusing the lock (fix it, or delete it and run `dallinger-oci lock`)",
+                path.display()
+            )
+        })?;
         Ok(Some(lock))
+    }
+
+    /// The lock comes with someone else's experiment: every value that
+    /// becomes part of a cache path (hashes, file names, commits) must be
+    /// what it claims, never a path of its own.
+    fn check(&self) -> std::result::Result<(), String> {
+        let ours = &self.tool.ours;
+        for (what, digest) in [
+            ("base-digest", Some(&ours.base_digest)),
+            ("builder-digest", ours.builder_digest.as_ref()),
+        ] {
+            if let Some(d) = digest.filter(|d| d.as_str() != "none") {
+                if crate::image::store::hex_of(d).is_err() {
+                    return Err(format!("{what} {d:?} is not sha256:<64 hex digits>"));
+                }
+            }
+        }
+        for p in &self.packages {
+            for file in p.sdist.iter().chain(&p.wheels) {
+                if !is_sha256_hex(&file.hashes.sha256) {
+                    return Err(format!(
+                        "package {} has sha256 {:?} for {:?}, not 64 lowercase hex digits",
+                        p.name, file.hashes.sha256, file.name
+                    ));
+                }
+                if !is_file_name(&file.name) {
+                    return Err(format!(
+                        "package {} names the file {:?}, which is not a plain file name",
+                        p.name, file.name
+                    ));
+                }
+            }
+            if let Some(vcs) = &p.vcs {
+                let c = &vcs.commit_id;
+                if !(c.len() == 40 || c.len() == 64) || !c.bytes().all(is_lower_hex) {
+                    return Err(format!(
+                        "package {} has commit-id {c:?}, not a hex commit id",
+                        p.name
+                    ));
+                }
+            }
+        }
+        if let Some(debian) = &ours.debian {
+            for p in &debian.packages {
+                if !is_sha256_hex(&p.sha256) {
+                    return Err(format!(
+                        "Debian package {} {} has sha256 {:?}, not 64 lowercase hex digits",
+                        p.name, p.version, p.sha256
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Writes the lock atomically; packages sorted by name so the file is stable.
@@ -156,11 +215,23 @@ impl Lock {
             toml::to_string(&lock)?
         );
         let path = Lock::path(experiment_dir);
-        let tmp = path.with_extension("toml.partial");
-        fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-        fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        crate::fsutil::write(&path, text.as_bytes(), 0o644)?;
         Ok(path)
     }
+}
+
+fn is_lower_hex(b: u8) -> bool {
+    b.is_ascii_digit() || (b'a'..=b'f').contains(&b)
+}
+
+/// 64 lowercase hex digits: a sha256 as the lock and the caches write it.
+pub fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(is_lower_hex)
+}
+
+/// One path component that names a file: no `/`, not `.` or `..`.
+fn is_file_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use dallinger_oci_layers::HashingWriter;
+
+use crate::fsutil::TempFile;
 use reqwest::blocking::{Client, Response};
 
 use crate::python::index::{describe, is_unreachable, with_retries, Attempt};
@@ -19,18 +21,27 @@ pub struct Pinned {
     pub size: u64,
 }
 
-/// Where a pinned file lives in the cache: `debian/sha256/HEX/NAME`.
-pub fn cache_path(cache_root: &Path, pinned: &Pinned) -> PathBuf {
+/// Where a pinned file lives in the cache: `debian/sha256/HEX/NAME`. The
+/// sha256 comes from a lock or an index: anything but 64 lowercase hex
+/// digits is refused, never joined to a path.
+pub fn cache_path(cache_root: &Path, pinned: &Pinned) -> Result<PathBuf> {
+    if !crate::plan::is_sha256_hex(&pinned.sha256) {
+        bail!(
+            "{} has sha256 {:?}, not 64 lowercase hex digits; refusing it",
+            pinned.url,
+            pinned.sha256
+        );
+    }
     let name = pinned
         .url
         .rsplit('/')
         .next()
         .filter(|n| !n.is_empty() && *n != "." && *n != "..")
         .unwrap_or("file");
-    cache_root
+    Ok(cache_root
         .join("debian/sha256")
         .join(&pinned.sha256)
-        .join(name)
+        .join(name))
 }
 
 fn get(client: &Client, url: &str) -> Result<Response> {
@@ -61,7 +72,7 @@ pub fn get_text(client: &Client, url: &str) -> Result<String> {
 /// file that no longer matches its sha256 is refused, never used or
 /// silently replaced: something changed the cache after it was verified.
 pub fn fetch(client: &Client, cache_root: &Path, pinned: &Pinned) -> Result<PathBuf> {
-    let path = cache_path(cache_root, pinned);
+    let path = cache_path(cache_root, pinned)?;
     if path.is_file() {
         let (digest, size) = hash_file(&path)?;
         if digest != pinned.sha256 || size != pinned.size {
@@ -77,27 +88,32 @@ pub fn fetch(client: &Client, cache_root: &Path, pinned: &Pinned) -> Result<Path
     }
     let dir = path.parent().expect("cache paths have a parent");
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".partial-")
-        .permissions(crate::image::store::readable_file())
-        .tempfile_in(dir)
+    let mut tmp = TempFile::new_in(dir, ".partial-", 0o644)
         .with_context(|| format!("cannot write in {}", dir.display()))?;
     let mut response = get(client, &pinned.url)?;
-    let mut writer = HashingWriter::new(io::BufWriter::new(tmp.as_file()));
-    io::copy(&mut response, &mut writer)
-        .with_context(|| format!("downloading {} broke off", pinned.url))?;
+    let mut writer = HashingWriter::new(io::BufWriter::new(tmp.file_mut()));
+    // At most one byte more than the pinned size is read.
+    let copied = io::copy(
+        &mut (&mut response).take(pinned.size.saturating_add(1)),
+        &mut writer,
+    );
     let (digest, size, buffered) = writer.finish();
-    buffered.into_inner().map_err(|e| e.into_error())?;
+    copied.with_context(|| format!("downloading {} broke off", pinned.url))?;
+    buffered
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(|| format!("cannot write {}", path.display()))?;
     let digest = digest.trim_start_matches("sha256:");
     if digest != pinned.sha256 || size != pinned.size {
         bail!(
-            "{} does not match the sha256 the signed archive index gives ({}, {} bytes): it hashes to {digest} ({size} bytes); refusing it",
+            "{} does not match the sha256 the signed archive index gives ({}, {} bytes): it hashes to {digest} ({}{size} bytes); refusing it",
             pinned.url,
             pinned.sha256,
-            pinned.size
+            pinned.size,
+            if size > pinned.size { "more than " } else { "" },
         );
     }
-    tmp.persist(&path)
+    tmp.commit(&path)
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(path)
 }

@@ -2,7 +2,7 @@
 //! through its `manifest.json`, and that is also an OCI layout (`oci-layout`,
 //! `index.json`, `blobs/`), as `docker save` writes since Docker 25.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, BufWriter};
 use std::path::Path;
 
@@ -11,9 +11,11 @@ use serde_json::json;
 
 use super::store::{hex_of, BlobStore};
 use super::{canonical_json, Image, ANNOTATION_REF_NAME, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST};
+use crate::fsutil::TempFile;
 
 /// Writes `image` to `path` as an archive naming it `name` (`REPO:TAG`).
-/// The archive is written under a temporary name and renamed when complete.
+/// The archive is written under an exclusive temporary name and renamed
+/// when complete and synced.
 pub fn write(store: &BlobStore, image: &Image, path: &Path, name: &str, epoch: u64) -> Result<()> {
     if path.is_dir() {
         anyhow::bail!(
@@ -26,16 +28,19 @@ pub fn write(store: &BlobStore, image: &Image, path: &Path, name: &str, epoch: u
         _ => Path::new("."),
     };
     fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".dallinger-oci-archive-")
-        .permissions(super::store::readable_file())
-        .tempfile_in(parent)
+    // What killed builds left beside the archive (a live one holds its lock).
+    let file_name = path.file_name().unwrap_or_default().to_string_lossy();
+    crate::fsutil::sweep_unlocked(parent, &format!(".{file_name}."));
+    let tmp = TempFile::beside_locked(path, 0o644)
         .with_context(|| format!("cannot create a temporary file in {}", parent.display()))?;
-    let mut writer = BufWriter::with_capacity(1 << 20, tmp.reopen()?);
+    let mut writer = BufWriter::with_capacity(1 << 20, tmp.file().try_clone()?);
+    // A blob that does not match its digest fails here, before the rename.
     write_to(store, image, &mut writer, name, epoch)?;
-    let file = writer.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all().ok();
-    tmp.persist(path)
+    writer
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.commit(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
@@ -87,9 +92,10 @@ pub fn write_to(
     append_dir(&mut tar, "blobs/", epoch)?;
     append_dir(&mut tar, "blobs/sha256/", epoch)?;
     for (digest, size) in &blobs {
-        let file = File::open(store.blob_path(digest)?)
-            .with_context(|| format!("blob {digest} is missing from the cache"))?;
-        append_file(&mut tar, &blob_name(digest)?, *size, file, epoch)?;
+        // Hashed as it streams: the tar never gets the last bytes of a
+        // blob that does not match its digest.
+        let blob = store.open_blob(digest, *size)?;
+        append_file(&mut tar, &blob_name(digest)?, *size, blob, epoch)?;
     }
     let index = canonical_json(&index);
     append_file(

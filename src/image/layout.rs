@@ -2,6 +2,7 @@
 //! of base images.
 
 use std::fs;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -9,35 +10,52 @@ use serde_json::{json, Value};
 
 use super::store::{hex_of, BlobStore};
 use super::{canonical_json, Image, ANNOTATION_REF_NAME, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST};
+use crate::fsutil::{self, FileLock, TempFile};
 
 const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+const STAGING_PREFIX: &str = ".dallinger-oci-layout-";
 
 /// Writes `image` into the layout at `dir` under the name `tag`.
 ///
 /// A new layout is assembled beside `dir` and renamed into place, so a failed
 /// build leaves nothing behind. An existing layout gets the missing blobs and
-/// an `index.json` (replaced atomically) in which `tag` names this image.
-/// Anything else at `dir` is refused.
+/// an `index.json` (replaced atomically) in which `tag` names this image,
+/// under a lock on the directory, so two builds writing the same layout
+/// each keep the other's tag. Anything else at `dir` is refused. Every blob
+/// is checked against its digest as it is copied out of the store.
 pub fn write(store: &BlobStore, image: &Image, dir: &Path, tag: &str) -> Result<()> {
-    if dir.exists() {
-        if !is_layout(dir) {
-            bail!(
-                "{} exists and is not an OCI image layout (it has no oci-layout file); choose another output path or remove it",
-                dir.display()
-            );
-        }
-        copy_blobs(store, image, dir)?;
-        let index = updated_index(dir, image, tag)?;
-        write_atomically(&dir.join("index.json"), &canonical_json(&index))?;
+    if !dir.exists() && write_new(store, image, dir, tag)? {
         return Ok(());
     }
+    if !is_layout(dir) {
+        bail!(
+            "{} exists and is not an OCI image layout (it has no oci-layout file); choose another output path or remove it",
+            dir.display()
+        );
+    }
+    let _lock =
+        FileLock::exclusive(dir).with_context(|| format!("cannot lock {}", dir.display()))?;
+    // Under the lock no other build is writing here: a temporary blob is
+    // what a killed build left.
+    fsutil::sweep_unlocked(&dir.join("blobs/sha256"), ".");
+    copy_blobs(store, image, dir)?;
+    let index = updated_index(dir, image, tag)?;
+    fsutil::write(&dir.join("index.json"), &canonical_json(&index), 0o644)?;
+    Ok(())
+}
+
+/// Writes a new layout at `dir`; false when another build created `dir`
+/// meanwhile (the image is then added to that layout).
+fn write_new(store: &BlobStore, image: &Image, dir: &Path, tag: &str) -> Result<bool> {
     let parent = match dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
     fs::create_dir_all(&parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    // Staging directories of killed builds (a live one holds its lock).
+    fsutil::sweep_unlocked(&parent, STAGING_PREFIX);
     let staging = tempfile::Builder::new()
-        .prefix(".dallinger-oci-layout-")
+        .prefix(STAGING_PREFIX)
         .tempdir_in(&parent)
         .with_context(|| {
             format!(
@@ -45,18 +63,31 @@ pub fn write(store: &BlobStore, image: &Image, dir: &Path, tag: &str) -> Result<
                 parent.display()
             )
         })?;
-    fs::write(staging.path().join("oci-layout"), OCI_LAYOUT)?;
+    let _staging_lock = FileLock::exclusive(staging.path())?;
+    fsutil::write(&staging.path().join("oci-layout"), OCI_LAYOUT, 0o644)?;
     copy_blobs(store, image, staging.path())?;
     let index = json!({
         "schemaVersion": 2,
         "mediaType": MEDIA_TYPE_INDEX,
         "manifests": [descriptor(image, tag)],
     });
-    fs::write(staging.path().join("index.json"), canonical_json(&index))?;
-    let staged = staging.keep();
-    set_dir_modes(&staged)?;
-    fs::rename(&staged, dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    Ok(())
+    fsutil::write(
+        &staging.path().join("index.json"),
+        &canonical_json(&index),
+        0o644,
+    )?;
+    set_dir_modes(staging.path())?;
+    match fs::rename(staging.path(), dir) {
+        Ok(()) => {
+            // The staging directory is gone: keep the guard from removing `dir`.
+            let _ = staging.keep();
+            fsutil::sync_dir(&parent).with_context(|| format!("cannot write {}", dir.display()))?;
+            Ok(true)
+        }
+        // Another build made the layout first; `staging` is removed on drop.
+        Err(_) if is_layout(dir) => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("cannot create {}", dir.display())),
+    }
 }
 
 fn is_layout(dir: &Path) -> bool {
@@ -101,7 +132,7 @@ fn updated_index(dir: &Path, image: &Image, tag: &str) -> Result<Value> {
 
 fn copy_blobs(store: &BlobStore, image: &Image, dir: &Path) -> Result<()> {
     let blobs = dir.join("blobs/sha256");
-    fs::create_dir_all(&blobs)?;
+    fs::create_dir_all(&blobs).with_context(|| format!("cannot create {}", blobs.display()))?;
     let mut all: Vec<(&str, u64)> = image
         .layers
         .iter()
@@ -111,22 +142,32 @@ fn copy_blobs(store: &BlobStore, image: &Image, dir: &Path) -> Result<()> {
     all.push((&image.manifest_digest, image.manifest_size()));
     for (digest, size) in all {
         let dest = blobs.join(hex_of(digest)?);
-        if fs::metadata(&dest).is_ok_and(|m| m.len() == size) {
+        if fs::symlink_metadata(&dest).is_ok_and(|m| m.is_file() && m.len() == size) {
             continue;
         }
-        let tmp = blobs.join(format!(".{}.partial", hex_of(digest)?));
-        fs::copy(store.blob_path(digest)?, &tmp)
-            .with_context(|| format!("cannot write {}", dest.display()))?;
-        fs::rename(&tmp, &dest)?;
+        copy_verified(store, digest, size, &dest)?;
     }
     Ok(())
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("json.partial");
-    fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+/// Copies the store's blob `digest` to `dest` through an exclusive
+/// temporary file, renamed only when every byte matched the digest.
+fn copy_verified(store: &BlobStore, digest: &str, size: u64, dest: &Path) -> Result<()> {
+    let mut blob = store.open_blob(digest, size)?;
+    let mut tmp = TempFile::beside(dest, 0o644)
+        .with_context(|| format!("cannot write {}", dest.display()))?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = blob.read(&mut buf).map_err(anyhow::Error::msg)?;
+        if n == 0 {
+            break;
+        }
+        tmp.file_mut()
+            .write_all(&buf[..n])
+            .with_context(|| format!("cannot write {}", dest.display()))?;
+    }
+    tmp.commit(dest)
+        .with_context(|| format!("cannot write {}", dest.display()))
 }
 
 /// A manifest found in a layout, with its bytes verified.

@@ -84,9 +84,7 @@ pub fn memoised<T: serde::Serialize + serde::de::DeserializeOwned>(
         return Ok(value);
     }
     let value = compute()?;
-    let tmp = memo.with_extension(format!("partial.{}", std::process::id()));
-    std::fs::write(&tmp, serde_json::to_vec(&value)?)?;
-    std::fs::rename(&tmp, &memo)?;
+    store.write_entry(&memo, &serde_json::to_vec(&value)?)?;
     Ok(value)
 }
 

@@ -4,12 +4,17 @@
 //! layer is neither rebuilt nor recompressed.
 
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use dallinger_oci_layers::{HashingWriter, LayerDigests};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::fsutil::{self, FileLock, TempFile};
 
 /// A layer blob known to the store, with what the manifest and config need.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,21 +25,32 @@ pub struct StoredLayer {
     pub media_type: String,
 }
 
+/// Every entry is written into `tmp/` (exclusively, under a random name,
+/// flock-ed by its writer), synced, and renamed to its name: a crash leaves
+/// at most a temporary file, never a partial blob, record or memo under a
+/// name a build trusts. A layer record is written only after its blob is
+/// durable. Blobs are checked against their digest whenever they are
+/// copied out to an output ([`BlobStore::open_blob`]), and a corrupt one is
+/// removed, with the records naming it, so the next build makes it again.
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     root: PathBuf,
 }
 
+/// Prefix of the store's temporary files (swept when their writer died).
+const TEMP_PREFIX: &str = "blob-";
+
 impl BlobStore {
     /// Opens (creating if needed) the store at `root`.
     pub fn open(root: &Path) -> Result<BlobStore> {
-        for sub in ["blobs/sha256", "layers", "files", "pushed", "tmp"] {
-            fs::create_dir_all(root.join(sub))
-                .with_context(|| format!("cannot create the cache directory {}", root.display()))?;
-        }
-        Ok(BlobStore {
+        let store = BlobStore {
             root: root.to_path_buf(),
-        })
+        };
+        for sub in ["blobs/sha256", "layers", "files", "pushed", "tmp"] {
+            fs::create_dir_all(root.join(sub)).map_err(|e| store.write_error(e.into()))?;
+        }
+        store.sweep_temp_files();
+        Ok(store)
     }
 
     pub fn root(&self) -> &Path {
@@ -46,7 +62,8 @@ impl BlobStore {
         Ok(self.root.join("blobs/sha256").join(hex_of(digest)?))
     }
 
-    /// True when the blob is present with the expected size.
+    /// True when the blob is present with the expected size. (Its bytes are
+    /// checked when they are copied out: see [`BlobStore::open_blob`].)
     pub fn has_blob(&self, digest: &str, size: u64) -> bool {
         self.blob_path(digest)
             .ok()
@@ -54,15 +71,21 @@ impl BlobStore {
             .is_some_and(|m| m.is_file() && m.len() == size)
     }
 
-    /// Stores `bytes`, returning `sha256:HEX`.
+    /// Stores `bytes`, returning `sha256:HEX`. A small blob already present
+    /// is compared byte for byte, and replaced if it differs.
     pub fn put_bytes(&self, bytes: &[u8]) -> Result<String> {
         let digest = sha256_digest(bytes);
-        if !self.has_blob(&digest, bytes.len() as u64) {
-            let (mut file, tmp) = self.temp_file()?;
-            file.write_all(bytes)?;
-            file.sync_all().ok();
-            self.commit(tmp, &digest)?;
+        let path = self.blob_path(&digest)?;
+        if self.has_blob(&digest, bytes.len() as u64)
+            && fs::read(&path).is_ok_and(|present| present == bytes)
+        {
+            return Ok(digest);
         }
+        let mut tmp = self.temp_file()?;
+        tmp.file_mut()
+            .write_all(bytes)
+            .map_err(|e| self.write_error(e.into()))?;
+        self.commit(tmp, &digest)?;
         Ok(digest)
     }
 
@@ -72,18 +95,17 @@ impl BlobStore {
     where
         F: FnOnce(BufWriter<File>) -> Result<(LayerDigests, BufWriter<File>)>,
     {
-        let (file, tmp) = self.temp_file()?;
-        let result = write(BufWriter::with_capacity(1 << 20, file));
-        let (digests, writer) = match result {
-            Ok(ok) => ok,
-            Err(err) => {
-                let _ = fs::remove_file(&tmp);
-                return Err(err);
-            }
-        };
-        let file = writer.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all().ok();
-        drop(file);
+        let tmp = self.temp_file()?;
+        let file = tmp
+            .file()
+            .try_clone()
+            .map_err(|e| self.write_error(e.into()))?;
+        // On an error `tmp` is dropped, which removes the temporary file.
+        let (digests, writer) =
+            write(BufWriter::with_capacity(1 << 20, file)).map_err(|e| self.full_or(e))?;
+        writer
+            .into_inner()
+            .map_err(|e| self.write_error(e.into_error().into()))?;
         self.commit(tmp, &digests.digest)?;
         Ok(StoredLayer {
             diff_id: digests.diff_id,
@@ -103,10 +125,55 @@ impl BlobStore {
         self.import_reader(&mut input, digest, size, &source.display().to_string())
     }
 
-    /// Reads a whole blob (configs and manifests only: they are small).
+    /// Reads a whole small blob (a config or a manifest), checked against
+    /// its digest: a corrupt one is removed and refused.
     pub fn read_blob(&self, digest: &str) -> Result<Vec<u8>> {
         let path = self.blob_path(digest)?;
-        fs::read(&path).with_context(|| format!("blob {digest} is missing from the cache"))
+        let bytes =
+            fs::read(&path).with_context(|| format!("blob {digest} is missing from the cache"))?;
+        let actual = sha256_digest(&bytes);
+        if actual != digest {
+            let identity = fs::metadata(&path).ok().map(|m| (m.dev(), m.ino()));
+            return Err(self.corrupt(digest, &actual, identity));
+        }
+        Ok(bytes)
+    }
+
+    /// The blob's bytes, for copying out to an output: they are hashed as
+    /// they are read, and the last ones are withheld (the read fails) when
+    /// the blob does not match `digest` and `size`, so a corrupt blob never
+    /// completes an output. A corrupt blob is removed from the store.
+    pub fn open_blob(&self, digest: &str, size: u64) -> Result<VerifiedBlob> {
+        let path = self.blob_path(digest)?;
+        let file = File::open(&path).with_context(|| {
+            format!(
+                "blob {digest} is missing from the cache ({}): build again to make or fetch it",
+                self.root.display()
+            )
+        })?;
+        let meta = file.metadata()?;
+        let identity = (meta.dev(), meta.ino());
+        if meta.len() != size {
+            return Err(self.corrupt(
+                digest,
+                &format!("{} bytes instead of {size}", meta.len()),
+                Some(identity),
+            ));
+        }
+        if size == 0 && sha256_digest(b"") != digest {
+            return Err(self.corrupt(digest, &sha256_digest(b""), Some(identity)));
+        }
+        Ok(VerifiedBlob {
+            file,
+            store: self.clone(),
+            digest: digest.to_string(),
+            size,
+            identity,
+            hasher: Sha256::new(),
+            hashed: 0,
+            pos: 0,
+            report: None,
+        })
     }
 
     /// The layer recorded for `key`, if its blob is still present.
@@ -116,19 +183,36 @@ impl BlobStore {
         self.has_blob(&layer.digest, layer.size).then_some(layer)
     }
 
-    /// Records that the inputs digested as `key` produce `layer`.
+    /// Records that the inputs digested as `key` produce `layer`, whose
+    /// blob is already in the store (and durable: see [`BlobStore::commit`]).
     pub fn remember_layer(&self, key: &str, layer: &StoredLayer) -> Result<()> {
-        let (mut file, tmp) = self.temp_file()?;
-        file.write_all(&serde_json::to_vec(layer)?)?;
-        drop(file);
-        fs::rename(&tmp, self.root.join("layers").join(key))?;
-        Ok(())
+        if key.is_empty() || key.contains('/') || key.starts_with('.') {
+            bail!("invalid layer key {key:?}");
+        }
+        if !self.has_blob(&layer.digest, layer.size) {
+            bail!(
+                "the layer {} is not in the cache; not recording it",
+                layer.digest
+            );
+        }
+        self.write_entry(
+            &self.root.join("layers").join(key),
+            &serde_json::to_vec(layer)?,
+        )
+    }
+
+    /// Writes a small cache entry (a record, a memo) atomically.
+    pub fn write_entry(&self, dest: &Path, bytes: &[u8]) -> Result<()> {
+        let mut tmp = self.temp_file()?;
+        tmp.file_mut()
+            .write_all(bytes)
+            .and_then(|_| tmp.commit(dest))
+            .map_err(|e| self.write_error(e.into()))
     }
 
     /// sha256 of a large input file (a base tarball), remembered by the
     /// file's identity and change times so an unchanged file is not read again.
     pub fn file_digest(&self, path: &Path) -> Result<String> {
-        use std::os::unix::fs::MetadataExt;
         let meta = fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
         let canonical = fs::canonicalize(path)?;
         let identity = format!(
@@ -152,10 +236,7 @@ impl BlobStore {
             }
         }
         let digest = sha256_file(path)?;
-        let (mut file, tmp) = self.temp_file()?;
-        file.write_all(digest.as_bytes())?;
-        drop(file);
-        fs::rename(&tmp, &memo)?;
+        self.write_entry(&memo, digest.as_bytes())?;
         Ok(digest)
     }
 
@@ -173,16 +254,14 @@ impl BlobStore {
 
     /// Best effort: a lost record only costs an upload later.
     pub fn remember_pushed(&self, registry: &str, digest: &str, repository: &str) {
-        if let Ok((mut file, tmp)) = self.temp_file() {
-            if file.write_all(repository.as_bytes()).is_ok() {
-                let _ = fs::rename(&tmp, self.pushed_record(registry, digest));
-            } else {
-                let _ = fs::remove_file(&tmp);
-            }
+        if self.pushed_to(registry, digest).as_deref() != Some(repository) {
+            let _ = self.write_entry(&self.pushed_record(registry, digest), repository.as_bytes());
         }
     }
 
-    /// Stores a blob read from `reader`, verifying its digest and size.
+    /// Stores a blob read from `reader`, verifying its digest and size. At
+    /// most `size` + 1 bytes are read: a longer blob is refused, never
+    /// allowed to fill the disk.
     pub fn import_reader(
         &self,
         reader: &mut dyn Read,
@@ -190,21 +269,31 @@ impl BlobStore {
         size: u64,
         origin: &str,
     ) -> Result<()> {
-        let (file, tmp) = self.temp_file()?;
-        let mut writer = HashingWriter::new(BufWriter::new(file));
-        let copied = io::copy(reader, &mut writer);
+        hex_of(digest)?;
+        let tmp = self.temp_file()?;
+        let file = tmp
+            .file()
+            .try_clone()
+            .map_err(|e| self.write_error(e.into()))?;
+        let mut writer = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
+        let copied = io::copy(&mut reader.take(size.saturating_add(1)), &mut writer);
         let (actual, actual_size, writer) = writer.finish();
-        let flushed = writer.into_inner().map_err(|e| e.into_error());
-        if let Err(err) = copied
-            .map(|_| ())
-            .map_err(anyhow::Error::from)
-            .and(flushed.map(|_| ()).map_err(anyhow::Error::from))
-        {
-            let _ = fs::remove_file(&tmp);
-            return Err(err.context(format!("cannot read blob {digest} from {origin}")));
+        if let Err(err) = copied {
+            if fsutil::io_out_of_space(&err) {
+                return Err(self.write_error(err.into()));
+            }
+            return Err(anyhow::Error::from(err)
+                .context(format!("cannot read blob {digest} from {origin}")));
         }
+        if actual_size > size {
+            bail!(
+                "blob {digest} from {origin} is longer than the {size} bytes its descriptor gives; refusing it"
+            );
+        }
+        writer
+            .into_inner()
+            .map_err(|e| self.write_error(e.into_error().into()))?;
         if actual != digest || actual_size != size {
-            let _ = fs::remove_file(&tmp);
             bail!(
                 "blob {digest} from {origin} does not match its descriptor: it hashes to {actual} ({actual_size} bytes, expected {size}); refusing it"
             );
@@ -212,20 +301,211 @@ impl BlobStore {
         self.commit(tmp, digest)
     }
 
-    fn temp_file(&self) -> Result<(File, PathBuf)> {
-        let tmp = tempfile::Builder::new()
-            .prefix("blob-")
-            .permissions(readable_file())
-            .tempfile_in(self.root.join("tmp"))
-            .context("cannot create a temporary file in the cache")?;
-        let (file, path) = tmp.keep().context("cannot keep a temporary file")?;
-        Ok((file, path))
+    /// A new temporary file under `tmp/`, locked by this process so a later
+    /// build can tell it from one a killed build left behind.
+    fn temp_file(&self) -> Result<TempFile> {
+        TempFile::new_locked_in(&self.root.join("tmp"), TEMP_PREFIX, 0o644)
+            .map_err(|e| self.write_error(e.into()))
     }
 
-    fn commit(&self, tmp: PathBuf, digest: &str) -> Result<()> {
+    /// Removes temporary files that no live build holds (left by a build
+    /// that was killed).
+    fn sweep_temp_files(&self) {
+        fsutil::sweep_unlocked(&self.root.join("tmp"), TEMP_PREFIX);
+    }
+
+    /// Moves a fully written temporary file to the blob `digest`, durably:
+    /// its bytes synced before the rename, the directory after.
+    fn commit(&self, tmp: TempFile, digest: &str) -> Result<()> {
         let dest = self.blob_path(digest)?;
-        fs::rename(&tmp, &dest)
-            .with_context(|| format!("cannot move a blob into {}", dest.display()))
+        tmp.file()
+            .sync_all()
+            .map_err(|e| self.write_error(e.into()))?;
+        let _lock = self.lock()?;
+        tmp.commit(&dest).map_err(|e| self.write_error(e.into()))
+    }
+
+    /// The store's lock, held while a blob is renamed into place or a
+    /// corrupt one removed, so a build never removes a good blob that
+    /// another build has just written under the same name.
+    fn lock(&self) -> Result<FileLock> {
+        FileLock::exclusive(&self.root.join("lock")).map_err(|e| self.write_error(e.into()))
+    }
+
+    /// Removes the corrupt blob `digest` (when the file at its name is still
+    /// the one read, `identity`), and the layer records naming it, and
+    /// returns the error line to show.
+    fn corrupt(&self, digest: &str, found: &str, identity: Option<(u64, u64)>) -> anyhow::Error {
+        let removed = (|| -> Result<bool> {
+            let _lock = self.lock()?;
+            let path = self.blob_path(digest)?;
+            let now = fs::metadata(&path).ok().map(|m| (m.dev(), m.ino()));
+            if identity.is_none() || now != identity {
+                return Ok(false);
+            }
+            fs::remove_file(&path)?;
+            for entry in fs::read_dir(self.root.join("layers"))?.flatten() {
+                let names_it = fs::read(entry.path())
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<StoredLayer>(&b).ok())
+                    .is_some_and(|l| l.digest == digest);
+                if names_it {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+            Ok(true)
+        })()
+        .unwrap_or(false);
+        let found = if found.starts_with("sha256:") {
+            format!("it hashes to {found}")
+        } else {
+            format!("it has {found}")
+        };
+        anyhow!(
+            "blob {digest} in the cache directory {} is corrupt ({found}); {}build again to rebuild or fetch it",
+            self.root.display(),
+            if removed {
+                "removed it and the layer records naming it: "
+            } else {
+                ""
+            }
+        )
+    }
+
+    /// The error for a failed write into the cache: a full disk is named as
+    /// such, with the cache directory.
+    fn write_error(&self, err: anyhow::Error) -> anyhow::Error {
+        if fsutil::is_out_of_space(&err) {
+            return self.full_or(err);
+        }
+        err.context(format!(
+            "cannot write into the cache directory {}",
+            self.root.display()
+        ))
+    }
+
+    /// `err`, or when it comes from a full disk, one line saying so.
+    pub fn full_or(&self, err: anyhow::Error) -> anyhow::Error {
+        if fsutil::is_out_of_space(&err) {
+            return anyhow!(
+                "no space left on the device for the cache (cache directory {}): free some space there or choose another with --cache-dir",
+                self.root.display()
+            );
+        }
+        err
+    }
+}
+
+/// A blob being read out of the store, checked against its digest as it
+/// streams (see [`BlobStore::open_blob`]). Reads past what was hashed
+/// (a resumed upload seeking back) are served from the file as it is.
+pub struct VerifiedBlob {
+    file: File,
+    store: BlobStore,
+    digest: String,
+    size: u64,
+    identity: (u64, u64),
+    hasher: Sha256,
+    hashed: u64,
+    pos: u64,
+    report: Option<Arc<Mutex<Option<String>>>>,
+}
+
+impl VerifiedBlob {
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Also puts the error line into `slot` when the blob turns out corrupt
+    /// (for a reader handed to an HTTP client, which keeps only its own error).
+    pub fn report_to(mut self, slot: Arc<Mutex<Option<String>>>) -> VerifiedBlob {
+        self.report = Some(slot);
+        self
+    }
+
+    /// Hashes the bytes from `hashed` up to `upto` (a seek went past them).
+    fn hash_up_to(&mut self, upto: u64) -> io::Result<()> {
+        let mut buf = vec![0u8; 1 << 16];
+        while self.hashed < upto {
+            let want = (upto - self.hashed).min(buf.len() as u64) as usize;
+            let n = self.file.read_at(&mut buf[..want], self.hashed)?;
+            if n == 0 {
+                return Err(self.failure("it ends early"));
+            }
+            self.hasher.update(&buf[..n]);
+            self.hashed += n as u64;
+            if self.hashed == self.size {
+                self.check()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// All `size` bytes are hashed: they must give the digest, and the
+    /// file must end there.
+    fn check(&mut self) -> io::Result<()> {
+        let actual = format!("sha256:{}", hex::encode(self.hasher.clone().finalize()));
+        let mut probe = [0u8; 1];
+        let longer = self.file.read_at(&mut probe, self.size)? > 0;
+        if actual != self.digest || longer {
+            let found = if longer {
+                format!("more than {} bytes", self.size)
+            } else {
+                actual
+            };
+            return Err(self.failure(&found));
+        }
+        Ok(())
+    }
+
+    fn failure(&self, found: &str) -> io::Error {
+        let err = self.store.corrupt(&self.digest, found, Some(self.identity));
+        let message = format!("{err:#}");
+        if let Some(slot) = &self.report {
+            *slot.lock().unwrap() = Some(message.clone());
+        }
+        io::Error::new(io::ErrorKind::InvalidData, message)
+    }
+}
+
+impl Read for VerifiedBlob {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pos >= self.size || buf.is_empty() {
+            return Ok(0);
+        }
+        if self.pos > self.hashed {
+            self.hash_up_to(self.pos)?;
+        }
+        let mut want = (self.size - self.pos).min(buf.len() as u64);
+        if self.pos < self.hashed {
+            want = want.min(self.hashed - self.pos);
+        }
+        let n = self.file.read_at(&mut buf[..want as usize], self.pos)?;
+        if n == 0 {
+            return Err(self.failure("it ends early"));
+        }
+        if self.pos == self.hashed {
+            self.hasher.update(&buf[..n]);
+            self.hashed += n as u64;
+            if self.hashed == self.size {
+                // The last bytes are returned only when the whole blob is right.
+                self.check()?;
+            }
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for VerifiedBlob {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let pos = match to {
+            SeekFrom::Start(n) => Some(n),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+            SeekFrom::End(d) => self.size.checked_add_signed(d),
+        };
+        self.pos = pos.ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        Ok(self.pos)
     }
 }
 

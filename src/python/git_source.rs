@@ -234,13 +234,16 @@ pub fn source_archive(
         fetch_commit(&repo, url, commit)?;
     }
     fs::create_dir_all(&archives)?;
-    let partial = archive.with_extension("partial");
+    // An exclusive temporary name: two builds exporting the same commit
+    // never write one file, and nothing planted at a fixed name is followed.
+    let partial = crate::fsutil::TempFile::new_in(&archives, ".partial-", 0o644)?;
     let mut args = vec![
         "archive".to_string(),
         "--format=tar".into(),
         format!("--prefix={name}-{short}/"),
         "-o".into(),
         partial
+            .path()
             .to_str()
             .context("the cache path is not UTF-8")?
             .into(),
@@ -259,7 +262,6 @@ pub fn source_archive(
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = git(Some(&repo), url, &args)?;
     if !out.status.success() {
-        let _ = fs::remove_file(&partial);
         bail!(
             "cannot export commit {commit} of {}{}: {}",
             url.redacted_url(),
@@ -270,7 +272,7 @@ pub fn source_archive(
             git_message(&out, url)
         );
     }
-    fs::rename(&partial, &archive)?;
+    partial.commit(&archive)?;
     Ok(archive)
 }
 

@@ -256,11 +256,10 @@ impl<'a> SdistBuilder<'a> {
         let path = index.cache_path(&sha256, &filename);
         fs::create_dir_all(path.parent().unwrap())?;
         fs::rename(wheel, &path)
-            .or_else(|_| fs::copy(wheel, &path).map(|_| ()))
+            .map_err(anyhow::Error::from)
+            .or_else(|_| crate::fsutil::copy(wheel, &path, 0o644))
             .with_context(|| format!("cannot store the built wheel at {}", path.display()))?;
-        let memo_tmp = memo.with_extension("partial");
-        fs::write(&memo_tmp, format!("{sha256} {filename}\n"))?;
-        fs::rename(&memo_tmp, &memo)?;
+        crate::fsutil::write(&memo, format!("{sha256} {filename}\n").as_bytes(), 0o644)?;
         eprintln!(
             "Built {filename} in {:.1} s (sha256:{sha256})",
             started.elapsed().as_secs_f64()

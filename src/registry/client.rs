@@ -7,9 +7,7 @@
 //! mount, exact manifest bytes, chunked resume).
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -367,7 +365,7 @@ impl RegistryClient {
         })
     }
 
-    /// Pushes one blob from `path`, skipping it when present and mounting it
+    /// Pushes one blob from the store, skipping it when present and mounting it
     /// from `mount_from` (another repository of this registry) when possible.
     /// `chunk_size` forces chunked uploads of that size.
     pub fn push_blob(
@@ -462,12 +460,11 @@ impl RegistryClient {
         scopes: &[String],
         progress: &ProgressBar,
     ) -> Result<(), Failure> {
-        let (repository, digest, size, path) = (blob.repository, blob.digest, blob.size, blob.path);
+        let (repository, digest, size) = (blob.repository, blob.digest, blob.size);
         let mut url = location.clone();
         url.query_pairs_mut().append_pair("digest", digest);
         let response = self.send(scopes, &|c| {
-            let file =
-                File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let file = (blob.open)()?;
             progress.set_position(0);
             // Streamed from the store: memory does not grow with the blob.
             Ok(c.put(url.clone())
@@ -492,13 +489,12 @@ impl RegistryClient {
         scopes: &[String],
         progress: &ProgressBar,
     ) -> Result<(), Failure> {
-        let (repository, digest, size, path) = (blob.repository, blob.digest, blob.size, blob.path);
+        let (repository, digest, size) = (blob.repository, blob.digest, blob.size);
         let mut chunk = chunk.max(session.min_chunk.unwrap_or(1)).max(1);
         if self.registry == "ghcr.io" {
             chunk = chunk.min(GHCR_MAX_CHUNK);
         }
-        let mut file =
-            File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let mut file = (blob.open)()?;
         let mut location = session.url;
         let mut offset = 0u64;
         let mut resumes = 0;
@@ -714,12 +710,14 @@ impl RegistryClient {
     }
 }
 
-/// A blob to push: where it goes and where its bytes are.
+/// A blob to push: where it goes and how to read its bytes (from the
+/// store, checked against the digest as they stream: see
+/// `BlobStore::open_blob`).
 pub struct BlobUpload<'a> {
     pub repository: &'a str,
     pub digest: &'a str,
     pub size: u64,
-    pub path: &'a Path,
+    pub open: &'a (dyn Fn() -> Result<crate::image::store::VerifiedBlob> + Sync),
 }
 
 enum UploadStart {

@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::client::RegistryClient;
 use super::reference::Reference;
 use crate::base::{layers_of, BaseImage};
-use crate::image::store::{sha256_digest, BlobStore};
+use crate::image::store::{hex_of, sha256_digest, BlobStore};
 use crate::image::{ImageLayer, RemoteBlob};
 
 /// Resolves `reference` to a base image. A tag resolved before is not
@@ -26,9 +26,13 @@ pub fn resolve_base(
         .root()
         .join("files")
         .join(&sha256_digest(format!("base\0{reference}\0{platform}").as_bytes())[7..]);
+    let remembered = fs::read_to_string(&memo)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|d| hex_of(d).is_ok());
     let pinned = match (&reference.digest, refresh) {
         (Some(d), _) => Some(d.clone()),
-        (None, false) => fs::read_to_string(&memo).ok().map(|s| s.trim().to_string()),
+        (None, false) => remembered.clone(),
         (None, true) => None,
     };
     let repository = reference.repository.as_str();
@@ -56,8 +60,8 @@ pub fn resolve_base(
         }
     };
     let digest = sha256_digest(&manifest_bytes);
-    if reference.digest.is_none() {
-        fs::write(&memo, &digest)?;
+    if reference.digest.is_none() && remembered.as_deref() != Some(digest.as_str()) {
+        store.write_entry(&memo, digest.as_bytes())?;
     }
     let manifest: Value = serde_json::from_slice(&manifest_bytes)?;
     let config_digest = manifest
@@ -69,14 +73,24 @@ pub fn resolve_base(
         .pointer("/config/size")
         .and_then(Value::as_u64)
         .unwrap_or(0);
-    if !store.has_blob(&config_digest, config_size) {
-        let origin = format!("{}", reference);
-        client.get_blob(repository, &config_digest, &mut |reader| {
-            store.import_reader(reader, &config_digest, config_size, &origin)
-        })?;
-    }
-    let config: Value = serde_json::from_slice(&store.read_blob(&config_digest)?)
-        .context("the base image config is not JSON")?;
+    // The config shapes ours: read from the store only when it still
+    // matches its digest (a corrupt copy is removed and fetched again).
+    let cached = store
+        .has_blob(&config_digest, config_size)
+        .then(|| store.read_blob(&config_digest).ok())
+        .flatten();
+    let config_bytes = match cached {
+        Some(bytes) => bytes,
+        None => {
+            let origin = format!("{}", reference);
+            client.get_blob(repository, &config_digest, &mut |reader| {
+                store.import_reader(reader, &config_digest, config_size, &origin)
+            })?;
+            store.read_blob(&config_digest)?
+        }
+    };
+    let config: Value =
+        serde_json::from_slice(&config_bytes).context("the base image config is not JSON")?;
     let remote = RemoteBlob {
         registry: reference.registry.clone(),
         repository: repository.to_string(),

@@ -3,7 +3,7 @@
 //! config, and the manifest last.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use std::io::IsTerminal;
 
@@ -12,7 +12,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use super::client::{BlobOutcome, BlobUpload, RegistryClient};
 use super::reference::Reference;
-use crate::image::store::BlobStore;
+use crate::image::store::{BlobStore, VerifiedBlob};
 use crate::image::{Image, MEDIA_TYPE_MANIFEST};
 
 pub struct PushOptions {
@@ -81,6 +81,18 @@ pub fn push_image(
                 } else {
                     ProgressBar::hidden()
                 };
+                // The bytes are hashed as they stream out of the store; a
+                // blob that does not match its digest is never completed
+                // (its last bytes are withheld), so the registry never
+                // commits it; it is removed from the store, and the push
+                // stops with the line saying so.
+                let corrupt: Arc<Mutex<Option<String>>> = Arc::default();
+                let open = || -> Result<VerifiedBlob> {
+                    if let Some(message) = corrupt.lock().unwrap().clone() {
+                        anyhow::bail!("{message}");
+                    }
+                    Ok(store.open_blob(digest, *size)?.report_to(corrupt.clone()))
+                };
                 let result = store.blob_path(digest).and_then(|path| {
                     if !path.exists() && mount.is_none() {
                         anyhow::bail!("blob {digest} is not in the cache and cannot be mounted");
@@ -89,9 +101,14 @@ pub fn push_image(
                         repository,
                         digest,
                         size: *size,
-                        path: &path,
+                        open: &open,
                     };
-                    client.push_blob(&blob, mount.as_deref(), options.chunk_size, &bar)
+                    client
+                        .push_blob(&blob, mount.as_deref(), options.chunk_size, &bar)
+                        .map_err(|e| match corrupt.lock().unwrap().clone() {
+                            Some(message) => anyhow::anyhow!("{message}"),
+                            None => e,
+                        })
                 });
                 match result {
                     Ok(outcome) => {

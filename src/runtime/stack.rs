@@ -481,19 +481,10 @@ pub fn follow_logs(
 }
 
 /// Writes `text` to `path` readable by the owner only: compose files hold
-/// the experiment's secrets as environment values.
+/// the experiment's secrets as environment values. The file is created
+/// exclusively (0600) under a random name and renamed over `path`, so no
+/// file or symlink planted at any name makes it world-readable or sends
+/// the secrets elsewhere.
 pub fn write_private(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("partial");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    file.write_all(text.as_bytes())
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    crate::fsutil::write(path, text.as_bytes(), 0o600)
 }
