@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use anyhow::{bail, Context, Result};
 use dallinger_oci_layers::{Content, LayerTree, WriteOptions, MEDIA_TYPE_GZIP_LAYER};
@@ -79,13 +80,30 @@ pub struct RegistryOptions {
     pub retry: RetryPolicy,
     /// Resolve registry base tags again instead of using the recorded digest.
     pub refresh_base: bool,
+    /// The registry the image is pushed to (its name's), set by the build
+    /// as soon as it knows the name: the only registry the explicit
+    /// credentials (`--username`, `DALLINGER_OCI_REGISTRY_*`) go to.
+    pub push_registry: OnceLock<String>,
 }
 
 impl RegistryOptions {
-    /// A client for `registry`, with the credentials users expect it to use.
+    /// Records the registry of the image named `image_name`, the push target.
+    pub fn set_push_target(&self, image_name: &str) {
+        if let Ok(reference) = Reference::parse(image_name) {
+            let _ = self.push_registry.set(reference.registry);
+        }
+    }
+
+    /// A client for `registry`, with the credentials users expect it to use:
+    /// the explicit ones for the push target's registry only, the auth
+    /// files' entry for the registry's host otherwise.
     pub fn client(&self, reference: &Reference) -> Result<RegistryClient> {
-        let found = credentials::find_credentials(&reference.registry, &self.credentials)
-            .with_context(|| format!("looking up credentials for {}", reference.registry))?;
+        let found = credentials::find_credentials(
+            &reference.registry,
+            &self.credentials,
+            self.push_registry.get().map(String::as_str),
+        )
+        .with_context(|| format!("looking up credentials for {}", reference.registry))?;
         let credential = match found {
             Some((credential, source)) => {
                 eprintln!("Using credentials for {} from {source}", reference.registry);
@@ -326,6 +344,7 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
     };
     let repository = image_repository(&experiment, request)?;
     let image_name = format!("{repository}:{tag}");
+    request.registry.set_push_target(&image_name);
 
     let base_text = match (&request.base, experiment.get("docker_base_image")) {
         (Some(b), _) => b.clone(),
