@@ -467,6 +467,14 @@ impl RegistryClient {
 
     fn transport_failure(&self, error: reqwest::Error) -> Failure {
         let text = error_chain(&error);
+        if error.is_redirect() {
+            // Our policy refused it (to plain HTTP, or too many): trying
+            // again would be refused again.
+            return Failure::fatal(anyhow!(
+                "{} sent a redirect we do not follow: {text}",
+                self.registry
+            ));
+        }
         let lower = text.to_lowercase();
         if lower.contains("dns error")
             || lower.contains("failed to lookup address")
