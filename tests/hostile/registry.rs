@@ -862,12 +862,12 @@ fn an_endless_manifest_is_refused_naming_the_reference() {
     let sandbox = Sandbox::new();
     let (line, rss) = build_on(&sandbox, &format!("docker://{}/lab/base:1", fake.host()));
     println!("{line}");
+    assert_bounded("manifest", &fake, rss, &sandbox);
     assert!(
         line.contains(&format!("the manifest {}/lab/base:1", fake.host()))
             && line.contains("larger than 4 MiB"),
         "{line}"
     );
-    assert_bounded("manifest", &fake, rss, &sandbox);
 }
 
 #[test]
@@ -887,12 +887,12 @@ fn an_endless_token_is_refused_naming_the_registry() {
     let sandbox = Sandbox::new();
     let (line, rss) = build_on(&sandbox, &format!("docker://{}/lab/base:1", fake.host()));
     println!("{line}");
+    assert_bounded("token", &realm, rss, &sandbox);
     assert!(
         line.contains(&format!("the token service of {}", fake.host()))
             && line.contains("larger than 4 MiB"),
         "{line}"
     );
-    assert_bounded("token", &realm, rss, &sandbox);
 }
 
 #[test]
@@ -906,11 +906,11 @@ fn an_endless_error_body_is_cut_short() {
     let sandbox = Sandbox::new();
     let (line, rss) = build_on(&sandbox, &format!("docker://{}/lab/base:1", fake.host()));
     println!("{line}");
+    assert_bounded("error body", &fake, rss, &sandbox);
     assert!(
         line.contains(&format!("base {}/lab/base:1", fake.host())) && line.contains("404"),
         "{line}"
     );
-    assert_bounded("error body", &fake, rss, &sandbox);
 }
 
 #[test]
@@ -932,12 +932,12 @@ fn a_base_layer_longer_than_its_descriptor_is_refused() {
     let sandbox = Sandbox::new();
     let (line, rss) = build_on(&sandbox, &format!("docker://{}/lab/base:1", fake.host()));
     println!("{line}");
+    assert_bounded("blob", &fake, rss, &sandbox);
     assert!(
         line.contains(&format!("blob {digest} from {}/lab/base", fake.host()))
             && line.contains("longer than"),
         "{line}"
     );
-    assert_bounded("blob", &fake, rss, &sandbox);
 }
 
 // ---------------------------------------------------------------------------
@@ -1067,7 +1067,9 @@ fn blob_redirects_carry_no_authorization_and_never_leave_https() {
     println!("{line}");
     assert_eq!(cdn.count("GET"), 1, "{:?}", cdn.seen());
     assert!(
-        line.contains(&secure.host()) && line.contains(&format!("http://{}/layer", cdn.host())),
+        line.contains(&secure.host())
+            && line.contains(&format!("http://{}/layer", cdn.host()))
+            && !line.contains("attempts"),
         "{line}"
     );
 }
