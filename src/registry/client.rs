@@ -57,6 +57,8 @@ const MAX_STALLED_CHUNKS: u32 = 3;
 /// Requests with small answers (manifests, tokens, checks, upload starts)
 /// must finish within this; blob transfers have the client's longer bound.
 const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a blob download may wait for its answer or for the next bytes.
+const DOWNLOAD_STALL_TIMEOUT: Duration = Duration::from_secs(300);
 /// Redirects followed for one request.
 const MAX_REDIRECTS: usize = 5;
 
@@ -126,6 +128,9 @@ fn origin_of(url: &Url) -> Origin {
 
 pub struct RegistryClient {
     http: Client,
+    /// For blob downloads: a body that stops for [`DOWNLOAD_STALL_TIMEOUT`]
+    /// fails (and is tried again), however long the blob.
+    downloads: Client,
     /// For token services: redirects only within the realm's origin, so a
     /// credential in a token request (a refresh token in a POSTed form, which
     /// a 307 would carry along) cannot be sent on to another host.
@@ -157,21 +162,20 @@ impl RegistryClient {
             reference.api_host()
         ))
         .with_context(|| format!("{} is not a valid registry host", reference.registry))?;
-        let builder = || {
+        // The blocking client's timeout bounds the wait for an answer's head
+        // (with the request's body, for uploads) and each read of its body.
+        let builder = |timeout: Duration| {
             Client::builder()
                 .user_agent(concat!("dallinger-oci/", env!("CARGO_PKG_VERSION")))
                 .connect_timeout(Duration::from_secs(15))
-                // Whole requests may be large uploads: a generous bound, so a
-                // registry that stops answering cannot hang a CI job forever.
-                // Requests with small answers have a shorter one of their own.
-                .timeout(Duration::from_secs(1800))
+                .timeout(timeout)
                 .tcp_keepalive(Duration::from_secs(30))
         };
         // Blob downloads are redirected to CDNs: followed, but never from
         // https to plain HTTP. reqwest drops Authorization when a redirect
         // leaves the origin.
-        let http = builder()
-            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+        let registry_redirects = || {
+            reqwest::redirect::Policy::custom(|attempt| {
                 let from_https = attempt.previous().iter().any(|u| u.scheme() == "https");
                 if attempt.previous().len() > MAX_REDIRECTS {
                     attempt.error("too many redirects")
@@ -181,9 +185,18 @@ impl RegistryClient {
                 } else {
                     attempt.follow()
                 }
-            }))
+            })
+        };
+        // Uploads send a whole blob before the answer: a generous bound, so
+        // a registry that stops answering cannot hang a CI job forever.
+        // Requests with small answers have a shorter, total one of their own.
+        let http = builder(Duration::from_secs(1800))
+            .redirect(registry_redirects())
             .build()?;
-        let token_http = builder()
+        let downloads = builder(DOWNLOAD_STALL_TIMEOUT)
+            .redirect(registry_redirects())
+            .build()?;
+        let token_http = builder(SMALL_REQUEST_TIMEOUT)
             .redirect(reqwest::redirect::Policy::custom(|attempt| {
                 let same_origin = attempt
                     .previous()
@@ -203,6 +216,7 @@ impl RegistryClient {
             .build()?;
         Ok(RegistryClient {
             http,
+            downloads,
             token_http,
             base,
             registry: reference.registry.clone(),
@@ -290,9 +304,10 @@ impl RegistryClient {
         build: &dyn Fn(&Client) -> Result<RequestBuilder>,
     ) -> Result<Response, Failure> {
         for round in 0..2 {
-            let mut request: Request = build(&self.http)?
-                .build()
-                .map_err(|e| Failure::fatal(anyhow!("cannot make a request: {e}")))?;
+            // `build` may take another of our clients (downloads do).
+            let (client, request) = build(&self.http)?.build_split();
+            let mut request: Request =
+                request.map_err(|e| Failure::fatal(anyhow!("cannot make a request: {e}")))?;
             let url = request.url().clone();
             self.check_scheme(&url, "a request to")?;
             if self.may_authorize(&url) {
@@ -306,8 +321,7 @@ impl RegistryClient {
                     request.headers_mut().insert(AUTHORIZATION, value);
                 }
             }
-            let response = self
-                .http
+            let response = client
                 .execute(request)
                 .map_err(|e| self.transport_failure(e))?;
             if response.status() != StatusCode::UNAUTHORIZED || round == 1 {
@@ -906,7 +920,7 @@ impl RegistryClient {
             ))
         };
         self.with_retries(&format!("fetching blob {}", short(digest)), || {
-            let response = self.send(&scopes, &|c| Ok(c.get(url.clone())))?;
+            let response = self.send(&scopes, &|_| Ok(self.downloads.get(url.clone())))?;
             if !response.status().is_success() {
                 let s = response.status();
                 return Err(self.response_failure(s, response, repository));
