@@ -87,9 +87,14 @@ pub struct RegistryOptions {
 }
 
 impl RegistryOptions {
-    /// Records the registry of the image named `image_name`, the push target.
+    /// Records the registry of the image named `image_name`, the push
+    /// target. A name without a registry host (a local build's directory
+    /// name) names none: it is not Docker Hub's.
     pub fn set_push_target(&self, image_name: &str) {
-        if let Ok(reference) = Reference::parse(image_name) {
+        let names_a_registry = image_name.split_once('/').is_some_and(|(first, _)| {
+            first.contains('.') || first.contains(':') || first == "localhost"
+        });
+        if let (true, Ok(reference)) = (names_a_registry, Reference::parse(image_name)) {
             let _ = self.push_registry.set(reference.registry);
         }
     }
@@ -849,6 +854,38 @@ pub fn write_digest_file(path: &Path, digest: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn options() -> RegistryOptions {
+        RegistryOptions {
+            insecure: Vec::new(),
+            credentials: CredentialContext::default(),
+            retry: RetryPolicy::default(),
+            refresh_base: false,
+            push_registry: OnceLock::new(),
+        }
+    }
+
+    #[test]
+    fn the_push_target_is_the_registry_the_image_name_names() {
+        let named = options();
+        named.set_push_target("ghcr.io/lab/stroop:abc");
+        assert_eq!(
+            named.push_registry.get().map(String::as_str),
+            Some("ghcr.io")
+        );
+        let port = options();
+        port.set_push_target("127.0.0.1:5000/lab/app:1");
+        assert_eq!(
+            port.push_registry.get().map(String::as_str),
+            Some("127.0.0.1:5000")
+        );
+        // A local build's name is no registry's, Docker Hub's least of all.
+        for name in ["stroop:abc", "lab/stroop:abc"] {
+            let local = options();
+            local.set_push_target(name);
+            assert_eq!(local.push_registry.get(), None, "{name}");
+        }
+    }
 
     #[test]
     fn parses_outputs() {
