@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use anyhow::{bail, Context, Result};
 use dallinger_oci_layers::{Content, LayerTree, WriteOptions, MEDIA_TYPE_GZIP_LAYER};
@@ -79,13 +80,35 @@ pub struct RegistryOptions {
     pub retry: RetryPolicy,
     /// Resolve registry base tags again instead of using the recorded digest.
     pub refresh_base: bool,
+    /// The registry the image is pushed to (its name's), set by the build
+    /// as soon as it knows the name: the only registry the explicit
+    /// credentials (`--username`, `DALLINGER_OCI_REGISTRY_*`) go to.
+    pub push_registry: OnceLock<String>,
 }
 
 impl RegistryOptions {
-    /// A client for `registry`, with the credentials users expect it to use.
+    /// Records the registry of the image named `image_name`, the push
+    /// target. A name without a registry host (a local build's directory
+    /// name) names none: it is not Docker Hub's.
+    pub fn set_push_target(&self, image_name: &str) {
+        let names_a_registry = image_name.split_once('/').is_some_and(|(first, _)| {
+            first.contains('.') || first.contains(':') || first == "localhost"
+        });
+        if let (true, Ok(reference)) = (names_a_registry, Reference::parse(image_name)) {
+            let _ = self.push_registry.set(reference.registry);
+        }
+    }
+
+    /// A client for `registry`, with the credentials users expect it to use:
+    /// the explicit ones for the push target's registry only, the auth
+    /// files' entry for the registry's host otherwise.
     pub fn client(&self, reference: &Reference) -> Result<RegistryClient> {
-        let found = credentials::find_credentials(&reference.registry, &self.credentials)
-            .with_context(|| format!("looking up credentials for {}", reference.registry))?;
+        let found = credentials::find_credentials(
+            &reference.registry,
+            &self.credentials,
+            self.push_registry.get().map(String::as_str),
+        )
+        .with_context(|| format!("looking up credentials for {}", reference.registry))?;
         let credential = match found {
             Some((credential, source)) => {
                 eprintln!("Using credentials for {} from {source}", reference.registry);
@@ -326,6 +349,7 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
     };
     let repository = image_repository(&experiment, request)?;
     let image_name = format!("{repository}:{tag}");
+    request.registry.set_push_target(&image_name);
 
     let base_text = match (&request.base, experiment.get("docker_base_image")) {
         (Some(b), _) => b.clone(),
@@ -819,6 +843,38 @@ pub fn write_digest_file(path: &Path, digest: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn options() -> RegistryOptions {
+        RegistryOptions {
+            insecure: Vec::new(),
+            credentials: CredentialContext::default(),
+            retry: RetryPolicy::default(),
+            refresh_base: false,
+            push_registry: OnceLock::new(),
+        }
+    }
+
+    #[test]
+    fn the_push_target_is_the_registry_the_image_name_names() {
+        let named = options();
+        named.set_push_target("ghcr.io/lab/stroop:abc");
+        assert_eq!(
+            named.push_registry.get().map(String::as_str),
+            Some("ghcr.io")
+        );
+        let port = options();
+        port.set_push_target("127.0.0.1:5000/lab/app:1");
+        assert_eq!(
+            port.push_registry.get().map(String::as_str),
+            Some("127.0.0.1:5000")
+        );
+        // A local build's name is no registry's, Docker Hub's least of all.
+        for name in ["stroop:abc", "lab/stroop:abc"] {
+            let local = options();
+            local.set_push_target(name);
+            assert_eq!(local.push_registry.get(), None, "{name}");
+        }
+    }
 
     #[test]
     fn parses_outputs() {

@@ -90,7 +90,8 @@ struct BuildArgs {
     /// Registry reached over plain HTTP (localhost and 127.0.0.1 always are); repeatable.
     #[arg(long = "insecure-registry", value_name = "HOST")]
     insecure_registries: Vec<String>,
-    /// Registry user name (else from auth files, credential helpers or GITHUB_TOKEN).
+    /// Registry user name for the push target's registry (other registries,
+    /// and it without this, use auth files, credential helpers or GITHUB_TOKEN).
     #[arg(long, env = "DALLINGER_OCI_REGISTRY_USERNAME")]
     username: Option<String>,
     /// Read the registry password or token from standard input.
@@ -325,6 +326,7 @@ fn build_command(args: &BuildArgs, write_lock: bool) -> Result<(BuildRequest, Bu
                 ..RetryPolicy::default()
             },
             refresh_base: args.pull,
+            push_registry: Default::default(),
         },
         customisation: build::Customisation {
             run_prepare: args.run_prepare,
@@ -373,6 +375,8 @@ fn push_command(request: &BuildRequest, result: &BuildResult, push_args: &PushAr
             result.image_name
         );
     }
+    // The push target is the one registry the explicit credentials are for.
+    request.registry.set_push_target(&result.image_name);
     let client = request.registry.client(&target)?;
     let digest = &result.image.manifest_digest;
     let repository_ref = format!("{}@{digest}", target.name());

@@ -6,14 +6,15 @@
 //! what that crate lacks (retries, the mount source's pull scope, 202 on
 //! mount, exact manifest bytes, chunked resume).
 
+use std::cell::Cell;
 use std::collections::HashMap;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::ProgressBar;
-use reqwest::blocking::{Body, Client, RequestBuilder, Response};
+use reqwest::blocking::{Body, Client, Request, RequestBuilder, Response};
 use reqwest::header::{
     HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE,
 };
@@ -42,6 +43,22 @@ impl Default for RetryPolicy {
 
 /// The largest PATCH GHCR accepts.
 const GHCR_MAX_CHUNK: u64 = 4 << 20;
+
+/// The most we read of a manifest, an index or a token answer: real ones
+/// are a few KiB; anything past this is refused.
+pub const MAX_ANSWER: u64 = 4 << 20;
+/// The most we read of an error body: only its first error is used.
+const MAX_ERROR_BODY: u64 = 64 << 10;
+/// Answers in a row to a chunked upload that do not move its `Range` on
+/// before we give up on the session.
+const MAX_STALLED_CHUNKS: u32 = 3;
+/// Requests with small answers (manifests, tokens, checks, upload starts)
+/// must finish within this; blob transfers have the client's longer bound.
+const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a blob download may wait for its answer or for the next bytes.
+const DOWNLOAD_STALL_TIMEOUT: Duration = Duration::from_secs(300);
+/// Redirects followed for one request.
+const MAX_REDIRECTS: usize = 5;
 
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
 application/vnd.oci.image.manifest.v1+json, \
@@ -86,6 +103,7 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
+#[derive(Clone, PartialEq, Eq)]
 enum Challenge {
     Basic,
     Bearer {
@@ -94,13 +112,37 @@ enum Challenge {
     },
 }
 
+/// A URL's origin: scheme, host and port (the port a scheme implies when
+/// none is written).
+type Origin = (String, String, u16);
+
+fn origin_of(url: &Url) -> Origin {
+    (
+        url.scheme().to_string(),
+        url.host_str().unwrap_or_default().to_ascii_lowercase(),
+        url.port_or_known_default().unwrap_or(0),
+    )
+}
+
 pub struct RegistryClient {
     http: Client,
+    /// For blob downloads: a body that stops for [`DOWNLOAD_STALL_TIMEOUT`]
+    /// fails (and is tried again), however long the blob.
+    downloads: Client,
+    /// For token services: redirects only within the realm's origin, so a
+    /// credential in a token request (a refresh token in a POSTed form, which
+    /// a 307 would carry along) cannot be sent on to another host.
+    token_http: Client,
     base: Url,
     /// The registry as users write it (`ghcr.io`), for messages.
     pub registry: String,
     credential: Option<Credential>,
+    /// The last challenge the registry's own origin sent. Only it decides
+    /// where a token is fetched from and what Basic credentials answer.
     challenge: Mutex<Option<Challenge>>,
+    /// Other origins (an upload `Location` on another host) that answered
+    /// with exactly the registry's Bearer challenge: they get its tokens.
+    challenged: Mutex<Vec<Origin>>,
     tokens: Mutex<HashMap<String, String>>,
     retry: RetryPolicy,
 }
@@ -118,21 +160,67 @@ impl RegistryClient {
             reference.api_host()
         ))
         .with_context(|| format!("{} is not a valid registry host", reference.registry))?;
-        let http = Client::builder()
-            .user_agent(concat!("dallinger-oci/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(15))
-            // Whole requests may be large uploads: a generous bound, so a
-            // registry that stops answering cannot hang a CI job forever.
-            .timeout(Duration::from_secs(1800))
-            .tcp_keepalive(Duration::from_secs(30))
-            .redirect(reqwest::redirect::Policy::limited(5))
+        // The blocking client's timeout bounds the wait for an answer's head
+        // (with the request's body, for uploads) and each read of its body.
+        let builder = |timeout: Duration| {
+            Client::builder()
+                .user_agent(concat!("dallinger-oci/", env!("CARGO_PKG_VERSION")))
+                .connect_timeout(Duration::from_secs(15))
+                .timeout(timeout)
+                .tcp_keepalive(Duration::from_secs(30))
+        };
+        // Blob downloads are redirected to CDNs: followed, but never from
+        // https to plain HTTP. reqwest drops Authorization when a redirect
+        // leaves the origin.
+        let registry_redirects = || {
+            reqwest::redirect::Policy::custom(|attempt| {
+                let from_https = attempt.previous().iter().any(|u| u.scheme() == "https");
+                if attempt.previous().len() > MAX_REDIRECTS {
+                    attempt.error("too many redirects")
+                } else if from_https && attempt.url().scheme() != "https" {
+                    let to = attempt.url().to_string();
+                    attempt.error(format!("refusing a redirect from https to {to}"))
+                } else {
+                    attempt.follow()
+                }
+            })
+        };
+        // Uploads send a whole blob before the answer: a generous bound, so
+        // a registry that stops answering cannot hang a CI job forever.
+        // Requests with small answers have a shorter, total one of their own.
+        let http = builder(Duration::from_secs(1800))
+            .redirect(registry_redirects())
+            .build()?;
+        let downloads = builder(DOWNLOAD_STALL_TIMEOUT)
+            .redirect(registry_redirects())
+            .build()?;
+        let token_http = builder(SMALL_REQUEST_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                let same_origin = attempt
+                    .previous()
+                    .last()
+                    .is_some_and(|u| origin_of(u) == origin_of(attempt.url()));
+                if attempt.previous().len() > MAX_REDIRECTS {
+                    attempt.error("too many redirects")
+                } else if !same_origin {
+                    let to = attempt.url().to_string();
+                    attempt.error(format!(
+                        "the token service redirected to another origin ({to}): not followed"
+                    ))
+                } else {
+                    attempt.follow()
+                }
+            }))
             .build()?;
         Ok(RegistryClient {
             http,
+            downloads,
+            token_http,
             base,
             registry: reference.registry.clone(),
             credential,
             challenge: Mutex::new(None),
+            challenged: Mutex::new(Vec::new()),
             tokens: Mutex::new(HashMap::new()),
             retry,
         })
@@ -140,6 +228,70 @@ impl RegistryClient {
 
     fn url(&self, path: &str) -> Result<Url> {
         Ok(self.base.join(path)?)
+    }
+
+    /// Whether a request to `url` may carry our Authorization: only to the
+    /// registry's own origin, or to an origin that answered with the
+    /// registry's own Bearer challenge (and then only its tokens).
+    fn may_authorize(&self, url: &Url) -> bool {
+        let origin = origin_of(url);
+        if origin == origin_of(&self.base) {
+            return true;
+        }
+        matches!(
+            *self.challenge.lock().unwrap(),
+            Some(Challenge::Bearer { .. })
+        ) && self.challenged.lock().unwrap().contains(&origin)
+    }
+
+    /// Refuses a URL that would take a request from an https registry to
+    /// plain HTTP (or to anything but HTTP).
+    fn check_scheme(&self, url: &Url, what: &str) -> Result<(), Failure> {
+        let downgrade = self.base.scheme() == "https" && url.scheme() != "https";
+        if downgrade || !matches!(url.scheme(), "http" | "https") {
+            return Err(Failure::fatal(anyhow!(
+                "{} sent {what} {url}, which is not https like the registry: refusing it \
+                 (credentials and image data go to an https registry over https only)",
+                self.registry
+            )));
+        }
+        Ok(())
+    }
+
+    /// Learns the challenge the registry's own origin sent. A token realm
+    /// on plain HTTP for an https registry is refused: the credentials
+    /// would go over the network in the clear.
+    fn learn_challenge(&self, challenge: Challenge) -> Result<(), Failure> {
+        if let Challenge::Bearer { realm, .. } = &challenge {
+            let url = Url::parse(realm).map_err(|_| {
+                Failure::fatal(anyhow!(
+                    "{} named an invalid token realm {realm:?}",
+                    self.registry
+                ))
+            })?;
+            if self.base.scheme() == "https" && url.scheme() != "https" {
+                return Err(Failure::fatal(anyhow!(
+                    "{} named the token realm {realm}, which is not https: refusing to send \
+                     credentials there (the registry's auth configuration must name an https realm)",
+                    self.registry
+                )));
+            }
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(Failure::fatal(anyhow!(
+                    "{} named the token realm {realm}, which is not an HTTP URL",
+                    self.registry
+                )));
+            }
+        }
+        let mut current = self.challenge.lock().unwrap();
+        if current.as_ref() != Some(&challenge) {
+            // Tokens from another realm, and origins that matched the old
+            // challenge, are not for this one.
+            self.tokens.lock().unwrap().clear();
+            self.challenged.lock().unwrap().clear();
+        }
+        *current = Some(challenge);
+        Ok(())
     }
 
     /// Sends a request, answering an auth challenge once. `build` makes the
@@ -150,11 +302,26 @@ impl RegistryClient {
         build: &dyn Fn(&Client) -> Result<RequestBuilder>,
     ) -> Result<Response, Failure> {
         for round in 0..2 {
-            let mut request = build(&self.http)?;
-            if let Some(header) = self.auth_header(scopes)? {
-                request = request.header(AUTHORIZATION, header);
+            // `build` may take another of our clients (downloads do).
+            let (client, request) = build(&self.http)?.build_split();
+            let mut request: Request =
+                request.map_err(|e| Failure::fatal(anyhow!("cannot make a request: {e}")))?;
+            let url = request.url().clone();
+            self.check_scheme(&url, "a request to")?;
+            if self.may_authorize(&url) {
+                if let Some(header) = self.auth_header(scopes)? {
+                    let value = header.parse().map_err(|_| {
+                        Failure::fatal(anyhow!(
+                            "the token from {} is not a valid header value",
+                            self.registry
+                        ))
+                    })?;
+                    request.headers_mut().insert(AUTHORIZATION, value);
+                }
             }
-            let response = request.send().map_err(|e| self.transport_failure(e))?;
+            let response = client
+                .execute(request)
+                .map_err(|e| self.transport_failure(e))?;
             if response.status() != StatusCode::UNAUTHORIZED || round == 1 {
                 return Ok(response);
             }
@@ -166,7 +333,22 @@ impl RegistryClient {
             else {
                 return Ok(response);
             };
-            *self.challenge.lock().unwrap() = Some(challenge);
+            if origin_of(&url) == origin_of(&self.base) {
+                self.learn_challenge(challenge)?;
+            } else if matches!(challenge, Challenge::Bearer { .. })
+                && self.challenge.lock().unwrap().as_ref() == Some(&challenge)
+            {
+                // Another origin asking for the registry's own tokens.
+                let mut challenged = self.challenged.lock().unwrap();
+                let origin = origin_of(&url);
+                if !challenged.contains(&origin) {
+                    challenged.push(origin);
+                }
+            } else {
+                // Anything else another origin asks for is not answered:
+                // our credentials are for the registry.
+                return Ok(response);
+            }
             // A cached token that was refused is dropped and fetched again.
             self.tokens.lock().unwrap().remove(&scopes.join(" "));
         }
@@ -217,7 +399,7 @@ impl RegistryClient {
                     form.push(("service", service.to_string()));
                 }
                 form.push(("scope", scopes.join(" ")));
-                self.http.post(url).form(&form).send()
+                self.token_http.post(url).form(&form)
             }
             credential => {
                 {
@@ -229,13 +411,15 @@ impl RegistryClient {
                         query.append_pair("scope", scope);
                     }
                 }
-                let mut request = self.http.get(url);
+                let mut request = self.token_http.get(url);
                 if let Some(Credential::Basic { username, password }) = credential {
                     request = request.header(AUTHORIZATION, basic(username, password.expose()));
                 }
-                request.send()
+                request
             }
         }
+        .timeout(SMALL_REQUEST_TIMEOUT)
+        .send()
         .map_err(|e| self.transport_failure(e))?;
         let status = response.status();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
@@ -248,7 +432,12 @@ impl RegistryClient {
                 anyhow!("the token service of {} answered {status}", self.registry),
             ));
         }
-        let body: serde_json::Value = response.json().map_err(|_| {
+        let what = format!(
+            "the answer of the token service of {} ({realm})",
+            self.registry
+        );
+        let bytes = read_answer(response, &what)?;
+        let body: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| {
             Failure::fatal(anyhow!(
                 "the token service of {} sent no JSON",
                 self.registry
@@ -290,6 +479,14 @@ impl RegistryClient {
 
     fn transport_failure(&self, error: reqwest::Error) -> Failure {
         let text = error_chain(&error);
+        if error.is_redirect() {
+            // Our policy refused it (to plain HTTP, or too many): trying
+            // again would be refused again.
+            return Failure::fatal(anyhow!(
+                "{} sent a redirect we do not follow: {text}",
+                self.registry
+            ));
+        }
         let lower = text.to_lowercase();
         if lower.contains("dns error")
             || lower.contains("failed to lookup address")
@@ -356,7 +553,9 @@ impl RegistryClient {
     pub fn has_blob(&self, repository: &str, digest: &str, scopes: &[String]) -> Result<bool> {
         let url = self.url(&format!("v2/{repository}/blobs/{digest}"))?;
         self.with_retries(&format!("checking blob {}", short(digest)), || {
-            let response = self.send(scopes, &|c| Ok(c.head(url.clone())))?;
+            let response = self.send(scopes, &|c| {
+                Ok(c.head(url.clone()).timeout(SMALL_REQUEST_TIMEOUT))
+            })?;
             match response.status() {
                 s if s.is_success() => Ok(true),
                 StatusCode::NOT_FOUND => Ok(false),
@@ -420,7 +619,9 @@ impl RegistryClient {
                 .append_pair("from", from);
         }
         let response = self.send(scopes, &|c| {
-            Ok(c.post(url.clone()).header(CONTENT_LENGTH, 0))
+            Ok(c.post(url.clone())
+                .header(CONTENT_LENGTH, 0)
+                .timeout(SMALL_REQUEST_TIMEOUT))
         })?;
         match response.status() {
             StatusCode::CREATED if mount.is_some() => Ok(UploadStart::Mounted),
@@ -448,9 +649,14 @@ impl RegistryClient {
                     self.registry
                 ))
             })?;
-        response.url().join(location).map_err(|_| {
+        let url = response.url().join(location).map_err(|_| {
             Failure::fatal(anyhow!("{} sent an invalid upload Location", self.registry))
-        })
+        })?;
+        // Followed by hand: an https registry's upload goes on over https.
+        // Another origin gets no Authorization unless it asks for the
+        // registry's own token (see `send`).
+        self.check_scheme(&url, "the upload Location")?;
+        Ok(url)
     }
 
     fn upload_monolithic(
@@ -498,6 +704,11 @@ impl RegistryClient {
         let mut location = session.url;
         let mut offset = 0u64;
         let mut resumes = 0;
+        // Answers that did not take the upload past the furthest byte any
+        // answer confirmed: a registry whose Range never advances must not
+        // keep us sending the same chunk for ever.
+        let mut confirmed = 0u64;
+        let mut stalled = 0u32;
         while offset < size {
             let len = chunk.min(size - offset);
             let mut buf = vec![0u8; len as usize];
@@ -516,10 +727,34 @@ impl RegistryClient {
             match sent {
                 Ok(response) if response.status() == StatusCode::ACCEPTED => {
                     location = self.location(&response)?;
-                    offset = match range_end(response.headers()) {
-                        Some(end) => end + 1,
+                    let reached = match range_end(response.headers()) {
+                        Some(end) => end.saturating_add(1),
                         None => offset + len,
                     };
+                    if reached > offset + len {
+                        return Err(Failure::fatal(anyhow!(
+                            "{} answered that it holds {reached} bytes of blob {} after we sent \
+                             {}: refusing the upload",
+                            self.registry,
+                            short(digest),
+                            offset + len
+                        )));
+                    }
+                    if reached <= confirmed {
+                        stalled += 1;
+                        if stalled >= MAX_STALLED_CHUNKS {
+                            return Err(Failure::fatal(anyhow!(
+                                "{} did not move the chunked upload of blob {} past byte \
+                                 {confirmed} in {stalled} answers (its Range does not advance): \
+                                 giving up; push again without --chunk-size (one PUT per blob)",
+                                self.registry,
+                                short(digest)
+                            )));
+                        }
+                    } else {
+                        confirmed = reached;
+                    }
+                    offset = reached;
                     progress.set_position(offset.min(size));
                 }
                 // The connection dropped: the session may still be good, so
@@ -561,7 +796,11 @@ impl RegistryClient {
 
     /// The upload session's URL and the offset it has reached.
     fn upload_status(&self, location: &Url, scopes: &[String]) -> Option<(Url, u64)> {
-        let response = self.send(scopes, &|c| Ok(c.get(location.clone()))).ok()?;
+        let response = self
+            .send(scopes, &|c| {
+                Ok(c.get(location.clone()).timeout(SMALL_REQUEST_TIMEOUT))
+            })
+            .ok()?;
         if response.status() != StatusCode::NO_CONTENT {
             return None;
         }
@@ -590,6 +829,7 @@ impl RegistryClient {
             let response = self.send(&scopes, &|c| {
                 Ok(c.put(url.clone())
                     .header(CONTENT_TYPE, media_type)
+                    .timeout(SMALL_REQUEST_TIMEOUT)
                     .body(bytes.to_vec()))
             })?;
             match response.status() {
@@ -624,7 +864,9 @@ impl RegistryClient {
         let scopes = vec![format!("repository:{repository}:pull")];
         let (bytes, media_type, reported) = self.with_retries("fetching the manifest", || {
             let response = self.send(&scopes, &|c| {
-                Ok(c.get(url.clone()).header(ACCEPT, MANIFEST_ACCEPT))
+                Ok(c.get(url.clone())
+                    .header(ACCEPT, MANIFEST_ACCEPT)
+                    .timeout(SMALL_REQUEST_TIMEOUT))
             })?;
             if !response.status().is_success() {
                 let s = response.status();
@@ -632,10 +874,8 @@ impl RegistryClient {
             }
             let media_type = header(response.headers(), CONTENT_TYPE.as_str()).unwrap_or_default();
             let reported = header(response.headers(), "Docker-Content-Digest");
-            let bytes = response
-                .bytes()
-                .map_err(|e| self.transport_failure(e))?
-                .to_vec();
+            let what = format!("the manifest {}/{repository}:{reference}", self.registry);
+            let bytes = read_answer(response, &what)?;
             Ok((bytes, media_type, reported))
         })?;
         let actual = crate::image::store::sha256_digest(&bytes);
@@ -655,25 +895,47 @@ impl RegistryClient {
         Ok((bytes, media_type, actual))
     }
 
-    /// Streams a blob into `sink`, returning its byte count; the caller
-    /// verifies the digest.
+    /// Streams a blob of `size` bytes (its descriptor's) into `sink`; the
+    /// caller verifies the digest. A body longer than `size` is refused
+    /// after `size + 1` bytes: `sink` never sees more than `size`.
     pub fn get_blob(
         &self,
         repository: &str,
         digest: &str,
+        size: u64,
         sink: &mut dyn FnMut(&mut dyn Read) -> Result<()>,
     ) -> Result<()> {
         let url = self.url(&format!("v2/{repository}/blobs/{digest}"))?;
         let scopes = vec![format!("repository:{repository}:pull")];
         let mut sink = Some(sink);
+        let too_long = || {
+            Failure::fatal(anyhow!(
+                "blob {digest} from {}/{repository} is longer than the {size} bytes its \
+                 descriptor gives: refusing it",
+                self.registry
+            ))
+        };
         self.with_retries(&format!("fetching blob {}", short(digest)), || {
-            let mut response = self.send(&scopes, &|c| Ok(c.get(url.clone())))?;
+            let response = self.send(&scopes, &|_| Ok(self.downloads.get(url.clone())))?;
             if !response.status().is_success() {
                 let s = response.status();
                 return Err(self.response_failure(s, response, repository));
             }
+            if response.content_length().is_some_and(|n| n > size) {
+                return Err(too_long());
+            }
+            let overrun = Cell::new(false);
+            let mut body = SizedBody {
+                inner: response,
+                remaining: size,
+                overrun: &overrun,
+            };
             let sink = sink.as_mut().expect("sink present");
-            sink(&mut response).map_err(Failure::transient)
+            match sink(&mut body) {
+                Ok(()) => Ok(()),
+                Err(_) if overrun.get() => Err(too_long()),
+                Err(e) => Err(Failure::transient(e)),
+            }
         })?;
         let _ = sink.take();
         Ok(())
@@ -691,8 +953,22 @@ impl RegistryClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let body = response.text().unwrap_or_default();
-        let (code, message) = error_code(&body);
+        let elsewhere = origin_of(response.url()) != origin_of(&self.base);
+        if status == StatusCode::UNAUTHORIZED && elsewhere {
+            let url = response.url();
+            return Failure::fatal(anyhow!(
+                "{} (where {} sent the upload) asks for credentials: ours are for {} \
+                 only and are not sent to another host; the registry must take uploads at its \
+                 own address",
+                url.origin().ascii_serialization(),
+                self.registry,
+                self.registry
+            ));
+        }
+        // The first error is all we use: an endless body is cut short.
+        let mut body = Vec::new();
+        let _ = response.take(MAX_ERROR_BODY).read_to_end(&mut body);
+        let (code, message) = error_code(&String::from_utf8_lossy(&body));
         let image = format!("{}/{repository}", self.registry);
         let error = match (status, code.as_deref()) {
             (StatusCode::UNAUTHORIZED, _) | (_, Some("UNAUTHORIZED")) => self.unauthorized_error(),
@@ -742,6 +1018,67 @@ fn status_failure(
         error,
         retry,
         retry_after: if retry { retry_after } else { None },
+    }
+}
+
+/// A manifest or token answer (`what`, for messages), read whole up to
+/// [`MAX_ANSWER`]: a longer one is refused after `MAX_ANSWER + 1` bytes (or
+/// at once, by its Content-Length).
+fn read_answer(response: Response, what: &str) -> Result<Vec<u8>, Failure> {
+    let too_large = || {
+        Failure::fatal(anyhow!(
+            "{what} is larger than {} MiB: refusing it",
+            MAX_ANSWER >> 20
+        ))
+    };
+    if response.content_length().is_some_and(|n| n > MAX_ANSWER) {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    response
+        .take(MAX_ANSWER + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Failure::transient(anyhow!("reading {what} failed: {e}")))?;
+    if bytes.len() as u64 > MAX_ANSWER {
+        return Err(too_large());
+    }
+    Ok(bytes)
+}
+
+/// A blob's body, read to its descriptor's size and not a byte further: a
+/// longer body is an error (noted in `overrun`), so neither memory nor the
+/// store's temporary file grows with what a registry sends.
+struct SizedBody<'a, R> {
+    inner: R,
+    remaining: u64,
+    overrun: &'a Cell<bool>,
+}
+
+impl<R: Read> Read for SizedBody<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.remaining == 0 {
+            // At the declared end: one byte more means the body is longer.
+            let mut probe = [0u8; 1];
+            return match self.inner.read(&mut probe)? {
+                0 => Ok(0),
+                _ => {
+                    self.overrun.set(true);
+                    Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "the blob is longer than its descriptor says",
+                    ))
+                }
+            };
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        self.remaining -= n as u64;
+        Ok(n)
     }
 }
 
@@ -868,6 +1205,41 @@ mod tests {
             Some(Challenge::Basic)
         ));
         assert!(parse_challenge("Negotiate").is_none());
+    }
+
+    #[test]
+    fn blob_bodies_are_read_to_their_size_only() {
+        let read = |body: &[u8], size: u64| {
+            let overrun = Cell::new(false);
+            let mut reader = SizedBody {
+                inner: body,
+                remaining: size,
+                overrun: &overrun,
+            };
+            let mut out = Vec::new();
+            let result = reader.read_to_end(&mut out);
+            (result.is_ok(), out.len(), overrun.get())
+        };
+        assert_eq!(read(b"abcd", 4), (true, 4, false));
+        // Short: the store's digest and size check refuses it.
+        assert_eq!(read(b"ab", 4), (true, 2, false));
+        // Longer: an error after the declared bytes, never more of them.
+        let (ok, len, overrun) = read(&[7u8; 1 << 16], 10);
+        assert!(!ok && overrun && len <= 10);
+    }
+
+    #[test]
+    fn origins_are_scheme_host_and_port() {
+        let origin = |u: &str| origin_of(&Url::parse(u).unwrap());
+        assert_eq!(
+            origin("https://ghcr.io/v2/"),
+            origin("https://GHCR.io:443/x")
+        );
+        assert_ne!(origin("https://ghcr.io/"), origin("http://ghcr.io/"));
+        assert_ne!(
+            origin("http://127.0.0.1:5000/"),
+            origin("http://127.0.0.1:5001/")
+        );
     }
 
     #[test]

@@ -5,7 +5,10 @@
 //! Lookup order (first hit wins), see [`find_credentials`]:
 //!
 //! 1. explicit credentials: `--username` / `--password-stdin`, or
-//!    `DALLINGER_OCI_REGISTRY_USERNAME` / `DALLINGER_OCI_REGISTRY_PASSWORD`;
+//!    `DALLINGER_OCI_REGISTRY_USERNAME` / `DALLINGER_OCI_REGISTRY_PASSWORD`,
+//!    for the push target's registry only: a base, a builder or any other
+//!    registry never gets them, so an experiment naming a base on a hostile
+//!    registry cannot collect the push credentials;
 //! 2. the containers-auth.json file named by `REGISTRY_AUTH_FILE`;
 //! 3. podman's `auth.json`: `$XDG_RUNTIME_DIR/containers/auth.json`, then
 //!    `$XDG_CONFIG_HOME/containers/auth.json` (`~/.config/containers/auth.json`);
@@ -398,17 +401,22 @@ fn rank<'a>(mut keys: Vec<&'a String>, preferred: &[String]) -> Vec<&'a String> 
 
 /// Finds the credentials for `host` (`ghcr.io`, `127.0.0.1:5000`, `docker.io`),
 /// trying the sources in the order of the [module docs](self); `Ok(None)` means
-/// anonymous. `host` may also carry a repository (`ghcr.io/org/app`): then
+/// anonymous. The explicit credentials of `ctx` are used only when `host` is
+/// `explicit_registry` (the push target's registry; `None`: no registry gets
+/// them), though a half-given pair is an error for every host. `host` may also carry a repository (`ghcr.io/org/app`): then
 /// repository-scoped keys in containers auth files (`"ghcr.io/org"`) are
 /// honoured, most specific first, as podman and skopeo do; with a bare host
 /// only host keys count.
 pub fn find_credentials(
     host: &str,
     ctx: &CredentialContext,
+    explicit_registry: Option<&str>,
 ) -> Result<Option<(Credential, CredentialSource)>, CredentialError> {
     let target = Target::parse(host);
 
-    if let Some(credential) = explicit(ctx)? {
+    let explicit = explicit(ctx)?;
+    let for_this_host = explicit_registry.is_some_and(|r| Target::parse(r).norm == target.norm);
+    if let Some(credential) = explicit.filter(|_| for_this_host) {
         return Ok(Some((credential, CredentialSource::Flags)));
     }
 
@@ -1066,7 +1074,16 @@ mod tests {
     }
 
     fn find(host: &str, ctx: &CredentialContext) -> Option<(Credential, CredentialSource)> {
-        find_credentials(host, ctx).unwrap()
+        find_credentials(host, ctx, None).unwrap()
+    }
+
+    /// As [`find`], with `push` as the push target's registry.
+    fn find_pushing(
+        host: &str,
+        ctx: &CredentialContext,
+        push: &str,
+    ) -> Option<(Credential, CredentialSource)> {
+        find_credentials(host, ctx, Some(push)).unwrap()
     }
 
     #[cfg(unix)]
@@ -1146,8 +1163,57 @@ mod tests {
         context.username = Some("flaguser".into());
         context.password = Some(Secret::new(PASSWORD));
         assert_eq!(
-            find("ghcr.io", &context),
+            find_pushing("ghcr.io", &context, "ghcr.io"),
             Some((basic("flaguser", PASSWORD), CredentialSource::Flags))
+        );
+        assert_eq!(
+            find_pushing("GHCR.io", &context, "ghcr.io").unwrap().1,
+            CredentialSource::Flags
+        );
+    }
+
+    #[test]
+    fn explicit_credentials_go_to_the_push_target_only() {
+        let home = tempfile::tempdir().unwrap();
+        write(
+            &docker_config(home.path()),
+            &auths_file(&[("ghcr.io", "docker", "d")]),
+        );
+        let mut context = ctx(home.path(), &[("GITHUB_TOKEN", "gh")]);
+        context.username = Some("flaguser".into());
+        context.password = Some(Secret::new(PASSWORD));
+        // Another registry (a base's) is looked up by its own host.
+        assert_eq!(
+            find_pushing("ghcr.io", &context, "quay.io"),
+            Some((
+                basic("docker", "d"),
+                CredentialSource::DockerConfig(docker_config(home.path()))
+            ))
+        );
+        assert_eq!(find_pushing("evil.example", &context, "quay.io"), None);
+        // Another port is another registry.
+        assert_eq!(
+            find_pushing("127.0.0.1:5001", &context, "127.0.0.1:5000"),
+            None
+        );
+        // No push target: no registry gets them.
+        assert_eq!(find("quay.io", &context), None);
+        // Docker Hub's aliases are one registry.
+        assert_eq!(
+            find_pushing("registry-1.docker.io", &context, "docker.io")
+                .unwrap()
+                .1,
+            CredentialSource::Flags
+        );
+        // The environment's pair likewise.
+        let context = ctx(
+            home.path(),
+            &[(USERNAME_ENV, "envuser"), (PASSWORD_ENV, "envpass")],
+        );
+        assert_eq!(find_pushing("evil.example", &context, "quay.io"), None);
+        assert_eq!(
+            find_pushing("quay.io", &context, "quay.io"),
+            Some((basic("envuser", "envpass"), CredentialSource::Flags))
         );
     }
 
@@ -1158,20 +1224,21 @@ mod tests {
             home.path(),
             &[(USERNAME_ENV, "envuser"), (PASSWORD_ENV, "envpass")],
         );
+        let push = "127.0.0.1:5000";
         assert_eq!(
-            find("127.0.0.1:5000", &context),
+            find_pushing(push, &context, push),
             Some((basic("envuser", "envpass"), CredentialSource::Flags))
         );
         // A flag fills one half, the environment the other.
         let mut context = ctx(home.path(), &[(PASSWORD_ENV, "envpass")]);
         context.username = Some("flaguser".into());
         assert_eq!(
-            find("127.0.0.1:5000", &context),
+            find_pushing(push, &context, push),
             Some((basic("flaguser", "envpass"), CredentialSource::Flags))
         );
         // Empty variables are unset.
         let context = ctx(home.path(), &[(USERNAME_ENV, ""), (PASSWORD_ENV, "")]);
-        assert_eq!(find("127.0.0.1:5000", &context), None);
+        assert_eq!(find_pushing(push, &context, push), None);
     }
 
     #[test]
@@ -1179,18 +1246,18 @@ mod tests {
         let home = tempfile::tempdir().unwrap();
         let mut context = ctx(home.path(), &[]);
         context.password = Some(Secret::new(PASSWORD));
-        let err = find_credentials("ghcr.io", &context).unwrap_err();
+        let err = find_credentials("ghcr.io", &context, None).unwrap_err();
         assert!(matches!(err, CredentialError::PasswordWithoutUsername));
         let message = err.to_string();
         assert!(message.contains("without a username"), "{message}");
         assert!(!message.contains(PASSWORD) && !format!("{err:?}").contains(PASSWORD));
 
         let context = ctx(home.path(), &[(PASSWORD_ENV, PASSWORD)]);
-        let err = find_credentials("ghcr.io", &context).unwrap_err();
+        let err = find_credentials("ghcr.io", &context, None).unwrap_err();
         assert!(!err.to_string().contains(PASSWORD));
 
         let context = ctx(home.path(), &[(USERNAME_ENV, "alice")]);
-        let err = find_credentials("ghcr.io", &context).unwrap_err();
+        let err = find_credentials("ghcr.io", &context, None).unwrap_err();
         assert!(
             matches!(err, CredentialError::UsernameWithoutPassword { .. }),
             "{err}"
@@ -1651,7 +1718,7 @@ mod tests {
         );
         let context = ctx(home.path(), &[("PATH", &path_with(&bin))]);
 
-        let err = find_credentials("a.example", &context).unwrap_err();
+        let err = find_credentials("a.example", &context, None).unwrap_err();
         let message = err.to_string();
         assert!(
             matches!(err, CredentialError::HelperFailed { .. }),
@@ -1664,7 +1731,7 @@ mod tests {
         );
         assert!(!message.contains(PASSWORD) && !format!("{err:?}").contains(PASSWORD));
 
-        let err = find_credentials("b.example", &context).unwrap_err();
+        let err = find_credentials("b.example", &context, None).unwrap_err();
         let message = err.to_string();
         assert!(
             matches!(err, CredentialError::HelperBadOutput { .. }),
@@ -1675,7 +1742,7 @@ mod tests {
             "{message}"
         );
 
-        let err = find_credentials("c.example", &context).unwrap_err();
+        let err = find_credentials("c.example", &context, None).unwrap_err();
         let message = err.to_string();
         assert!(
             matches!(err, CredentialError::HelperNotFound { .. }),
@@ -1719,13 +1786,15 @@ mod tests {
             &docker_config(home.path()),
             r#"{"credHelpers": {"ghcr.io": "../../bin/sh"}}"#,
         );
-        let err = find_credentials("ghcr.io", &ctx(home.path(), &[("PATH", "/bin")])).unwrap_err();
+        let err =
+            find_credentials("ghcr.io", &ctx(home.path(), &[("PATH", "/bin")]), None).unwrap_err();
         assert!(
             matches!(err, CredentialError::InvalidHelperName { .. }),
             "{err}"
         );
         write(&docker_config(home.path()), r#"{"credsStore": "/bin/sh"}"#);
-        let err = find_credentials("ghcr.io", &ctx(home.path(), &[("PATH", "/bin")])).unwrap_err();
+        let err =
+            find_credentials("ghcr.io", &ctx(home.path(), &[("PATH", "/bin")]), None).unwrap_err();
         assert!(
             matches!(err, CredentialError::InvalidHelperName { .. }),
             "{err}"
@@ -1767,7 +1836,7 @@ mod tests {
         let home = tempfile::tempdir().unwrap();
         assert_eq!(find("ghcr.io", &ctx(home.path(), &[])), None);
         let no_home = CredentialContext::default();
-        assert_eq!(find_credentials("ghcr.io", &no_home).unwrap(), None);
+        assert_eq!(find_credentials("ghcr.io", &no_home, None).unwrap(), None);
         // Empty files count as empty configs.
         write(&docker_config(home.path()), "\n");
         assert_eq!(find("ghcr.io", &ctx(home.path(), &[])), None);
@@ -1783,7 +1852,7 @@ mod tests {
             &file,
             &format!(r#"{{"auths": {{"ghcr.io": {{"auth": "{PASSWORD}"#),
         );
-        let err = find_credentials("ghcr.io", &context).unwrap_err();
+        let err = find_credentials("ghcr.io", &context, None).unwrap_err();
         let message = err.to_string();
         assert!(
             matches!(err, CredentialError::InvalidJson { .. }),
@@ -1798,7 +1867,7 @@ mod tests {
             &file,
             &format!(r#"{{"auths": {{"ghcr.io": {{"auth": "{bad}"}}}}}}"#),
         );
-        let err = find_credentials("ghcr.io", &context).unwrap_err();
+        let err = find_credentials("ghcr.io", &context, None).unwrap_err();
         let message = err.to_string();
         assert!(
             matches!(err, CredentialError::InvalidEntry { .. }),
@@ -1824,7 +1893,7 @@ mod tests {
                 b64(PASSWORD)
             ),
         );
-        let message = find_credentials("ghcr.io", &context)
+        let message = find_credentials("ghcr.io", &context, None)
             .unwrap_err()
             .to_string();
         assert!(
@@ -1837,7 +1906,7 @@ mod tests {
             &file,
             &format!(r#"{{"auths": {{"ghcr.io": {{"password": ["{PASSWORD}"]}}}}}}"#),
         );
-        let message = find_credentials("ghcr.io", &context)
+        let message = find_credentials("ghcr.io", &context, None)
             .unwrap_err()
             .to_string();
         assert!(
@@ -1845,7 +1914,7 @@ mod tests {
             "{message}"
         );
         write(&file, &format!(r#"{{"auths": "{PASSWORD}"}}"#));
-        let message = find_credentials("ghcr.io", &context)
+        let message = find_credentials("ghcr.io", &context, None)
             .unwrap_err()
             .to_string();
         assert!(
@@ -1860,7 +1929,7 @@ mod tests {
             home.path(),
             &[("REGISTRY_AUTH_FILE", auth_file.to_str().unwrap())],
         );
-        let message = find_credentials("ghcr.io", &context)
+        let message = find_credentials("ghcr.io", &context, None)
             .unwrap_err()
             .to_string();
         assert!(

@@ -83,7 +83,7 @@ pub fn resolve_base(
         Some(bytes) => bytes,
         None => {
             let origin = format!("{}", reference);
-            client.get_blob(repository, &config_digest, &mut |reader| {
+            client.get_blob(repository, &config_digest, config_size, &mut |reader| {
                 store.import_reader(reader, &config_digest, config_size, &origin)
             })?;
             store.read_blob(&config_digest)?
@@ -166,9 +166,12 @@ pub fn fetch_missing(
         let client = client_for(remote)?;
         let origin = format!("{}/{}", remote.registry, remote.repository);
         eprintln!("fetching base layer {} from {origin}", layer.blob.digest);
-        client.get_blob(&remote.repository, &layer.blob.digest, &mut |reader| {
-            store.import_reader(reader, &layer.blob.digest, layer.blob.size, &origin)
-        })?;
+        client.get_blob(
+            &remote.repository,
+            &layer.blob.digest,
+            layer.blob.size,
+            &mut |reader| store.import_reader(reader, &layer.blob.digest, layer.blob.size, &origin),
+        )?;
     }
     Ok(())
 }
