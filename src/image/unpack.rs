@@ -13,19 +13,31 @@
 //! link) is acted on through that directory handle and never followed.
 //! Names with `..`, and whiteouts that name no file (`.wh.`, `.wh..`,
 //! `.wh...`), are refused.
+//!
+//! The unpacked trees are cached under the store's `rootfs/`, one per list
+//! of layer digests, each with two files beside it (outside the tree, where
+//! no sandbox reaches): `KEY.lock`, held shared by every build using the
+//! tree and exclusive by the one that makes or removes it, so a tree in use
+//! is never replaced; and `KEY.sum`, a fingerprint of every entry's name,
+//! inode, size, mode and change time, written once the tree is on disk. A
+//! change to the tree, even one that restores sizes and mtimes, changes a
+//! ctime, which no unprivileged process can set: the tree is then made
+//! again before anything trusts it.
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
 
 use anyhow::{anyhow, bail, Context, Result};
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timestamps};
+use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags, ResolveFlags, Timestamps};
 use rustix::io::Errno;
+use sha2::{Digest, Sha256};
 
 use super::store::BlobStore;
 use super::ImageLayer;
@@ -33,26 +45,204 @@ use super::ImageLayer;
 /// What a refusal tells the user to do.
 const HOSTILE: &str = "the image is malformed or hostile: use another base image";
 
+/// A cached unpacked tree, held (shared lock) until the last clone is
+/// dropped; it derefs to the tree's directory.
+#[derive(Clone, Debug)]
+pub struct Rootfs(Arc<Held>);
+
+#[derive(Debug)]
+struct Held {
+    dir: PathBuf,
+    /// `KEY.lock`, locked shared.
+    _lock: File,
+}
+
+impl std::ops::Deref for Rootfs {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0.dir
+    }
+}
+
+impl AsRef<Path> for Rootfs {
+    fn as_ref(&self) -> &Path {
+        &self.0.dir
+    }
+}
+
+/// The trees this process holds: a second user in the same process shares
+/// the lock (a second `flock` on another descriptor would wait for itself).
+static HELD: Mutex<Vec<Weak<Held>>> = Mutex::new(Vec::new());
+
 /// The layers unpacked once into the store's `rootfs/` directory, keyed by
-/// their digests; returns the directory. A partly unpacked tree is never
-/// left under the final name.
-pub fn cached_rootfs(store: &BlobStore, layers: &[ImageLayer]) -> Result<PathBuf> {
-    let mut key = String::from("rootfs/1\n");
+/// their digests; returns the tree, locked against removal while held. A
+/// tree is used only when its fingerprint matches; a partly unpacked or
+/// altered tree is made again.
+pub fn cached_rootfs(store: &BlobStore, layers: &[ImageLayer]) -> Result<Rootfs> {
+    let mut key = String::from("rootfs/2\n");
     for layer in layers {
         key.push_str(&layer.blob.digest);
         key.push('\n');
     }
-    let key = super::store::sha256_digest(key.as_bytes());
-    let dir = store.root().join("rootfs").join(&key[7..7 + 32]);
-    if dir.join(".complete").is_file() {
-        return Ok(dir);
-    }
+    let key = super::store::sha256_digest(key.as_bytes())[7..7 + 32].to_string();
     let parent = store.root().join("rootfs");
+    let dir = parent.join(&key);
+    {
+        let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+        held.retain(|h| h.strong_count() > 0);
+        if let Some(h) = held.iter().filter_map(Weak::upgrade).find(|h| h.dir == dir) {
+            return Ok(Rootfs(h));
+        }
+    }
     fs::create_dir_all(&parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    // Only the owner may enter: the trees hold whatever the images hold.
+    fs::set_permissions(&parent, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot restrict {}", parent.display()))?;
+    let lock_path = parent.join(format!("{key}.lock"));
+    let lock = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    let sum = parent.join(format!("{key}.sum"));
+    flock(&lock, false, &dir)?;
+    if !intact(&dir, &sum)? {
+        flock(&lock, true, &dir)?;
+        // Exclusive: no build uses the tree. Another may have made it meanwhile.
+        if !intact(&dir, &sum)? {
+            make_tree(store, layers, &parent, &key)?;
+        }
+        flock(&lock, false, &dir)?;
+    }
+    let held = Arc::new(Held {
+        dir: dir.clone(),
+        _lock: lock,
+    });
+    HELD.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(Arc::downgrade(&held));
+    Ok(Rootfs(held))
+}
+
+/// Takes the tree's lock (shared to use it, exclusive to make it), saying
+/// so when another build holds it.
+fn flock(lock: &File, exclusive: bool, dir: &Path) -> Result<()> {
+    let (try_op, op) = if exclusive {
+        (
+            FlockOperation::NonBlockingLockExclusive,
+            FlockOperation::LockExclusive,
+        )
+    } else {
+        (
+            FlockOperation::NonBlockingLockShared,
+            FlockOperation::LockShared,
+        )
+    };
+    match rustix::fs::flock(lock, try_op) {
+        Ok(()) => return Ok(()),
+        Err(Errno::WOULDBLOCK) if exclusive => eprintln!(
+            "Waiting for other builds to finish with the unpacked image {}",
+            dir.display()
+        ),
+        Err(Errno::WOULDBLOCK) => eprintln!(
+            "Waiting for another build to finish unpacking {}",
+            dir.display()
+        ),
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot lock the unpacked image {}", dir.display()))
+        }
+    }
+    loop {
+        match rustix::fs::flock(lock, op) {
+            Err(Errno::INTR) => continue,
+            r => {
+                return r
+                    .with_context(|| format!("cannot lock the unpacked image {}", dir.display()))
+            }
+        }
+    }
+}
+
+/// True when `dir` is the tree `sum` fingerprinted.
+fn intact(dir: &Path, sum: &Path) -> Result<bool> {
+    let Ok(expected) = fs::read_to_string(sum) else {
+        return Ok(false);
+    };
+    if !dir.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+        return Ok(false);
+    }
+    Ok(fingerprint(dir)? == expected.trim())
+}
+
+/// Every entry's name, type, mode, owner, inode, links, size and change and
+/// modification times, in name order. Reading it costs one `lstat` per
+/// entry; a change to any file or directory changes its ctime.
+fn fingerprint(dir: &Path) -> Result<String> {
+    let mut hash = Sha256::new();
+    for entry in walkdir::WalkDir::new(dir)
+        .follow_links(false)
+        .follow_root_links(false)
+        .sort_by_file_name()
+    {
+        let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
+        let meta = entry
+            .metadata()
+            .with_context(|| format!("cannot read {}", entry.path().display()))?;
+        let rel = entry.path().strip_prefix(dir).unwrap_or(entry.path());
+        hash.update(rel.as_os_str().as_bytes());
+        hash.update([0]);
+        for n in [
+            meta.mode() as i64,
+            meta.uid() as i64,
+            meta.gid() as i64,
+            meta.ino() as i64,
+            meta.nlink() as i64,
+            meta.size() as i64,
+            meta.ctime(),
+            meta.ctime_nsec(),
+            meta.mtime(),
+            meta.mtime_nsec(),
+        ] {
+            hash.update(n.to_le_bytes());
+        }
+    }
+    Ok(hex::encode(hash.finalize()))
+}
+
+/// Unpacks the tree anew (the caller holds the exclusive lock), then
+/// records its fingerprint once it is on disk.
+fn make_tree(store: &BlobStore, layers: &[ImageLayer], parent: &Path, key: &str) -> Result<()> {
+    let dir = parent.join(key);
+    let sum = parent.join(format!("{key}.sum"));
+    match fs::remove_file(&sum) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("cannot remove {}", sum.display()))
+        }
+        _ => {}
+    }
+    // What an earlier run left: the tree (altered, or never fingerprinted)
+    // and partial trees of a run that was killed.
+    let partial_prefix = format!(".partial-{key}-");
+    for entry in fs::read_dir(parent)? {
+        let entry = entry?;
+        if entry
+            .file_name()
+            .as_bytes()
+            .starts_with(partial_prefix.as_bytes())
+        {
+            remove_tree(&entry.path())?;
+        }
+    }
+    if dir.symlink_metadata().is_ok() {
+        remove_tree(&dir)?;
+    }
     let partial = tempfile::Builder::new()
-        .prefix(".partial-")
-        .tempdir_in(&parent)
-        .context("cannot make a directory to unpack the builder image in")?;
+        .prefix(&partial_prefix)
+        .tempdir_in(parent)
+        .context("cannot make a directory to unpack the image in")?;
     let files: Vec<LayerFile> = layers
         .iter()
         .enumerate()
@@ -65,17 +255,40 @@ pub fn cached_rootfs(store: &BlobStore, layers: &[ImageLayer]) -> Result<PathBuf
         })
         .collect::<Result<_>>()?;
     unpack_layers(&files, partial.path())?;
-    fs::write(partial.path().join(".complete"), "")?;
-    let _ = fs::remove_dir_all(&dir);
-    let partial = partial.keep();
-    if let Err(e) = fs::rename(&partial, &dir) {
-        let _ = make_removable(&partial).and_then(|_| fs::remove_dir_all(&partial));
-        if !dir.join(".complete").is_file() {
-            return Err(e)
-                .with_context(|| format!("cannot move the unpacked image to {}", dir.display()));
+    // The sandbox's mount points, made now so that it never writes the tree.
+    let root = RootDir::open(partial.path())?;
+    for name in ["proc", "dev"] {
+        match rustix::fs::mkdirat(&root.fd, name, Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot create /{name} in the image")),
         }
     }
-    Ok(dir)
+    drop(root);
+    let partial = partial.keep();
+    if let Err(e) = fs::rename(&partial, &dir) {
+        let _ = remove_tree(&partial);
+        return Err(e)
+            .with_context(|| format!("cannot move the unpacked image to {}", dir.display()));
+    }
+    let handle = File::open(&dir)?;
+    rustix::fs::syncfs(&handle)
+        .with_context(|| format!("cannot write the unpacked image {} to disk", dir.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(parent)?;
+    writeln!(tmp, "{}", fingerprint(&dir)?)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(&sum)
+        .with_context(|| format!("cannot write {}", sum.display()))?;
+    Ok(())
+}
+
+/// Removes a tree of ours, even one whose directories lost their owner's
+/// write access. Never follows a symlink.
+fn remove_tree(path: &Path) -> Result<()> {
+    if !path.symlink_metadata()?.is_dir() {
+        return fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()));
+    }
+    make_removable(path)?;
+    fs::remove_dir_all(path).with_context(|| format!("cannot remove {}", path.display()))
 }
 
 /// One layer's blob, named for messages.

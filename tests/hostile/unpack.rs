@@ -400,6 +400,8 @@ fn replaced_directories_setuid_bits_and_device_nodes() {
         "device nodes are skipped"
     );
     assert_eq!(fs::metadata(root.join("bin/su")).unwrap().nlink(), 2);
+    // The cache's trees are for their owner only.
+    assert_eq!(mode("..") & 0o077, 0);
 }
 
 /// A build with a hostile `oci:` base through the command line: a base
@@ -473,4 +475,17 @@ fn a_build_with_a_hostile_base_changes_nothing_outside() {
     );
     assert_eq!(world.outside(), before);
     assert!(!sandbox.path("refused").exists());
+    // The cache holds only the tree of the first build, and no partial one.
+    let rootfs = sandbox.path("cache/rootfs");
+    let mut names: Vec<String> = fs::read_dir(&rootfs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".lock"))
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(
+        names[0].len() == 32 && names[1] == format!("{}.sum", names[0]),
+        "{names:?}"
+    );
 }
