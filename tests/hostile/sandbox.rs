@@ -8,11 +8,119 @@
 //! made again before a build uses them.
 
 use std::fs::{self, File};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::common::*;
 use crate::unpack::{stored_layer, tree_state, Tar, World};
 use dallinger_oci::image::unpack;
+use dallinger_oci::sandbox::{Bind, Exit, Overlay, Sandbox as Jail};
+
+/// A busybox root made from the common fixture, in `dir`.
+fn busybox_root(dir: &Path) -> PathBuf {
+    busybox_rootfs(dir);
+    let root = dir.join("busybox-root");
+    for d in ["tmp", "etc", "run", "proc", "dev"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    root
+}
+
+fn run_script(jail: &Jail, script: &str, dir: &Path) -> (anyhow::Result<Exit>, String) {
+    let log_path = dir.join("log");
+    let log = File::create(&log_path).unwrap();
+    let exit = jail.run(&["/bin/busybox", "sh", "-c", script], &log);
+    (exit, fs::read_to_string(&log_path).unwrap())
+}
+
+#[test]
+fn symlinked_mount_points_in_the_image_lead_nowhere_outside() {
+    let world = World::new();
+    let canary = world.canary_text();
+    let roots = tempfile::tempdir().unwrap();
+    let before = world.outside();
+    let image = |name: &str, links: &[&str]| {
+        let dir = roots.path().join(name);
+        fs::create_dir_all(&dir).unwrap();
+        let root = busybox_root(&dir);
+        for link in links {
+            let path = root.join(link);
+            let _ = fs::remove_dir(&path);
+            std::os::unix::fs::symlink(&canary, &path).unwrap();
+        }
+        root
+    };
+    let bind = |inside: &str| Bind {
+        host: roots.path().to_path_buf(),
+        inside: inside.into(),
+        writable: true,
+    };
+    let cases: Vec<(Jail, String)> = vec![
+        (
+            Jail::new(&image("tmp", &["tmp"])).bind(bind("/tmp/build/out")),
+            format!(
+                "cannot bind {} at /tmp/build/out in the build sandbox: the image's /tmp is a \
+                 symlink or missing, so the sandbox has no tmpfs there; use an image with a /tmp \
+                 directory",
+                roots.path().display()
+            ),
+        ),
+        (
+            Jail::new(&image("var", &["var"])).bind(bind("/var/tmp/x")),
+            format!(
+                "cannot bind {} at /var/tmp/x in the build sandbox: the image's /var/tmp is a \
+                 symlink or missing, so the sandbox has no tmpfs there; use an image with a \
+                 /var/tmp directory",
+                roots.path().display()
+            ),
+        ),
+        (
+            {
+                let (upper, work) = (roots.path().join("upper"), roots.path().join("work"));
+                fs::create_dir_all(&upper).unwrap();
+                fs::create_dir_all(&work).unwrap();
+                Jail::new(&image("run", &["run"]))
+                    .overlay(Overlay { upper, work })
+                    .bind(bind("/run/x"))
+            },
+            format!(
+                "cannot bind {} at /run/x in the build sandbox: the image's /run is a symlink or \
+                 missing, so the sandbox has no tmpfs there; use an image with a /run directory",
+                roots.path().display()
+            ),
+        ),
+        (
+            Jail::new(&image("proc", &["proc"])),
+            "the image's /proc is a symlink or not a directory, where the build sandbox mounts \
+             its own /proc: the image is malformed or hostile; use another image"
+                .into(),
+        ),
+        (
+            Jail::new(&image("dev", &["dev"])),
+            "the image's /dev is a symlink or not a directory, where the build sandbox mounts \
+             its own /dev: the image is malformed or hostile; use another image"
+                .into(),
+        ),
+    ];
+    for (jail, expected) in cases {
+        let (exit, out) = run_script(&jail, "echo ran", roots.path());
+        match exit {
+            Ok(exit) => panic!("ran ({exit}): {out}; expected: {expected}"),
+            Err(e) => assert_eq!(e.to_string(), expected),
+        }
+        assert_eq!(world.outside(), before, "{expected}");
+    }
+    // Without a bind there, a symlinked /tmp is only a symlink, resolved in
+    // the sandbox's own root: writing through it fails, outside is untouched.
+    let jail = Jail::new(&image("tmp-only", &["tmp"]));
+    let (exit, out) = run_script(
+        &jail,
+        "exec 2>/dev/null; echo x > /tmp/pwned && echo wrote; echo ran",
+        roots.path(),
+    );
+    assert_eq!((exit.unwrap(), out.as_str()), (Exit::Code(0), "ran\n"));
+    assert_eq!(world.outside(), before);
+}
 
 /// The layers of the cached-tree tests: busybox and a config file.
 pub fn config_layers(
