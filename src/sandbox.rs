@@ -10,6 +10,16 @@
 //! and mounted on through that handle, so a symlinked `/tmp`, `/run`,
 //! `/proc` or `/dev` never leads a mount or a `mkdir` out of the root.
 //!
+//! The mounts are locked before the program starts: after `pivot_root` the
+//! sandbox enters a second user namespace (as bubblewrap does), which owns
+//! neither the mount namespace nor the mounts, so nothing in it can
+//! remount the read-only root writable or unmount a bind; `no_new_privs` is
+//! set, and for a read-only root every capability is dropped, the bounding
+//! set too (a uid-0 process that execs would regain them otherwise). An
+//! overlay root (prepare scripts) keeps the second namespace's capabilities,
+//! which reach only its own files and namespaces: the script is root as in
+//! a Dockerfile's RUN, and its writes land in the overlay's upper directory.
+//!
 //! Written on raw syscalls rather than by calling `unshare(1)` or bubblewrap:
 //! neither is on every CI runner, and this way a failure names its step. The
 //! child of `fork` may only make async-signal-safe calls (the parent has
@@ -362,6 +372,7 @@ impl Sandbox {
             binds,
             root: cpath(&root)?,
             locked,
+            drop_capabilities: self.overlay.is_none(),
             workdir: CString::new(self.workdir.as_str())?,
             hostname: self.hostname.clone().into_bytes(),
             args,
@@ -494,6 +505,8 @@ struct ChildPlan {
     /// Image directories (relative to the root) that get a tmpfs.
     tmpfs: Vec<CString>,
     binds: Vec<ChildBind>,
+    /// Drop every capability before exec (a read-only root).
+    drop_capabilities: bool,
     workdir: CString,
     hostname: Vec<u8>,
     args: Vec<CString>,
@@ -505,7 +518,7 @@ struct ChildPlan {
 }
 
 /// The steps the child reports a failure of, by index.
-const STEPS: [&str; 17] = [
+const STEPS: [&str; 20] = [
     "redirect its output",
     "create its namespaces (unshare)",
     "write its uid and gid maps",
@@ -523,6 +536,9 @@ const STEPS: [&str; 17] = [
     "change to its working directory",
     "start the program (exec)",
     "find a mount point in the image without a symlink",
+    "lock its mounts (a second user namespace)",
+    "drop its capabilities",
+    "set no_new_privs",
 ];
 const STEP_UNSHARE: usize = 1;
 const STEP_PROC: usize = 6;
@@ -531,6 +547,9 @@ const STEP_DEVICE: usize = 8;
 const STEP_TMPFS: usize = 9;
 const STEP_BIND: usize = 10;
 const STEP_RESOLVE: usize = 16;
+const STEP_LOCK: usize = 17;
+const STEP_CAPS: usize = 18;
+const STEP_NNP: usize = 19;
 
 /// Reports `step` and errno on the error pipe and exits.
 unsafe fn fail(report_fd: libc::c_int, step: usize) -> ! {
@@ -650,8 +669,57 @@ unsafe fn mount_in(
     libc::close(fd);
 }
 
+/// The capability sets of capset(2), version 3 (two words each).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// No capability left, now or after exec: the bounding and ambient sets
+/// emptied, then the process's own sets.
+unsafe fn drop_capabilities() -> bool {
+    for cap in 0..64 {
+        if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
+            && *libc::__errno_location() != libc::EINVAL
+        {
+            return false;
+        }
+    }
+    if libc::prctl(
+        libc::PR_CAP_AMBIENT,
+        libc::PR_CAP_AMBIENT_CLEAR_ALL,
+        0,
+        0,
+        0,
+    ) != 0
+    {
+        return false;
+    }
+    let header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let data = [CapData {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) == 0
+}
+
 /// The forked child: namespaces, then a second fork so the program is PID 1
-/// of its own PID namespace, mounts, pivot_root, exec.
+/// of its own PID namespace, mounts, pivot_root, locks, exec.
 unsafe fn child_main(plan: &ChildPlan, stdin: i32, log: i32, report: i32) -> ! {
     let null = std::ptr::null::<libc::c_char>();
     if libc::dup2(stdin, 0) < 0 || libc::dup2(log, 1) < 0 || libc::dup2(log, 2) < 0 {
@@ -866,7 +934,12 @@ unsafe fn child_main(plan: &ChildPlan, stdin: i32, log: i32, report: i32) -> ! {
             null,
             plan.root.as_ptr(),
             null,
-            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | plan.locked,
+            libc::MS_BIND
+                | libc::MS_REMOUNT
+                | libc::MS_RDONLY
+                | libc::MS_NOSUID
+                | libc::MS_NODEV
+                | plan.locked,
             null,
         )
     {
@@ -881,8 +954,23 @@ unsafe fn child_main(plan: &ChildPlan, stdin: i32, log: i32, report: i32) -> ! {
     if libc::sethostname(plan.hostname.as_ptr().cast(), plan.hostname.len()) != 0 {
         fail(report, 13);
     }
+    // Locks the mounts: a user namespace that owns neither the mount
+    // namespace nor its mounts, root (the same user) inside.
+    if libc::unshare(libc::CLONE_NEWUSER) != 0
+        || !write_file(b"/proc/self/setgroups\0", b"deny")
+        || !write_file(b"/proc/self/uid_map\0", b"0 0 1\n")
+        || !write_file(b"/proc/self/gid_map\0", b"0 0 1\n")
+    {
+        fail(report, STEP_LOCK);
+    }
     if libc::chdir(plan.workdir.as_ptr()) != 0 {
         fail(report, 14);
+    }
+    if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+        fail(report, STEP_NNP);
+    }
+    if plan.drop_capabilities && !drop_capabilities() {
+        fail(report, STEP_CAPS);
     }
     libc::execve(
         plan.args[0].as_ptr(),

@@ -33,6 +33,96 @@ fn run_script(jail: &Jail, script: &str, dir: &Path) -> (anyhow::Result<Exit>, S
     (exit, fs::read_to_string(&log_path).unwrap())
 }
 
+/// Every way back to a writable root or bind fails; nothing is written.
+const UNLOCK: &str = "exec 2>/dev/null
+b=/bin/busybox
+$b mount -o remount,bind,rw / 2>/dev/null && echo remounted-root
+$b mount -o remount,rw / 2>/dev/null && echo remounted-root-superblock
+echo x > /pwned 2>/dev/null && echo wrote-root
+$b umount /tmp/build/in 2>/dev/null && echo unmounted-in
+$b umount -l /tmp/build/in 2>/dev/null && echo detached-in
+$b mount -o remount,bind,rw /tmp/build/in 2>/dev/null && echo remounted-in
+echo x > /tmp/build/in/pwned 2>/dev/null && echo wrote-in
+$b umount -l /proc 2>/dev/null && echo detached-proc
+$b unshare -Urm $b sh -c \"$b mount -o remount,bind,rw / && echo x > /pwned\" 2>/dev/null \
+  && echo remounted-in-a-new-namespace
+$b grep -E '^(Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs)' /proc/self/status
+echo done
+";
+
+#[test]
+fn a_read_only_root_and_its_binds_cannot_be_unlocked() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = busybox_root(dir.path());
+    let in_dir = dir.path().join("in");
+    let out_dir = dir.path().join("out");
+    fs::create_dir_all(&in_dir).unwrap();
+    fs::create_dir_all(&out_dir).unwrap();
+    fs::write(in_dir.join("sdist.tar.gz"), "input").unwrap();
+    let (root_before, in_before) = (tree_state(&root), tree_state(&in_dir));
+    let jail = Jail::new(&root)
+        .bind(Bind {
+            host: in_dir.clone(),
+            inside: "/tmp/build/in".into(),
+            writable: false,
+        })
+        .bind(Bind {
+            host: out_dir.clone(),
+            inside: "/tmp/build/out".into(),
+            writable: true,
+        });
+    let (exit, out) = run_script(&jail, UNLOCK, dir.path());
+    assert_eq!(exit.unwrap(), Exit::Code(0), "{out}");
+    assert_eq!(
+        out,
+        "CapInh:\t0000000000000000\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\n\
+         CapBnd:\t0000000000000000\nCapAmb:\t0000000000000000\nNoNewPrivs:\t1\ndone\n"
+    );
+    assert_eq!(tree_state(&root), root_before);
+    assert_eq!(tree_state(&in_dir), in_before);
+}
+
+/// A prepare script's overlay root: root inside as in a Dockerfile's RUN
+/// (it writes a read-only file, chmods), its changes in the upper
+/// directory, the mounts locked all the same.
+#[test]
+fn an_overlay_root_is_writable_as_root_but_its_mounts_are_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = busybox_root(dir.path());
+    fs::write(root.join("etc/read-only"), "old\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(
+        root.join("etc/read-only"),
+        fs::Permissions::from_mode(0o444),
+    )
+    .unwrap();
+    let upper = dir.path().join("upper");
+    let work = dir.path().join("work");
+    fs::create_dir_all(&upper).unwrap();
+    fs::create_dir_all(&work).unwrap();
+    let root_before = tree_state(&root);
+    let jail = Jail::new(&root).overlay(Overlay {
+        upper: upper.clone(),
+        work,
+    });
+    let script = "exec 2>/dev/null
+b=/bin/busybox
+$b mount -o remount,ro / 2>/dev/null && echo remounted-root
+$b umount -l /run 2>/dev/null && echo detached-run
+$b umount -l /proc 2>/dev/null && echo detached-proc
+echo new > /etc/read-only && $b chmod 600 /etc/read-only && echo wrote-as-root
+$b grep NoNewPrivs /proc/self/status
+";
+    let (exit, out) = run_script(&jail, script, dir.path());
+    assert_eq!(exit.unwrap(), Exit::Code(0), "{out}");
+    assert_eq!(out, "wrote-as-root\nNoNewPrivs:\t1\n");
+    assert_eq!(
+        fs::read_to_string(upper.join("etc/read-only")).unwrap(),
+        "new\n"
+    );
+    assert_eq!(tree_state(&root), root_before);
+}
+
 #[test]
 fn symlinked_mount_points_in_the_image_lead_nowhere_outside() {
     let world = World::new();
@@ -159,7 +249,21 @@ fn an_altered_cached_tree_is_made_again_before_it_is_used() {
         "original"
     );
     assert!(!again.join("bin/added").exists());
-    // Unchanged, it is used as it is.
+    // And a program in the sandbox cannot alter it in the first place.
+    let jail = Jail::new(&again);
+    let log = File::create(world.dir.path().join("cache/log")).unwrap();
+    let exit = jail
+        .run(
+            &[
+                "/bin/busybox",
+                "sh",
+                "-c",
+                "/bin/busybox mount -o remount,bind,rw / ; echo x > /etc/config",
+            ],
+            &log,
+        )
+        .unwrap();
+    assert_ne!(exit, Exit::Code(0));
     let before = tree_state(&again);
     drop(again);
     let third = unpack::cached_rootfs(&store, &layers).unwrap();
