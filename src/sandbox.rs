@@ -3,7 +3,9 @@
 //! there), new mount, PID, IPC and UTS namespaces, no network unless asked,
 //! and the root switched with `pivot_root`. The image root is mounted
 //! read-only; `/tmp`, `/var/tmp`, `/root` and `/run` are fresh tmpfs, `/dev`
-//! holds only the harmless nodes, and chosen host directories are bound in.
+//! holds only the harmless nodes, `/proc` is a fresh procfs of the sandbox's
+//! own PID namespace (never the host's: where the kernel refuses one, the
+//! sandbox does not run), and chosen host directories are bound in.
 //!
 //! The image is hostile input: every mount point in it is resolved from a
 //! handle on the root with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`
@@ -192,6 +194,16 @@ impl Sandbox {
                      forbids unprivileged user namespaces (on Ubuntu 23.10 and later: `sudo sysctl \
                      kernel.apparmor_restrict_unprivileged_userns=0`; elsewhere check \
                      user.max_user_namespaces), or run as root"
+                );
+            }
+            if step == STEPS[STEP_PROC] {
+                bail!(
+                    "the build sandbox cannot mount a fresh /proc ({error}): the kernel refuses \
+                     one where this system's /proc is partly hidden, as container runtimes mask \
+                     it, and the host's /proc is never lent to a build; run where a procfs can be \
+                     mounted (on the host, or in a container with an unmasked /proc: `docker run \
+                     --security-opt systempaths=unconfined`, `podman run --security-opt \
+                     unmask=ALL`)"
                 );
             }
             bail!("the build sandbox could not {step}: {error}");
@@ -791,29 +803,18 @@ unsafe fn child_main(plan: &ChildPlan, stdin: i32, log: i32, report: i32) -> ! {
     if root < 0 {
         fail(report, 5);
     }
-    // Where a fresh procfs is refused (a masked /proc in a container),
-    // the host's is bound instead.
-    let proc_dir = open_beneath(root, c"proc".as_ptr(), true);
-    if proc_dir < 0 {
-        fail(report, STEP_RESOLVE);
-    }
-    let proc_target = FdPath::new(proc_dir);
-    if !mount(
+    // A fresh procfs or nothing: the host's /proc would show (and let the
+    // program write through) every host process.
+    mount_in(
+        root,
         c"proc".as_ptr(),
-        proc_target.as_ptr(),
+        c"proc".as_ptr(),
         c"proc".as_ptr(),
         libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
         null,
-    ) && !mount(
-        c"/proc".as_ptr(),
-        proc_target.as_ptr(),
-        null,
-        libc::MS_BIND | libc::MS_REC,
-        null,
-    ) {
-        fail(report, STEP_PROC);
-    }
-    libc::close(proc_dir);
+        report,
+        STEP_PROC,
+    );
     mount_in(
         root,
         c"dev".as_ptr(),

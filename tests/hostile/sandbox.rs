@@ -212,6 +212,61 @@ fn symlinked_mount_points_in_the_image_lead_nowhere_outside() {
     assert_eq!(world.outside(), before);
 }
 
+/// A secret in the environment of the process that runs the sandbox.
+const TOKEN: &str = "hostile-test-token-4b1d";
+
+/// Under a /proc that is partly covered (as container runtimes mask it) the
+/// kernel refuses the sandbox a fresh procfs: the sandbox must refuse to run
+/// rather than show the program the host's /proc (this process's
+/// environment, its cwd to write through). The covered /proc is made with
+/// `unshare -m` and a tmpfs over /proc/sys, for the helper below only.
+#[test]
+fn the_hosts_proc_is_never_lent_to_the_program() {
+    let unshare = require_tool("unshare");
+    let out = run(Command::new(unshare)
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg("mount -t tmpfs tmpfs /proc/sys && exec \"$0\" \"$@\"")
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "sandbox::with_a_covered_proc",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("DALLINGER_OCI_TEST_TOKEN", TOKEN));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+#[ignore = "run by the_hosts_proc_is_never_lent_to_the_program, under a covered /proc"]
+fn with_a_covered_proc() {
+    assert_eq!(std::env::var("DALLINGER_OCI_TEST_TOKEN").unwrap(), TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    let root = busybox_root(dir.path());
+    let (exit, out) = run_script(
+        &Jail::new(&root),
+        "/bin/busybox cat /proc/*/environ | /bin/busybox tr '\\0' '\\n' | /bin/busybox grep -c hostile-test-token",
+        dir.path(),
+    );
+    match exit {
+        Ok(exit) => panic!("the program ran ({exit}) and found the token {out} times"),
+        Err(e) => assert_eq!(
+            e.to_string(),
+            "the build sandbox cannot mount a fresh /proc (Operation not permitted (os error 1)): \
+             the kernel refuses one where this system's /proc is partly hidden, as container \
+             runtimes mask it, and the host's /proc is never lent to a build; run where a procfs \
+             can be mounted (on the host, or in a container with an unmasked /proc: `docker run \
+             --security-opt systempaths=unconfined`, `podman run --security-opt unmask=ALL`)"
+        ),
+    }
+    assert_eq!(out, "");
+}
+
 /// The layers of the cached-tree tests: busybox and a config file.
 pub fn config_layers(
     store: &dallinger_oci::image::store::BlobStore,
