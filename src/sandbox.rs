@@ -3,7 +3,24 @@
 //! there), new mount, PID, IPC and UTS namespaces, no network unless asked,
 //! and the root switched with `pivot_root`. The image root is mounted
 //! read-only; `/tmp`, `/var/tmp`, `/root` and `/run` are fresh tmpfs, `/dev`
-//! holds only the harmless nodes, and chosen host directories are bound in.
+//! holds only the harmless nodes, `/proc` is a fresh procfs of the sandbox's
+//! own PID namespace (never the host's: where the kernel refuses one, the
+//! sandbox does not run), and chosen host directories are bound in.
+//!
+//! The image is hostile input: every mount point in it is resolved from a
+//! handle on the root with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`
+//! and mounted on through that handle, so a symlinked `/tmp`, `/run`,
+//! `/proc` or `/dev` never leads a mount or a `mkdir` out of the root.
+//!
+//! The mounts are locked before the program starts: after `pivot_root` the
+//! sandbox enters a second user namespace (as bubblewrap does), which owns
+//! neither the mount namespace nor the mounts, so nothing in it can
+//! remount the read-only root writable or unmount a bind; `no_new_privs` is
+//! set, and for a read-only root every capability is dropped, the bounding
+//! set too (a uid-0 process that execs would regain them otherwise). An
+//! overlay root (prepare scripts) keeps the second namespace's capabilities,
+//! which reach only its own files and namespaces: the script is root as in
+//! a Dockerfile's RUN, and its writes land in the overlay's upper directory.
 //!
 //! Written on raw syscalls rather than by calling `unshare(1)` or bubblewrap:
 //! neither is on every CI runner, and this way a failure names its step. The
@@ -18,6 +35,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
 
 /// A host directory made visible inside the sandbox.
 #[derive(Debug, Clone)]
@@ -25,7 +44,8 @@ pub struct Bind {
     pub host: PathBuf,
     /// Absolute path inside; must lie under one of the sandbox's tmpfs
     /// mounts (`/tmp`, `/var/tmp`, `/root`, `/run`), which is where it is
-    /// created.
+    /// created, and not inside another bind. The image must have that
+    /// directory (not a symlink).
     pub inside: String,
     pub writable: bool,
 }
@@ -176,6 +196,16 @@ impl Sandbox {
                      user.max_user_namespaces), or run as root"
                 );
             }
+            if step == STEPS[STEP_PROC] {
+                bail!(
+                    "the build sandbox cannot mount a fresh /proc ({error}): the kernel refuses \
+                     one where this system's /proc is partly hidden, as container runtimes mask \
+                     it, and the host's /proc is never lent to a build; run where a procfs can be \
+                     mounted (on the host, or in a container with an unmasked /proc: `docker run \
+                     --security-opt systempaths=unconfined`, `podman run --security-opt \
+                     unmask=ALL`)"
+                );
+            }
             bail!("the build sandbox could not {step}: {error}");
         }
         Ok(status)
@@ -186,28 +216,42 @@ impl Sandbox {
             .root
             .canonicalize()
             .with_context(|| format!("the sandbox root {} is missing", self.root.display()))?;
-        let under = |rel: &str| cpath(&root.join(rel.trim_start_matches('/')));
+        let handle = rustix::fs::open(
+            &root,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .with_context(|| format!("the sandbox root {} is not a directory", root.display()))?;
         // Mount points the image may lack (a scratch-built root); the root
-        // is the caller's own unpacked copy, so they are made there.
+        // is the caller's own unpacked copy, so they are made there (a
+        // cached tree has them already).
         for dir in ["proc", "dev"] {
-            let path = root.join(dir);
-            if !path.is_dir() {
-                std::fs::create_dir_all(&path)
-                    .with_context(|| format!("cannot create {}", path.display()))?;
+            if image_dir(&handle, dir) == Err(Errno::NOENT) {
+                match rustix::fs::mkdirat(&handle, dir, Mode::from_raw_mode(0o755)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => {
+                        return Err(e)
+                            .with_context(|| format!("cannot create {}", root.join(dir).display()))
+                    }
+                }
+            }
+            if image_dir(&handle, dir).is_err() {
+                bail!(
+                    "the image's /{dir} is a symlink or not a directory, where the build sandbox \
+                     mounts its own /{dir}: the image is malformed or hostile; use another image"
+                );
             }
         }
         if argv.is_empty() || !argv[0].starts_with('/') {
             bail!("the sandbox needs an absolute program path, not {argv:?}");
         }
-        let mut tmpfs = Vec::new();
-        for dir in TMPFS_DIRS {
-            if self.overlay.is_some() && dir != "run" {
-                continue;
-            }
-            if root.join(dir).is_dir() && !root.join(dir).is_symlink() {
-                tmpfs.push(under(dir)?);
-            }
-        }
+        // A tmpfs only on a real directory of the image; a symlinked /tmp
+        // stays a symlink, resolved inside the root once it is the root.
+        let tmpfs: Vec<&str> = TMPFS_DIRS
+            .into_iter()
+            .filter(|dir| self.overlay.is_none() || *dir == "run")
+            .filter(|dir| image_dir(&handle, dir).is_ok())
+            .collect();
         let mut binds = Vec::new();
         for bind in &self.binds {
             let inside = bind.inside.trim_start_matches('/');
@@ -218,50 +262,62 @@ impl Sandbox {
             } else {
                 &TMPFS_DIRS
             };
-            if !allowed.iter().any(|d| inside.starts_with(&format!("{d}/")))
-                || inside
+            let under_tmpfs = allowed
+                .iter()
+                .find(|d| inside.starts_with(&format!("{d}/")));
+            let Some(tmpfs_dir) = under_tmpfs.filter(|_| {
+                !inside
                     .split('/')
                     .any(|c| c == ".." || c == "." || c.is_empty())
-            {
+            }) else {
                 let list: Vec<String> = allowed.iter().map(|d| format!("/{d}")).collect();
                 bail!(
                     "a sandbox bind must lie under {}: {}",
                     list.join(", "),
                     bind.inside
                 );
+            };
+            if !tmpfs.contains(tmpfs_dir) {
+                bail!(
+                    "cannot bind {} at {} in the build sandbox: the image's /{tmpfs_dir} is a \
+                     symlink or missing, so the sandbox has no tmpfs there; use an image with a \
+                     /{tmpfs_dir} directory",
+                    bind.host.display(),
+                    bind.inside
+                );
             }
-            // Created component by component inside the tmpfs.
-            let mut dirs = Vec::new();
-            let mut partial = String::new();
-            for (i, component) in inside.split('/').enumerate() {
-                if i > 0 {
-                    partial.push('/');
-                }
-                partial.push_str(component);
-                if i > 0 {
-                    dirs.push(under(&partial)?);
-                }
+            if let Some(outer) = self.binds.iter().find(|b| {
+                bind.inside
+                    .starts_with(&format!("{}/", b.inside.trim_end_matches('/')))
+            }) {
+                bail!(
+                    "a sandbox bind may not lie inside another: {} is inside {}",
+                    bind.inside,
+                    outer.inside
+                );
             }
+            // Made component by component inside the tmpfs.
+            let dirs = inside[tmpfs_dir.len() + 1..]
+                .split('/')
+                .map(CString::new)
+                .collect::<Result<Vec<_>, _>>()
+                .context("a sandbox bind holds a NUL byte")?;
             let host = bind
                 .host
                 .canonicalize()
                 .with_context(|| format!("cannot bind {} into the sandbox", bind.host.display()))?;
             binds.push(ChildBind {
                 host: cpath(&host)?,
+                tmpfs: CString::new(*tmpfs_dir)?,
                 dirs,
-                target: under(inside)?,
+                inside: CString::new(inside)?,
                 writable: bind.writable,
                 locked: locked_flags(&host)?,
             });
         }
         let devices = DEVICES
             .iter()
-            .map(|d| {
-                Ok((
-                    cpath(&Path::new("/dev").join(d))?,
-                    under(&format!("dev/{d}"))?,
-                ))
-            })
+            .map(|d| Ok((cpath(&Path::new("/dev").join(d))?, CString::new(*d)?)))
             .collect::<Result<Vec<_>>>()?;
         // A read-only remount must keep the flags the kernel locked on the
         // mount it was bound from, or it is refused.
@@ -316,18 +372,19 @@ impl Sandbox {
             uid_map: format!("0 {uid} 1\n").into_bytes(),
             gid_map: format!("0 {gid} 1\n").into_bytes(),
             overlay,
-            shm_target: under("dev/shm")?,
             dev_links: DEV_LINKS
                 .iter()
-                .map(|(name, target)| Ok((under(&format!("dev/{name}"))?, CString::new(*target)?)))
+                .map(|(name, target)| Ok((CString::new(*name)?, CString::new(*target)?)))
                 .collect::<Result<Vec<_>>>()?,
-            proc_target: under("proc")?,
-            dev_target: under("dev")?,
             devices,
-            tmpfs,
+            tmpfs: tmpfs
+                .into_iter()
+                .map(CString::new)
+                .collect::<Result<Vec<_>, _>>()?,
             binds,
             root: cpath(&root)?,
             locked,
+            drop_capabilities: self.overlay.is_none(),
             workdir: CString::new(self.workdir.as_str())?,
             hostname: self.hostname.clone().into_bytes(),
             args,
@@ -336,6 +393,18 @@ impl Sandbox {
             envp,
         })
     }
+}
+
+/// Whether `rel` is a directory of the image, reached without a symlink.
+fn image_dir(root: &OwnedFd, rel: &str) -> std::result::Result<(), Errno> {
+    rustix::fs::openat2(
+        root,
+        rel,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )
+    .map(drop)
 }
 
 fn cpath(path: &Path) -> Result<CString> {
@@ -421,9 +490,13 @@ fn locked_flags(root: &Path) -> Result<libc::c_ulong> {
 
 struct ChildBind {
     host: CString,
-    /// Directories to create, outermost first (the last is the target).
+    /// The sandbox tmpfs it lies in (`tmp`, relative to the root).
+    tmpfs: CString,
+    /// Directories to create below that tmpfs, outermost first (the last
+    /// is the mount point).
     dirs: Vec<CString>,
-    target: CString,
+    /// The mount point relative to the root.
+    inside: CString,
     writable: bool,
     locked: libc::c_ulong,
 }
@@ -437,15 +510,15 @@ struct ChildPlan {
     /// Overlay mount options, when the root is writable.
     overlay: Option<CString>,
     locked: libc::c_ulong,
-    proc_target: CString,
-    dev_target: CString,
-    /// `/dev/shm`, a tmpfs (POSIX semaphores, multiprocessing).
-    shm_target: CString,
-    /// `/dev/fd` and friends: (link, target).
+    /// `/dev/fd` and friends: (name in /dev, target).
     dev_links: Vec<(CString, CString)>,
+    /// (host node, name in /dev).
     devices: Vec<(CString, CString)>,
+    /// Image directories (relative to the root) that get a tmpfs.
     tmpfs: Vec<CString>,
     binds: Vec<ChildBind>,
+    /// Drop every capability before exec (a read-only root).
+    drop_capabilities: bool,
     workdir: CString,
     hostname: Vec<u8>,
     args: Vec<CString>,
@@ -457,7 +530,7 @@ struct ChildPlan {
 }
 
 /// The steps the child reports a failure of, by index.
-const STEPS: [&str; 16] = [
+const STEPS: [&str; 20] = [
     "redirect its output",
     "create its namespaces (unshare)",
     "write its uid and gid maps",
@@ -474,8 +547,21 @@ const STEPS: [&str; 16] = [
     "set its host name",
     "change to its working directory",
     "start the program (exec)",
+    "find a mount point in the image without a symlink",
+    "lock its mounts (a second user namespace)",
+    "drop its capabilities",
+    "set no_new_privs",
 ];
 const STEP_UNSHARE: usize = 1;
+const STEP_PROC: usize = 6;
+const STEP_DEV: usize = 7;
+const STEP_DEVICE: usize = 8;
+const STEP_TMPFS: usize = 9;
+const STEP_BIND: usize = 10;
+const STEP_RESOLVE: usize = 16;
+const STEP_LOCK: usize = 17;
+const STEP_CAPS: usize = 18;
+const STEP_NNP: usize = 19;
 
 /// Reports `step` and errno on the error pipe and exits.
 unsafe fn fail(report_fd: libc::c_int, step: usize) -> ! {
@@ -508,8 +594,144 @@ unsafe fn mount(
     libc::mount(source, target, fstype, flags, data.cast()) == 0
 }
 
+/// `struct open_how` of openat2(2).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// Opens `path` below `dir` as an `O_PATH` handle, refusing symlinks on the
+/// way and at the end, and anything that leaves `dir`: -1 on failure.
+unsafe fn open_beneath(
+    dir: libc::c_int,
+    path: *const libc::c_char,
+    directory: bool,
+) -> libc::c_int {
+    let mut flags = libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    if directory {
+        flags |= libc::O_DIRECTORY;
+    }
+    let how = OpenHow {
+        flags: flags as u64,
+        mode: 0,
+        resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
+    };
+    libc::syscall(
+        libc::SYS_openat2,
+        dir,
+        path,
+        &how as *const OpenHow,
+        std::mem::size_of::<OpenHow>(),
+    ) as libc::c_int
+}
+
+/// `/proc/self/fd/N`, NUL-terminated, naming what the handle `fd` names:
+/// mounting on it mounts on that very directory, whatever its path.
+struct FdPath([u8; 32]);
+
+impl FdPath {
+    fn new(fd: libc::c_int) -> FdPath {
+        const PREFIX: &[u8] = b"/proc/self/fd/";
+        let mut buf = [0u8; 32];
+        buf[..PREFIX.len()].copy_from_slice(PREFIX);
+        let mut digits = [0u8; 10];
+        let mut n = fd.max(0) as u32;
+        let mut len = 0;
+        loop {
+            digits[len] = b'0' + (n % 10) as u8;
+            len += 1;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for i in 0..len {
+            buf[PREFIX.len() + i] = digits[len - 1 - i];
+        }
+        FdPath(buf)
+    }
+
+    fn as_ptr(&self) -> *const libc::c_char {
+        self.0.as_ptr().cast()
+    }
+}
+
+/// Mounts on the directory `rel` of the root (handle `root`), found without
+/// following a symlink; reports `step` when the mount fails.
+#[allow(clippy::too_many_arguments)]
+unsafe fn mount_in(
+    root: libc::c_int,
+    rel: *const libc::c_char,
+    source: *const libc::c_char,
+    fstype: *const libc::c_char,
+    flags: libc::c_ulong,
+    data: *const libc::c_char,
+    report: libc::c_int,
+    step: usize,
+) {
+    let fd = open_beneath(root, rel, true);
+    if fd < 0 {
+        fail(report, STEP_RESOLVE);
+    }
+    if !mount(source, FdPath::new(fd).as_ptr(), fstype, flags, data) {
+        fail(report, step);
+    }
+    libc::close(fd);
+}
+
+/// The capability sets of capset(2), version 3 (two words each).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// No capability left, now or after exec: the bounding and ambient sets
+/// emptied, then the process's own sets.
+unsafe fn drop_capabilities() -> bool {
+    for cap in 0..64 {
+        if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
+            && *libc::__errno_location() != libc::EINVAL
+        {
+            return false;
+        }
+    }
+    if libc::prctl(
+        libc::PR_CAP_AMBIENT,
+        libc::PR_CAP_AMBIENT_CLEAR_ALL,
+        0,
+        0,
+        0,
+    ) != 0
+    {
+        return false;
+    }
+    let header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let data = [CapData {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) == 0
+}
+
 /// The forked child: namespaces, then a second fork so the program is PID 1
-/// of its own PID namespace, mounts, pivot_root, exec.
+/// of its own PID namespace, mounts, pivot_root, locks, exec.
 unsafe fn child_main(plan: &ChildPlan, stdin: i32, log: i32, report: i32) -> ! {
     let null = std::ptr::null::<libc::c_char>();
     if libc::dup2(stdin, 0) < 0 || libc::dup2(log, 1) < 0 || libc::dup2(log, 2) < 0 {
@@ -573,108 +795,152 @@ unsafe fn child_main(plan: &ChildPlan, stdin: i32, log: i32, report: i32) -> ! {
     if !root_mounted {
         fail(report, 5);
     }
-    if !mount(
+    // The root as mounted now; every mount point below is found from it.
+    let root = libc::open(
+        plan.root.as_ptr(),
+        libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+    );
+    if root < 0 {
+        fail(report, 5);
+    }
+    // A fresh procfs or nothing: the host's /proc would show (and let the
+    // program write through) every host process.
+    mount_in(
+        root,
         c"proc".as_ptr(),
-        plan.proc_target.as_ptr(),
+        c"proc".as_ptr(),
         c"proc".as_ptr(),
         libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
         null,
-    ) {
-        // Where a fresh procfs is refused (a masked /proc in a container),
-        // the host's is bound instead.
-        if !mount(
-            c"/proc".as_ptr(),
-            plan.proc_target.as_ptr(),
-            null,
-            libc::MS_BIND | libc::MS_REC,
-            null,
-        ) {
-            fail(report, 6);
-        }
-    }
-    if !mount(
+        report,
+        STEP_PROC,
+    );
+    mount_in(
+        root,
+        c"dev".as_ptr(),
         c"tmpfs".as_ptr(),
-        plan.dev_target.as_ptr(),
         c"tmpfs".as_ptr(),
         libc::MS_NOSUID | libc::MS_NOEXEC,
         c"mode=0755".as_ptr(),
-    ) {
-        fail(report, 7);
+        report,
+        STEP_DEV,
+    );
+    // Our fresh tmpfs from here on.
+    let dev = open_beneath(root, c"dev".as_ptr(), true);
+    if dev < 0 {
+        fail(report, STEP_RESOLVE);
     }
-    for (host, target) in &plan.devices {
-        let fd = libc::open(
-            target.as_ptr(),
-            libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+    for (host, name) in &plan.devices {
+        let fd = libc::openat(
+            dev,
+            name.as_ptr(),
+            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
             0o644,
         );
         if fd < 0 {
-            fail(report, 8);
+            fail(report, STEP_DEVICE);
         }
         libc::close(fd);
-        if !mount(host.as_ptr(), target.as_ptr(), null, libc::MS_BIND, null) {
-            fail(report, 8);
+        let node = open_beneath(dev, name.as_ptr(), false);
+        if node < 0 {
+            fail(report, STEP_RESOLVE);
         }
-    }
-    if libc::mkdir(plan.shm_target.as_ptr(), 0o1777) != 0
-        || !mount(
-            c"tmpfs".as_ptr(),
-            plan.shm_target.as_ptr(),
-            c"tmpfs".as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV,
-            c"mode=1777".as_ptr(),
-        )
-    {
-        fail(report, 7);
-    }
-    for (link, target) in &plan.dev_links {
-        if libc::symlink(target.as_ptr(), link.as_ptr()) != 0 {
-            fail(report, 7);
-        }
-    }
-    for dir in &plan.tmpfs {
         if !mount(
-            c"tmpfs".as_ptr(),
+            host.as_ptr(),
+            FdPath::new(node).as_ptr(),
+            null,
+            libc::MS_BIND,
+            null,
+        ) {
+            fail(report, STEP_DEVICE);
+        }
+        libc::close(node);
+    }
+    if libc::mkdirat(dev, c"shm".as_ptr(), 0o1777) != 0 {
+        fail(report, STEP_DEV);
+    }
+    mount_in(
+        dev,
+        c"shm".as_ptr(),
+        c"tmpfs".as_ptr(),
+        c"tmpfs".as_ptr(),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        c"mode=1777".as_ptr(),
+        report,
+        STEP_DEV,
+    );
+    for (name, target) in &plan.dev_links {
+        if libc::symlinkat(target.as_ptr(), dev, name.as_ptr()) != 0 {
+            fail(report, STEP_DEV);
+        }
+    }
+    libc::close(dev);
+    for dir in &plan.tmpfs {
+        mount_in(
+            root,
             dir.as_ptr(),
             c"tmpfs".as_ptr(),
+            c"tmpfs".as_ptr(),
             libc::MS_NOSUID | libc::MS_NODEV,
             c"mode=1777".as_ptr(),
-        ) {
-            fail(report, 9);
-        }
+            report,
+            STEP_TMPFS,
+        );
     }
     for bind in &plan.binds {
-        for dir in &bind.dirs {
-            if libc::mkdir(dir.as_ptr(), 0o755) != 0 && *libc::__errno_location() != libc::EEXIST {
-                fail(report, 10);
+        // Down from the tmpfs, one fresh directory at a time.
+        let mut dir = open_beneath(root, bind.tmpfs.as_ptr(), true);
+        if dir < 0 {
+            fail(report, STEP_RESOLVE);
+        }
+        for name in &bind.dirs {
+            if libc::mkdirat(dir, name.as_ptr(), 0o755) != 0
+                && *libc::__errno_location() != libc::EEXIST
+            {
+                fail(report, STEP_BIND);
             }
+            let next = open_beneath(dir, name.as_ptr(), true);
+            if next < 0 {
+                fail(report, STEP_RESOLVE);
+            }
+            libc::close(dir);
+            dir = next;
         }
         if !mount(
             bind.host.as_ptr(),
-            bind.target.as_ptr(),
+            FdPath::new(dir).as_ptr(),
             null,
             libc::MS_BIND | libc::MS_REC,
             null,
         ) {
-            fail(report, 10);
+            fail(report, STEP_BIND);
         }
-        if !bind.writable
-            && !mount(
+        libc::close(dir);
+        if !bind.writable {
+            mount_in(
+                root,
+                bind.inside.as_ptr(),
                 null,
-                bind.target.as_ptr(),
                 null,
                 libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | bind.locked,
                 null,
-            )
-        {
-            fail(report, 10);
+                report,
+                STEP_BIND,
+            );
         }
     }
+    libc::close(root);
     if plan.overlay.is_none()
         && !mount(
             null,
             plan.root.as_ptr(),
             null,
-            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | plan.locked,
+            libc::MS_BIND
+                | libc::MS_REMOUNT
+                | libc::MS_RDONLY
+                | libc::MS_NOSUID
+                | libc::MS_NODEV
+                | plan.locked,
             null,
         )
     {
@@ -689,8 +955,23 @@ unsafe fn child_main(plan: &ChildPlan, stdin: i32, log: i32, report: i32) -> ! {
     if libc::sethostname(plan.hostname.as_ptr().cast(), plan.hostname.len()) != 0 {
         fail(report, 13);
     }
+    // Locks the mounts: a user namespace that owns neither the mount
+    // namespace nor its mounts, root (the same user) inside.
+    if libc::unshare(libc::CLONE_NEWUSER) != 0
+        || !write_file(b"/proc/self/setgroups\0", b"deny")
+        || !write_file(b"/proc/self/uid_map\0", b"0 0 1\n")
+        || !write_file(b"/proc/self/gid_map\0", b"0 0 1\n")
+    {
+        fail(report, STEP_LOCK);
+    }
     if libc::chdir(plan.workdir.as_ptr()) != 0 {
         fail(report, 14);
+    }
+    if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+        fail(report, STEP_NNP);
+    }
+    if plan.drop_capabilities && !drop_capabilities() {
+        fail(report, STEP_CAPS);
     }
     libc::execve(
         plan.args[0].as_ptr(),

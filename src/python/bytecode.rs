@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 
 use anyhow::{bail, Context, Result};
@@ -30,7 +30,7 @@ pub struct BytecodeCompiler<'a> {
     store: &'a BlobStore,
     base_layers: &'a [ImageLayer],
     base_config: &'a serde_json::Value,
-    rootfs: OnceLock<PathBuf>,
+    rootfs: OnceLock<unpack::Rootfs>,
 }
 
 /// Staged sources and their `.pyc` files: keep it until the layer is written.

@@ -56,7 +56,7 @@ pub struct BuilderImage {
 }
 
 struct Prepared {
-    rootfs: PathBuf,
+    rootfs: unpack::Rootfs,
     python: String,
     env: Vec<(String, String)>,
     target: Target,
