@@ -1,0 +1,35 @@
+//! Strategies shared by the text targets.
+
+use proptest::prelude::*;
+
+/// Any bytes, read as text the way a file of them would be (lossy UTF-8).
+pub fn raw_text(max: usize) -> BoxedStrategy<String> {
+    prop::collection::vec(any::<u8>(), 0..max)
+        .prop_map(|b| String::from_utf8_lossy(&b).into_owned())
+        .boxed()
+}
+
+/// Printable noise with the characters parsers split on.
+pub fn noise(max: usize) -> BoxedStrategy<String> {
+    let pattern = format!("[ -~\\t\u{e9}\u{130}\u{feff}]{{0,{max}}}");
+    proptest::string::string_regex(&pattern).unwrap().boxed()
+}
+
+/// Lines joined with a mix of `\n`, `\r\n` and `\r`.
+pub fn joined(lines: Vec<(String, u8)>) -> String {
+    let mut out = String::new();
+    for (line, end) in lines {
+        out.push_str(&line);
+        out.push_str(match end % 8 {
+            0 => "\r\n",
+            1 => "\r",
+            _ => "\n",
+        });
+    }
+    out
+}
+
+/// Text from bytes, for the corpus.
+pub fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
