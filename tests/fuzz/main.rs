@@ -17,3 +17,4 @@ mod harness;
 mod text;
 
 mod config_txt;
+mod image_reference;
