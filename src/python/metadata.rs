@@ -114,13 +114,10 @@ pub fn applicable_dependencies(
     }
     let mut out: Vec<Dependency> = Vec::new();
     for entry in requires_dist {
-        let req: Pep508Requirement =
-            entry.trim().parse().map_err(|e: pep508_rs::Pep508Error| {
-                MetadataError::RequiresDist {
-                    entry: entry.clone(),
-                    message: e.message.to_string(),
-                }
-            })?;
+        let req = parse_pep508(entry.trim()).map_err(|message| MetadataError::RequiresDist {
+            entry: entry.clone(),
+            message,
+        })?;
         let applies = contexts
             .iter()
             .any(|ctx| req.marker.evaluate(env.pep508(), ctx));
@@ -156,6 +153,46 @@ pub fn applicable_names(
         .into_iter()
         .map(|d| (d.normalised, d.extras))
         .collect())
+}
+
+/// A PEP 508 requirement, or pep508_rs's message why it is not one.
+///
+/// pep508_rs 0.9 panics, rather than returning an error, on a name or an
+/// extra that ends in `-`, `_` or `.` when more text follows (`a-[x]`,
+/// `a- ==1`, `a[b-]`): any wheel's `Requires-Dist` or requirements line could
+/// stop the build that way. Those are refused here before it parses.
+pub(crate) fn parse_pep508(text: &str) -> Result<Pep508Requirement, String> {
+    let is_name_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+    let bad_end = |token: &str| {
+        token.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && token.chars().all(is_name_char)
+            && token.ends_with(['.', '-', '_'])
+    };
+    let text_start = text.trim_start();
+    let name_end = text_start
+        .find(|c: char| !is_name_char(c))
+        .unwrap_or(text_start.len());
+    let name = &text_start[..name_end];
+    if name_end < text_start.len() && bad_end(name) {
+        return Err(format!(
+            "the name `{name}` ends with `{}`: a name ends with a letter or digit",
+            &name[name.len() - 1..]
+        ));
+    }
+    if let Some(extras) = text_start[name_end..].trim_start().strip_prefix('[') {
+        let inside = extras.split(']').next().unwrap_or_default();
+        if let Some(extra) = inside
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .find(|e| bad_end(e))
+        {
+            return Err(format!(
+                "the extra `{extra}` ends with `{}`: an extra ends with a letter or digit",
+                &extra[extra.len() - 1..]
+            ));
+        }
+    }
+    text.parse()
+        .map_err(|e: pep508_rs::Pep508Error| e.message.to_string())
 }
 
 /// The distribution name as written at the start of a PEP 508 string.
@@ -250,6 +287,28 @@ Requires-Dist: not-a-header\r\n";
 
     fn env(v: (u32, u32, u32)) -> MarkerEnv {
         MarkerEnv::cpython_linux("x86_64", v)
+    }
+
+    #[test]
+    fn a_name_or_extra_ending_in_a_separator_is_an_error_not_a_panic() {
+        let e = env((3, 11, 2));
+        for (entry, what) in [
+            ("a-[x]", "the name `a-`"),
+            ("a_ >=1", "the name `a_`"),
+            ("a. ; python_version > \"3\"", "the name `a.`"),
+            ("a[W-]", "the extra `W-`"),
+            ("a [x, y_ ]==1", "the extra `y_`"),
+        ] {
+            let err = applicable_dependencies(&[entry.to_string()], &[], &e)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(entry) && err.contains(what), "{entry}: {err}");
+        }
+        // Still pep508_rs's own errors and results elsewhere.
+        assert!(parse_pep508("a-").is_err());
+        assert!(parse_pep508("a[-b]").is_err());
+        let ok = parse_pep508(" a-b.c_d [x-y] >=1").unwrap();
+        assert_eq!(ok.name.to_string(), "a-b-c-d");
     }
 
     #[test]

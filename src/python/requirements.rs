@@ -15,6 +15,7 @@ use pep508_rs::{Requirement as Pep508Requirement, VersionOrUrl};
 
 use super::git_source::GitUrl;
 use super::markers;
+use super::metadata::parse_pep508;
 use super::target::normalise_name;
 use super::wheel::WheelFilename;
 
@@ -765,10 +766,7 @@ fn parse_requirement(
             return Err(local_path_error(url));
         }
         // `name[extras]` alone is a valid PEP 508 requirement.
-        let parsed: Pep508Requirement = arg[..at]
-            .trim()
-            .parse()
-            .map_err(|e: pep508_rs::Pep508Error| invalid_requirement(arg, &e))?;
+        let parsed = parse_pep508(arg[..at].trim()).map_err(|e| invalid_requirement(arg, &e))?;
         let name = (super::metadata::written_name(arg), name_extras(&parsed));
         if is_git(url) {
             return git_requirement(Some(name), url, marker, hashes, file, line);
@@ -780,9 +778,7 @@ fn parse_requirement(
     if looks_like_path(head) {
         return Err(local_path_error(head));
     }
-    let parsed: Pep508Requirement = arg
-        .parse()
-        .map_err(|e: pep508_rs::Pep508Error| invalid_requirement(arg, &e))?;
+    let parsed = parse_pep508(arg).map_err(|e| invalid_requirement(arg, &e))?;
     let (specifier, pinned) = match &parsed.version_or_url {
         None => (String::new(), None),
         Some(VersionOrUrl::VersionSpecifier(specs)) => {
@@ -819,11 +815,10 @@ fn name_extras(parsed: &Pep508Requirement) -> Vec<String> {
     parsed.extras.iter().map(|e| e.to_string()).collect()
 }
 
-fn invalid_requirement(arg: &str, e: &pep508_rs::Pep508Error) -> String {
+fn invalid_requirement(arg: &str, message: &str) -> String {
     format!(
-        "`{arg}` is not a valid requirement: {} (expected e.g. `flask==3.0.3` or \
-         `flask==3.0.3 ; python_version >= \"3.8\"`)",
-        e.message
+        "`{arg}` is not a valid requirement: {message} (expected e.g. `flask==3.0.3` or \
+         `flask==3.0.3 ; python_version >= \"3.8\"`)"
     )
 }
 
@@ -854,9 +849,7 @@ fn git_requirement(
         }
         (Some(named), _) => named,
         (None, Some(egg)) => {
-            let parsed: Pep508Requirement = egg
-                .parse()
-                .map_err(|e: pep508_rs::Pep508Error| invalid_requirement(egg, &e))?;
+            let parsed = parse_pep508(egg).map_err(|e| invalid_requirement(egg, &e))?;
             (parsed.name.to_string(), name_extras(&parsed))
         }
         (None, None) => {
@@ -1003,6 +996,24 @@ mod tests {
 
     const H1: &str = "34e7c11f39c2fd1d5e38b3c8b2b4b0bb7a5ac2f1b8d1a8d0c0c7b8b5f8f1e2d3";
     const H2: &str = "CEB27B0AF3823EA2737928A4D99D125A06175B8512C445CBD9A9CE200EF76842";
+
+    #[test]
+    fn a_name_or_extra_ending_in_a_separator_is_an_error_not_a_panic() {
+        for (line, what) in [
+            ("flask-[async]==3.0.3", "the name `flask-`"),
+            ("flask[A-]==3.0.3", "the extra `A-`"),
+            (
+                "flask_[x] @ https://x.test/flask-3.0.3-py3-none-any.whl",
+                "the name `flask_`",
+            ),
+        ] {
+            let msg = err(&format!("{line}\n"));
+            assert!(
+                msg.contains("requirements.txt:1: ") && msg.contains(what),
+                "{line}: {msg}"
+            );
+        }
+    }
 
     #[test]
     fn dallinger_constraints_with_via_comments_and_hashes() {
