@@ -18,3 +18,4 @@ mod text;
 
 mod config_txt;
 mod image_reference;
+mod requirements;
