@@ -88,7 +88,9 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
-enum Challenge {
+/// What a registry's `WWW-Authenticate` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Challenge {
     Basic,
     Bearer {
         realm: String,
@@ -809,7 +811,8 @@ fn error_code(body: &str) -> (Option<String>, String) {
 }
 
 /// Parses `WWW-Authenticate: Bearer realm="…",service="…"` or `Basic …`.
-fn parse_challenge(value: &str) -> Option<Challenge> {
+/// Public for tests/fuzz.
+pub fn parse_challenge(value: &str) -> Option<Challenge> {
     let (scheme, params) = value.trim().split_once(' ').unwrap_or((value.trim(), ""));
     if scheme.eq_ignore_ascii_case("basic") {
         return Some(Challenge::Basic);
