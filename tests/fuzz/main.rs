@@ -19,3 +19,4 @@ mod text;
 mod config_txt;
 mod image_reference;
 mod requirements;
+mod www_authenticate;
