@@ -7,7 +7,7 @@ use dallinger_oci::experiment::config::Config;
 use proptest::prelude::*;
 
 use crate::ensure;
-use crate::text::{joined, lossy, noise, raw_text};
+use crate::text::{joined, noise, raw_text, TEXT};
 
 const KEYS: &[&str] = &["a", "B", "key", "Key", "docker_image_name", "x y", "é", "İ"];
 const SECTIONS: &[&str] = &[
@@ -154,5 +154,5 @@ fn check(text: String) -> Result<(), TestCaseError> {
 
 #[test]
 fn config_txt() {
-    crate::harness::fuzz("config_txt", config_text(), lossy, check);
+    crate::harness::fuzz("config_txt", config_text(), TEXT, check);
 }

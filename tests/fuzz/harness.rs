@@ -151,16 +151,27 @@ impl Drop for Watchdog {
     }
 }
 
-/// Runs `check` on the committed corpus of `target` (through `from_bytes`)
-/// and then on inputs drawn from `strategy` until the target's share of the
-/// budget is spent. A failure is shrunk to a small input and reported with
-/// the seed that reproduces it.
-pub fn fuzz<S, F>(
-    target: &'static str,
-    strategy: S,
-    from_bytes: impl Fn(&[u8]) -> S::Value,
-    check: F,
-) where
+/// How a target's input is kept as a corpus file and read back from one.
+pub struct Bytes<V> {
+    pub read: fn(&[u8]) -> V,
+    pub write: fn(&V) -> Vec<u8>,
+}
+
+/// Where a failing input is written: a file to copy into the corpus.
+fn save_failure(target: &str, seed: u64, case: u64, bytes: &[u8]) -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fuzz-failures");
+    std::fs::create_dir_all(&dir).ok()?;
+    let path = dir.join(format!("{target}-{seed}-{case}"));
+    std::fs::write(&path, bytes).ok()?;
+    Some(path)
+}
+
+/// Runs `check` on the committed corpus of `target` (read with
+/// `bytes.read`) and then on inputs drawn from `strategy` until the target's
+/// share of the budget is spent. A failure is shrunk to a small input,
+/// saved as a corpus file and reported with the seed that reproduces it.
+pub fn fuzz<S, F>(target: &'static str, strategy: S, bytes: Bytes<S::Value>, check: F)
+where
     S: Strategy,
     S::Value: Debug,
     F: Fn(S::Value) -> Result<(), TestCaseError>,
@@ -169,9 +180,9 @@ pub fn fuzz<S, F>(
     let case = Arc::new(AtomicU64::new(0));
     let watchdog = Watchdog::new(target, seed, Arc::clone(&case));
 
-    for (path, bytes) in corpus(target) {
+    for (path, content) in corpus(target) {
         watchdog.enter();
-        let result = check(from_bytes(&bytes));
+        let result = check((bytes.read)(&content));
         watchdog.leave();
         if let Err(why) = result {
             panic!(
@@ -218,12 +229,25 @@ pub fn fuzz<S, F>(
         watchdog.leave();
         match result {
             Ok(_) => {}
-            Err(TestError::Fail(why, input)) => panic!(
-                "fuzz target {target} fails on case {n} (FUZZ_SEED={seed}): {why}\n\
-                 minimal input: {input:?}\n\
-                 replay: FUZZ_SEED={seed} FUZZ_CASES={} cargo test --test fuzz {target}",
-                n + 1
-            ),
+            Err(TestError::Fail(why, input)) => {
+                let saved = save_failure(target, seed, n, &(bytes.write)(&input));
+                let mut shown = format!("{input:?}");
+                if shown.len() > 2000 {
+                    let cut = (0..=2000)
+                        .rev()
+                        .find(|&i| shown.is_char_boundary(i))
+                        .unwrap_or(0);
+                    shown = format!("{}… ({} characters)", &shown[..cut], shown.len());
+                }
+                panic!(
+                    "fuzz target {target} fails on case {n} (FUZZ_SEED={seed}): {why}\n\
+                     minimal input: {shown}\n\
+                     saved as: {}\n\
+                     replay: FUZZ_SEED={seed} FUZZ_CASES={} cargo test --test fuzz {target}",
+                    saved.map_or("(could not be saved)".into(), |p| p.display().to_string()),
+                    n + 1
+                )
+            }
             Err(TestError::Abort(why)) => panic!("fuzz target {target} aborted: {why}"),
         }
         n += 1;

@@ -5,7 +5,7 @@ use dallinger_oci::registry::reference::Reference;
 use proptest::prelude::*;
 
 use crate::ensure;
-use crate::text::{lossy, noise};
+use crate::text::{noise, TEXT};
 
 fn host() -> impl Strategy<Value = String> {
     prop_oneof![
@@ -156,5 +156,5 @@ fn check(text: String) -> Result<(), TestCaseError> {
 
 #[test]
 fn image_reference() {
-    crate::harness::fuzz("image_reference", reference_text(), lossy, check);
+    crate::harness::fuzz("image_reference", reference_text(), TEXT, check);
 }

@@ -19,4 +19,5 @@ mod text;
 mod config_txt;
 mod image_reference;
 mod requirements;
+mod tar_import;
 mod www_authenticate;

@@ -10,6 +10,7 @@ use dallinger_oci::python::target::normalise_name;
 use proptest::prelude::*;
 
 use crate::ensure;
+use crate::harness::Bytes;
 use crate::text::{joined, noise, raw_text};
 
 /// The files of a case: `requirements.txt` and two it may include.
@@ -254,9 +255,21 @@ fn files() -> impl Strategy<Value = Vec<String>> {
     prop::collection::vec(file_text(), FILES.len())
 }
 
-fn from_bytes(bytes: &[u8]) -> Vec<String> {
+/// A corpus file holds the three files, separated by `\0--\0`.
+const SEPARATOR: &str = "\0--\0";
+
+fn read_files(bytes: &[u8]) -> Vec<String> {
     let text = String::from_utf8_lossy(bytes).into_owned();
-    vec![text, String::new(), String::new()]
+    let mut files: Vec<String> = text
+        .splitn(FILES.len(), SEPARATOR)
+        .map(str::to_string)
+        .collect();
+    files.resize(FILES.len(), String::new());
+    files
+}
+
+fn write_files(files: &Vec<String>) -> Vec<u8> {
+    files.join(SEPARATOR).into_bytes()
 }
 
 fn is_extra_normalised(e: &str) -> bool {
@@ -354,5 +367,13 @@ fn check(texts: Vec<String>) -> Result<(), TestCaseError> {
 
 #[test]
 fn requirements() {
-    crate::harness::fuzz("requirements", files(), from_bytes, check);
+    crate::harness::fuzz(
+        "requirements",
+        files(),
+        Bytes {
+            read: read_files,
+            write: write_files,
+        },
+        check,
+    );
 }

@@ -2,6 +2,8 @@
 
 use proptest::prelude::*;
 
+use crate::harness::Bytes;
+
 /// Any bytes, read as text the way a file of them would be (lossy UTF-8).
 pub fn raw_text(max: usize) -> BoxedStrategy<String> {
     prop::collection::vec(any::<u8>(), 0..max)
@@ -33,3 +35,27 @@ pub fn joined(lines: Vec<(String, u8)>) -> String {
 pub fn lossy(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
+
+fn text_bytes(text: &String) -> Vec<u8> {
+    text.as_bytes().to_vec()
+}
+
+/// A text target's corpus files: the text itself.
+pub const TEXT: Bytes<String> = Bytes {
+    read: lossy,
+    write: text_bytes,
+};
+
+fn raw_read(bytes: &[u8]) -> Vec<u8> {
+    bytes.to_vec()
+}
+
+fn raw_write(bytes: &Vec<u8>) -> Vec<u8> {
+    bytes.clone()
+}
+
+/// A byte target's corpus files: the bytes themselves.
+pub const RAW: Bytes<Vec<u8>> = Bytes {
+    read: raw_read,
+    write: raw_write,
+};

@@ -6,6 +6,7 @@ use dallinger_oci::registry::client::{parse_challenge, Challenge};
 use proptest::prelude::*;
 
 use crate::ensure;
+use crate::harness::Bytes;
 use crate::text::{lossy, noise};
 
 /// A header and, when it is well formed, what it says: (scheme is Bearer,
@@ -149,9 +150,12 @@ fn www_authenticate() {
     crate::harness::fuzz(
         "www_authenticate",
         header(),
-        |bytes| Header {
-            text: lossy(bytes),
-            expected: None,
+        Bytes {
+            read: |bytes| Header {
+                text: lossy(bytes),
+                expected: None,
+            },
+            write: |h| h.text.clone().into_bytes(),
         },
         check,
     );
