@@ -117,8 +117,36 @@ impl MarkerEnv {
     }
 }
 
+/// Refuses a marker with a character outside ASCII that is not inside a
+/// quoted string: none is valid there, and pep508_rs 0.9 panics (it slices
+/// a byte offset it counted in characters) on one where `and`/`or` may
+/// follow an expression (`python_version > "3" é`). Checked before it
+/// parses.
+pub(crate) fn check_marker_text(marker: &str) -> Result<(), String> {
+    let mut quote = None;
+    for c in marker.chars() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '"' || c == '\'' => quote = Some(c),
+            None if !c.is_ascii() => {
+                return Err(format!(
+                    "`{c}` outside a quoted string: a marker is ASCII but for its quoted values"
+                ))
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}
+
 /// Parses a marker expression (the part after `;`).
 pub fn parse(marker: &str) -> Result<MarkerTree, MarkerError> {
+    let invalid = |message: String| MarkerError::Invalid {
+        marker: marker.trim().to_string(),
+        message,
+    };
+    check_marker_text(marker).map_err(invalid)?;
     marker
         .trim()
         .parse::<MarkerTree>()

@@ -159,8 +159,10 @@ pub fn applicable_names(
 ///
 /// pep508_rs 0.9 panics, rather than returning an error, on a name or an
 /// extra that ends in `-`, `_` or `.` when more text follows (`a-[x]`,
-/// `a- ==1`, `a[b-]`): any wheel's `Requires-Dist` or requirements line could
-/// stop the build that way. Those are refused here before it parses.
+/// `a- ==1`, `a[b-]`), and on some markers with characters outside ASCII
+/// ([`markers::check_marker_text`]): any wheel's `Requires-Dist` or
+/// requirements line could stop the build that way. Those are refused here
+/// before it parses.
 pub(crate) fn parse_pep508(text: &str) -> Result<Pep508Requirement, String> {
     let is_name_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
     let bad_end = |token: &str| {
@@ -190,6 +192,9 @@ pub(crate) fn parse_pep508(text: &str) -> Result<Pep508Requirement, String> {
                 &extra[extra.len() - 1..]
             ));
         }
+    }
+    if let Some((_, marker)) = text.split_once(';') {
+        markers::check_marker_text(marker)?;
     }
     text.parse()
         .map_err(|e: pep508_rs::Pep508Error| e.message.to_string())
@@ -304,6 +309,22 @@ Requires-Dist: not-a-header\r\n";
                 .to_string();
             assert!(err.contains(entry) && err.contains(what), "{entry}: {err}");
         }
+        // Characters outside ASCII after a marker expression (pep508_rs
+        // sliced inside them).
+        for entry in [
+            "a==1; python_version == \"2.0\" \u{e9}",
+            "a; python_version > '3' \u{e9}\u{feff}\u{e9}",
+            "a ; (os_name == 'posix' \u{e9})",
+        ] {
+            let err = applicable_dependencies(&[entry.to_string()], &[], &e)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("outside a quoted string"), "{entry}: {err}");
+            assert!(markers::parse(entry.split_once(';').unwrap().1).is_err());
+        }
+        // Quoted values may hold any character.
+        let ok = parse_pep508("a; platform_release == '\u{e9}x'").unwrap();
+        assert_eq!(ok.name.to_string(), "a");
         // Still pep508_rs's own errors and results elsewhere.
         assert!(parse_pep508("a-").is_err());
         assert!(parse_pep508("a[-b]").is_err());
@@ -323,6 +344,7 @@ Requires-Dist: not-a-header\r\n";
         assert_eq!(header_values(REDIS, "name"), vec!["redis"]);
         let folded = "Name: x\nDescription: a\n  b\n       |c\nRequires-Dist: y\n";
         assert_eq!(requires_dist(folded), vec!["y"]);
+    }
     }
 
     #[test]
