@@ -52,26 +52,30 @@ impl Dependency {
 
 /// The header fields of a metadata document (RFC 822 style): everything up
 /// to the first empty line; continuation lines (starting with whitespace)
-/// fold into the previous field.
+/// fold into the previous field with one space, as
+/// [`super::wheel::parse_headers`] (the installer's reading) unfolds them,
+/// so both read a document's fields alike. Lines that are not fields are
+/// skipped here, where the installer refuses the file.
 fn headers(metadata_text: &str) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::new();
-    for line in metadata_text.lines() {
+    let mut out: Vec<(String, Vec<&str>)> = Vec::new();
+    for line in metadata_text.split('\n') {
         let line = line.strip_suffix('\r').unwrap_or(line);
         if line.is_empty() {
             break;
         }
         if line.starts_with([' ', '\t']) {
-            if let Some((_, value)) = out.last_mut() {
-                value.push('\n');
-                value.push_str(line.trim());
+            if let Some((_, lines)) = out.last_mut() {
+                lines.push(line.trim());
             }
             continue;
         }
         if let Some((key, value)) = line.split_once(':') {
-            out.push((key.trim().to_string(), value.trim().to_string()));
+            out.push((key.to_string(), vec![value.trim()]));
         }
     }
-    out
+    out.into_iter()
+        .map(|(key, lines)| (key, lines.join(" ").trim().to_string()))
+        .collect()
 }
 
 /// All values of header `name` (case-insensitive), in order.
@@ -344,7 +348,15 @@ Requires-Dist: not-a-header\r\n";
         assert_eq!(header_values(REDIS, "name"), vec!["redis"]);
         let folded = "Name: x\nDescription: a\n  b\n       |c\nRequires-Dist: y\n";
         assert_eq!(requires_dist(folded), vec!["y"]);
-    }
+        // Folded as the installer folds them (wheel::parse_headers).
+        for text in [
+            "Name: x\nRequires-Dist: a==1\n\t\nVersion: 1\n",
+            "Name: x\nRequires-Dist: a\n  >=1 ;\n python_version > '3'\nVersion: 1\n",
+            "Name: x\nVersion: 1\n\rRequires-Dist: y\n",
+        ] {
+            let installer = crate::python::wheel::CoreMetadata::parse("METADATA", text).unwrap();
+            assert_eq!(requires_dist(text), installer.requires_dist, "{text:?}");
+        }
     }
 
     #[test]
