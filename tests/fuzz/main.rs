@@ -20,4 +20,5 @@ mod config_txt;
 mod image_reference;
 mod requirements;
 mod tar_import;
+mod wheel;
 mod www_authenticate;

@@ -111,6 +111,26 @@ fn marker() -> BoxedStrategy<String> {
         .boxed()
 }
 
+/// A PEP 508 requirement as `Requires-Dist` writes one: name, extras,
+/// specifier or URL, marker.
+pub fn pep508() -> BoxedStrategy<String> {
+    (
+        name(),
+        extras(),
+        prop_oneof![
+            4 => specifier(),
+            1 => Just(" @ https://x.test/p-1.0-py3-none-any.whl".to_string()),
+        ],
+        prop::option::weighted(0.4, marker()),
+        prop::sample::select(&["; ", " ; ", ";"][..]),
+    )
+        .prop_map(|(n, e, s, m, semi)| match m {
+            Some(m) => format!("{n}{e}{s}{semi}{m}"),
+            None => format!("{n}{e}{s}"),
+        })
+        .boxed()
+}
+
 fn hash() -> BoxedStrategy<String> {
     prop_oneof![
         12 => "[0-9a-fA-F]{64}".prop_map(|h| format!("sha256:{h}")),
