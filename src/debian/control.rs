@@ -285,14 +285,18 @@ fn without_restrictions(text: &str) -> &str {
 }
 
 /// dpkg's ordering of two versions. A version that does not parse (never
-/// in the archive) sorts by its text, so a bad field cannot panic us.
+/// in the archive) sorts before every one that does, and by its text among
+/// its kind: a total order, so the newest candidate of an index does not
+/// depend on the order of its stanzas.
 pub fn compare_versions(a: &str, b: &str) -> Ordering {
     match (
         a.parse::<debversion::Version>(),
         b.parse::<debversion::Version>(),
     ) {
         (Ok(a), Ok(b)) => a.cmp(&b),
-        _ => a.cmp(b),
+        (Err(_), Ok(_)) => Ordering::Less,
+        (Ok(_), Err(_)) => Ordering::Greater,
+        (Err(_), Err(_)) => a.cmp(b),
     }
 }
 
@@ -321,6 +325,18 @@ mod tests {
         for (a, b, want) in cases {
             assert_eq!(compare_versions(a, b), want, "{a} vs {b}");
         }
+    }
+
+    #[test]
+    fn versions_that_do_not_parse_sort_first_and_the_order_is_total() {
+        // "2 " does not parse: it sorted by text between "2-0" and "0:3",
+        // while dpkg puts "0:3" after "2-0".
+        let (a, b, c) = ("2 ", "2-0", "0:3");
+        assert_eq!(compare_versions(b, c), Ordering::Less);
+        assert_eq!(compare_versions(a, b), Ordering::Less);
+        assert_eq!(compare_versions(a, c), Ordering::Less);
+        assert_eq!(compare_versions(c, a), Ordering::Greater);
+        assert_eq!(compare_versions("x y", "a b"), Ordering::Greater);
     }
 
     #[test]
