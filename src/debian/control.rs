@@ -112,11 +112,26 @@ impl<R: BufRead> StanzaReader<R> {
                     self.line_number
                 );
             };
+            // deb822: printable ASCII but `:`, not starting with `#` or `-`
+            // (blanks around it are forgiven). What else was taken for a
+            // name (`\r#`) would not read back as the same field.
+            let name = name.trim_matches([' ', '\t']);
+            if name.is_empty()
+                || name.starts_with(['#', '-'])
+                || !name.bytes().all(|b| (b'!'..=b'~').contains(&b))
+            {
+                bail!(
+                    "{} line {}: {name:?} is not a field name (printable ASCII, not starting \
+                     with # or -)",
+                    self.origin,
+                    self.line_number
+                );
+            }
             // Trailing blanks stay: the base's status is written back
             // byte for byte, as dpkg keeps them.
             stanza
                 .fields
-                .push((name.trim().to_string(), value.trim_start().to_string()));
+                .push((name.to_string(), value.trim_start().to_string()));
         }
     }
 }
@@ -391,5 +406,24 @@ mod tests {
         );
         assert!(parse_stanzas(" orphan\n", "test").is_err());
         assert!(parse_stanzas("no colon\n", "test").is_err());
+    }
+
+    #[test]
+    fn a_field_name_that_would_not_read_back_is_refused() {
+        // "\r#" was the field "#", written back as a comment.
+        for bad in [
+            "\r#: x\n",
+            "Package: a\n\r#:\r\n",
+            ": x\n",
+            "-x: y\n",
+            "a b: c\n",
+            "\u{e9}: x\n",
+        ] {
+            let err = parse_stanzas(bad, "status").unwrap_err().to_string();
+            assert!(err.contains("is not a field name"), "{bad:?}: {err}");
+        }
+        let ok = parse_stanzas("Package : a\nX-Custom\t: b\n", "status").unwrap();
+        assert_eq!(ok[0].get("package"), Some("a"));
+        assert_eq!(ok[0].get("x-custom"), Some("b"));
     }
 }
