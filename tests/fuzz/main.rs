@@ -17,6 +17,7 @@ mod harness;
 mod text;
 
 mod config_txt;
+mod debian_control;
 mod image_reference;
 mod requirements;
 mod tar_import;
