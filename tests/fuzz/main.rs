@@ -19,6 +19,7 @@ mod text;
 mod config_txt;
 mod debian_control;
 mod image_reference;
+mod in_release;
 mod requirements;
 mod tar_import;
 mod wheel;
