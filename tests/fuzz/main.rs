@@ -20,6 +20,7 @@ mod config_txt;
 mod debian_control;
 mod image_reference;
 mod in_release;
+mod large_inputs;
 mod requirements;
 mod tar_import;
 mod wheel;
