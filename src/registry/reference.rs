@@ -139,25 +139,39 @@ fn split_port(registry: &str) -> (&str, Option<&str>) {
 }
 
 /// Docker's `domain[:port]`: labels of ASCII letters, digits and inner `-`
-/// joined by `.`, or a bracketed IPv6 address; a port from 1 to 65535. So no
+/// joined by `.`, or a bracketed IPv6 address; a port from 1 to 65535 (no
+/// leading zero). So no
 /// `#`, `?`, `@`, `\`, space or `%` can reach the URL built from it.
 fn valid_registry(registry: &str) -> bool {
     let (host, port) = split_port(registry);
+    // Written as URLs write it (no leading zero), so the registry names the
+    // same origin as the URL built from it.
     let port_ok = port.is_none_or(|p| {
-        p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok_and(|n| n > 0)
+        p.bytes().all(|b| b.is_ascii_digit())
+            && !p.starts_with('0')
+            && p.parse::<u16>().is_ok_and(|n| n > 0)
     });
     let host_ok = match host.strip_prefix('[') {
         Some(inner) => inner
             .strip_suffix(']')
             .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok()),
-        None => host.split('.').all(|label| {
-            !label.is_empty()
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        }),
+        None => {
+            let labels_ok = host.split('.').all(|label| {
+                !label.is_empty()
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+            });
+            // A name ending in a number is an IPv4 address to a URL parser
+            // (which also reads 0x1f and 010 its own way): it must be a
+            // plain dotted-decimal one.
+            let last = host.rsplit('.').next().unwrap_or_default();
+            let numeric = last.bytes().all(|b| b.is_ascii_digit())
+                || last.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("0x"));
+            labels_ok && (!numeric || host.parse::<std::net::Ipv4Addr>().is_ok())
+        }
     };
     port_ok && host_ok
 }
@@ -227,6 +241,12 @@ mod tests {
             "ghcr.io:0/x",
             "ghcr.io:70000/x",
             "ghcr.io:+443/x",
+            "ghcr.io:05000/x",
+            "1.2.3.4.5/x",
+            "010.0.0.1/x",
+            "a.0x7f/x",
+            "10.0.0.300/x",
+            "a.0/x",
             "[::1/x",
             "[v1.x]/x",
             "h\u{e9}.io/x",
