@@ -88,32 +88,28 @@ fn reference_text() -> impl Strategy<Value = String> {
     ]
 }
 
-/// Docker's `domain[:port]`: dot-separated labels of letters, digits and
-/// inner `-`, or a bracketed IPv6 address; a port of 1 to 5 digits.
-fn valid_registry(registry: &str) -> bool {
-    let (host, port) = match registry.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(':') && (!h.starts_with('[') || h.ends_with(']')) => {
-            (h, Some(p))
-        }
-        _ => (registry, None),
+/// Whether a URL built from the registry goes to exactly that host and
+/// port, with no user, path, query or fragment smuggled in.
+fn url_is_the_registry(registry: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(&format!("https://{registry}/v2/")) else {
+        return false;
     };
-    let port_ok =
-        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
-    let host_ok = if let Some(inner) = host.strip_prefix('[') {
-        inner
-            .strip_suffix(']')
-            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok())
-    } else {
-        host.split('.').all(|label| {
-            !label.is_empty()
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
+    let Some(host) = url.host_str() else {
+        return false;
     };
-    port_ok && host_ok
+    let has_port = registry.rsplit_once(':').is_some_and(|(h, _)| {
+        !h.ends_with(':') && (!registry.starts_with('[') || h.ends_with(']'))
+    });
+    let rebuilt = match (has_port, url.port_or_known_default()) {
+        (true, Some(port)) => format!("{host}:{port}"),
+        _ => host.to_string(),
+    };
+    url.username().is_empty()
+        && url.password().is_none()
+        && url.path() == "/v2/"
+        && url.query().is_none()
+        && url.fragment().is_none()
+        && rebuilt == registry.to_ascii_lowercase()
 }
 
 fn check(text: String) -> Result<(), TestCaseError> {
@@ -121,7 +117,7 @@ fn check(text: String) -> Result<(), TestCaseError> {
         return Ok(());
     };
     ensure!(
-        valid_registry(&r.registry),
+        url_is_the_registry(&r.registry),
         "{text:?} gives the registry {:?}",
         r.registry
     );

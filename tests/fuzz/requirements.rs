@@ -288,6 +288,8 @@ fn read_files(bytes: &[u8]) -> Vec<String> {
     files
 }
 
+// The signature `Bytes::write` takes for a `Vec<String>` input.
+#[allow(clippy::ptr_arg)]
 fn write_files(files: &Vec<String>) -> Vec<u8> {
     files.join(SEPARATOR).into_bytes()
 }

@@ -168,7 +168,7 @@ fn header(
 }
 
 fn pad(out: &mut Vec<u8>) {
-    while out.len() % 512 != 0 {
+    while !out.len().is_multiple_of(512) {
         out.push(0);
     }
 }
@@ -183,41 +183,35 @@ fn pax_record(key: &str, value: &str) -> String {
     format!("{len}{body}")
 }
 
+/// A GNU `L` (name) or `K` (link name) entry: the text, NUL-terminated.
+fn gnu_long(out: &mut Vec<u8>, kind: u8, text: &str) {
+    let mut data = text.as_bytes().to_vec();
+    data.push(0);
+    out.extend_from_slice(&header(
+        b"././@LongLink",
+        b"",
+        kind,
+        b"",
+        data.len() as u64,
+        false,
+    ));
+    out.extend_from_slice(&data);
+    pad(out);
+}
+
 fn write_member(out: &mut Vec<u8>, m: &Member) {
     let is_link = matches!(m.kind, b'1' | b'2');
     let link = if is_link { m.link.as_bytes() } else { b"" };
     let (name, prefix): (&[u8], &[u8]) = match m.encoding {
         Encoding::Plain => (m.name.as_bytes(), b""),
         Encoding::Prefix => match m.name.rfind('/') {
-            Some(i) => (m.name[i + 1..].as_bytes(), m.name[..i].as_bytes()),
+            Some(i) => (&m.name.as_bytes()[i + 1..], &m.name.as_bytes()[..i]),
             None => (m.name.as_bytes(), b""),
         },
         Encoding::GnuLong => {
-            let mut data = m.name.clone().into_bytes();
-            data.push(0);
-            out.extend_from_slice(&header(
-                b"././@LongLink",
-                b"",
-                b'L',
-                b"",
-                data.len() as u64,
-                false,
-            ));
-            out.extend_from_slice(&data);
-            pad(out);
+            gnu_long(out, b'L', &m.name);
             if is_link {
-                let mut data = m.link.clone().into_bytes();
-                data.push(0);
-                out.extend_from_slice(&header(
-                    b"././@LongLink",
-                    b"",
-                    b'K',
-                    b"",
-                    data.len() as u64,
-                    false,
-                ));
-                out.extend_from_slice(&data);
-                pad(out);
+                gnu_long(out, b'K', &m.link);
             }
             (b"placeholder", b"")
         }
@@ -256,7 +250,7 @@ fn bytes_of(a: &Archive) -> Vec<u8> {
         out.extend(std::iter::repeat_n(0u8, 1024));
     }
     if a.pad_to_record {
-        while out.len() % 10240 != 0 {
+        while !out.len().is_multiple_of(10240) {
             out.push(0);
         }
     }

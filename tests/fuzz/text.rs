@@ -50,6 +50,8 @@ fn raw_read(bytes: &[u8]) -> Vec<u8> {
     bytes.to_vec()
 }
 
+// The signature `Bytes::write` takes for a `Vec<u8>` input.
+#[allow(clippy::ptr_arg)]
 fn raw_write(bytes: &Vec<u8>) -> Vec<u8> {
     bytes.clone()
 }
