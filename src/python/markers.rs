@@ -123,11 +123,14 @@ impl MarkerEnv {
 const MAX_MARKER_NESTING: usize = 32;
 
 /// Refuses what pep508_rs 0.9 cannot parse safely, before it parses: a
-/// character outside ASCII that is not inside a quoted string (none is valid
-/// there, and it panics, slicing a byte offset it counted in characters, on
-/// one where `and`/`or` may follow an expression: `python_version > "3" é`),
-/// and parentheses nested more than [`MAX_MARKER_NESTING`] deep.
+/// character outside ASCII (it panics, slicing a byte offset it counted in
+/// characters, on one where `and`/`or` may follow an expression:
+/// `python_version > "3" é`, or `"é` there; no marker variable has such a
+/// value), and parentheses nested more than [`MAX_MARKER_NESTING`] deep.
 pub(crate) fn check_marker_text(marker: &str) -> Result<(), String> {
+    if let Some(c) = marker.chars().find(|c| !c.is_ascii()) {
+        return Err(format!("`{c}`: a marker is ASCII"));
+    }
     let mut quote = None;
     let mut depth = 0usize;
     for c in marker.chars() {
@@ -144,11 +147,6 @@ pub(crate) fn check_marker_text(marker: &str) -> Result<(), String> {
                 }
             }
             None if c == ')' => depth = depth.saturating_sub(1),
-            None if !c.is_ascii() => {
-                return Err(format!(
-                    "`{c}` outside a quoted string: a marker is ASCII but for its quoted values"
-                ))
-            }
             None => {}
         }
     }
