@@ -24,9 +24,11 @@ impl<R: Read, W: Write> Read for TeeReader<R, W> {
 /// Validates the tar read from `source` and writes it, unchanged, gzipped to
 /// `sink`, in one pass. `name` is used in error messages only.
 ///
-/// Refused: data that is not a tar, an empty archive, and any entry or hard
-/// link whose path climbs out of the root with `..`. Absolute paths are kept,
-/// as every runtime resolves them against the layer root.
+/// Refused: data that is not a tar, an empty archive, any entry or hard
+/// link whose path climbs out of the root with `..`, and anything but zeros
+/// after the end of the archive (a reader that skips zero blocks, `tar -i`,
+/// would unpack entries hidden there, which were never checked). Absolute
+/// paths are kept, as every runtime resolves them against the layer root.
 pub fn gzip_existing_tar<R: Read, W: Write>(
     name: &str,
     source: R,
@@ -71,7 +73,20 @@ pub fn gzip_existing_tar<R: Read, W: Write>(
         return Err(bad("not a tar archive, or an empty one".into()));
     }
     // The end-of-archive blocks and record padding are part of the layer too.
-    io::copy(&mut tee, &mut io::sink()).map_err(LayerError::Write)?;
+    let mut rest = [0u8; 64 << 10];
+    loop {
+        let n = tee.read(&mut rest).map_err(LayerError::Write)?;
+        if n == 0 {
+            break;
+        }
+        if rest[..n].iter().any(|&b| b != 0) {
+            return Err(bad(
+                "data follows the end of the archive (entries there would escape the checks): \
+                 write the tar again with one tool"
+                    .into(),
+            ));
+        }
+    }
     let (diff_id, uncompressed_size, gz) = tee.copy.finish();
     let compressed = gz.finish().map_err(LayerError::Write)?;
     let (digest, size, sink) = compressed.finish();
@@ -132,6 +147,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("bad.tar") && err.contains(".."), "{err}");
+
+        // An entry after the end-of-archive blocks, or after a lone zero block.
+        for zeros in [1024, 512] {
+            let mut hidden = good[..512 + 512].to_vec();
+            hidden.extend(std::iter::repeat_n(0u8, zeros));
+            hidden.extend_from_slice(&tar_with("../etc/passwd"));
+            let err = gzip_existing_tar("hidden.tar", &hidden[..], Vec::new(), 1)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("hidden.tar: data follows the end of the archive"),
+                "{err}"
+            );
+        }
+        // Zeros up to a whole record are padding.
+        let mut padded = good.clone();
+        padded.resize(10240, 0);
+        gzip_existing_tar("padded.tar", &padded[..], Vec::new(), 1).unwrap();
 
         let err = gzip_existing_tar("text.tar", &b"hello, not a tar\n"[..], Vec::new(), 1)
             .unwrap_err()

@@ -112,11 +112,26 @@ impl<R: BufRead> StanzaReader<R> {
                     self.line_number
                 );
             };
+            // deb822: printable ASCII but `:`, not starting with `#` or `-`
+            // (blanks around it are forgiven). What else was taken for a
+            // name (`\r#`) would not read back as the same field.
+            let name = name.trim_matches([' ', '\t']);
+            if name.is_empty()
+                || name.starts_with(['#', '-'])
+                || !name.bytes().all(|b| (b'!'..=b'~').contains(&b))
+            {
+                bail!(
+                    "{} line {}: {name:?} is not a field name (printable ASCII, not starting \
+                     with # or -)",
+                    self.origin,
+                    self.line_number
+                );
+            }
             // Trailing blanks stay: the base's status is written back
             // byte for byte, as dpkg keeps them.
             stanza
                 .fields
-                .push((name.trim().to_string(), value.trim_start().to_string()));
+                .push((name.to_string(), value.trim_start().to_string()));
         }
     }
 }
@@ -285,14 +300,18 @@ fn without_restrictions(text: &str) -> &str {
 }
 
 /// dpkg's ordering of two versions. A version that does not parse (never
-/// in the archive) sorts by its text, so a bad field cannot panic us.
+/// in the archive) sorts before every one that does, and by its text among
+/// its kind: a total order, so the newest candidate of an index does not
+/// depend on the order of its stanzas.
 pub fn compare_versions(a: &str, b: &str) -> Ordering {
     match (
         a.parse::<debversion::Version>(),
         b.parse::<debversion::Version>(),
     ) {
         (Ok(a), Ok(b)) => a.cmp(&b),
-        _ => a.cmp(b),
+        (Err(_), Ok(_)) => Ordering::Less,
+        (Ok(_), Err(_)) => Ordering::Greater,
+        (Err(_), Err(_)) => a.cmp(b),
     }
 }
 
@@ -321,6 +340,18 @@ mod tests {
         for (a, b, want) in cases {
             assert_eq!(compare_versions(a, b), want, "{a} vs {b}");
         }
+    }
+
+    #[test]
+    fn versions_that_do_not_parse_sort_first_and_the_order_is_total() {
+        // "2 " does not parse: it sorted by text between "2-0" and "0:3",
+        // while dpkg puts "0:3" after "2-0".
+        let (a, b, c) = ("2 ", "2-0", "0:3");
+        assert_eq!(compare_versions(b, c), Ordering::Less);
+        assert_eq!(compare_versions(a, b), Ordering::Less);
+        assert_eq!(compare_versions(a, c), Ordering::Less);
+        assert_eq!(compare_versions(c, a), Ordering::Greater);
+        assert_eq!(compare_versions("x y", "a b"), Ordering::Greater);
     }
 
     #[test]
@@ -375,5 +406,24 @@ mod tests {
         );
         assert!(parse_stanzas(" orphan\n", "test").is_err());
         assert!(parse_stanzas("no colon\n", "test").is_err());
+    }
+
+    #[test]
+    fn a_field_name_that_would_not_read_back_is_refused() {
+        // "\r#" was the field "#", written back as a comment.
+        for bad in [
+            "\r#: x\n",
+            "Package: a\n\r#:\r\n",
+            ": x\n",
+            "-x: y\n",
+            "a b: c\n",
+            "\u{e9}: x\n",
+        ] {
+            let err = parse_stanzas(bad, "status").unwrap_err().to_string();
+            assert!(err.contains("is not a field name"), "{bad:?}: {err}");
+        }
+        let ok = parse_stanzas("Package : a\nX-Custom\t: b\n", "status").unwrap();
+        assert_eq!(ok[0].get("package"), Some("a"));
+        assert_eq!(ok[0].get("x-custom"), Some("b"));
     }
 }

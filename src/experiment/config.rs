@@ -31,13 +31,23 @@
 //! Deliberate differences: a UTF-8 byte order mark is skipped (Python would
 //! fail with a missing-section error), a line starting with `[` that is not a
 //! valid header is an error (Python would take `[abc = 1` as a key named
-//! `[abc`), and the first error is reported rather than all of them.
+//! `[abc`), the first error is reported rather than all of them, and a file
+//! whose flattened entries would exceed [`MAX_FLATTENED`] bytes is refused:
+//! `%(name)s` references that repeat a value, nested ten deep, or `[DEFAULT]`
+//! keys copied into thousands of sections, would otherwise turn a few hundred
+//! bytes into gigabytes (Python's parser has no such limit).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 /// Python's `MAX_INTERPOLATION_DEPTH`.
 const MAX_INTERPOLATION_DEPTH: usize = 10;
+/// What the flattened entries of one file may add up to: their keys,
+/// section names and interpolated values, a fixed amount per entry and
+/// `REFERENCE_COST` per `%(name)s` reference followed. A real config.txt
+/// flattens to a few KiB.
+pub const MAX_FLATTENED: usize = 16 << 20;
+const REFERENCE_COST: usize = 64;
 const DEFAULT_SECTION: &str = "DEFAULT";
 
 #[derive(Debug, thiserror::Error)]
@@ -155,18 +165,52 @@ type LineError = (usize, String);
 
 struct RawOption {
     key: String,
+    /// The value's lines while the file is read; joined into `value` at the end.
     lines: Vec<String>,
+    /// The value before interpolation.
+    value: String,
     line: usize,
 }
 
 struct RawSection {
     name: String,
     options: Vec<RawOption>,
+    /// Key -> index in `options`.
+    index: HashMap<String, usize>,
 }
 
 impl RawSection {
+    fn new(name: &str) -> RawSection {
+        RawSection {
+            name: name.to_string(),
+            options: Vec::new(),
+            index: HashMap::new(),
+        }
+    }
+
     fn find(&self, key: &str) -> Option<&RawOption> {
-        self.options.iter().find(|o| o.key == key)
+        self.index.get(key).map(|&i| &self.options[i])
+    }
+}
+
+/// What is left of [`MAX_FLATTENED`] while a file is flattened.
+struct Budget {
+    left: usize,
+}
+
+impl Budget {
+    fn charge(&mut self, amount: usize) -> Result<(), String> {
+        match self.left.checked_sub(amount) {
+            Some(left) => {
+                self.left = left;
+                Ok(())
+            }
+            None => Err(format!(
+                "the settings grow past {} MiB here ([DEFAULT] keys repeat in every section and \
+                 %(name)s references copy values in): make the file smaller",
+                MAX_FLATTENED >> 20
+            )),
+        }
     }
 }
 
@@ -180,13 +224,8 @@ impl RawConfig {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         // Python reads in universal-newlines mode: \r\n, \r and \n all end a line.
         let text = text.replace("\r\n", "\n").replace('\r', "\n");
-        let mut sections = vec![RawSection {
-            name: DEFAULT_SECTION.into(),
-            options: Vec::new(),
-        }];
+        let mut sections = vec![RawSection::new(DEFAULT_SECTION)];
         let mut section_lines: HashMap<String, usize> = HashMap::new();
-        // (section index, key) -> line, for duplicate detection.
-        let mut option_lines: HashMap<(usize, String), usize> = HashMap::new();
         let mut current: Option<usize> = None;
         let mut current_option: Option<usize> = None;
         let mut indent_level = 0usize;
@@ -240,10 +279,7 @@ impl RawConfig {
                     ));
                 }
                 section_lines.insert(header.to_string(), lineno);
-                sections.push(RawSection {
-                    name: header.to_string(),
-                    options: Vec::new(),
-                });
+                sections.push(RawSection::new(header));
                 current = Some(sections.len() - 1);
                 continue;
             }
@@ -275,29 +311,33 @@ impl RawConfig {
                 ));
             }
             let value = line[split + 1..].trim().to_string();
-            let section_name = &sections[s].name;
-            if let Some(first) = option_lines.get(&(s, key.clone())) {
+            let section = &mut sections[s];
+            if let Some(first) = section.find(&key) {
                 return Err((
                     lineno,
                     format!(
-                        "key `{key}` appears a second time in section [{section_name}] \
-                         (first at line {first}); remove one of them"
+                        "key `{key}` appears a second time in section [{}] \
+                         (first at line {}); remove one of them",
+                        section.name, first.line
                     ),
                 ));
             }
-            option_lines.insert((s, key.clone()), lineno);
-            sections[s].options.push(RawOption {
+            section.index.insert(key.clone(), section.options.len());
+            section.options.push(RawOption {
                 key,
                 lines: vec![value],
+                value: String::new(),
                 line: lineno,
             });
-            current_option = Some(sections[s].options.len() - 1);
+            current_option = Some(section.options.len() - 1);
+        }
+        for option in sections.iter_mut().flat_map(|s| s.options.iter_mut()) {
+            option.value = std::mem::take(&mut option.lines)
+                .join("\n")
+                .trim_end()
+                .to_string();
         }
         Ok(RawConfig { sections })
-    }
-
-    fn raw_value(option: &RawOption) -> String {
-        option.lines.join("\n").trim_end().to_string()
     }
 
     /// Python's `for section in sections(): data.update(items(section))`,
@@ -305,6 +345,9 @@ impl RawConfig {
     fn flatten(&self) -> Result<Vec<Entry>, LineError> {
         let defaults = &self.sections[0];
         let mut entries = Vec::new();
+        let mut budget = Budget {
+            left: MAX_FLATTENED,
+        };
         for section in &self.sections[1..] {
             let items = defaults
                 .options
@@ -318,7 +361,11 @@ impl RawConfig {
                 );
             for option in items {
                 let mut value = String::new();
-                self.interpolate(section, &Self::raw_value(option), 1, &mut value)
+                budget
+                    .charge(std::mem::size_of::<Entry>() + section.name.len() + option.key.len())
+                    .and_then(|()| {
+                        self.interpolate(section, &option.value, 1, &mut value, &mut budget)
+                    })
                     .map_err(|message| {
                         (
                             option.line,
@@ -346,6 +393,7 @@ impl RawConfig {
         mut rest: &str,
         depth: usize,
         out: &mut String,
+        budget: &mut Budget,
     ) -> Result<(), String> {
         if depth > MAX_INTERPOLATION_DEPTH {
             return Err(format!(
@@ -354,6 +402,7 @@ impl RawConfig {
             ));
         }
         while let Some(p) = rest.find('%') {
+            budget.charge(p + 1)?;
             out.push_str(&rest[..p]);
             rest = &rest[p..];
             match rest.as_bytes().get(1) {
@@ -372,6 +421,9 @@ impl RawConfig {
                              another key's value, or `%%` for a literal %"
                         ));
                     };
+                    // A reference costs more than the bytes it copies: the
+                    // lookup is the work when the values are short.
+                    budget.charge(REFERENCE_COST + name.len())?;
                     let key = name.to_lowercase();
                     rest = &rest[2 + name.len() + 2..];
                     let Some(option) = section.find(&key).or_else(|| self.sections[0].find(&key))
@@ -382,11 +434,12 @@ impl RawConfig {
                             section.name
                         ));
                     };
-                    let value = Self::raw_value(option);
+                    let value = &option.value;
                     if value.contains('%') {
-                        self.interpolate(section, &value, depth + 1, out)?;
+                        self.interpolate(section, value, depth + 1, out, budget)?;
                     } else {
-                        out.push_str(&value);
+                        budget.charge(value.len())?;
+                        out.push_str(value);
                     }
                 }
                 _ => {
@@ -397,6 +450,7 @@ impl RawConfig {
                 }
             }
         }
+        budget.charge(rest.len())?;
         out.push_str(rest);
         Ok(())
     }
@@ -553,6 +607,53 @@ mod tests {
         let (line, msg) = err("[P]\na = %(b)s\nb = %(a)s\n");
         assert_eq!(line, 2);
         assert!(msg.contains("loop"), "{msg}");
+    }
+
+    #[test]
+    fn a_file_that_flattens_to_gigabytes_is_refused() {
+        // Twenty references to a 1 MiB value: 20 MiB from a 1 MiB file.
+        let text = format!(
+            "[DEFAULT]\nbig = {}\n[P]\ncopies = {}\n",
+            "x".repeat(1 << 20),
+            "%(big)s".repeat(20)
+        );
+        let (line, msg) = err(&text);
+        assert_eq!(line, 4);
+        assert!(
+            msg.contains("in the value of `copies` (section [P])"),
+            "{msg}"
+        );
+        assert!(msg.contains("grow past 16 MiB"), "{msg}");
+        // Eight references per level, ten levels deep: 8^10 copies of `x`
+        // from 500 bytes.
+        let mut text = String::from("[P]\n");
+        for i in 0..10 {
+            text.push_str(&format!("k{i} = {}\n", format!("%(k{})s", i + 1).repeat(8)));
+        }
+        text.push_str("k10 = x\n");
+        assert!(err(&text).1.contains("grow past"));
+        // 1000 [DEFAULT] keys in each of 1000 sections: a million entries
+        // from 14 KB.
+        let mut text = String::from("[DEFAULT]\n");
+        for i in 0..1000 {
+            text.push_str(&format!("d{i} = 1\n"));
+        }
+        for i in 0..1000 {
+            text.push_str(&format!("[s{i}]\n"));
+        }
+        let (line, msg) = err(&text);
+        assert!(msg.contains("grow past"), "{msg}");
+        assert!((2..=1001).contains(&line), "{line}");
+        // What a real file does stays well inside the limit.
+        let mut text = String::from("[DEFAULT]\n");
+        for i in 0..50 {
+            text.push_str(&format!("d{i} = %(v)s/{i}\n"));
+        }
+        text.push_str(&format!("v = {}\n", "y".repeat(1000)));
+        for i in 0..20 {
+            text.push_str(&format!("[s{i}]\nown = 1\n"));
+        }
+        assert_eq!(parse(&text).unwrap().entries().len(), 20 * 52);
     }
 
     #[test]

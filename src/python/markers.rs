@@ -117,8 +117,49 @@ impl MarkerEnv {
     }
 }
 
+/// How deep parentheses may nest in a marker. pep508_rs parses them by
+/// recursion: a few hundred thousand `(` overflow the stack and abort the
+/// process. Real markers nest two or three deep.
+const MAX_MARKER_NESTING: usize = 32;
+
+/// Refuses what pep508_rs 0.9 cannot parse safely, before it parses: a
+/// character outside ASCII (it panics, slicing a byte offset it counted in
+/// characters, on one where `and`/`or` may follow an expression:
+/// `python_version > "3" é`, or `"é` there; no marker variable has such a
+/// value), and parentheses nested more than [`MAX_MARKER_NESTING`] deep.
+pub(crate) fn check_marker_text(marker: &str) -> Result<(), String> {
+    if let Some(c) = marker.chars().find(|c| !c.is_ascii()) {
+        return Err(format!("`{c}`: a marker is ASCII"));
+    }
+    let mut quote = None;
+    let mut depth = 0usize;
+    for c in marker.chars() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '"' || c == '\'' => quote = Some(c),
+            None if c == '(' => {
+                depth += 1;
+                if depth > MAX_MARKER_NESTING {
+                    return Err(format!(
+                        "parentheses nest more than {MAX_MARKER_NESTING} deep"
+                    ));
+                }
+            }
+            None if c == ')' => depth = depth.saturating_sub(1),
+            None => {}
+        }
+    }
+    Ok(())
+}
+
 /// Parses a marker expression (the part after `;`).
 pub fn parse(marker: &str) -> Result<MarkerTree, MarkerError> {
+    let invalid = |message: String| MarkerError::Invalid {
+        marker: marker.trim().to_string(),
+        message,
+    };
+    check_marker_text(marker).map_err(invalid)?;
     marker
         .trim()
         .parse::<MarkerTree>()
@@ -171,6 +212,28 @@ mod tests {
             glibc: Some((2, 36)),
             installed: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn deeply_nested_parentheses_are_an_error_not_a_stack_overflow() {
+        let deep = format!(
+            "{}os_name == 'posix'{}",
+            "(".repeat(100_000),
+            ")".repeat(100_000)
+        );
+        let err = parse(&deep).unwrap_err().to_string();
+        assert!(
+            err.contains("nest more than 32 deep"),
+            "{}",
+            &err[err.len() - 80..]
+        );
+        let env = MarkerEnv::cpython_linux("x86_64", (3, 11, 2));
+        let entry = format!("a ; {deep}");
+        assert!(crate::python::metadata::applicable_dependencies(&[entry], &[], &env).is_err());
+        let fine = format!("{}os_name == 'posix'{}", "(".repeat(32), ")".repeat(32));
+        assert!(evaluate(&fine, &env, &[]).unwrap());
+        // Parentheses inside quotes do not count.
+        assert!(parse(&format!("os_name == '{}'", "(".repeat(100))).is_ok());
     }
 
     #[test]

@@ -52,26 +52,30 @@ impl Dependency {
 
 /// The header fields of a metadata document (RFC 822 style): everything up
 /// to the first empty line; continuation lines (starting with whitespace)
-/// fold into the previous field.
+/// fold into the previous field with one space, as
+/// [`super::wheel::parse_headers`] (the installer's reading) unfolds them,
+/// so both read a document's fields alike. Lines that are not fields are
+/// skipped here, where the installer refuses the file.
 fn headers(metadata_text: &str) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::new();
-    for line in metadata_text.lines() {
+    let mut out: Vec<(String, Vec<&str>)> = Vec::new();
+    for line in metadata_text.split('\n') {
         let line = line.strip_suffix('\r').unwrap_or(line);
         if line.is_empty() {
             break;
         }
         if line.starts_with([' ', '\t']) {
-            if let Some((_, value)) = out.last_mut() {
-                value.push('\n');
-                value.push_str(line.trim());
+            if let Some((_, lines)) = out.last_mut() {
+                lines.push(line.trim());
             }
             continue;
         }
         if let Some((key, value)) = line.split_once(':') {
-            out.push((key.trim().to_string(), value.trim().to_string()));
+            out.push((key.to_string(), vec![value.trim()]));
         }
     }
-    out
+    out.into_iter()
+        .map(|(key, lines)| (key, lines.join(" ").trim().to_string()))
+        .collect()
 }
 
 /// All values of header `name` (case-insensitive), in order.
@@ -114,13 +118,10 @@ pub fn applicable_dependencies(
     }
     let mut out: Vec<Dependency> = Vec::new();
     for entry in requires_dist {
-        let req: Pep508Requirement =
-            entry.trim().parse().map_err(|e: pep508_rs::Pep508Error| {
-                MetadataError::RequiresDist {
-                    entry: entry.clone(),
-                    message: e.message.to_string(),
-                }
-            })?;
+        let req = parse_pep508(entry.trim()).map_err(|message| MetadataError::RequiresDist {
+            entry: entry.clone(),
+            message,
+        })?;
         let applies = contexts
             .iter()
             .any(|ctx| req.marker.evaluate(env.pep508(), ctx));
@@ -156,6 +157,51 @@ pub fn applicable_names(
         .into_iter()
         .map(|d| (d.normalised, d.extras))
         .collect())
+}
+
+/// A PEP 508 requirement, or pep508_rs's message why it is not one.
+///
+/// pep508_rs 0.9 panics, rather than returning an error, on a name or an
+/// extra that ends in `-`, `_` or `.` when more text follows (`a-[x]`,
+/// `a- ==1`, `a[b-]`), and on some markers with characters outside ASCII
+/// ([`markers::check_marker_text`]): any wheel's `Requires-Dist` or
+/// requirements line could stop the build that way. Those are refused here
+/// before it parses.
+pub(crate) fn parse_pep508(text: &str) -> Result<Pep508Requirement, String> {
+    let is_name_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+    let bad_end = |token: &str| {
+        token.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && token.chars().all(is_name_char)
+            && token.ends_with(['.', '-', '_'])
+    };
+    let text_start = text.trim_start();
+    let name_end = text_start
+        .find(|c: char| !is_name_char(c))
+        .unwrap_or(text_start.len());
+    let name = &text_start[..name_end];
+    if name_end < text_start.len() && bad_end(name) {
+        return Err(format!(
+            "the name `{name}` ends with `{}`: a name ends with a letter or digit",
+            &name[name.len() - 1..]
+        ));
+    }
+    if let Some(extras) = text_start[name_end..].trim_start().strip_prefix('[') {
+        let inside = extras.split(']').next().unwrap_or_default();
+        if let Some(extra) = inside
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .find(|e| bad_end(e))
+        {
+            return Err(format!(
+                "the extra `{extra}` ends with `{}`: an extra ends with a letter or digit",
+                &extra[extra.len() - 1..]
+            ));
+        }
+    }
+    if let Some((_, marker)) = text.split_once(';') {
+        markers::check_marker_text(marker)?;
+    }
+    text.parse()
+        .map_err(|e: pep508_rs::Pep508Error| e.message.to_string())
 }
 
 /// The distribution name as written at the start of a PEP 508 string.
@@ -253,6 +299,43 @@ Requires-Dist: not-a-header\r\n";
     }
 
     #[test]
+    fn a_name_or_extra_ending_in_a_separator_is_an_error_not_a_panic() {
+        let e = env((3, 11, 2));
+        for (entry, what) in [
+            ("a-[x]", "the name `a-`"),
+            ("a_ >=1", "the name `a_`"),
+            ("a. ; python_version > \"3\"", "the name `a.`"),
+            ("a[W-]", "the extra `W-`"),
+            ("a [x, y_ ]==1", "the extra `y_`"),
+        ] {
+            let err = applicable_dependencies(&[entry.to_string()], &[], &e)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(entry) && err.contains(what), "{entry}: {err}");
+        }
+        // Characters outside ASCII after a marker expression (pep508_rs
+        // sliced inside them).
+        for entry in [
+            "a==1; python_version == \"2.0\" \u{e9}",
+            "a; python_version > '3' \u{e9}\u{feff}\u{e9}",
+            "a ; (os_name == 'posix' \u{e9})",
+            "a==0.0; python_version == \"2.0\" \"\u{feff}",
+            "a; platform_release == '\u{e9}x'",
+        ] {
+            let err = applicable_dependencies(&[entry.to_string()], &[], &e)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("a marker is ASCII"), "{entry}: {err}");
+            assert!(markers::parse(entry.split_once(';').unwrap().1).is_err());
+        }
+        // Still pep508_rs's own errors and results elsewhere.
+        assert!(parse_pep508("a-").is_err());
+        assert!(parse_pep508("a[-b]").is_err());
+        let ok = parse_pep508(" a-b.c_d [x-y] >=1").unwrap();
+        assert_eq!(ok.name.to_string(), "a-b-c-d");
+    }
+
+    #[test]
     fn reads_headers() {
         let rd = requires_dist(REDIS);
         assert_eq!(rd.len(), 5);
@@ -264,6 +347,15 @@ Requires-Dist: not-a-header\r\n";
         assert_eq!(header_values(REDIS, "name"), vec!["redis"]);
         let folded = "Name: x\nDescription: a\n  b\n       |c\nRequires-Dist: y\n";
         assert_eq!(requires_dist(folded), vec!["y"]);
+        // Folded as the installer folds them (wheel::parse_headers).
+        for text in [
+            "Name: x\nRequires-Dist: a==1\n\t\nVersion: 1\n",
+            "Name: x\nRequires-Dist: a\n  >=1 ;\n python_version > '3'\nVersion: 1\n",
+            "Name: x\nVersion: 1\n\rRequires-Dist: y\n",
+        ] {
+            let installer = crate::python::wheel::CoreMetadata::parse("METADATA", text).unwrap();
+            assert_eq!(requires_dist(text), installer.requires_dist, "{text:?}");
+        }
     }
 
     #[test]

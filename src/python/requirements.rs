@@ -15,6 +15,7 @@ use pep508_rs::{Requirement as Pep508Requirement, VersionOrUrl};
 
 use super::git_source::GitUrl;
 use super::markers;
+use super::metadata::parse_pep508;
 use super::target::normalise_name;
 use super::wheel::WheelFilename;
 
@@ -146,15 +147,45 @@ pub enum RequirementsError {
     },
 }
 
-/// Reads `path` and every file it includes.
+/// The largest requirements file read (a real one is a few KiB).
+const MAX_FILE: u64 = 16 << 20;
+
+/// Reads `path` and every file it includes. Includes (`-r`, `-c`) must stay
+/// inside the top file's directory (the experiment), where nothing the
+/// build's user keeps (a credential file, `/proc/self/environ`) can be read
+/// and quoted back in an error; and a file must be a regular one of at most
+/// 16 MiB (`-r /dev/zero` would never end).
 pub fn parse_file(path: &Path) -> Result<ParsedFile, RequirementsError> {
+    let root = path
+        .parent()
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            }
+        })
+        .and_then(|p| std::fs::canonicalize(p).ok());
     let mut parser = Parser {
         out: ParsedFile {
             path: path.to_path_buf(),
             ..ParsedFile::default()
         },
         stack: Vec::new(),
+        root,
     };
+    if let (Some(root), Ok(top)) = (&parser.root, std::fs::canonicalize(path)) {
+        if !top.starts_with(root) {
+            return Err(RequirementsError::Line {
+                file: path.to_path_buf(),
+                line: 1,
+                message: format!(
+                    "it is a link to {}, outside the experiment directory: make it a file",
+                    top.display()
+                ),
+            });
+        }
+    }
     parser.parse(path, false)?;
     Ok(parser.out)
 }
@@ -163,6 +194,8 @@ struct Parser {
     out: ParsedFile,
     /// Canonical paths of the files being read (for include cycles).
     stack: Vec<PathBuf>,
+    /// The top file's directory, canonical: includes stay below it.
+    root: Option<PathBuf>,
 }
 
 /// What a line is, after comments are gone.
@@ -173,10 +206,28 @@ enum LineKind<'a> {
 
 impl Parser {
     fn parse(&mut self, path: &Path, constraint: bool) -> Result<(), RequirementsError> {
-        let bytes = std::fs::read(path).map_err(|source| RequirementsError::Io {
+        let io = |source| RequirementsError::Io {
             file: path.to_path_buf(),
             source,
-        })?;
+        };
+        let too_big = || RequirementsError::Line {
+            file: path.to_path_buf(),
+            line: 1,
+            message: format!(
+                "not a regular file of at most {} MiB: a requirements file is a short text",
+                MAX_FILE >> 20
+            ),
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        if !file.metadata().map_err(io)?.is_file() {
+            return Err(too_big());
+        }
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_FILE + 1), &mut bytes)
+            .map_err(io)?;
+        if bytes.len() as u64 > MAX_FILE {
+            return Err(too_big());
+        }
         {
             use sha2::Digest;
             let sha = hex::encode(sha2::Sha256::digest(&bytes));
@@ -251,6 +302,17 @@ impl Parser {
                     let include = self.include_path(&value, path).map_err(err)?;
                     let canonical =
                         std::fs::canonicalize(&include).unwrap_or_else(|_| include.clone());
+                    if let Some(root) = &self.root {
+                        if include.exists() && !canonical.starts_with(root) {
+                            return Err(err(format!(
+                                "`{} {value}`: {} is outside the experiment directory {}: copy \
+                                 the file into the experiment and include it from there",
+                                opt.name,
+                                include.display(),
+                                root.display()
+                            )));
+                        }
+                    }
                     if self.stack.contains(&canonical) {
                         return Err(err(format!(
                             "`{} {value}` includes {}, which is already being read (an include \
@@ -765,10 +827,7 @@ fn parse_requirement(
             return Err(local_path_error(url));
         }
         // `name[extras]` alone is a valid PEP 508 requirement.
-        let parsed: Pep508Requirement = arg[..at]
-            .trim()
-            .parse()
-            .map_err(|e: pep508_rs::Pep508Error| invalid_requirement(arg, &e))?;
+        let parsed = parse_pep508(arg[..at].trim()).map_err(|e| invalid_requirement(arg, &e))?;
         let name = (super::metadata::written_name(arg), name_extras(&parsed));
         if is_git(url) {
             return git_requirement(Some(name), url, marker, hashes, file, line);
@@ -780,9 +839,7 @@ fn parse_requirement(
     if looks_like_path(head) {
         return Err(local_path_error(head));
     }
-    let parsed: Pep508Requirement = arg
-        .parse()
-        .map_err(|e: pep508_rs::Pep508Error| invalid_requirement(arg, &e))?;
+    let parsed = parse_pep508(arg).map_err(|e| invalid_requirement(arg, &e))?;
     let (specifier, pinned) = match &parsed.version_or_url {
         None => (String::new(), None),
         Some(VersionOrUrl::VersionSpecifier(specs)) => {
@@ -819,11 +876,10 @@ fn name_extras(parsed: &Pep508Requirement) -> Vec<String> {
     parsed.extras.iter().map(|e| e.to_string()).collect()
 }
 
-fn invalid_requirement(arg: &str, e: &pep508_rs::Pep508Error) -> String {
+fn invalid_requirement(arg: &str, message: &str) -> String {
     format!(
-        "`{arg}` is not a valid requirement: {} (expected e.g. `flask==3.0.3` or \
-         `flask==3.0.3 ; python_version >= \"3.8\"`)",
-        e.message
+        "`{arg}` is not a valid requirement: {message} (expected e.g. `flask==3.0.3` or \
+         `flask==3.0.3 ; python_version >= \"3.8\"`)"
     )
 }
 
@@ -854,9 +910,7 @@ fn git_requirement(
         }
         (Some(named), _) => named,
         (None, Some(egg)) => {
-            let parsed: Pep508Requirement = egg
-                .parse()
-                .map_err(|e: pep508_rs::Pep508Error| invalid_requirement(egg, &e))?;
+            let parsed = parse_pep508(egg).map_err(|e| invalid_requirement(egg, &e))?;
             (parsed.name.to_string(), name_extras(&parsed))
         }
         (None, None) => {
@@ -1003,6 +1057,77 @@ mod tests {
 
     const H1: &str = "34e7c11f39c2fd1d5e38b3c8b2b4b0bb7a5ac2f1b8d1a8d0c0c7b8b5f8f1e2d3";
     const H2: &str = "CEB27B0AF3823EA2737928A4D99D125A06175B8512C445CBD9A9CE200EF76842";
+
+    #[test]
+    fn includes_stay_in_the_experiment_and_files_are_bounded() {
+        let outside = tempfile::tempdir().unwrap();
+        let secret = write(
+            outside.path(),
+            "credentials",
+            "https://user:s3cret@git.test\n",
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("exp")).unwrap();
+        write(dir.path(), "common.txt", "flask==3.0.3\n");
+        for include in [
+            secret.display().to_string(),
+            "../common.txt".to_string(),
+            "/proc/self/environ".to_string(),
+        ] {
+            let top = write(
+                dir.path(),
+                "exp/requirements.txt",
+                &format!("-r {include}\n"),
+            );
+            let msg = parse_file(&top).unwrap_err().to_string();
+            assert!(msg.contains("is outside the experiment directory"), "{msg}");
+            assert!(!msg.contains("s3cret"), "{msg}");
+        }
+        // The top file itself a link to outside.
+        #[cfg(unix)]
+        {
+            let link = dir.path().join("exp/constraints.txt");
+            std::os::unix::fs::symlink(&secret, &link).unwrap();
+            let msg = parse_file(&link).unwrap_err().to_string();
+            assert!(msg.contains("outside the experiment directory"), "{msg}");
+            assert!(!msg.contains("s3cret"), "{msg}");
+        }
+        // Inside, through a subdirectory, is fine.
+        write(dir.path(), "exp/sub/more.txt", "-r ../inc.txt\n");
+        write(dir.path(), "exp/inc.txt", "flask==3.0.3\n");
+        let top = write(dir.path(), "exp/requirements.txt", "-r sub/more.txt\n");
+        assert_eq!(parse_file(&top).unwrap().requirements.len(), 1);
+        // Not a regular file, or too large.
+        let msg = parse_file(Path::new("/dev/zero")).unwrap_err().to_string();
+        assert!(
+            msg.contains("not a regular file of at most 16 MiB"),
+            "{msg}"
+        );
+        let big = write(dir.path(), "big.txt", &"#\n".repeat(9 << 20));
+        let msg = parse_file(&big).unwrap_err().to_string();
+        assert!(
+            msg.contains("not a regular file of at most 16 MiB"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_name_or_extra_ending_in_a_separator_is_an_error_not_a_panic() {
+        for (line, what) in [
+            ("flask-[async]==3.0.3", "the name `flask-`"),
+            ("flask[A-]==3.0.3", "the extra `A-`"),
+            (
+                "flask_[x] @ https://x.test/flask-3.0.3-py3-none-any.whl",
+                "the name `flask_`",
+            ),
+        ] {
+            let msg = err(&format!("{line}\n"));
+            assert!(
+                msg.contains("requirements.txt:1: ") && msg.contains(what),
+                "{line}: {msg}"
+            );
+        }
+    }
 
     #[test]
     fn dallinger_constraints_with_via_comments_and_hashes() {

@@ -103,8 +103,9 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
-#[derive(Clone, PartialEq, Eq)]
-enum Challenge {
+/// What a registry's `WWW-Authenticate` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Challenge {
     Basic,
     Bearer {
         realm: String,
@@ -1144,7 +1145,8 @@ fn error_code(body: &str) -> (Option<String>, String) {
 }
 
 /// Parses `WWW-Authenticate: Bearer realm="…",service="…"` or `Basic …`.
-fn parse_challenge(value: &str) -> Option<Challenge> {
+/// Public for tests/fuzz.
+pub fn parse_challenge(value: &str) -> Option<Challenge> {
     let (scheme, params) = value.trim().split_once(' ').unwrap_or((value.trim(), ""));
     if scheme.eq_ignore_ascii_case("basic") {
         return Some(Challenge::Basic);
@@ -1166,15 +1168,29 @@ fn parse_challenge(value: &str) -> Option<Challenge> {
             .to_ascii_lowercase();
         let after = after.trim_start();
         let (value, remainder) = if let Some(quoted) = after.strip_prefix('"') {
-            let end = quoted.find('"').unwrap_or(quoted.len());
-            (&quoted[..end], quoted.get(end + 1..).unwrap_or(""))
+            // A quoted-string (RFC 9110): `\` takes the next character as is.
+            let mut value = String::new();
+            let mut end = quoted.len();
+            let mut chars = quoted.char_indices();
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => value.extend(chars.next().map(|(_, next)| next)),
+                    '"' => {
+                        end = i + 1;
+                        break;
+                    }
+                    c => value.push(c),
+                }
+            }
+            (value, &quoted[end..])
         } else {
             let end = after.find(',').unwrap_or(after.len());
-            (&after[..end], &after[end..])
+            // A token; the list's optional white space before `,` is not part of it.
+            (after[..end].trim_end().to_string(), &after[end..])
         };
         match key.as_str() {
-            "realm" => realm = Some(value.to_string()),
-            "service" => service = Some(value.to_string()),
+            "realm" => realm = Some(value),
+            "service" => service = Some(value),
             _ => {}
         }
         rest = remainder.trim_start_matches(',').trim_start();
@@ -1239,6 +1255,32 @@ mod tests {
         assert_ne!(
             origin("http://127.0.0.1:5000/"),
             origin("http://127.0.0.1:5001/")
+        );
+    }
+
+    #[test]
+    fn quoted_challenge_values_keep_escaped_quotes() {
+        assert_eq!(
+            parse_challenge(r#"Bearer realm="https://r.test/t\"x\\",service="a\"b, c""#),
+            Some(Challenge::Bearer {
+                realm: r#"https://r.test/t"x\"#.into(),
+                service: Some(r#"a"b, c"#.into()),
+            })
+        );
+        assert_eq!(
+            parse_challenge("Bearer realm=https://r.test/t , service=s"),
+            Some(Challenge::Bearer {
+                realm: "https://r.test/t".into(),
+                service: Some("s".into()),
+            })
+        );
+        // An escape inside the value does not end it early.
+        assert_eq!(
+            parse_challenge(r#"Bearer realm="a\",realm=\"b",service=s"#),
+            Some(Challenge::Bearer {
+                realm: r#"a",realm="b"#.into(),
+                service: Some("s".into()),
+            })
         );
     }
 

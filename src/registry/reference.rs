@@ -57,6 +57,12 @@ impl Reference {
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
                 && c.as_bytes()[0].is_ascii_alphanumeric()
         };
+        if !valid_registry(&registry) {
+            bail!(
+                "{original:?} is not a valid image reference: the registry {registry:?} is not a \
+                 host name or IP address with an optional :PORT"
+            );
+        }
         if repository.is_empty() || !repository.split('/').all(valid_component) {
             bail!(
                 "{original:?} is not a valid image reference: repository names use lowercase letters, digits and . _ - separated by /"
@@ -92,7 +98,7 @@ impl Reference {
 
     /// Plain HTTP only for loopback registries (or ones the user names).
     pub fn scheme(&self, insecure: &[String]) -> &'static str {
-        let host = self.registry.split(':').next().unwrap_or_default();
+        let host = split_port(&self.registry).0;
         if host == "localhost"
             || host == "127.0.0.1"
             || host == "[::1]"
@@ -117,6 +123,57 @@ impl Reference {
             .or(self.tag.as_deref())
             .unwrap_or("latest")
     }
+}
+
+/// `host[:port]` as (host, port); a bracketed IPv6 address keeps its brackets.
+fn split_port(registry: &str) -> (&str, Option<&str>) {
+    let host_end = if registry.starts_with('[') {
+        registry.find(']').map_or(registry.len(), |i| i + 1)
+    } else {
+        registry.find(':').unwrap_or(registry.len())
+    };
+    match registry[host_end..].strip_prefix(':') {
+        Some(port) => (&registry[..host_end], Some(port)),
+        None => (registry, None),
+    }
+}
+
+/// Docker's `domain[:port]`: labels of ASCII letters, digits and inner `-`
+/// joined by `.`, or a bracketed IPv6 address; a port from 1 to 65535 (no
+/// leading zero). So no
+/// `#`, `?`, `@`, `\`, space or `%` can reach the URL built from it.
+fn valid_registry(registry: &str) -> bool {
+    let (host, port) = split_port(registry);
+    // Written as URLs write it (no leading zero), so the registry names the
+    // same origin as the URL built from it.
+    let port_ok = port.is_none_or(|p| {
+        p.bytes().all(|b| b.is_ascii_digit())
+            && !p.starts_with('0')
+            && p.parse::<u16>().is_ok_and(|n| n > 0)
+    });
+    let host_ok = match host.strip_prefix('[') {
+        Some(inner) => inner
+            .strip_suffix(']')
+            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok()),
+        None => {
+            let labels_ok = host.split('.').all(|label| {
+                !label.is_empty()
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+            });
+            // A name ending in a number is an IPv4 address to a URL parser
+            // (which also reads 0x1f and 010 its own way): it must be a
+            // plain dotted-decimal one.
+            let last = host.rsplit('.').next().unwrap_or_default();
+            let numeric = last.bytes().all(|b| b.is_ascii_digit())
+                || last.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("0x"));
+            labels_ok && (!numeric || host.parse::<std::net::Ipv4Addr>().is_ok())
+        }
+    };
+    port_ok && host_ok
 }
 
 impl std::fmt::Display for Reference {
@@ -161,5 +218,52 @@ mod tests {
         assert_eq!(r.manifest_ref(), d);
         assert!(Reference::parse("docker.io/Bad Name").is_err());
         assert!(Reference::parse("quay.io/x/Y:t").is_err());
+        let r = Reference::parse("[::1]:5000/a").unwrap();
+        assert_eq!((r.registry.as_str(), r.scheme(&[])), ("[::1]:5000", "http"));
+        assert_eq!(
+            Reference::parse("[fe80::1]:443/a").unwrap().scheme(&[]),
+            "https"
+        );
+    }
+
+    #[test]
+    fn a_registry_that_is_not_a_host_is_refused() {
+        for bad in [
+            "evil.test#.ghcr.io/x",
+            "evil.test?.ghcr.io/x",
+            "ghcr.io\\evil.test/x",
+            "a.-/a",
+            "a..b/x",
+            "host./x",
+            "ghcr.io%2f/x",
+            "a:b:c/x",
+            "ghcr.io:/x",
+            "ghcr.io:0/x",
+            "ghcr.io:70000/x",
+            "ghcr.io:+443/x",
+            "ghcr.io:05000/x",
+            "1.2.3.4.5/x",
+            "010.0.0.1/x",
+            "a.0x7f/x",
+            "10.0.0.300/x",
+            "a.0/x",
+            "[::1/x",
+            "[v1.x]/x",
+            "h\u{e9}.io/x",
+        ] {
+            let err = Reference::parse(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("is not a host name or IP address"),
+                "{bad}: {err}"
+            );
+        }
+        for good in [
+            "ghcr.io:443/x",
+            "a-b.example/x",
+            "10.0.0.1:5000/x",
+            "[fe80::1]/x",
+        ] {
+            Reference::parse(good).unwrap();
+        }
     }
 }
