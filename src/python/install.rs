@@ -4,7 +4,8 @@
 //!
 //! The wheel is unpacked once into a cache keyed by its sha256 (every file
 //! checked against RECORD on the way, the entry fingerprinted so that a
-//! later change to it is seen) and the layer streams the files from there. What differs from pip, on purpose:
+//! later change to it is seen) and the layer streams the files from there.
+//! What differs from pip, on purpose:
 //!
 //! * `INSTALLER` is `dallinger-oci\n`, not `pip\n`;
 //! * RECORD has LF line ends (pip's csv writer uses CRLF); its rows are sorted
@@ -88,8 +89,8 @@ pub enum InstallError {
 /// Installs `wheel` into `tree` for `target`. The wheel is unpacked (and
 /// checked against its RECORD) once into `unpack_cache/<sha256 of the
 /// wheel>/unpacked/`, and the tree refers to the files there, so that
-/// directory must stay until the layer is written. `requested` writes `REQUESTED` (a
-/// top-level requirement). On error, `tree` is unchanged.
+/// directory must stay until the layer is written. `requested` writes
+/// `REQUESTED` (a top-level requirement). On error, `tree` is unchanged.
 pub fn install_wheel(
     wheel: &Path,
     unpack_cache: &Path,
@@ -154,11 +155,58 @@ const MAX_FINGERPRINT: u64 = 256 << 20;
 /// their fingerprint (inode, size, mode and change time of each, taken once
 /// they are written). An entry is reused only while every file still has
 /// its fingerprint: no write, truncation, `chmod`, replacement, addition or
-/// removal can keep the change time, which the kernel sets and no program
-/// can set back, so a changed entry (by anything: the sandbox never sees
-/// these files) is unpacked again. This costs a `stat` per file, not a read.
+/// removal can keep the change time, which only the kernel sets (no system
+/// call sets it back), so a changed entry (by anything: the sandbox never
+/// sees these files) is unpacked again. This costs a `stat` per file, not a
+/// read.
 pub fn unpack_wheel(wheel: &Path, unpack_cache: &Path) -> Result<PathBuf, InstallError> {
     Ok(unpack_checked(wheel, unpack_cache)?.0)
+}
+
+/// Unpacks every wheel not in the cache yet, `workers` at a time, and puts
+/// them in place together (one `syncfs` for all): `unpack_wheel` for each,
+/// at the cost of one flush instead of one per wheel.
+pub fn unpack_wheels(
+    wheels: &[&Path],
+    unpack_cache: &Path,
+    workers: usize,
+) -> Result<(), InstallError> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let extracted: Mutex<Vec<Extracted>> = Mutex::new(Vec::new());
+    let results: Vec<Result<(), InstallError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers.clamp(1, wheels.len().max(1)))
+            .map(|_| {
+                scope.spawn(|| -> Result<(), InstallError> {
+                    while !failed.load(Ordering::SeqCst) {
+                        let Some(wheel) = wheels.get(next.fetch_add(1, Ordering::SeqCst)) else {
+                            break;
+                        };
+                        match extract(wheel, unpack_cache) {
+                            Ok(Found::Extracted(x)) => {
+                                extracted.lock().unwrap_or_else(|e| e.into_inner()).push(x)
+                            }
+                            Ok(Found::Cached(..)) => {}
+                            Err(e) => {
+                                failed.store(true, Ordering::SeqCst);
+                                return Err(e);
+                            }
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("an unpacking thread panicked"))
+            .collect()
+    });
+    results.into_iter().collect::<Result<(), _>>()?;
+    publish(extracted.into_inner().unwrap_or_else(|e| e.into_inner()))?;
+    Ok(())
 }
 
 /// One file of an unpacked wheel as its fingerprint records it.
@@ -180,11 +228,35 @@ struct Fingerprint {
     files: Vec<FileStat>,
 }
 
+/// A wheel extracted and checked into a temporary directory of the cache,
+/// not yet on disk nor in place (dropping it removes it).
+struct Extracted {
+    wheel: PathBuf,
+    tmp: tempfile::TempDir,
+    entry: PathBuf,
+    files: Vec<FileStat>,
+}
+
+enum Found {
+    /// The checked entry's files directory and files.
+    Cached(PathBuf, Vec<FileStat>),
+    Extracted(Extracted),
+}
+
 /// `unpack_wheel`, also returning every file of the entry (sorted by name).
 fn unpack_checked(
     wheel: &Path,
     unpack_cache: &Path,
 ) -> Result<(PathBuf, Vec<FileStat>), InstallError> {
+    match extract(wheel, unpack_cache)? {
+        Found::Cached(dir, files) => Ok((dir, files)),
+        Found::Extracted(x) => Ok(publish(vec![x])?.remove(0)),
+    }
+}
+
+/// The checked cache entry of `wheel`, else the wheel extracted (every
+/// file checked against RECORD) into a temporary directory beside it.
+fn extract(wheel: &Path, unpack_cache: &Path) -> Result<Found, InstallError> {
     let read_err = |source: io::Error| InstallError::Read {
         wheel: wheel.to_path_buf(),
         source,
@@ -199,7 +271,7 @@ fn unpack_checked(
     let unpack_cache = std::path::absolute(unpack_cache).map_err(|e| cache_err(unpack_cache, e))?;
     let entry = unpack_cache.join(&sha);
     match check_entry(&entry) {
-        Ok(files) => return Ok((entry.join(UNPACKED_DIR), files)),
+        Ok(files) => return Ok(Found::Cached(entry.join(UNPACKED_DIR), files)),
         Err(Stale::Absent) => {}
         // No fingerprint: an entry of an older version, or one a crash
         // left before it was complete.
@@ -240,18 +312,60 @@ fn unpack_checked(
     let files = stat_files(&files_dir)
         .map_err(|e| cache_err(&files_dir, e))?
         .map_err(|what| cache_err(&files_dir, io::Error::other(what)))?;
-    write_fingerprint(tmp.path(), &files).map_err(|e| cache_err(tmp.path(), e))?;
-    let tmp = tmp.keep();
-    if let Err(e) = fs::rename(&tmp, &entry) {
-        let _ = fs::remove_dir_all(&tmp);
-        // Another process may have unpacked the same wheel meanwhile.
-        return match check_entry(&entry) {
-            Ok(files) => Ok((entry.join(UNPACKED_DIR), files)),
-            Err(_) => Err(cache_err(&entry, e)),
-        };
+    Ok(Found::Extracted(Extracted {
+        wheel: wheel.to_path_buf(),
+        tmp,
+        entry,
+        files,
+    }))
+}
+
+/// Puts extracted wheels on disk (one `syncfs`: a fingerprint is never on
+/// disk before the files it vouches for), then writes each one's
+/// fingerprint and renames it into place. Returns their files directories
+/// and files, in order.
+fn publish(extracted: Vec<Extracted>) -> Result<Vec<(PathBuf, Vec<FileStat>)>, InstallError> {
+    let cache_err = |x: &Extracted, dir: &Path, source: io::Error| InstallError::Cache {
+        wheel: x.wheel.clone(),
+        dir: dir.to_path_buf(),
+        source,
+    };
+    let Some(first) = extracted.first() else {
+        return Ok(Vec::new());
+    };
+    sync_file_system(first.tmp.path()).map_err(|e| cache_err(first, first.tmp.path(), e))?;
+    let mut out = Vec::new();
+    let mut parents: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
+    for x in extracted {
+        write_fingerprint(x.tmp.path(), &x.files).map_err(|e| cache_err(&x, x.tmp.path(), e))?;
+        let parent = x
+            .entry
+            .parent()
+            .expect("an entry is in the cache")
+            .to_path_buf();
+        let tmp = x.tmp.path().to_path_buf();
+        if let Err(e) = fs::rename(&tmp, &x.entry) {
+            // Another process may have unpacked the same wheel meanwhile
+            // (our copy goes when `x.tmp` is dropped).
+            match check_entry(&x.entry) {
+                Ok(files) => out.push((x.entry.join(UNPACKED_DIR), files)),
+                Err(_) => return Err(cache_err(&x, &x.entry, e)),
+            }
+            continue;
+        }
+        // Renamed: nothing left to remove.
+        let _ = x.tmp.keep();
+        out.push((x.entry.join(UNPACKED_DIR), x.files));
+        parents.insert(parent, x.wheel);
     }
-    sync_dir(&unpack_cache).map_err(|e| cache_err(&unpack_cache, e))?;
-    Ok((entry.join(UNPACKED_DIR), files))
+    for (parent, wheel) in parents {
+        sync_dir(&parent).map_err(|source| InstallError::Cache {
+            wheel,
+            dir: parent,
+            source,
+        })?;
+    }
+    Ok(out)
 }
 
 /// Why a cache entry cannot be used.
@@ -330,6 +444,9 @@ fn stat_files(dir: &Path) -> io::Result<Result<Vec<FileStat>, String>> {
     for item in walk {
         let item = item.map_err(io::Error::from)?;
         let kind = item.file_type();
+        if item.depth() == 0 && !kind.is_dir() {
+            return Ok(Err(format!("{} is not a directory", dir.display())));
+        }
         if kind.is_dir() {
             continue;
         }
@@ -354,14 +471,12 @@ fn stat_files(dir: &Path) -> io::Result<Result<Vec<FileStat>, String>> {
     Ok(Ok(files))
 }
 
-/// Puts the files under `dir` on disk, then writes their fingerprint there:
-/// a fingerprint is never on disk before the files it vouches for. It
-/// returns only once the file system's clock has passed every change time
-/// recorded (file times are coarse, a few milliseconds or a second), so
-/// that any later change gives a later time.
+/// Writes the fingerprint of `files` into `dir` (the files must be on disk
+/// already). It returns only once the file system's clock has passed every
+/// change time recorded (file times are coarse, a few milliseconds or a
+/// second), so that any later change gives a later time.
 fn write_fingerprint(dir: &Path, files: &[FileStat]) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt;
-    sync_file_system(dir)?;
     let fingerprint = Fingerprint {
         format: FINGERPRINT_FORMAT.to_string(),
         files: files.to_vec(),
@@ -390,7 +505,7 @@ fn write_fingerprint(dir: &Path, files: &[FileStat]) -> io::Result<()> {
 }
 
 /// Flushes every file written under `dir`'s file system (one `syncfs`
-/// instead of an `fsync` per file of the wheel).
+/// instead of an `fsync` per file of every wheel).
 fn sync_file_system(dir: &Path) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let handle = File::open(dir)?;
@@ -1634,6 +1749,31 @@ mod tests {
         assert_eq!(unpack_wheel(&wheel, &cache).unwrap(), first);
         assert_eq!(fs::read(&init).unwrap(), b"R = 1\n");
         assert!(!entry.join("r").exists());
+    }
+
+    #[test]
+    fn wheels_unpacked_together_are_cached_alike() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = tmp.path().join("cache");
+        let a = Spec::new("a", vec![("a/__init__.py", b"A\n", 0o644)]).build(tmp.path());
+        let b = Spec::new("b", vec![("b/__init__.py", b"B\n", 0o644)]).build(tmp.path());
+        unpack_wheels(&[a.as_path(), b.as_path(), a.as_path()], &cache, 2).unwrap();
+        assert_eq!(cache_entries(&cache).len(), 2);
+        for (wheel, name) in [(&a, "a"), (&b, "b")] {
+            let entry = check_entry(unpack_wheel(wheel, &cache).unwrap().parent().unwrap());
+            assert!(entry.is_ok_and(|files| files
+                .iter()
+                .any(|f| f.name == format!("{name}/__init__.py"))));
+        }
+        let mut bad = Spec::new("c", vec![("c/__init__.py", b"", 0o644)]);
+        let (_, record) = bad.members();
+        bad.record = Some(record.replace("sha256=", "sha256=A"));
+        let bad = bad.build(tmp.path());
+        let err = unpack_wheels(&[bad.as_path()], &cache, 2)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("c-1.0-py3-none-any.whl"), "{err}");
+        assert_eq!(cache_entries(&cache).len(), 2);
     }
 
     #[test]
