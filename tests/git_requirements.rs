@@ -8,24 +8,10 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
+use common::git::git;
 use common::python_base_command as dallinger_oci;
 use common::*;
-
-fn git(repo: &Path, args: &[&str]) -> String {
-    ok(Command::new(require_tool("git"))
-        .arg("-C")
-        .arg(repo)
-        .args(["-c", "user.name=Test", "-c", "user.email=test@example.test"])
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_AUTHOR_DATE", "2001-01-01T00:00:00Z")
-        .env("GIT_COMMITTER_DATE", "2001-01-01T00:00:00Z"))
-    .trim()
-    .to_string()
-}
 
 /// Commits `tinygit/__init__.py` saying `VALUE = value`; returns the commit.
 fn commit_value(repo: &Path, value: &str) -> String {

@@ -7,6 +7,11 @@
 //! source in the header instead of its mtime, and `-d` records the file's
 //! path in the image, never the staging path. `.pyc` files are not added to
 //! RECORD (pip's uninstall removes them beside their `.py` anyway).
+//!
+//! The interpreter is the base's, so it is not trusted: it gets copies of
+//! the sources in a staging directory of its own (nothing of the unpack
+//! cache), and only the `.pyc` files it leaves there are taken, as regular
+//! files beside their sources.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
@@ -76,7 +81,7 @@ impl<'a> BytecodeCompiler<'a> {
             let staged = stage.path().join(i.to_string());
             fs::create_dir_all(&staged)?;
             let prefix = format!("{site}/");
-            let mut any = false;
+            let mut sources: BTreeSet<&str> = BTreeSet::new();
             for (path, node) in tree.iter() {
                 let Some(rel) = path.strip_prefix(&prefix) else {
                     continue;
@@ -89,25 +94,29 @@ impl<'a> BytecodeCompiler<'a> {
                 }
                 let dest = staged.join(rel);
                 fs::create_dir_all(dest.parent().unwrap())?;
+                // Copies, never links: the interpreter is the base's and may
+                // write to whatever it is given; the layer keeps reading the
+                // sources from the unpack cache, which it never sees.
                 match content {
                     Content::File(source) => {
-                        if fs::hard_link(source, &dest).is_err() {
-                            fs::copy(source, &dest)?;
-                        }
+                        fs::copy(source, &dest)?;
                     }
                     Content::Bytes(bytes) => fs::write(&dest, bytes)?,
                 }
-                any = true;
+                sources.insert(rel);
             }
-            if !any {
+            if sources.is_empty() {
                 continue;
             }
             self.run_compileall(&rootfs, &staged, site, target)?;
             for entry in walkdir::WalkDir::new(&staged).sort_by_file_name() {
                 let entry = entry?;
                 let p = entry.path();
-                if entry.file_type().is_file() && p.extension().is_some_and(|e| e == "pyc") {
-                    let rel = p.strip_prefix(&staged)?.to_string_lossy().into_owned();
+                if !entry.file_type().is_file() || p.extension().is_none_or(|e| e != "pyc") {
+                    continue;
+                }
+                let rel = p.strip_prefix(&staged)?.to_string_lossy().into_owned();
+                if is_cache_of_a_source(&rel, &sources) {
                     additions.push((format!("{site}/{rel}"), p.to_path_buf()));
                 }
             }
@@ -171,5 +180,41 @@ impl<'a> BytecodeCompiler<'a> {
             );
         }
         Ok(())
+    }
+}
+
+/// Whether `rel` is `DIR/__pycache__/NAME.TAG.pyc` for a staged `DIR/NAME.py`
+/// (what compileall writes); anything else the interpreter left is dropped.
+fn is_cache_of_a_source(rel: &str, sources: &BTreeSet<&str>) -> bool {
+    let (dir, file) = rel.rsplit_once('/').unwrap_or(("", rel));
+    let Some(parent) = dir.strip_suffix("__pycache__") else {
+        return false;
+    };
+    if !(parent.is_empty() || parent.ends_with('/')) {
+        return false;
+    }
+    let module = file.split('.').next().unwrap_or_default();
+    !module.is_empty() && sources.contains(format!("{parent}{module}.py").as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_caches_beside_staged_sources_are_taken() {
+        let sources: BTreeSet<&str> = ["a.py", "pkg/mod.py"].into_iter().collect();
+        for (rel, taken) in [
+            ("__pycache__/a.cpython-311.pyc", true),
+            ("pkg/__pycache__/mod.cpython-311.pyc", true),
+            ("pkg/__pycache__/mod.cpython-311.opt-1.pyc", true),
+            ("pkg/__pycache__/other.cpython-311.pyc", false),
+            ("pkg/mod.pyc", false),
+            ("evil.pyc", false),
+            ("x__pycache__/a.cpython-311.pyc", false),
+            ("pkg/sub/__pycache__/mod.cpython-311.pyc", false),
+        ] {
+            assert_eq!(is_cache_of_a_source(rel, &sources), taken, "{rel}");
+        }
     }
 }

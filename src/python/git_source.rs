@@ -8,7 +8,11 @@
 //! user's `SSH_AUTH_SOCK` agent. Prompts are off: a missing credential is
 //! an error, never a hang. Credentials in a URL (`https://TOKEN@host/…`,
 //! `ssh://user:PASSWORD@host/…`) are used for fetching only; every URL
-//! recorded or printed has them removed.
+//! recorded or printed has them removed, and so has every URL git is given:
+//! an http(s) credential reaches git through its environment (a credential
+//! helper that answers only for the URL's scheme and host), never through
+//! its command line, where `ps` shows it, nor through a file (ssh cannot
+//! use a password from a URL under `BatchMode`: it is dropped).
 //!
 //! Cache (under the wheel cache's `git/`): one bare repository per URL
 //! (`repos/`), and the tarball per URL and commit (`archives/`), made by
@@ -27,8 +31,9 @@ use crate::image::store::sha256_digest;
 /// A `git+` URL of a requirement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GitUrl {
-    /// What git is given: without `git+`, the revision and the fragment;
-    /// credentials kept as written.
+    /// The URL without `git+`, the revision and the fragment; credentials
+    /// kept as written (git is given `redacted_url`, and the credential
+    /// apart).
     pub fetch_url: String,
     /// The revision after `@` (branch, tag or commit), if any.
     pub revision: Option<String>,
@@ -137,6 +142,112 @@ impl GitUrl {
     }
 }
 
+/// The user name and password of an http(s) URL, percent-decoded as git
+/// decodes them, and where git may send them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlCredential {
+    /// `http` or `https`.
+    protocol: String,
+    /// `HOST[:PORT]` as the URL writes it (what git's credential protocol
+    /// asks for).
+    host: String,
+    username: String,
+    password: String,
+}
+
+impl GitUrl {
+    /// The credential the URL carries, for http(s) only (git gives ssh the
+    /// user name from the URL it is given and never a password).
+    pub fn credential(&self) -> Result<Option<UrlCredential>, String> {
+        let url = &self.fetch_url;
+        let Some((protocol, rest)) = url.split_once("://") else {
+            return Ok(None);
+        };
+        if !matches!(protocol, "http" | "https") {
+            return Ok(None);
+        }
+        let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+        let Some(at) = authority.rfind('@') else {
+            return Ok(None);
+        };
+        let (user, password) = match authority[..at].split_once(':') {
+            Some((u, p)) => (u, p),
+            None => (&authority[..at], ""),
+        };
+        let decode = |text: &str| -> Result<String, String> {
+            let bytes = percent_decode(text);
+            match String::from_utf8(bytes) {
+                Ok(s) if !s.contains(['\n', '\r', '\0']) => Ok(s),
+                _ => Err(format!(
+                    "the credential in {} is not UTF-8 on one line: write it percent-encoded",
+                    self.redacted_url()
+                )),
+            }
+        };
+        Ok(Some(UrlCredential {
+            protocol: protocol.to_string(),
+            host: authority[at + 1..].to_string(),
+            username: decode(user)?,
+            password: decode(password)?,
+        }))
+    }
+}
+
+/// `%XX` escapes decoded; anything else (a stray `%` too) kept as written.
+fn percent_decode(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    out
+}
+
+/// The credential helper git is given for a URL with a credential: a shell
+/// function (git runs `!` helpers with the shell) that reads git's request
+/// and answers only one for the URL's own scheme and host, from the
+/// environment of the git process, so that neither a command line nor a
+/// file ever holds the credential, and a redirect to another host gets none.
+const CREDENTIAL_HELPER: &str = "!f() { p=; h=; \
+while IFS= read -r l && test -n \"$l\"; do case \"$l\" in \
+protocol=*) p=\"${l#protocol=}\";; host=*) h=\"${l#host=}\";; esac; done; \
+test \"$1\" = get && test \"$p\" = \"$DALLINGER_OCI_GIT_PROTOCOL\" \
+&& test \"$h\" = \"$DALLINGER_OCI_GIT_HOST\" || exit 0; \
+printf 'username=%s\\npassword=%s\\n' \"$DALLINGER_OCI_GIT_USERNAME\" \
+\"$DALLINGER_OCI_GIT_PASSWORD\"; }; f";
+
+/// Gives `command` (a git process) the credential through its environment:
+/// the user's own helpers are reset (so none of them stores or replaces
+/// it) and the helper above reads it. The configuration is added with
+/// `GIT_CONFIG_KEY_n` after any the caller's environment already has.
+fn pass_credential(command: &mut Command, credential: &UrlCredential) {
+    let first: usize = std::env::var("GIT_CONFIG_COUNT")
+        .ok()
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    for (i, value) in ["", CREDENTIAL_HELPER].into_iter().enumerate() {
+        command
+            .env(format!("GIT_CONFIG_KEY_{}", first + i), "credential.helper")
+            .env(format!("GIT_CONFIG_VALUE_{}", first + i), value);
+    }
+    command
+        .env("GIT_CONFIG_COUNT", (first + 2).to_string())
+        .env("DALLINGER_OCI_GIT_PROTOCOL", &credential.protocol)
+        .env("DALLINGER_OCI_GIT_HOST", &credential.host)
+        .env("DALLINGER_OCI_GIT_USERNAME", &credential.username)
+        .env("DALLINGER_OCI_GIT_PASSWORD", &credential.password);
+}
+
 /// A revision resolved to a commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolvedRevision {
@@ -161,7 +272,7 @@ pub fn resolve_revision(url: &GitUrl) -> Result<ResolvedRevision> {
             moving: None,
         });
     }
-    let out = git(None, url, &["ls-remote", "--", &url.fetch_url, wanted])?;
+    let out = git(None, url, &["ls-remote", "--", &url.redacted_url(), wanted])?;
     if !out.status.success() {
         bail!(
             "cannot reach the git repository {}: {}",
@@ -326,17 +437,11 @@ fn has_commit(repo: &Path, url: &GitUrl, commit: &str) -> bool {
 /// Fetches `commit` alone (servers that allow it, as GitHub and local
 /// repositories do), else every branch and tag.
 fn fetch_commit(repo: &Path, url: &GitUrl, commit: &str) -> Result<()> {
+    let remote = url.redacted_url();
     let single = git(
         Some(repo),
         url,
-        &[
-            "fetch",
-            "--quiet",
-            "--depth=1",
-            "--",
-            &url.fetch_url,
-            commit,
-        ],
+        &["fetch", "--quiet", "--depth=1", "--", &remote, commit],
     )?;
     if single.status.success() && has_commit(repo, url, commit) {
         return Ok(());
@@ -347,7 +452,7 @@ fn fetch_commit(repo: &Path, url: &GitUrl, commit: &str) -> Result<()> {
     }
     args.extend([
         "--",
-        &url.fetch_url,
+        &remote,
         "+refs/heads/*:refs/remote/heads/*",
         "+refs/tags/*:refs/remote/tags/*",
     ]);
@@ -371,9 +476,17 @@ fn fetch_commit(repo: &Path, url: &GitUrl, commit: &str) -> Result<()> {
 
 /// Runs git without prompts (a missing credential fails at once) and, for
 /// ssh, without asking about unknown host keys; the user's agent
-/// (`SSH_AUTH_SOCK`) and ssh settings are inherited.
+/// (`SSH_AUTH_SOCK`) and ssh settings are inherited. The URL's credential,
+/// if any, goes in the environment only (`args` name the URL without it).
 fn git(repo: Option<&Path>, url: &GitUrl, args: &[&str]) -> Result<Output> {
     let mut command = Command::new("git");
+    if let Some(credential) = url
+        .credential()
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("the requirement {}", url.display()))?
+    {
+        pass_credential(&mut command, &credential);
+    }
     if let Some(repo) = repo {
         command.arg("-C").arg(repo);
     }
@@ -454,6 +567,100 @@ mod tests {
             "fatal: unable to access 'ssh://me@example.test/r.git/': denied"
         );
         assert_eq!(u.revision.as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn url_credentials_are_decoded_for_http_only() {
+        let u = GitUrl::parse("git+https://user:p%40ss%2Fw@example.test:8443/r.git@main").unwrap();
+        let c = u.credential().unwrap().unwrap();
+        assert_eq!(
+            (
+                c.protocol.as_str(),
+                c.host.as_str(),
+                c.username.as_str(),
+                c.password.as_str()
+            ),
+            ("https", "example.test:8443", "user", "p@ss/w")
+        );
+        let c = GitUrl::parse("git+http://ghp_TOKEN@127.0.0.1/r.git")
+            .unwrap()
+            .credential()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (c.username.as_str(), c.password.as_str()),
+            ("ghp_TOKEN", "")
+        );
+        for none in [
+            "git+https://example.test/r.git",
+            "git+ssh://me:pw@example.test/r.git",
+            "git+file:///srv/r",
+        ] {
+            assert_eq!(
+                GitUrl::parse(none).unwrap().credential(),
+                Ok(None),
+                "{none}"
+            );
+        }
+        let err = GitUrl::parse("git+https://a%0Ab:c@example.test/r.git")
+            .unwrap()
+            .credential()
+            .unwrap_err();
+        assert!(
+            err.contains("https://example.test/r.git") && !err.contains("a%0Ab"),
+            "{err}"
+        );
+        assert_eq!(percent_decode("%41%4g%"), b"A%4g%");
+    }
+
+    /// The helper answers git's request for the URL's scheme and host only.
+    #[test]
+    fn the_credential_helper_answers_only_for_its_host() {
+        let u = GitUrl::parse("git+https://user:p%20w@example.test:8443/r.git").unwrap();
+        let credential = u.credential().unwrap().unwrap();
+        let ask = |action: &str, request: &str| -> String {
+            let mut command = Command::new("git");
+            pass_credential(&mut command, &credential);
+            let script = CREDENTIAL_HELPER.strip_prefix('!').unwrap();
+            let mut sh = Command::new("sh");
+            sh.arg("-c").arg(format!("{script} {action}"));
+            for (k, v) in command.get_envs() {
+                if let Some(v) = v {
+                    sh.env(k, v);
+                }
+            }
+            let mut child = sh
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write as _;
+            // A helper that does not answer may exit before reading.
+            let _ = child.stdin.take().unwrap().write_all(request.as_bytes());
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success());
+            String::from_utf8(out.stdout).unwrap()
+        };
+        assert_eq!(
+            ask(
+                "get",
+                "protocol=https\nhost=example.test:8443\npath=r.git\n\n"
+            ),
+            "username=user\npassword=p w\n"
+        );
+        for other in [
+            "protocol=https\nhost=elsewhere.test\n\n",
+            "protocol=http\nhost=example.test:8443\n\n",
+            "protocol=https\nhost=example.test\n\n",
+        ] {
+            assert_eq!(ask("get", other), "", "{other}");
+        }
+        assert_eq!(
+            ask("store", "protocol=https\nhost=example.test:8443\n\n"),
+            ""
+        );
+        // The command line holds no credential, only the names of variables.
+        assert!(!CREDENTIAL_HELPER.contains("p w"));
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! image paths and the image's interpreter.
 //!
 //! The wheel is unpacked once into a cache keyed by its sha256 (every file
-//! checked against RECORD on the way) and the layer streams the files from
-//! there. What differs from pip, on purpose:
+//! checked against RECORD on the way, the entry fingerprinted so that a
+//! later change to it is seen) and the layer streams the files from there.
+//! What differs from pip, on purpose:
 //!
 //! * `INSTALLER` is `dallinger-oci\n`, not `pip\n`;
 //! * RECORD has LF line ends (pip's csv writer uses CRLF); its rows are sorted
@@ -24,7 +25,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use dallinger_oci_layers::{Content, LayerError, LayerTree, Node};
@@ -33,7 +34,7 @@ use sha2::{Digest as _, Sha256};
 use super::target::Target;
 use super::wheel::{
     record_hash, write_record, DistInfo, RecordRow, ScriptEntry, WheelArchive, WheelError,
-    WheelFilename,
+    WheelFilename, MAX_METADATA_FILE,
 };
 
 /// What `INSTALLER` says.
@@ -87,9 +88,9 @@ pub enum InstallError {
 
 /// Installs `wheel` into `tree` for `target`. The wheel is unpacked (and
 /// checked against its RECORD) once into `unpack_cache/<sha256 of the
-/// wheel>/`, and the tree refers to the files there, so that directory must
-/// stay until the layer is written. `requested` writes `REQUESTED` (a
-/// top-level requirement). On error, `tree` is unchanged.
+/// wheel>/unpacked/`, and the tree refers to the files there, so that
+/// directory must stay until the layer is written. `requested` writes
+/// `REQUESTED` (a top-level requirement). On error, `tree` is unchanged.
 pub fn install_wheel(
     wheel: &Path,
     unpack_cache: &Path,
@@ -112,8 +113,8 @@ pub fn install_wheel(
         wheel: wheel.to_path_buf(),
         reason,
     })?;
-    let unpacked = unpack_wheel(wheel, unpack_cache)?;
-    let files = list_unpacked(wheel, &unpacked)?;
+    let (unpacked, stats) = unpack_checked(wheel, unpack_cache)?;
+    let files = unpacked_files(&stats);
     let info = read_dist_info(wheel, &filename, &unpacked, &files)?;
     let plan = plan(wheel, &unpacked, &files, &info, &scheme, requested)?;
     check_free(wheel, tree, &plan.files)?;
@@ -136,11 +137,126 @@ pub fn install_wheel(
     })
 }
 
-/// Unpacks `wheel` into `unpack_cache/<sha256 of the wheel file>/` unless it
-/// is there already, and returns that directory. Files are checked against
-/// RECORD while they are written into a temporary directory, which is renamed
-/// into place only when the whole wheel is good: a bad wheel leaves nothing.
+/// Where an entry of the unpack cache keeps the wheel's files.
+const UNPACKED_DIR: &str = "unpacked";
+/// Where an entry keeps the fingerprint of those files, beside them.
+const FINGERPRINT_FILE: &str = "fingerprint";
+const FINGERPRINT_FORMAT: &str = "dallinger-oci-unpacked/1";
+/// A fingerprint larger than this is not read (a wheel of a million files
+/// gives under 100 MiB).
+const MAX_FINGERPRINT: u64 = 256 << 20;
+
+/// Unpacks `wheel` into `unpack_cache/<sha256 of the wheel file>/unpacked/`
+/// unless it is there already, and returns that directory.
+///
+/// Files are checked against RECORD while they are written into a temporary
+/// directory, which is renamed into place only when the whole wheel is good
+/// and on disk: a bad wheel leaves nothing. Beside the files the entry keeps
+/// their fingerprint (inode, size, mode and change time of each, taken once
+/// they are written). An entry is reused only while every file still has
+/// its fingerprint: no write, truncation, `chmod`, replacement, addition or
+/// removal can keep the change time, which only the kernel sets (no system
+/// call sets it back), so a changed entry (by anything: the sandbox never
+/// sees these files) is unpacked again. This costs a `stat` per file, not a
+/// read.
 pub fn unpack_wheel(wheel: &Path, unpack_cache: &Path) -> Result<PathBuf, InstallError> {
+    Ok(unpack_checked(wheel, unpack_cache)?.0)
+}
+
+/// Unpacks every wheel not in the cache yet, `workers` at a time, and puts
+/// them in place together (one `syncfs` for all): `unpack_wheel` for each,
+/// at the cost of one flush instead of one per wheel.
+pub fn unpack_wheels(
+    wheels: &[&Path],
+    unpack_cache: &Path,
+    workers: usize,
+) -> Result<(), InstallError> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let extracted: Mutex<Vec<Extracted>> = Mutex::new(Vec::new());
+    let results: Vec<Result<(), InstallError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers.clamp(1, wheels.len().max(1)))
+            .map(|_| {
+                scope.spawn(|| -> Result<(), InstallError> {
+                    while !failed.load(Ordering::SeqCst) {
+                        let Some(wheel) = wheels.get(next.fetch_add(1, Ordering::SeqCst)) else {
+                            break;
+                        };
+                        match extract(wheel, unpack_cache) {
+                            Ok(Found::Extracted(x)) => {
+                                extracted.lock().unwrap_or_else(|e| e.into_inner()).push(x)
+                            }
+                            Ok(Found::Cached(..)) => {}
+                            Err(e) => {
+                                failed.store(true, Ordering::SeqCst);
+                                return Err(e);
+                            }
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("an unpacking thread panicked"))
+            .collect()
+    });
+    results.into_iter().collect::<Result<(), _>>()?;
+    publish(extracted.into_inner().unwrap_or_else(|e| e.into_inner()))?;
+    Ok(())
+}
+
+/// One file of an unpacked wheel as its fingerprint records it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct FileStat {
+    /// The archive path.
+    name: String,
+    inode: u64,
+    size: u64,
+    /// Permission bits.
+    mode: u32,
+    ctime: i64,
+    ctime_nsec: i64,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Fingerprint {
+    format: String,
+    files: Vec<FileStat>,
+}
+
+/// A wheel extracted and checked into a temporary directory of the cache,
+/// not yet on disk nor in place (dropping it removes it).
+struct Extracted {
+    wheel: PathBuf,
+    tmp: tempfile::TempDir,
+    entry: PathBuf,
+    files: Vec<FileStat>,
+}
+
+enum Found {
+    /// The checked entry's files directory and files.
+    Cached(PathBuf, Vec<FileStat>),
+    Extracted(Extracted),
+}
+
+/// `unpack_wheel`, also returning every file of the entry (sorted by name).
+fn unpack_checked(
+    wheel: &Path,
+    unpack_cache: &Path,
+) -> Result<(PathBuf, Vec<FileStat>), InstallError> {
+    match extract(wheel, unpack_cache)? {
+        Found::Cached(dir, files) => Ok((dir, files)),
+        Found::Extracted(x) => Ok(publish(vec![x])?.remove(0)),
+    }
+}
+
+/// The checked cache entry of `wheel`, else the wheel extracted (every
+/// file checked against RECORD) into a temporary directory beside it.
+fn extract(wheel: &Path, unpack_cache: &Path) -> Result<Found, InstallError> {
     let read_err = |source: io::Error| InstallError::Read {
         wheel: wheel.to_path_buf(),
         source,
@@ -153,20 +269,30 @@ pub fn unpack_wheel(wheel: &Path, unpack_cache: &Path) -> Result<PathBuf, Instal
     let file = File::open(wheel).map_err(read_err)?;
     let sha = hex::encode(sha256_of(file).map_err(read_err)?);
     let unpack_cache = std::path::absolute(unpack_cache).map_err(|e| cache_err(unpack_cache, e))?;
-    let dir = unpack_cache.join(&sha);
-    if dir.is_dir() {
-        // Files are not fsynced while unpacking: after a crash a renamed
-        // directory could hold truncated files, which the sizes reveal.
-        if cache_is_intact(&dir) {
-            return Ok(dir);
+    let entry = unpack_cache.join(&sha);
+    match check_entry(&entry) {
+        Ok(files) => return Ok(Found::Cached(entry.join(UNPACKED_DIR), files)),
+        Err(Stale::Absent) => {}
+        // No fingerprint: an entry of an older version, or one a crash
+        // left before it was complete.
+        Err(Stale::Incomplete) => fs::remove_dir_all(&entry).map_err(|e| cache_err(&entry, e))?,
+        Err(Stale::Changed(what)) => {
+            eprintln!(
+                "warning: the unpacked copy of {} in {} was changed after it was checked \
+                 ({what}); unpacking the wheel again",
+                wheel.display(),
+                entry.display()
+            );
+            fs::remove_dir_all(&entry).map_err(|e| cache_err(&entry, e))?;
         }
-        fs::remove_dir_all(&dir).map_err(|e| cache_err(&dir, e))?;
     }
     fs::create_dir_all(&unpack_cache).map_err(|e| cache_err(&unpack_cache, e))?;
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".tmp-{sha}-"))
         .tempdir_in(&unpack_cache)
         .map_err(|e| cache_err(&unpack_cache, e))?;
+    let files_dir = tmp.path().join(UNPACKED_DIR);
+    fs::create_dir(&files_dir).map_err(|e| cache_err(&files_dir, e))?;
     let mut archive = WheelArchive::open(wheel).map_err(|source| match source {
         WheelError::Zip(zip::result::ZipError::Io(e)) => InstallError::Read {
             wheel: wheel.to_path_buf(),
@@ -178,75 +304,220 @@ pub fn unpack_wheel(wheel: &Path, unpack_cache: &Path) -> Result<PathBuf, Instal
         },
     })?;
     archive
-        .extract_verified(tmp.path())
+        .extract_verified(&files_dir)
         .map_err(|source| InstallError::Wheel {
             wheel: wheel.to_path_buf(),
             source,
         })?;
-    let tmp = tmp.keep();
-    if let Err(e) = fs::rename(&tmp, &dir) {
-        let _ = fs::remove_dir_all(&tmp);
-        // Another process may have unpacked the same wheel meanwhile.
-        if !dir.is_dir() {
-            return Err(cache_err(&dir, e));
-        }
-    }
-    Ok(dir)
+    let files = stat_files(&files_dir)
+        .map_err(|e| cache_err(&files_dir, e))?
+        .map_err(|what| cache_err(&files_dir, io::Error::other(what)))?;
+    Ok(Found::Extracted(Extracted {
+        wheel: wheel.to_path_buf(),
+        tmp,
+        entry,
+        files,
+    }))
 }
 
-/// Whether an unpacked wheel still has exactly the files its RECORD lists,
-/// with the sizes it gives. Reads metadata only, not contents.
-fn cache_is_intact(dir: &Path) -> bool {
-    let mut files: BTreeMap<String, u64> = BTreeMap::new();
-    for entry in walkdir::WalkDir::new(dir) {
-        let Ok(entry) = entry else { return false };
-        if entry.file_type().is_dir() {
+/// Puts extracted wheels on disk (one `syncfs`: a fingerprint is never on
+/// disk before the files it vouches for), then writes each one's
+/// fingerprint and renames it into place. Returns their files directories
+/// and files, in order.
+fn publish(extracted: Vec<Extracted>) -> Result<Vec<(PathBuf, Vec<FileStat>)>, InstallError> {
+    let cache_err = |x: &Extracted, dir: &Path, source: io::Error| InstallError::Cache {
+        wheel: x.wheel.clone(),
+        dir: dir.to_path_buf(),
+        source,
+    };
+    let Some(first) = extracted.first() else {
+        return Ok(Vec::new());
+    };
+    sync_file_system(first.tmp.path()).map_err(|e| cache_err(first, first.tmp.path(), e))?;
+    let mut out = Vec::new();
+    let mut parents: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
+    for x in extracted {
+        write_fingerprint(x.tmp.path(), &x.files).map_err(|e| cache_err(&x, x.tmp.path(), e))?;
+        let parent = x
+            .entry
+            .parent()
+            .expect("an entry is in the cache")
+            .to_path_buf();
+        let tmp = x.tmp.path().to_path_buf();
+        if let Err(e) = fs::rename(&tmp, &x.entry) {
+            // Another process may have unpacked the same wheel meanwhile
+            // (our copy goes when `x.tmp` is dropped).
+            match check_entry(&x.entry) {
+                Ok(files) => out.push((x.entry.join(UNPACKED_DIR), files)),
+                Err(_) => return Err(cache_err(&x, &x.entry, e)),
+            }
             continue;
         }
-        let (Ok(meta), Some(name)) = (
-            entry.metadata(),
-            entry.path().strip_prefix(dir).ok().and_then(|p| p.to_str()),
-        ) else {
-            return false;
-        };
-        if !entry.file_type().is_file() {
-            return false;
-        }
-        files.insert(name.to_string(), meta.len());
+        // Renamed: nothing left to remove.
+        let _ = x.tmp.keep();
+        out.push((x.entry.join(UNPACKED_DIR), x.files));
+        parents.insert(parent, x.wheel);
     }
-    let infos: Vec<&str> = files
-        .keys()
-        .filter_map(|n| n.split_once('/').map(|(top, _)| top))
-        .filter(|t| t.ends_with(".dist-info"))
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let [info] = infos[..] else { return false };
-    let record_file = format!("{info}/RECORD");
-    let Some(record) = fs::read(dir.join(&record_file))
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .and_then(|t| super::wheel::parse_record(&record_file, &t).ok())
-    else {
-        return false;
+    for (parent, wheel) in parents {
+        sync_dir(&parent).map_err(|source| InstallError::Cache {
+            wheel,
+            dir: parent,
+            source,
+        })?;
+    }
+    Ok(out)
+}
+
+/// Why a cache entry cannot be used.
+enum Stale {
+    Absent,
+    Incomplete,
+    /// What differs from the fingerprint.
+    Changed(String),
+}
+
+/// The files of `entry` if they are exactly those its fingerprint lists,
+/// each with the inode, size, mode and change time recorded.
+fn check_entry(entry: &Path) -> Result<Vec<FileStat>, Stale> {
+    match fs::symlink_metadata(entry) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Stale::Absent),
+        Err(e) => return Err(Stale::Changed(format!("cannot stat it: {e}"))),
+        Ok(m) if !m.is_dir() => return Err(Stale::Changed("it is not a directory".into())),
+        Ok(_) => {}
+    }
+    let path = entry.join(FINGERPRINT_FILE);
+    let Ok(file) = File::open(&path) else {
+        return Err(Stale::Incomplete);
     };
-    let sizes: BTreeMap<&str, &str> = record
+    let mut text = Vec::new();
+    if file
+        .take(MAX_FINGERPRINT + 1)
+        .read_to_end(&mut text)
+        .is_err()
+        || text.len() as u64 > MAX_FINGERPRINT
+    {
+        return Err(Stale::Incomplete);
+    }
+    let recorded = match serde_json::from_slice::<Fingerprint>(&text) {
+        Ok(f) if f.format == FINGERPRINT_FORMAT => f.files,
+        _ => return Err(Stale::Incomplete),
+    };
+    let found = match stat_files(&entry.join(UNPACKED_DIR)) {
+        Ok(Ok(found)) => found,
+        Ok(Err(what)) => return Err(Stale::Changed(what)),
+        Err(e) => return Err(Stale::Changed(e.to_string())),
+    };
+    if found == recorded {
+        return Ok(found);
+    }
+    let by_name: BTreeMap<&str, &FileStat> =
+        recorded.iter().map(|f| (f.name.as_str(), f)).collect();
+    let what = match found
         .iter()
-        .map(|r| (r.path.as_str(), r.size.as_str()))
-        .collect();
-    let unlisted_ok = [
-        record_file.clone(),
-        format!("{info}/RECORD.jws"),
-        format!("{info}/RECORD.p7s"),
-    ];
-    files.iter().all(|(name, len)| {
-        unlisted_ok.contains(name)
-            || sizes
-                .get(name.as_str())
-                .is_some_and(|s| s.is_empty() || s.parse() == Ok(*len))
-    }) && record
+        .find(|f| by_name.get(f.name.as_str()) != Some(f))
+    {
+        Some(f) if by_name.contains_key(f.name.as_str()) => format!("{} was altered", f.name),
+        Some(f) => format!("{} was added", f.name),
+        None => {
+            let found_names: BTreeSet<&str> = found.iter().map(|f| f.name.as_str()).collect();
+            match recorded
+                .iter()
+                .find(|f| !found_names.contains(f.name.as_str()))
+            {
+                Some(f) => format!("{} was removed", f.name),
+                None => "its file list differs".to_string(),
+            }
+        }
+    };
+    Err(Stale::Changed(what))
+}
+
+/// Every regular file under `dir` with its stat, sorted by name; the inner
+/// error names an entry that is neither a directory nor a regular file.
+fn stat_files(dir: &Path) -> io::Result<Result<Vec<FileStat>, String>> {
+    use std::os::unix::fs::MetadataExt;
+    let mut files = Vec::new();
+    let walk = walkdir::WalkDir::new(dir)
+        .follow_links(false)
+        .follow_root_links(false)
+        .sort_by_file_name();
+    for item in walk {
+        let item = item.map_err(io::Error::from)?;
+        let kind = item.file_type();
+        if item.depth() == 0 && !kind.is_dir() {
+            return Ok(Err(format!("{} is not a directory", dir.display())));
+        }
+        if kind.is_dir() {
+            continue;
+        }
+        let rel = item.path().strip_prefix(dir).expect("walkdir stays inside");
+        let Some(name) = rel.to_str() else {
+            return Ok(Err(format!("{} is not UTF-8", rel.display())));
+        };
+        if !kind.is_file() {
+            return Ok(Err(format!("{name} is not a regular file")));
+        }
+        let meta = item.metadata().map_err(io::Error::from)?;
+        files.push(FileStat {
+            name: name.to_string(),
+            inode: meta.ino(),
+            size: meta.size(),
+            mode: meta.mode() & 0o7777,
+            ctime: meta.ctime(),
+            ctime_nsec: meta.ctime_nsec(),
+        });
+    }
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Ok(files))
+}
+
+/// Writes the fingerprint of `files` into `dir` (the files must be on disk
+/// already). It returns only once the file system's clock has passed every
+/// change time recorded (file times are coarse, a few milliseconds or a
+/// second), so that any later change gives a later time.
+fn write_fingerprint(dir: &Path, files: &[FileStat]) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let fingerprint = Fingerprint {
+        format: FINGERPRINT_FORMAT.to_string(),
+        files: files.to_vec(),
+    };
+    let mut out = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dir.join(FINGERPRINT_FILE))?;
+    out.write_all(&serde_json::to_vec(&fingerprint).map_err(io::Error::other)?)?;
+    let latest = files
         .iter()
-        .all(|r| files.contains_key(&r.path) || unlisted_ok.contains(&r.path))
+        .map(|f| (f.ctime, f.ctime_nsec))
+        .max()
+        .unwrap_or_default();
+    // At most two seconds (file systems with one-second times).
+    for _ in 0..2000 {
+        let meta = out.metadata()?;
+        if (meta.ctime(), meta.ctime_nsec()) > latest {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        out.set_modified(std::time::SystemTime::now())?;
+    }
+    out.sync_all()?;
+    sync_dir(dir)
+}
+
+/// Flushes every file written under `dir`'s file system (one `syncfs`
+/// instead of an `fsync` per file of every wheel).
+fn sync_file_system(dir: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let handle = File::open(dir)?;
+    // SAFETY: syncfs only reads the descriptor, which `handle` keeps open.
+    if unsafe { libc::syncfs(handle.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 /// A file of the unpacked wheel: its archive path and exec bit.
@@ -255,54 +526,15 @@ struct UnpackedFile {
     executable: bool,
 }
 
-fn list_unpacked(wheel: &Path, dir: &Path) -> Result<Vec<UnpackedFile>, InstallError> {
-    let cache_err = |source: io::Error| InstallError::Cache {
-        wheel: wheel.to_path_buf(),
-        dir: dir.to_path_buf(),
-        source,
-    };
-    let mut out = Vec::new();
-    for entry in walkdir::WalkDir::new(dir).sort_by_file_name() {
-        let entry = entry.map_err(|e| cache_err(e.into()))?;
-        if entry.file_type().is_dir() {
-            continue;
-        }
-        let rel = entry
-            .path()
-            .strip_prefix(dir)
-            .expect("walkdir stays inside");
-        let name = rel.to_str().ok_or_else(|| {
-            cache_err(io::Error::other(format!(
-                "{} is not UTF-8",
-                entry.path().display()
-            )))
-        })?;
-        if !entry.file_type().is_file() {
-            return Err(cache_err(io::Error::other(format!(
-                "{} is not a regular file; remove {} and try again",
-                entry.path().display(),
-                dir.display()
-            ))));
-        }
-        let meta = entry.metadata().map_err(|e| cache_err(e.into()))?;
-        out.push(UnpackedFile {
-            name: name.to_string(),
-            executable: is_executable(&meta),
-        });
-    }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
-}
-
-#[cfg(unix)]
-fn is_executable(meta: &fs::Metadata) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    meta.permissions().mode() & 0o111 != 0
-}
-
-#[cfg(not(unix))]
-fn is_executable(_meta: &fs::Metadata) -> bool {
-    false
+/// The files of a checked cache entry, as the installer lists them.
+fn unpacked_files(files: &[FileStat]) -> Vec<UnpackedFile> {
+    files
+        .iter()
+        .map(|f| UnpackedFile {
+            name: f.name.clone(),
+            executable: f.mode & 0o111 != 0,
+        })
+        .collect()
 }
 
 fn read_dist_info(
@@ -324,15 +556,25 @@ fn read_dist_info(
     };
     let read = |name: &str| -> Result<Option<Vec<u8>>, InstallError> {
         let path = dir.join(dist_info).join(name);
-        match fs::read(&path) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(InstallError::Cache {
-                wheel: wheel.to_path_buf(),
-                dir: path,
-                source: e,
-            }),
+        let cache_err = |source: io::Error| InstallError::Cache {
+            wheel: wheel.to_path_buf(),
+            dir: path.clone(),
+            source,
+        };
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(cache_err(e)),
+        };
+        // The archive refused larger metadata files; the cache is checked.
+        let mut bytes = Vec::new();
+        file.take(MAX_METADATA_FILE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(cache_err)?;
+        if bytes.len() as u64 > MAX_METADATA_FILE {
+            return Err(cache_err(io::Error::other("too large for a metadata file")));
         }
+        Ok(Some(bytes))
     };
     DistInfo::parse(
         filename,
@@ -479,7 +721,19 @@ fn plan(
                 "purelib" => scheme.purelib.clone(),
                 "platlib" => scheme.platlib.clone(),
                 "scripts" => scheme.scripts.clone(),
-                "headers" => join(&scheme.headers, &info.metadata.name),
+                "headers" => {
+                    let name = &info.metadata.name;
+                    if !is_project_name(name) {
+                        return Err(layout(
+                            &file.name,
+                            format!(
+                                "METADATA's Name {name:?} is not a project name, and headers \
+                                 go into a directory of that name"
+                            ),
+                        ));
+                    }
+                    join(&scheme.headers, name)
+                }
                 "data" => scheme.data.clone(),
                 other => {
                     return Err(layout(
@@ -567,6 +821,16 @@ fn plan(
         dist_info,
         files: planned,
     })
+}
+
+/// PEP 508's names: ASCII letters and digits, with `.`, `_` and `-` inside.
+fn is_project_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
 }
 
 fn generated(dest: String, bytes: Vec<u8>, executable: bool) -> PlannedFile {
@@ -781,7 +1045,6 @@ mod tests {
     use super::*;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine as _;
-    use std::io::Write as _;
     use zip::write::SimpleFileOptions;
 
     fn target() -> Target {
@@ -1429,27 +1692,96 @@ mod tests {
     }
 
     #[test]
-    fn unpack_cache_is_reused() {
+    fn unpack_cache_is_reused_while_unchanged() {
+        use std::os::unix::fs::PermissionsExt;
         let tmp = tempfile::tempdir().unwrap();
         let cache = tmp.path().join("cache");
-        let wheel = Spec::new("r", vec![("r/__init__.py", b"R = 1\n", 0o644)]).build(tmp.path());
+        let wheel = Spec::new(
+            "r",
+            vec![
+                ("r/__init__.py", b"R = 1\n", 0o644),
+                ("r/data.txt", b"d", 0o644),
+            ],
+        )
+        .build(tmp.path());
         let first = unpack_wheel(&wheel, &cache).unwrap();
         assert_eq!(cache_entries(&cache).len(), 1);
-        // Mark the unpacked copy: a second install must use it as it is.
-        fs::write(first.join("r/__init__.py"), b"R = 2\n").unwrap();
-        let mut tree = LayerTree::new();
-        install_wheel(&wheel, &cache, &target(), false, &mut tree).unwrap();
-        assert_eq!(cache_entries(&cache).len(), 1);
-        assert_eq!(bytes_of(&tree, &format!("{SP}/r/__init__.py")), b"R = 2\n");
-        assert_eq!(unpack_wheel(&wheel, &cache).unwrap(), first);
         let sha = hex::encode(Sha256::digest(fs::read(&wheel).unwrap()));
-        assert_eq!(first, std::path::absolute(&cache).unwrap().join(sha));
-        // A truncated file (a crash before the data reached the disk) makes
-        // the copy unusable: it is unpacked again.
-        fs::write(first.join("r/__init__.py"), b"").unwrap();
+        let entry = std::path::absolute(&cache).unwrap().join(sha);
+        assert_eq!(first, entry.join("unpacked"));
+        assert!(entry.join("fingerprint").is_file());
+        let init = first.join("r/__init__.py");
+        let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
+        let before = inode(&init);
+        // Unchanged: reused as it is.
         assert_eq!(unpack_wheel(&wheel, &cache).unwrap(), first);
-        assert_eq!(fs::read(first.join("r/__init__.py")).unwrap(), b"R = 1\n");
-        assert_eq!(cache_entries(&cache).len(), 1);
+        assert_eq!(inode(&init), before);
+        // Any change is seen and the wheel unpacked again: contents of the
+        // same size, a truncation (a crash before the data reached the
+        // disk), a mode, a replaced or an added file, a removed one.
+        let changes: Vec<Box<dyn Fn()>> = vec![
+            Box::new(|| fs::write(&init, b"R = 2\n").unwrap()),
+            Box::new(|| fs::write(&init, b"").unwrap()),
+            Box::new(|| fs::set_permissions(&init, fs::Permissions::from_mode(0o755)).unwrap()),
+            Box::new(|| {
+                let other = first.join("r/other");
+                fs::write(&other, b"R = 1\n").unwrap();
+                fs::rename(&other, &init).unwrap();
+            }),
+            Box::new(|| fs::write(first.join("r/extra.py"), b"").unwrap()),
+            Box::new(|| fs::remove_file(first.join("r/data.txt")).unwrap()),
+            Box::new(|| fs::remove_file(entry.join("fingerprint")).unwrap()),
+        ];
+        for change in changes {
+            change();
+            let mut tree = LayerTree::new();
+            install_wheel(&wheel, &cache, &target(), false, &mut tree).unwrap();
+            assert_eq!(bytes_of(&tree, &format!("{SP}/r/__init__.py")), b"R = 1\n");
+            assert!(tree.get(&format!("{SP}/r/extra.py")).is_none());
+            assert!(!executable(&tree, &format!("{SP}/r/__init__.py")));
+            assert_eq!(fs::read(&init).unwrap(), b"R = 1\n");
+            assert_eq!(cache_entries(&cache).len(), 1);
+        }
+        // An entry of the older layout (files at the top, no fingerprint).
+        fs::remove_dir_all(&entry).unwrap();
+        fs::create_dir_all(entry.join("r")).unwrap();
+        fs::write(entry.join("r/__init__.py"), b"R = 3\n").unwrap();
+        assert_eq!(unpack_wheel(&wheel, &cache).unwrap(), first);
+        assert_eq!(fs::read(&init).unwrap(), b"R = 1\n");
+        assert!(!entry.join("r").exists());
+    }
+
+    #[test]
+    fn wheels_unpacked_together_are_cached_alike() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = tmp.path().join("cache");
+        let a = Spec::new("a", vec![("a/__init__.py", b"A\n", 0o644)]).build(tmp.path());
+        let b = Spec::new("b", vec![("b/__init__.py", b"B\n", 0o644)]).build(tmp.path());
+        unpack_wheels(&[a.as_path(), b.as_path(), a.as_path()], &cache, 2).unwrap();
+        assert_eq!(cache_entries(&cache).len(), 2);
+        for (wheel, name) in [(&a, "a"), (&b, "b")] {
+            let entry = check_entry(unpack_wheel(wheel, &cache).unwrap().parent().unwrap());
+            assert!(entry.is_ok_and(|files| files
+                .iter()
+                .any(|f| f.name == format!("{name}/__init__.py"))));
+        }
+        let mut bad = Spec::new("c", vec![("c/__init__.py", b"", 0o644)]);
+        let (_, record) = bad.members();
+        bad.record = Some(record.replace("sha256=", "sha256=A"));
+        let bad = bad.build(tmp.path());
+        let err = unpack_wheels(&[bad.as_path()], &cache, 2)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("c-1.0-py3-none-any.whl"), "{err}");
+        assert_eq!(cache_entries(&cache).len(), 2);
+    }
+
+    #[test]
+    fn headers_need_a_project_name() {
+        assert!(is_project_name("Head_Er") && is_project_name("a") && is_project_name("a.b-c"));
+        for bad in ["", "..", ".a", "a.", "a/b", "a b"] {
+            assert!(!is_project_name(bad), "{bad:?}");
+        }
     }
 
     #[test]

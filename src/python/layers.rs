@@ -11,7 +11,7 @@ use anyhow::Result;
 use dallinger_oci_layers::{LayerTree, WriteOptions, COMPRESSOR_ID, MEDIA_TYPE_GZIP_LAYER};
 
 use super::bytecode::BytecodeCompiler;
-use super::install::{install_wheel, unpack_wheel};
+use super::install::{install_wheel, unpack_wheel, unpack_wheels};
 use super::resolve::ResolvedWheel;
 use super::target::Target;
 use crate::image::store::{sha256_digest, BlobStore, StoredLayer};
@@ -166,35 +166,9 @@ fn layer_for(
 /// cold build, inflating and creating files is most of the work, and each
 /// wheel is independent. The installer then finds them unpacked.
 fn unpack_in_parallel(wheels: &[&&ResolvedWheel], unpack_cache: &Path) -> Result<()> {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(wheels.len().max(1));
-    let results: Vec<Result<()>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                scope.spawn(|| -> Result<()> {
-                    while !failed.load(Ordering::SeqCst) {
-                        let Some(wheel) = wheels.get(next.fetch_add(1, Ordering::SeqCst)) else {
-                            break;
-                        };
-                        if let Err(e) = unpack_wheel(&wheel.path, unpack_cache) {
-                            failed.store(true, Ordering::SeqCst);
-                            return Err(e.into());
-                        }
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("an unpacking thread panicked"))
-            .collect()
-    });
-    results.into_iter().collect()
+    let paths: Vec<&Path> = wheels.iter().map(|w| w.path.as_path()).collect();
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Ok(unpack_wheels(&paths, unpack_cache, workers)?)
 }
 
 /// Dallinger's `frontend/` (static files, templates) and the Procfile, as

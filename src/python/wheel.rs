@@ -18,7 +18,13 @@ use sha2::{Digest as _, Sha256, Sha384, Sha512};
 use super::target::normalise_name;
 
 /// Metadata files larger than this are refused rather than read into memory.
-const MAX_METADATA_FILE: u64 = 64 << 20;
+pub const MAX_METADATA_FILE: u64 = 64 << 20;
+/// A member may declare at most this many bytes uncompressed (the largest
+/// files of real wheels, CUDA libraries, are under 2 GiB).
+const MAX_MEMBER_SIZE: u64 = 4 << 30;
+/// All members of a wheel together may declare at most this many bytes
+/// (the largest real wheels unpack to under 8 GiB).
+const MAX_UNPACKED_SIZE: u64 = 16 << 30;
 
 /// What is wrong with a wheel. The caller adds which wheel it was.
 #[derive(Debug, thiserror::Error)]
@@ -603,6 +609,9 @@ impl RecordHasher {
 pub struct ArchiveFile {
     pub name: String,
     index: usize,
+    /// The uncompressed size the zip's central directory declares; reading
+    /// stops (with an error) past it.
+    declared_size: u64,
     /// Any exec bit in the zip entry's unix mode of a regular file (pip's
     /// `zip_item_is_executable`).
     pub executable: bool,
@@ -723,7 +732,9 @@ pub fn check_member_name(name: &str) -> Result<&str, WheelError> {
 
 /// An open wheel whose member names have been checked: none absolute, none
 /// with `..`, `.`, empty components, backslashes or NUL, no name twice, no
-/// file where another member needs a directory, exactly one `.dist-info`.
+/// file where another member needs a directory, exactly one `.dist-info`;
+/// and whose declared sizes are bounded: no member over 4 GiB, all of them
+/// together under 16 GiB. A member is never read past its declared size.
 pub struct WheelArchive<R> {
     zip: zip::ZipArchive<R>,
     filename: WheelFilename,
@@ -755,6 +766,7 @@ impl<R: Read + Seek> WheelArchive<R> {
         let mut files = Vec::new();
         let mut dirs: BTreeSet<String> = BTreeSet::new();
         let mut seen: BTreeSet<String> = BTreeSet::new();
+        let mut declared_total = 0u64;
         for index in 0..zip.len() {
             let entry = zip.by_index_raw(index)?;
             let raw_name = entry
@@ -777,11 +789,32 @@ impl<R: Read + Seek> WheelArchive<R> {
                 dirs.insert(name);
                 continue;
             }
+            let declared_size = entry.size();
+            if declared_size > MAX_MEMBER_SIZE {
+                return Err(member(
+                    &raw_name,
+                    format!(
+                        "it declares {declared_size} bytes uncompressed, more than the \
+                         {MAX_MEMBER_SIZE} a wheel member may have"
+                    ),
+                ));
+            }
+            declared_total = declared_total.saturating_add(declared_size);
+            if declared_total > MAX_UNPACKED_SIZE {
+                return Err(member(
+                    &raw_name,
+                    format!(
+                        "with it the members declare more than {MAX_UNPACKED_SIZE} bytes \
+                         uncompressed, the most a wheel may unpack to"
+                    ),
+                ));
+            }
             // pip: mode and stat.S_ISREG(mode) and mode & 0o111
             let mode = entry.external_attributes() >> 16;
             files.push(ArchiveFile {
                 name,
                 index,
+                declared_size,
                 executable: mode & 0o170000 == 0o100000 && mode & 0o111 != 0,
             });
         }
@@ -841,15 +874,25 @@ impl<R: Read + Seek> WheelArchive<R> {
         let Some(file) = self.files.iter().find(|f| f.name == name) else {
             return Ok(None);
         };
-        let entry = self.zip.by_index(file.index)?;
-        if entry.size() > MAX_METADATA_FILE {
+        let declared = file.declared_size;
+        if declared > MAX_METADATA_FILE {
             return Err(member(name, "too large for a metadata file"));
         }
-        let mut out = Vec::with_capacity(entry.size() as usize);
+        let entry = self.zip.by_index(file.index)?;
+        let mut out = Vec::with_capacity(declared as usize);
         entry
-            .take(MAX_METADATA_FILE + 1)
+            .take(declared + 1)
             .read_to_end(&mut out)
-            .map_err(|e| member(name, format!("cannot be read: {e}")))?;
+            .map_err(|e| member(name, format!("cannot be decompressed: {e}")))?;
+        if out.len() as u64 != declared {
+            return Err(member(
+                name,
+                format!(
+                    "it inflates to {} bytes, not the {declared} its zip header declares",
+                    out.len()
+                ),
+            ));
+        }
         Ok(Some(out))
     }
 
@@ -945,8 +988,10 @@ impl<R: Read + Seek> WheelArchive<R> {
                 .map_err(write_err)?;
             let mut entry = self.zip.by_index(file.index)?;
             let mut hasher = RecordHasher::new(expected.as_ref().map(|e| e.0));
-            // Never write more than RECORD promises (a zip bomb stops here).
-            let limit = expected.as_ref().and_then(|e| e.2);
+            // Never write more than RECORD promises, nor than the zip's
+            // header declares (a zip bomb stops here).
+            let record_limit = expected.as_ref().and_then(|e| e.2);
+            let declared = file.declared_size;
             loop {
                 let n = entry
                     .read(&mut buf)
@@ -955,18 +1000,30 @@ impl<R: Read + Seek> WheelArchive<R> {
                     break;
                 }
                 hasher.update(&buf[..n]);
-                if limit.is_some_and(|l| hasher.size > l) {
+                if let Some(limit) = record_limit.filter(|l| hasher.size > *l) {
                     return Err(member(
                         &file.name,
-                        format!(
-                            "it is larger than the {} bytes RECORD gives",
-                            limit.unwrap()
-                        ),
+                        format!("it is larger than the {limit} bytes RECORD gives"),
+                    ));
+                }
+                if hasher.size > declared {
+                    return Err(member(
+                        &file.name,
+                        format!("it inflates past the {declared} bytes its zip header declares"),
                     ));
                 }
                 out.write_all(&buf[..n]).map_err(write_err)?;
             }
             drop(entry);
+            if hasher.size != declared {
+                return Err(member(
+                    &file.name,
+                    format!(
+                        "it inflates to {} bytes, not the {declared} its zip header declares",
+                        hasher.size
+                    ),
+                ));
+            }
             let mode = if file.executable { 0o755 } else { 0o644 };
             set_mode(&out, mode).map_err(write_err)?;
             if let Some((algorithm, digest, size)) = expected {
