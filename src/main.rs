@@ -12,11 +12,12 @@ use clap::{Parser, Subcommand};
 use dallinger_oci::build::{
     self, BuildRequest, BuildResult, OutputRef, PythonOptions, RegistryOptions,
 };
+use dallinger_oci::http::RetryPolicy;
 use dallinger_oci::python::index::IndexConfig;
 use dallinger_oci::python::TargetOverrides;
 use dallinger_oci::registry::credentials::{CredentialContext, Secret};
 use dallinger_oci::registry::push::{push_image, PushOptions};
-use dallinger_oci::registry::{Reference, RetryPolicy};
+use dallinger_oci::registry::Reference;
 
 #[derive(Parser)]
 #[command(
@@ -321,10 +322,7 @@ fn build_command(args: &BuildArgs, write_lock: bool) -> Result<(BuildRequest, Bu
         registry: RegistryOptions {
             insecure: args.insecure_registries.clone(),
             credentials: CredentialContext::from_process(args.username.clone(), password),
-            retry: RetryPolicy {
-                attempts: args.retries.max(1),
-                ..RetryPolicy::default()
-            },
+            retry: RetryPolicy::with_attempts(args.retries),
             refresh_base: args.pull,
             push_registry: Default::default(),
         },
@@ -380,10 +378,11 @@ fn push_command(request: &BuildRequest, result: &BuildResult, push_args: &PushAr
     let client = request.registry.client(&target)?;
     let digest = &result.image.manifest_digest;
     let repository_ref = format!("{}@{digest}", target.name());
+    // Only a 404 means absent: a refusal (401, 403) is an error, not a push.
     if push_args.use_existing
         && client
-            .get_manifest(&target.repository, digest)
-            .is_ok_and(|(_, _, found)| &found == digest)
+            .has_manifest(&target.repository, digest)
+            .with_context(|| format!("checking whether {repository_ref} is in the registry"))?
     {
         eprintln!(
             "Image {repository_ref} is already in the registry and every input is unchanged: reusing it, nothing uploaded"

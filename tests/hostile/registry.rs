@@ -941,6 +941,63 @@ fn a_base_layer_longer_than_its_descriptor_is_refused() {
 }
 
 // ---------------------------------------------------------------------------
+// Refusals are not absences
+// ---------------------------------------------------------------------------
+
+/// A registry that refuses (401, 403) to say whether it has the image, but
+/// would take blobs and the manifest: `push --use-existing` stops with the
+/// refusal (naming the registry and what to do), and uploads nothing; it
+/// never reads the refusal as "not there" and pushes.
+#[test]
+fn use_existing_reads_a_refused_manifest_check_as_an_error_not_an_absence() {
+    for (status, expected) in [
+        (401, "unauthenticated: no credentials were found"),
+        (403, "denied"),
+    ] {
+        let fake = Fake::http(
+            move |seen| match (seen.method.as_str(), seen.path.as_str()) {
+                ("HEAD" | "GET", p) if p.contains("/manifests/") => {
+                    Answer::status(status).header("WWW-Authenticate", r#"Basic realm="fake""#)
+                }
+                ("HEAD", _) => Answer::status(404),
+                ("POST", p) if p.ends_with("/blobs/uploads/") => {
+                    Answer::status(202).header("Location", "/upload/1")
+                }
+                ("PUT", _) => Answer::status(201),
+                _ => Answer::status(404),
+            },
+        );
+        let sandbox = Sandbox::new();
+        let exp = experiment(&sandbox, &format!("{}/lab/app", fake.host()));
+        let out = run(sandbox.cmd().arg("push").arg(&exp).args([
+            "--base",
+            &rootfs_base(),
+            "--retries",
+            "1",
+            "--use-existing",
+        ]));
+        let line = one_line_error(&out);
+        println!("{line}");
+        assert!(
+            line.contains(expected)
+                && line.contains(&format!("{}/lab/app", fake.host()))
+                && line.contains("is in the registry"),
+            "{line}"
+        );
+        if status == 401 {
+            assert!(
+                line.contains(&format!("docker login {}", fake.host())),
+                "{line}"
+            );
+        }
+        for method in ["POST", "PUT", "PATCH"] {
+            assert_eq!(fake.count(method), 0, "{method}: {:?}", fake.seen());
+        }
+        assert!(!text(&out).contains("already in the registry"));
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Uploads must progress
 // ---------------------------------------------------------------------------
 
