@@ -404,6 +404,7 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
         &store,
         &options,
         request.python.as_ref().is_some_and(|p| p.locked),
+        request.registry.retry,
         &|remote| request.registry.client_for_remote(remote),
     )?;
     let python = match &request.python {

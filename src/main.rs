@@ -98,8 +98,9 @@ struct BuildArgs {
     /// Read the registry password or token from standard input.
     #[arg(long)]
     password_stdin: bool,
-    /// Attempts per registry request before giving up.
-    #[arg(long, default_value_t = 6)]
+    /// Attempts per request to a registry, a package index or the Debian
+    /// archive before giving up (0 counts as 1).
+    #[arg(long, env = "DALLINGER_OCI_RETRIES", default_value_t = 6)]
     retries: u32,
     #[command(flatten)]
     python: PythonArgs,
@@ -268,13 +269,16 @@ fn python_options(
         None => None,
     };
     Ok(Some(PythonOptions {
-        index: IndexConfig::from_env_and_flags(
-            p.index_url.clone(),
-            p.extra_index_url.clone(),
-            p.find_links.clone(),
-            cache_dir.join("wheels"),
-            p.offline,
-        ),
+        index: IndexConfig {
+            retry: RetryPolicy::with_attempts(args.retries),
+            ..IndexConfig::from_env_and_flags(
+                p.index_url.clone(),
+                p.extra_index_url.clone(),
+                p.find_links.clone(),
+                cache_dir.join("wheels"),
+                p.offline,
+            )
+        },
         overrides: TargetOverrides {
             python_version,
             interpreter: p.python.clone(),

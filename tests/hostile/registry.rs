@@ -43,17 +43,17 @@ const PUSH_PASSWORD: &str = "push-secret-9f3c1a";
 
 /// One request a fake received.
 #[derive(Clone, Debug)]
-struct Seen {
-    method: String,
+pub(crate) struct Seen {
+    pub(crate) method: String,
     /// Without the query.
-    path: String,
-    uri: String,
+    pub(crate) path: String,
+    pub(crate) uri: String,
     host: String,
     headers: Vec<(String, String)>,
 }
 
 impl Seen {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -79,14 +79,14 @@ enum Body {
     Padded(Vec<u8>),
 }
 
-struct Answer {
+pub(crate) struct Answer {
     status: u16,
     headers: Vec<(String, String)>,
     body: Body,
 }
 
 impl Answer {
-    fn status(status: u16) -> Answer {
+    pub(crate) fn status(status: u16) -> Answer {
         Answer {
             status,
             headers: Vec::new(),
@@ -94,7 +94,7 @@ impl Answer {
         }
     }
 
-    fn header(mut self, name: &str, value: &str) -> Answer {
+    pub(crate) fn header(mut self, name: &str, value: &str) -> Answer {
         self.headers.push((name.to_string(), value.to_string()));
         self
     }
@@ -104,7 +104,7 @@ impl Answer {
         self
     }
 
-    fn bytes(self, bytes: &[u8]) -> Answer {
+    pub(crate) fn bytes(self, bytes: &[u8]) -> Answer {
         self.body(Body::Bytes(bytes.to_vec()))
     }
 }
@@ -117,8 +117,9 @@ struct FakeState {
     sent: AtomicU64,
 }
 
-/// A fake HTTP/1.1 server on `ip`, one request per connection.
-struct Fake {
+/// A fake HTTP/1.1 server on `ip`, one request per connection (also the
+/// package indexes of `packages.rs`).
+pub(crate) struct Fake {
     addr: SocketAddr,
     state: Arc<FakeState>,
     stop: Arc<AtomicBool>,
@@ -130,7 +131,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Fake {
-    fn http(handler: impl Fn(&Seen) -> Answer + Send + Sync + 'static) -> Fake {
+    pub(crate) fn http(handler: impl Fn(&Seen) -> Answer + Send + Sync + 'static) -> Fake {
         Fake::start("127.0.0.1", None, Arc::new(handler))
     }
 
@@ -174,11 +175,11 @@ impl Fake {
     }
 
     /// "IP:PORT"
-    fn host(&self) -> String {
+    pub(crate) fn host(&self) -> String {
         self.addr.to_string()
     }
 
-    fn seen(&self) -> Vec<Seen> {
+    pub(crate) fn seen(&self) -> Vec<Seen> {
         lock(&self.state.seen).clone()
     }
 
