@@ -10,6 +10,7 @@ use dallinger_oci_layers::{Content, LayerTree, WriteOptions, MEDIA_TYPE_GZIP_LAY
 
 use crate::base::{self, BaseRef};
 use crate::experiment::{Experiment, FileKind, LoadOptions};
+use crate::http::RetryPolicy;
 use crate::image::store::{sha256_digest, BlobStore, StoredLayer};
 use crate::image::{self, archive, layout, ConfigChanges, Image, ImageLayer, RemoteBlob};
 use crate::plan::{Lock, LockInputs};
@@ -25,7 +26,7 @@ use crate::python::source_dir::{
 };
 use crate::python::{target, TargetOverrides};
 use crate::registry::credentials::{self, CredentialContext};
-use crate::registry::{pull, Reference, RegistryClient, RetryPolicy};
+use crate::registry::{pull, Reference, RegistryClient};
 
 /// Seconds since the epoch used for every time in an image when
 /// `SOURCE_DATE_EPOCH` is not set: 2000-01-01T00:00:00Z, fixed and after 1980
@@ -403,6 +404,7 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
         &store,
         &options,
         request.python.as_ref().is_some_and(|p| p.locked),
+        request.registry.retry,
         &|remote| request.registry.client_for_remote(remote),
     )?;
     let python = match &request.python {

@@ -7,6 +7,7 @@ pub mod debian;
 pub mod dockerfile;
 pub mod experiment;
 pub mod fsutil;
+pub mod http;
 pub mod image;
 pub mod plan;
 pub mod prepare;

@@ -12,11 +12,12 @@ use clap::{Parser, Subcommand};
 use dallinger_oci::build::{
     self, BuildRequest, BuildResult, OutputRef, PythonOptions, RegistryOptions,
 };
+use dallinger_oci::http::RetryPolicy;
 use dallinger_oci::python::index::IndexConfig;
 use dallinger_oci::python::TargetOverrides;
 use dallinger_oci::registry::credentials::{CredentialContext, Secret};
 use dallinger_oci::registry::push::{push_image, PushOptions};
-use dallinger_oci::registry::{Reference, RetryPolicy};
+use dallinger_oci::registry::Reference;
 
 #[derive(Parser)]
 #[command(
@@ -97,8 +98,9 @@ struct BuildArgs {
     /// Read the registry password or token from standard input.
     #[arg(long)]
     password_stdin: bool,
-    /// Attempts per registry request before giving up.
-    #[arg(long, default_value_t = 6)]
+    /// Attempts per request to a registry, a package index or the Debian
+    /// archive before giving up (0 counts as 1).
+    #[arg(long, env = "DALLINGER_OCI_RETRIES", default_value_t = 6)]
     retries: u32,
     #[command(flatten)]
     python: PythonArgs,
@@ -267,13 +269,16 @@ fn python_options(
         None => None,
     };
     Ok(Some(PythonOptions {
-        index: IndexConfig::from_env_and_flags(
-            p.index_url.clone(),
-            p.extra_index_url.clone(),
-            p.find_links.clone(),
-            cache_dir.join("wheels"),
-            p.offline,
-        ),
+        index: IndexConfig {
+            retry: RetryPolicy::with_attempts(args.retries),
+            ..IndexConfig::from_env_and_flags(
+                p.index_url.clone(),
+                p.extra_index_url.clone(),
+                p.find_links.clone(),
+                cache_dir.join("wheels"),
+                p.offline,
+            )
+        },
         overrides: TargetOverrides {
             python_version,
             interpreter: p.python.clone(),
@@ -321,10 +326,7 @@ fn build_command(args: &BuildArgs, write_lock: bool) -> Result<(BuildRequest, Bu
         registry: RegistryOptions {
             insecure: args.insecure_registries.clone(),
             credentials: CredentialContext::from_process(args.username.clone(), password),
-            retry: RetryPolicy {
-                attempts: args.retries.max(1),
-                ..RetryPolicy::default()
-            },
+            retry: RetryPolicy::with_attempts(args.retries),
             refresh_base: args.pull,
             push_registry: Default::default(),
         },
@@ -380,10 +382,11 @@ fn push_command(request: &BuildRequest, result: &BuildResult, push_args: &PushAr
     let client = request.registry.client(&target)?;
     let digest = &result.image.manifest_digest;
     let repository_ref = format!("{}@{digest}", target.name());
+    // Only a 404 means absent: a refusal (401, 403) is an error, not a push.
     if push_args.use_existing
         && client
-            .get_manifest(&target.repository, digest)
-            .is_ok_and(|(_, _, found)| &found == digest)
+            .has_manifest(&target.repository, digest)
+            .with_context(|| format!("checking whether {repository_ref} is in the registry"))?
     {
         eprintln!(
             "Image {repository_ref} is already in the registry and every input is unchanged: reusing it, nothing uploaded"

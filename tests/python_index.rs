@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use dallinger_oci::http::RetryPolicy;
 use dallinger_oci::python::index::{
     fetch, fetch_all, http_client, list_files, select, Candidate, IndexConfig, IndexError,
     SelectError, SIMPLE_JSON,
@@ -202,6 +203,7 @@ fn file_entry(filename: &str, url: &str, bytes: &[u8]) -> serde_json::Value {
     })
 }
 
+/// Three attempts per request, as `--retries 3` gives.
 fn config(index: String, cache: &Path) -> IndexConfig {
     IndexConfig {
         index_url: index,
@@ -209,6 +211,7 @@ fn config(index: String, cache: &Path) -> IndexConfig {
         find_links: Vec::new(),
         cache_dir: cache.to_path_buf(),
         offline: false,
+        retry: RetryPolicy::with_attempts(3),
     }
 }
 

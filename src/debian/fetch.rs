@@ -1,17 +1,36 @@
 //! Downloads from the Debian archive: `InRelease` as text, and indexes and
 //! `.deb` files into the cache by sha256, verified before they are used.
+//! Requests follow the HTTP policy (`crate::http`).
 
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use dallinger_oci_layers::HashingWriter;
-
-use crate::fsutil::TempFile;
 use reqwest::blocking::{Client, Response};
 
-use crate::python::index::{describe, is_unreachable, with_retries, Attempt};
+use crate::fsutil::TempFile;
+use crate::http::{self, redact, BodyError, DeclaredSize, Failure, Problem, RetryPolicy, Stop};
+
+/// The most we read of an `InRelease` (a few hundred KiB in practice).
+const MAX_RELEASE: u64 = 16 << 20;
+
+/// How the archive is reached: the policy's download client, and how
+/// often a request is tried (`--retries`).
+pub struct Fetcher {
+    client: Client,
+    retry: RetryPolicy,
+}
+
+impl Fetcher {
+    pub fn new(retry: RetryPolicy) -> Result<Fetcher> {
+        Ok(Fetcher {
+            client: http::client(http::Patience::Download)?,
+            retry,
+        })
+    }
+}
 
 /// A file pinned by sha256 (lowercase hex) and size.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,34 +63,52 @@ pub fn cache_path(cache_root: &Path, pinned: &Pinned) -> Result<PathBuf> {
         .join(name))
 }
 
-fn get(client: &Client, url: &str) -> Result<Response> {
-    let response = with_retries(|| client.get(url).send()).map_err(|attempt| match attempt {
-        Attempt::Transport(e) if is_unreachable(&e) => anyhow::anyhow!(
-            "cannot reach {url}: {}; check the network (a build with a lock and a warm cache needs none)",
-            describe(&e)
+/// Why an attempt at `url` failed, as a message naming it (redacted).
+fn problem(url: &str, problem: Problem) -> anyhow::Error {
+    let url = redact(url);
+    match problem {
+        Problem::Transport { kind, detail } if kind.unreachable() => anyhow!(
+            "cannot reach {url}: {detail}; check the network (a build with a lock and a warm cache needs none)"
         ),
-        Attempt::Transport(e) => anyhow::anyhow!("downloading {url} failed: {}", describe(&e)),
-        Attempt::Status(status) => anyhow::anyhow!("downloading {url} failed: HTTP {status}"),
-    })?;
+        problem => anyhow!("downloading {url} failed: {problem}"),
+    }
+}
+
+/// One attempt at a GET of `url`: its successful answer.
+fn get(client: &Client, url: &str, small: bool) -> Result<Response, Failure<anyhow::Error>> {
+    let request = client.get(url);
+    let request = if small { http::small(request) } else { request };
+    let response = http::send(request).map_err(|f| f.map(|p| problem(url, p)))?;
     if !response.status().is_success() {
-        bail!("downloading {url} failed: HTTP {}", response.status());
+        return Err(Failure::fatal(anyhow!(
+            "downloading {} failed: HTTP {}",
+            redact(url),
+            response.status()
+        )));
     }
     Ok(response)
 }
 
 /// A small text file (InRelease), in memory.
-pub fn get_text(client: &Client, url: &str) -> Result<String> {
-    let mut text = String::new();
-    get(client, url)?
-        .read_to_string(&mut text)
-        .with_context(|| format!("downloading {url} broke off"))?;
-    Ok(text)
+pub fn get_text(fetcher: &Fetcher, url: &str) -> Result<String> {
+    let what = redact(url);
+    let bytes = fetcher
+        .retry
+        .run("", || {
+            let response = get(&fetcher.client, url, true)?;
+            http::read_bounded(response, MAX_RELEASE, &what).map_err(|e| match e {
+                BodyError::TooLarge { .. } => Failure::fatal(anyhow!("{e}")),
+                BodyError::Broken { .. } => Failure::transient(anyhow!("{e}")),
+            })
+        })
+        .map_err(Stop::into_error)?;
+    String::from_utf8(bytes).with_context(|| format!("{what} is not UTF-8 text"))
 }
 
 /// The cached copy of `pinned`, downloaded first when missing. A cached
 /// file that no longer matches its sha256 is refused, never used or
 /// silently replaced: something changed the cache after it was verified.
-pub fn fetch(client: &Client, cache_root: &Path, pinned: &Pinned) -> Result<PathBuf> {
+pub fn fetch(fetcher: &Fetcher, cache_root: &Path, pinned: &Pinned) -> Result<PathBuf> {
     let path = cache_path(cache_root, pinned)?;
     if path.is_file() {
         let (digest, size) = hash_file(&path)?;
@@ -88,34 +125,66 @@ pub fn fetch(client: &Client, cache_root: &Path, pinned: &Pinned) -> Result<Path
     }
     let dir = path.parent().expect("cache paths have a parent");
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut tmp = TempFile::new_in(dir, ".partial-", 0o644)
-        .with_context(|| format!("cannot write in {}", dir.display()))?;
-    let mut response = get(client, &pinned.url)?;
-    let mut writer = HashingWriter::new(io::BufWriter::new(tmp.file_mut()));
-    // At most one byte more than the pinned size is read.
-    let copied = io::copy(
-        &mut (&mut response).take(pinned.size.saturating_add(1)),
-        &mut writer,
-    );
-    let (digest, size, buffered) = writer.finish();
-    copied.with_context(|| format!("downloading {} broke off", pinned.url))?;
-    buffered
-        .into_inner()
-        .map_err(|e| e.into_error())
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    let digest = digest.trim_start_matches("sha256:");
-    if digest != pinned.sha256 || size != pinned.size {
-        bail!(
-            "{} does not match the sha256 the signed archive index gives ({}, {} bytes): it hashes to {digest} ({}{size} bytes); refusing it",
-            pinned.url,
-            pinned.sha256,
-            pinned.size,
-            if size > pinned.size { "more than " } else { "" },
-        );
-    }
+    let url = redact(&pinned.url);
+    let tmp = fetcher
+        .retry
+        .run("", || download(fetcher, dir, pinned, &url))
+        .map_err(Stop::into_error)?;
     tmp.commit(&path)
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(path)
+}
+
+/// One attempt at downloading `pinned` into a new temporary file in `dir`,
+/// verified: at most its size is read, and a broken transfer is worth
+/// another attempt (from the start).
+fn download(
+    fetcher: &Fetcher,
+    dir: &Path,
+    pinned: &Pinned,
+    url: &str,
+) -> Result<TempFile, Failure<anyhow::Error>> {
+    let mut tmp = TempFile::new_in(dir, ".partial-", 0o644)
+        .with_context(|| format!("cannot write in {}", dir.display()))
+        .map_err(Failure::fatal)?;
+    let response = get(&fetcher.client, &pinned.url, false)?;
+    let mut body = DeclaredSize::new(response, pinned.size);
+    let mut writer = HashingWriter::new(io::BufWriter::new(tmp.file_mut()));
+    let copied = io::copy(&mut body, &mut writer);
+    let (digest, size, buffered) = writer.finish();
+    match copied {
+        Err(_) if body.overran() => {
+            return Err(Failure::fatal(anyhow!(
+                "{url} is longer than the {} bytes the signed archive index gives; refusing it",
+                pinned.size
+            )))
+        }
+        Err(e) if body.broke() => {
+            return Err(Failure::transient(
+                anyhow!(e).context(format!("downloading {url} broke off")),
+            ))
+        }
+        Err(e) => {
+            return Err(Failure::fatal(
+                anyhow!(e).context(format!("cannot write in {}", dir.display())),
+            ))
+        }
+        Ok(_) => {}
+    }
+    buffered
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(|| format!("cannot write in {}", dir.display()))
+        .map_err(Failure::fatal)?;
+    let digest = digest.trim_start_matches("sha256:");
+    if digest != pinned.sha256 || size != pinned.size {
+        return Err(Failure::fatal(anyhow!(
+            "{url} does not match the sha256 the signed archive index gives ({}, {} bytes): it hashes to {digest} ({size} bytes); refusing it",
+            pinned.sha256,
+            pinned.size,
+        )));
+    }
+    Ok(tmp)
 }
 
 /// sha256 (hex) and size of a file, streamed.

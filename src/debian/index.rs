@@ -8,11 +8,10 @@ use std::io::{BufReader, Read};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use reqwest::blocking::Client;
 
 use super::base::DebianBase;
 use super::control::{Stanza, StanzaReader};
-use super::fetch::{fetch, get_text, Pinned};
+use super::fetch::{fetch, get_text, Fetcher, Pinned};
 use super::release::verify_in_release;
 
 /// A binary package the archive offers.
@@ -116,7 +115,7 @@ pub fn debian_arch(platform: &str) -> Result<&'static str> {
 /// Downloads, verifies and reads the package lists of every `deb` source
 /// of the base.
 pub fn load(
-    client: &Client,
+    fetcher: &Fetcher,
     cache_root: &Path,
     base: &DebianBase,
     arch: &str,
@@ -127,7 +126,7 @@ pub fn load(
         let dist = format!("{}/dists/{}", source.uri, source.suite);
         let url = format!("{dist}/InRelease");
         eprintln!("Reading {url}");
-        let text = get_text(client, &url)?;
+        let text = get_text(fetcher, &url)?;
         let keys = base.keys_for(source)?;
         let release = verify_in_release(&text, &keys, &url)?;
         for component in &source.components {
@@ -149,7 +148,7 @@ pub fn load(
                 sha256,
                 size,
             };
-            let file = fetch(client, cache_root, &pinned)
+            let file = fetch(fetcher, cache_root, &pinned)
                 .with_context(|| format!("fetching {dist}/{path}"))?;
             let reader = decompress(&path, File::open(&file)?)?;
             index.add(

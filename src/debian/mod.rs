@@ -18,6 +18,7 @@ use anyhow::{bail, Context, Result};
 use dallinger_oci_layers::{LayerTree, WriteOptions, COMPRESSOR_ID, MEDIA_TYPE_GZIP_LAYER};
 
 use crate::experiment::Experiment;
+use crate::http::RetryPolicy;
 use crate::image::store::{sha256_digest, BlobStore, StoredLayer};
 use crate::image::{ImageLayer, RemoteBlob};
 use crate::plan::{DebianLock, Lock, LockedDeb, LOCK_FILE};
@@ -40,6 +41,7 @@ pub struct DebianLayer {
 /// Builds (or takes from the cache) the layer of the experiment's
 /// `system_packages`; `None` when it asks for none. `locked` refuses to
 /// resolve again when the lock is missing or out of date.
+#[allow(clippy::too_many_arguments)]
 pub fn debian_layer(
     experiment: &Experiment,
     base_layers: &[ImageLayer],
@@ -47,6 +49,7 @@ pub fn debian_layer(
     store: &BlobStore,
     options: &WriteOptions,
     locked: bool,
+    retry: RetryPolicy,
     client_for: &dyn Fn(&RemoteBlob) -> Result<RegistryClient>,
 ) -> Result<Option<DebianLayer>> {
     let Some(text) = experiment.get(CONFIG_KEY) else {
@@ -74,7 +77,7 @@ pub fn debian_layer(
             .as_bytes(),
     );
     let arch = index::debian_arch(platform)?;
-    let client = crate::python::index::http_client()?;
+    let fetcher = fetch::Fetcher::new(retry)?;
     let locked_section = Lock::read(&experiment.dir)?.and_then(|l| l.tool.ours.debian);
     let lock = match locked_section {
         Some(lock) if lock.system_packages == wanted && lock.base_layers == base_key => lock,
@@ -100,7 +103,7 @@ pub fn debian_layer(
                 );
             }
             let debian = base::DebianBase::read(store, base_layers)?;
-            let index = index::load(&client, store.root(), &debian, arch)?;
+            let index = index::load(&fetcher, store.root(), &debian, arch)?;
             let chosen = resolve::resolve(&requests, &debian, &index)?;
             DebianLock {
                 system_packages: wanted.clone(),
@@ -144,7 +147,7 @@ pub fn debian_layer(
     let (blob, reused) = match store.cached_layer(&key) {
         Some(layer) => (layer, true),
         None => {
-            let layer = write_layer(store, &client, base_layers, &lock, options)?;
+            let layer = write_layer(store, &fetcher, base_layers, &lock, options)?;
             store.remember_layer(&key, &layer)?;
             (layer, false)
         }
@@ -161,7 +164,7 @@ pub fn debian_layer(
 /// into a scratch directory and writes the layer.
 fn write_layer(
     store: &BlobStore,
-    client: &reqwest::blocking::Client,
+    fetcher: &fetch::Fetcher,
     base_layers: &[ImageLayer],
     lock: &DebianLock,
     options: &WriteOptions,
@@ -178,7 +181,7 @@ fn write_layer(
             sha256: p.sha256.clone(),
             size: p.size,
         };
-        let path = fetch::fetch(client, store.root(), &pinned)
+        let path = fetch::fetch(fetcher, store.root(), &pinned)
             .with_context(|| format!("Debian package {} {}", p.name, p.version))?;
         let dir = scratch.path().join(i.to_string());
         std::fs::create_dir(&dir)?;

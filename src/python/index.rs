@@ -16,15 +16,15 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
 
 use dallinger_oci_layers::HashingWriter;
 use pep440_rs::{Version, VersionSpecifiers};
-use reqwest::blocking::{Client, Response};
+use reqwest::blocking::Client;
 use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
 
 use super::target::normalise_name;
+use crate::http::{self, redact, BodyError, DeclaredSize, Failure, Problem, RetryPolicy, Stop};
 use crate::image::store::readable_file;
 
 /// The default index, as pip has it.
@@ -33,10 +33,9 @@ pub const DEFAULT_INDEX_URL: &str = "https://pypi.org/simple/";
 /// The media type of the PEP 691 JSON Simple API, version 1.
 pub const SIMPLE_JSON: &str = "application/vnd.pypi.simple.v1+json";
 
-/// Attempts for one request that fails on the connection or with a 5xx.
-const ATTEMPTS: u32 = 3;
-/// Wait before the second attempt; doubled before each further one.
-const FIRST_BACKOFF: Duration = Duration::from_millis(300);
+/// The most we read of one project's index page: the largest real ones
+/// (thousands of files) are a few MiB; anything past this is refused.
+const MAX_INDEX_PAGE: u64 = 64 << 20;
 
 /// Where wheels come from and where they are kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +51,8 @@ pub struct IndexConfig {
     pub cache_dir: PathBuf,
     /// No network at all: list find-links and the cache, fetch from them.
     pub offline: bool,
+    /// How often a request to an index is tried (`--retries`).
+    pub retry: RetryPolicy,
 }
 
 impl IndexConfig {
@@ -63,6 +64,7 @@ impl IndexConfig {
             find_links: Vec::new(),
             cache_dir,
             offline: false,
+            retry: RetryPolicy::default(),
         }
     }
 
@@ -116,6 +118,7 @@ impl IndexConfig {
             find_links,
             cache_dir,
             offline,
+            retry: RetryPolicy::default(),
         }
     }
 
@@ -283,13 +286,10 @@ fn list_rejected(rejected: &[(String, String)], sdists: &[String]) -> String {
     text
 }
 
-/// The HTTP client for indexes and downloads.
+/// The HTTP client for indexes and downloads (the policy's downloads
+/// client: index pages are bounded per request as small ones).
 pub fn http_client() -> anyhow::Result<Client> {
-    Ok(Client::builder()
-        .user_agent(concat!("dallinger-oci/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(Duration::from_secs(15))
-        .timeout(Duration::from_secs(300))
-        .build()?)
+    Ok(http::client(http::Patience::Download)?)
 }
 
 // ---------------------------------------------------------------------------
@@ -591,7 +591,7 @@ pub fn list_files(
         out.extend(list_cache(&normalised, config)?);
     } else {
         for index in config.indexes() {
-            out.extend(list_index(index, &normalised, client)?);
+            out.extend(list_index(index, &normalised, client, &config.retry)?);
         }
     }
     for dir in &config.find_links {
@@ -600,7 +600,12 @@ pub fn list_files(
     Ok(out)
 }
 
-fn list_index(index: &str, name: &str, client: &Client) -> Result<Vec<Candidate>, IndexError> {
+fn list_index(
+    index: &str,
+    name: &str,
+    client: &Client,
+    retry: &RetryPolicy,
+) -> Result<Vec<Candidate>, IndexError> {
     let shown = redact(index);
     let bad = |detail: String| IndexError::BadAnswer {
         index: shown.clone(),
@@ -618,48 +623,52 @@ fn list_index(index: &str, name: &str, client: &Client) -> Result<Vec<Candidate>
         )));
     }
     let page_url = format!("{}/{}/", index.trim().trim_end_matches('/'), name);
-    let response = with_retries(|| {
-        client
-            .get(&page_url)
-            .header(reqwest::header::ACCEPT, SIMPLE_JSON)
-            .send()
-    })
-    .map_err(|e| match e {
-        Attempt::Transport(error) if is_unreachable(&error) => IndexError::Unreachable {
+    let problem = |problem: Problem| match problem {
+        Problem::Transport { kind, detail } if kind.unreachable() => IndexError::Unreachable {
             index: shown.clone(),
-            detail: format!("{} (looking up {name})", describe(&error)),
+            detail: format!("{detail} (looking up {name})"),
         },
-        Attempt::Transport(error) => bad(describe(&error)),
-        Attempt::Status(status) => bad(format!("HTTP {status}")),
-    })?;
-    let status = response.status();
-    if status == StatusCode::NOT_FOUND {
+        problem => bad(problem.to_string()),
+    };
+    let fetched = retry.run("", || {
+        let request = client
+            .get(&page_url)
+            .header(reqwest::header::ACCEPT, SIMPLE_JSON);
+        let response = http::send(http::small(request)).map_err(|f| f.map(problem))?;
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(Failure::fatal(bad(format!("HTTP {status}"))));
+        }
+        let final_url = response.url().clone();
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        if !content_type.contains("json") {
+            return Err(Failure::fatal(bad(format!(
+                "it answered {} instead of the JSON Simple API ({SIMPLE_JSON}, PEP 691), which \
+                 is the only one supported",
+                if content_type.is_empty() {
+                    "without a content type"
+                } else {
+                    content_type.as_str()
+                }
+            ))));
+        }
+        match http::read_bounded(response, MAX_INDEX_PAGE, "the answer") {
+            Ok(body) => Ok(Some((final_url, body))),
+            Err(e @ BodyError::TooLarge { .. }) => Err(Failure::fatal(bad(e.to_string()))),
+            Err(e @ BodyError::Broken { .. }) => Err(Failure::transient(bad(e.to_string()))),
+        }
+    });
+    let Some((final_url, body)) = fetched.map_err(Stop::into_error)? else {
         return Ok(Vec::new());
-    }
-    if !status.is_success() {
-        return Err(bad(format!("HTTP {status}")));
-    }
-    let final_url = response.url().clone();
-    let content_type = response
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    if !content_type.contains("json") {
-        return Err(bad(format!(
-            "it answered {} instead of the JSON Simple API ({SIMPLE_JSON}, PEP 691), which \
-             is the only one supported",
-            if content_type.is_empty() {
-                "without a content type"
-            } else {
-                content_type.as_str()
-            }
-        )));
-    }
-    let body = response
-        .bytes()
-        .map_err(|e| bad(format!("reading the answer: {}", describe(&e))))?;
+    };
     let page: SimplePage =
         serde_json::from_slice(&body).map_err(|e| bad(format!("invalid JSON: {e}")))?;
     if let Some(version) = page.meta.and_then(|m| m.api_version) {
@@ -804,8 +813,8 @@ fn sidecar_name(filename: &str) -> String {
 /// `sha256:` prefix allowed) and to the index's hash, when given. A file
 /// already at its content-addressed path (with the known size) is used as
 /// it is, without network. Local candidates (find-links) are copied in.
-/// Downloads stream to a temporary file while hashing, and are retried on
-/// connection errors and 5xx answers.
+/// Downloads stream to a temporary file while hashing (never past the size
+/// the index lists), and are tried again as `config.retry` says.
 pub fn fetch(
     candidate: &Candidate,
     expected_sha256: Option<&str>,
@@ -1086,129 +1095,48 @@ fn download(
         url: redact(&candidate.url),
         detail,
     };
-    let mut delay = FIRST_BACKOFF;
-    for attempt in 1..=ATTEMPTS {
-        let last = attempt == ATTEMPTS;
+    let credentials = credentials_for(&candidate.url, config);
+    let attempt = || {
         let mut request = client.get(&candidate.url);
-        if let Some((user, password)) = credentials_for(&candidate.url, config) {
-            request = request.basic_auth(user, password);
+        if let Some((user, password)) = &credentials {
+            request = request.basic_auth(user, password.as_ref());
         }
-        let response = match request.send() {
-            Ok(r) => r,
-            Err(e) if !last && is_transient(&e) => {
-                std::thread::sleep(delay);
-                delay *= 2;
-                continue;
-            }
-            Err(e) => {
-                let hint = if is_unreachable(&e) {
-                    "; check the network, or use --find-links/--offline with a warm cache"
-                } else {
-                    ""
-                };
-                return Err(failed(format!("{}{hint}", describe(&e))));
-            }
-        };
+        let response = http::send(request).map_err(|f| {
+            f.map(|problem| match problem {
+                Problem::Transport { kind, detail } if kind.unreachable() => failed(format!(
+                    "{detail}; check the network, or use --find-links/--offline with a warm cache"
+                )),
+                problem => failed(problem.to_string()),
+            })
+        })?;
         let status = response.status();
-        if status.is_server_error() && !last {
-            std::thread::sleep(delay);
-            delay *= 2;
-            continue;
-        }
         if !status.is_success() {
-            return Err(failed(format!("HTTP {status}")));
+            return Err(Failure::fatal(failed(format!("HTTP {status}"))));
         }
-        let mut body = response;
+        let mut body = DeclaredSize::new(response, checks.size.unwrap_or(u64::MAX));
         match store_temp(config, &mut body) {
-            Ok((tmp, written)) => return commit(tmp, &written, checks, candidate, config),
-            Err(CopyError::Write(e)) => return Err(e),
-            Err(CopyError::Read(_)) if !last => {
-                std::thread::sleep(delay);
-                delay *= 2;
+            Ok((tmp, written)) => {
+                commit(tmp, &written, checks, candidate, config).map_err(Failure::fatal)
             }
-            Err(CopyError::Read(e)) => {
-                return Err(failed(format!("the transfer broke off: {e}")));
+            Err(CopyError::Write(e)) => Err(Failure::fatal(e)),
+            Err(CopyError::Read(_)) if body.overran() => {
+                Err(Failure::fatal(IndexError::Invalid(format!(
+                    "{filename} from {} is longer than the {} bytes the index lists; the \
+                     download was discarded",
+                    checks.index,
+                    checks.size.unwrap_or_default()
+                ))))
             }
+            Err(CopyError::Read(e)) => Err(Failure::transient(failed(format!(
+                "the transfer broke off: {e}"
+            )))),
         }
-    }
-    Err(failed("no attempt left".to_string()))
+    };
+    config.retry.run("", attempt).map_err(Stop::into_error)
 }
 
 // ---------------------------------------------------------------------------
 // Helpers
-
-pub(crate) enum Attempt {
-    Transport(reqwest::Error),
-    Status(StatusCode),
-}
-
-/// Sends a request up to [`ATTEMPTS`] times while it fails on the connection
-/// or answers 5xx; other answers (404 included) are returned.
-pub(crate) fn with_retries(
-    send: impl Fn() -> reqwest::Result<Response>,
-) -> Result<Response, Attempt> {
-    let mut delay = FIRST_BACKOFF;
-    for attempt in 1..=ATTEMPTS {
-        let last = attempt == ATTEMPTS;
-        match send() {
-            Ok(r) if r.status().is_server_error() => {
-                if last {
-                    return Err(Attempt::Status(r.status()));
-                }
-            }
-            Ok(r) => return Ok(r),
-            Err(e) if last || !is_transient(&e) => return Err(Attempt::Transport(e)),
-            Err(_) => {}
-        }
-        std::thread::sleep(delay);
-        delay *= 2;
-    }
-    unreachable!("the last attempt always returns")
-}
-
-fn is_dns_failure(error: &reqwest::Error) -> bool {
-    let text = describe(error).to_lowercase();
-    text.contains("dns error")
-        || text.contains("failed to lookup address")
-        || text.contains("name or service not known")
-        || text.contains("no address associated")
-}
-
-/// Worth another attempt: connection failures and timeouts, not DNS.
-fn is_transient(error: &reqwest::Error) -> bool {
-    (error.is_connect() || error.is_timeout() || error.is_request() || error.is_body())
-        && !is_dns_failure(error)
-}
-
-/// The host could not be reached at all.
-pub(crate) fn is_unreachable(error: &reqwest::Error) -> bool {
-    error.is_connect() || error.is_timeout() || is_dns_failure(error)
-}
-
-/// An error and its causes, one line, without repeating the URL. For a
-/// failed connection only the root cause ("Connection refused (os error 111)").
-pub(crate) fn describe(error: &reqwest::Error) -> String {
-    if error.is_connect() {
-        let mut root: &dyn std::error::Error = error;
-        while let Some(s) = root.source() {
-            root = s;
-        }
-        return root.to_string();
-    }
-    let mut parts: Vec<String> = Vec::new();
-    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(error);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
-    }
-    if parts.is_empty() || error.is_timeout() {
-        parts.insert(0, error.to_string());
-    }
-    parts.join(": ")
-}
 
 /// The credentials of the configured index on the same host and port as
 /// `url`, when `url` carries none: files of a private index are usually
@@ -1253,18 +1181,6 @@ fn percent_decode(text: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The URL without a password, for messages and records.
-fn redact(url: &str) -> String {
-    match Url::parse(url.trim()) {
-        Ok(mut parsed) if parsed.password().is_some() || !parsed.username().is_empty() => {
-            let _ = parsed.set_password(None);
-            let _ = parsed.set_username("");
-            parsed.to_string()
-        }
-        _ => url.trim().to_string(),
-    }
 }
 
 fn local_path(url: &str) -> Option<PathBuf> {

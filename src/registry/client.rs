@@ -1,18 +1,17 @@
 //! One registry, spoken to over the OCI distribution API: authentication
 //! (Basic, and the Bearer token challenge with tokens cached per scope),
-//! bounded retries with backoff and jitter, blob and manifest transfers.
+//! blob and manifest transfers, the origin checks for our Authorization,
+//! and the chunked upload's resume. Timeouts, body bounds and retries are
+//! the policy of `crate::http`; errors are [`RegistryError`]s.
 //!
 //! Written on reqwest rather than oci-client because pushing dependably needs
 //! what that crate lacks (retries, the mount source's pull scope, 202 on
 //! mount, exact manifest bytes, chunked resume).
 
-use std::cell::Cell;
 use std::collections::HashMap;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 use std::sync::Mutex;
-use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
 use indicatif::ProgressBar;
 use reqwest::blocking::{Body, Client, Request, RequestBuilder, Response};
 use reqwest::header::{
@@ -21,25 +20,26 @@ use reqwest::header::{
 use reqwest::{Method, StatusCode, Url};
 
 use super::credentials::Credential;
+use super::error::RegistryError;
 use super::reference::Reference;
+use crate::http::{self, redact_url, BodyError, DeclaredSize, Patience, RetryPolicy, Stop};
 
-/// How often and how patiently a failed request is tried again.
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    pub attempts: u32,
-    pub first_delay: Duration,
-    pub max_delay: Duration,
-}
+/// A failure of one attempt, and whether another may help.
+type Failure = http::Failure<RegistryError>;
 
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            attempts: 6,
-            first_delay: Duration::from_millis(500),
-            max_delay: Duration::from_secs(15),
-        }
+impl From<RegistryError> for Failure {
+    fn from(error: RegistryError) -> Self {
+        Failure::fatal(error)
     }
 }
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        Failure::fatal(RegistryError::Local(error))
+    }
+}
+
+type Result<T, E = RegistryError> = std::result::Result<T, E>;
 
 /// The largest PATCH GHCR accepts.
 const GHCR_MAX_CHUNK: u64 = 4 << 20;
@@ -52,13 +52,6 @@ const MAX_ERROR_BODY: u64 = 64 << 10;
 /// Answers in a row to a chunked upload that do not move its `Range` on
 /// before we give up on the session.
 const MAX_STALLED_CHUNKS: u32 = 3;
-/// Requests with small answers (manifests, tokens, checks, upload starts)
-/// must finish within this; blob transfers have the client's longer bound.
-const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long a blob download may wait for its answer or for the next bytes.
-const DOWNLOAD_STALL_TIMEOUT: Duration = Duration::from_secs(300);
-/// Redirects followed for one request.
-const MAX_REDIRECTS: usize = 5;
 
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
 application/vnd.oci.image.manifest.v1+json, \
@@ -71,36 +64,6 @@ pub enum BlobOutcome {
     Existed,
     Mounted,
     Uploaded { bytes: u64 },
-}
-
-/// A failure, and whether trying again may help.
-struct Failure {
-    error: anyhow::Error,
-    retry: bool,
-    retry_after: Option<Duration>,
-}
-
-impl Failure {
-    fn fatal(error: anyhow::Error) -> Self {
-        Failure {
-            error,
-            retry: false,
-            retry_after: None,
-        }
-    }
-    fn transient(error: anyhow::Error) -> Self {
-        Failure {
-            error,
-            retry: true,
-            retry_after: None,
-        }
-    }
-}
-
-impl From<anyhow::Error> for Failure {
-    fn from(error: anyhow::Error) -> Self {
-        Failure::fatal(error)
-    }
 }
 
 /// What a registry's `WWW-Authenticate` asks for.
@@ -126,9 +89,11 @@ fn origin_of(url: &Url) -> Origin {
 }
 
 pub struct RegistryClient {
+    /// For uploads, and (bounded per request by `http::small`) requests
+    /// with small answers.
     http: Client,
-    /// For blob downloads: a body that stops for [`DOWNLOAD_STALL_TIMEOUT`]
-    /// fails (and is tried again), however long the blob.
+    /// For blob downloads: a body that stalls fails (and is tried again),
+    /// however long the blob.
     downloads: Client,
     /// For token services: redirects only within the realm's origin, so a
     /// credential in a token request (a refresh token in a POSTed form, which
@@ -154,65 +119,37 @@ impl RegistryClient {
         insecure: &[String],
         credential: Option<Credential>,
         retry: RetryPolicy,
-    ) -> Result<RegistryClient> {
+    ) -> anyhow::Result<RegistryClient> {
+        use anyhow::Context as _;
         let base = Url::parse(&format!(
             "{}://{}/",
             reference.scheme(insecure),
             reference.api_host()
         ))
         .with_context(|| format!("{} is not a valid registry host", reference.registry))?;
-        // The blocking client's timeout bounds the wait for an answer's head
-        // (with the request's body, for uploads) and each read of its body.
-        let builder = |timeout: Duration| {
-            Client::builder()
-                .user_agent(concat!("dallinger-oci/", env!("CARGO_PKG_VERSION")))
-                .connect_timeout(Duration::from_secs(15))
-                .timeout(timeout)
-                .tcp_keepalive(Duration::from_secs(30))
-        };
-        // Blob downloads are redirected to CDNs: followed, but never from
-        // https to plain HTTP. reqwest drops Authorization when a redirect
-        // leaves the origin.
-        let registry_redirects = || {
+        // Blob downloads are redirected to CDNs: followed (the policy's
+        // redirects: never from https to plain HTTP).
+        let http = http::client(Patience::Upload)?;
+        let downloads = http::client(Patience::Download)?;
+        let token_http = http::client_with(
+            Patience::Small,
             reqwest::redirect::Policy::custom(|attempt| {
-                let from_https = attempt.previous().iter().any(|u| u.scheme() == "https");
-                if attempt.previous().len() > MAX_REDIRECTS {
-                    attempt.error("too many redirects")
-                } else if from_https && attempt.url().scheme() != "https" {
-                    let to = attempt.url().to_string();
-                    attempt.error(format!("refusing a redirect from https to {to}"))
-                } else {
-                    attempt.follow()
-                }
-            })
-        };
-        // Uploads send a whole blob before the answer: a generous bound, so
-        // a registry that stops answering cannot hang a CI job forever.
-        // Requests with small answers have a shorter, total one of their own.
-        let http = builder(Duration::from_secs(1800))
-            .redirect(registry_redirects())
-            .build()?;
-        let downloads = builder(DOWNLOAD_STALL_TIMEOUT)
-            .redirect(registry_redirects())
-            .build()?;
-        let token_http = builder(SMALL_REQUEST_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::custom(|attempt| {
                 let same_origin = attempt
                     .previous()
                     .last()
                     .is_some_and(|u| origin_of(u) == origin_of(attempt.url()));
-                if attempt.previous().len() > MAX_REDIRECTS {
+                if attempt.previous().len() > http::MAX_REDIRECTS {
                     attempt.error("too many redirects")
                 } else if !same_origin {
-                    let to = attempt.url().to_string();
+                    let to = redact_url(attempt.url());
                     attempt.error(format!(
                         "the token service redirected to another origin ({to}): not followed"
                     ))
                 } else {
                     attempt.follow()
                 }
-            }))
-            .build()?;
+            }),
+        )?;
         Ok(RegistryClient {
             http,
             downloads,
@@ -228,7 +165,24 @@ impl RegistryClient {
     }
 
     fn url(&self, path: &str) -> Result<Url> {
-        Ok(self.base.join(path)?)
+        self.base.join(path).map_err(|e| RegistryError::Refused {
+            registry: self.registry.clone(),
+            message: format!("{path} does not make a URL on {}: {e}", self.registry),
+        })
+    }
+
+    fn refused(&self, message: String) -> RegistryError {
+        RegistryError::Refused {
+            registry: self.registry.clone(),
+            message,
+        }
+    }
+
+    fn protocol(&self, message: String) -> RegistryError {
+        RegistryError::Protocol {
+            registry: self.registry.clone(),
+            message,
+        }
     }
 
     /// Whether a request to `url` may carry our Authorization: only to the
@@ -250,11 +204,12 @@ impl RegistryClient {
     fn check_scheme(&self, url: &Url, what: &str) -> Result<(), Failure> {
         let downgrade = self.base.scheme() == "https" && url.scheme() != "https";
         if downgrade || !matches!(url.scheme(), "http" | "https") {
-            return Err(Failure::fatal(anyhow!(
-                "{} sent {what} {url}, which is not https like the registry: refusing it \
+            return Err(Failure::fatal(self.refused(format!(
+                "{} sent {what} {}, which is not https like the registry: refusing it \
                  (credentials and image data go to an https registry over https only)",
-                self.registry
-            )));
+                self.registry,
+                redact_url(url)
+            ))));
         }
         Ok(())
     }
@@ -265,23 +220,25 @@ impl RegistryClient {
     fn learn_challenge(&self, challenge: Challenge) -> Result<(), Failure> {
         if let Challenge::Bearer { realm, .. } = &challenge {
             let url = Url::parse(realm).map_err(|_| {
-                Failure::fatal(anyhow!(
-                    "{} named an invalid token realm {realm:?}",
-                    self.registry
-                ))
+                Failure::fatal(self.protocol(format!(
+                    "{} named an invalid token realm {:?}",
+                    self.registry,
+                    http::redact(realm)
+                )))
             })?;
+            let shown = redact_url(&url);
             if self.base.scheme() == "https" && url.scheme() != "https" {
-                return Err(Failure::fatal(anyhow!(
-                    "{} named the token realm {realm}, which is not https: refusing to send \
+                return Err(Failure::fatal(self.refused(format!(
+                    "{} named the token realm {shown}, which is not https: refusing to send \
                      credentials there (the registry's auth configuration must name an https realm)",
                     self.registry
-                )));
+                ))));
             }
             if !matches!(url.scheme(), "http" | "https") {
-                return Err(Failure::fatal(anyhow!(
-                    "{} named the token realm {realm}, which is not an HTTP URL",
+                return Err(Failure::fatal(self.refused(format!(
+                    "{} named the token realm {shown}, which is not an HTTP URL",
                     self.registry
-                )));
+                ))));
             }
         }
         let mut current = self.challenge.lock().unwrap();
@@ -300,22 +257,26 @@ impl RegistryClient {
     fn send(
         &self,
         scopes: &[String],
-        build: &dyn Fn(&Client) -> Result<RequestBuilder>,
+        build: &dyn Fn(&Client) -> anyhow::Result<RequestBuilder>,
     ) -> Result<Response, Failure> {
         for round in 0..2 {
             // `build` may take another of our clients (downloads do).
             let (client, request) = build(&self.http)?.build_split();
-            let mut request: Request =
-                request.map_err(|e| Failure::fatal(anyhow!("cannot make a request: {e}")))?;
+            let mut request: Request = request.map_err(|e| {
+                Failure::fatal(RegistryError::Local(anyhow::anyhow!(
+                    "cannot make a request: {}",
+                    http::describe(&e)
+                )))
+            })?;
             let url = request.url().clone();
             self.check_scheme(&url, "a request to")?;
             if self.may_authorize(&url) {
                 if let Some(header) = self.auth_header(scopes)? {
                     let value = header.parse().map_err(|_| {
-                        Failure::fatal(anyhow!(
+                        Failure::fatal(self.protocol(format!(
                             "the token from {} is not a valid header value",
                             self.registry
-                        ))
+                        )))
                     })?;
                     request.headers_mut().insert(AUTHORIZATION, value);
                 }
@@ -387,7 +348,7 @@ impl RegistryClient {
         scopes: &[String],
     ) -> Result<String, Failure> {
         let mut url = Url::parse(realm).map_err(|_| {
-            Failure::fatal(anyhow!("{} sent an invalid token realm", self.registry))
+            Failure::fatal(self.protocol(format!("{} sent an invalid token realm", self.registry)))
         })?;
         let response = match &self.credential {
             Some(Credential::IdentityToken { token, .. }) => {
@@ -419,7 +380,7 @@ impl RegistryClient {
                 request
             }
         }
-        .timeout(SMALL_REQUEST_TIMEOUT)
+        .timeout(http::SMALL_REQUEST_TIMEOUT)
         .send()
         .map_err(|e| self.transport_failure(e))?;
         let status = response.status();
@@ -427,119 +388,95 @@ impl RegistryClient {
             return Err(Failure::fatal(self.unauthorized_error()));
         }
         if !status.is_success() {
-            return Err(status_failure(
-                status,
-                None,
-                anyhow!("the token service of {} answered {status}", self.registry),
-            ));
+            let error = RegistryError::Status {
+                registry: self.registry.clone(),
+                status: status.as_u16(),
+                code: None,
+                message: format!("the token service of {} answered {status}", self.registry),
+            };
+            return Err(Failure::answered(error, status, &HeaderMap::new()));
         }
         let what = format!(
-            "the answer of the token service of {} ({realm})",
-            self.registry
+            "the answer of the token service of {} ({})",
+            self.registry,
+            http::redact(realm)
         );
-        let bytes = read_answer(response, &what)?;
+        let bytes = self.read_answer(response, &what)?;
         let body: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| {
-            Failure::fatal(anyhow!(
+            Failure::fatal(self.protocol(format!(
                 "the token service of {} sent no JSON",
                 self.registry
-            ))
+            )))
         })?;
         body.get("token")
             .or_else(|| body.get("access_token"))
             .and_then(|t| t.as_str())
             .map(String::from)
             .ok_or_else(|| {
-                Failure::fatal(anyhow!(
+                Failure::fatal(self.protocol(format!(
                     "the token service of {} sent no token",
                     self.registry
-                ))
+                )))
             })
     }
 
-    pub fn unauthorized_error(&self) -> anyhow::Error {
-        let login = match &self.credential {
-            Some(_) => "the registry refused the credentials found".to_string(),
-            None => "no credentials were found".to_string(),
-        };
-        if self.registry == "ghcr.io" {
-            anyhow!(
-                "unauthenticated: {login}. You need to login to the github docker registry ghcr.io. \
-                 You need to create a PAT (Personal Access Token) here: \
-                 https://github.com/settings/tokens/new?scopes=write:packages \
-                 and use it to log in with the command `docker login ghcr.io` \
-                 (or set GITHUB_TOKEN in GitHub Actions)"
-            )
-        } else {
-            anyhow!(
-                "unauthenticated: {login}. You need to login to the {0} registry with the command: \
-                 `docker login {0}` (or `podman login {0}`)",
-                self.registry
-            )
+    /// The registry wants credentials: the message naming it and how to log in.
+    pub fn unauthorized_error(&self) -> RegistryError {
+        RegistryError::Unauthorized {
+            registry: self.registry.clone(),
+            credentials_sent: self.credential.is_some(),
         }
     }
 
     fn transport_failure(&self, error: reqwest::Error) -> Failure {
-        let text = error_chain(&error);
-        if error.is_redirect() {
+        let kind = http::Transport::of(&error);
+        let detail = http::describe(&error);
+        if kind == http::Transport::Redirect {
             // Our policy refused it (to plain HTTP, or too many): trying
             // again would be refused again.
-            return Failure::fatal(anyhow!(
-                "{} sent a redirect we do not follow: {text}",
+            return Failure::fatal(self.refused(format!(
+                "{} sent a redirect we do not follow: {detail}",
                 self.registry
-            ));
+            )));
         }
-        let lower = text.to_lowercase();
-        if lower.contains("dns error")
-            || lower.contains("failed to lookup address")
-            || lower.contains("name or service not known")
-        {
-            return Failure::fatal(anyhow!(
-                "cannot resolve the registry host {}: check the image name ({text})",
-                self.registry
-            ));
-        }
-        if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
-            return Failure::fatal(anyhow!(
-                "TLS connection to {} failed ({text}); for a plain-HTTP registry pass --insecure-registry {}",
-                self.registry, self.registry
-            ));
-        }
-        Failure::transient(anyhow!("connection to {} failed: {text}", self.registry))
+        let registry = self.registry.clone();
+        Failure::transport(
+            RegistryError::Transport {
+                registry,
+                kind,
+                detail,
+            },
+            &error,
+        )
     }
 
-    /// Runs `op` until it succeeds, fails fatally, or the attempts run out.
-    fn with_retries<T>(&self, what: &str, mut op: impl FnMut() -> Result<T, Failure>) -> Result<T> {
-        let mut delay = self.retry.first_delay;
-        for attempt in 1..=self.retry.attempts {
-            match op() {
-                Ok(value) => return Ok(value),
-                Err(failure) if !failure.retry || attempt == self.retry.attempts => {
-                    if failure.retry {
-                        return Err(failure.error.context(format!(
-                            "{what} failed after {} attempts",
-                            self.retry.attempts
-                        )));
-                    }
-                    return Err(failure.error);
-                }
-                Err(failure) => {
-                    let jitter =
-                        Duration::from_millis(fastrand::u64(0..=delay.as_millis() as u64 / 2));
-                    let wait = failure
-                        .retry_after
-                        .unwrap_or(delay + jitter)
-                        .min(self.retry.max_delay);
-                    eprintln!(
-                        "{what}: {:#}; retrying in {:.1} s",
-                        failure.error,
-                        wait.as_secs_f64()
-                    );
-                    std::thread::sleep(wait);
-                    delay = (delay * 2).min(self.retry.max_delay);
-                }
-            }
-        }
-        unreachable!("attempts is at least one")
+    /// A manifest or token answer (`what`, for messages), read whole up to
+    /// [`MAX_ANSWER`].
+    fn read_answer(&self, response: Response, what: &str) -> Result<Vec<u8>, Failure> {
+        http::read_bounded(response, MAX_ANSWER, what).map_err(|e| match e {
+            BodyError::TooLarge { what, cap } => Failure::fatal(RegistryError::TooLarge {
+                what,
+                limit: cap,
+                declared: false,
+            }),
+            broken @ BodyError::Broken { .. } => Failure::transient(RegistryError::Transport {
+                registry: self.registry.clone(),
+                kind: http::Transport::Broken,
+                detail: broken.to_string(),
+            }),
+        })
+    }
+
+    /// Runs `op` under the retry policy; `what` names it in messages.
+    fn with_retries<T>(&self, what: &str, op: impl FnMut() -> Result<T, Failure>) -> Result<T> {
+        self.retry.run(what, op).map_err(|stop| match stop {
+            Stop::Fatal(error) => error,
+            Stop::Exhausted { last, attempts } => RegistryError::Exhausted {
+                what: what.to_string(),
+                attempts,
+                last: Box::new(last),
+            },
+        })
     }
 
     fn push_scopes(repository: &str, mount_from: Option<&str>) -> Vec<String> {
@@ -550,19 +487,50 @@ impl RegistryClient {
         scopes
     }
 
-    /// Whether the repository has the blob.
+    /// Whether the repository has the blob: `false` only for a 404; a
+    /// refusal (401, 403) or any other failure is an error.
     pub fn has_blob(&self, repository: &str, digest: &str, scopes: &[String]) -> Result<bool> {
         let url = self.url(&format!("v2/{repository}/blobs/{digest}"))?;
-        self.with_retries(&format!("checking blob {}", short(digest)), || {
+        let what = format!("checking blob {}", short(digest));
+        self.exists(&what, repository, &url, None, scopes)
+    }
+
+    /// Whether the repository has the manifest `digest` (HEAD): `false`
+    /// only for a 404, as [`RegistryClient::has_blob`]. Asked with the push
+    /// scopes, so the token is the one a push uses next.
+    pub fn has_manifest(&self, repository: &str, digest: &str) -> Result<bool> {
+        let url = self.url(&format!("v2/{repository}/manifests/{digest}"))?;
+        let scopes = Self::push_scopes(repository, None);
+        let accept = Some(MANIFEST_ACCEPT);
+        self.exists("checking the manifest", repository, &url, accept, &scopes)
+    }
+
+    /// A HEAD: `true` for a success, `false` for a 404, else the error.
+    fn exists(
+        &self,
+        what: &str,
+        repository: &str,
+        url: &Url,
+        accept: Option<&str>,
+        scopes: &[String],
+    ) -> Result<bool> {
+        let result = self.with_retries(what, || {
             let response = self.send(scopes, &|c| {
-                Ok(c.head(url.clone()).timeout(SMALL_REQUEST_TIMEOUT))
+                let head = http::small(c.head(url.clone()));
+                Ok(match accept {
+                    Some(accept) => head.header(ACCEPT, accept),
+                    None => head,
+                })
             })?;
             match response.status() {
                 s if s.is_success() => Ok(true),
-                StatusCode::NOT_FOUND => Ok(false),
                 s => Err(self.response_failure(s, response, repository)),
             }
-        })
+        });
+        match result {
+            Err(error) if error.is_not_found() => Ok(false),
+            other => other,
+        }
     }
 
     /// Pushes one blob from the store, skipping it when present and mounting it
@@ -620,9 +588,7 @@ impl RegistryClient {
                 .append_pair("from", from);
         }
         let response = self.send(scopes, &|c| {
-            Ok(c.post(url.clone())
-                .header(CONTENT_LENGTH, 0)
-                .timeout(SMALL_REQUEST_TIMEOUT))
+            Ok(http::small(c.post(url.clone()).header(CONTENT_LENGTH, 0)))
         })?;
         match response.status() {
             StatusCode::CREATED if mount.is_some() => Ok(UploadStart::Mounted),
@@ -645,13 +611,15 @@ impl RegistryClient {
             .get(LOCATION)
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| {
-                Failure::transient(anyhow!(
+                Failure::transient(self.protocol(format!(
                     "{} started an upload without a Location",
                     self.registry
-                ))
+                )))
             })?;
         let url = response.url().join(location).map_err(|_| {
-            Failure::fatal(anyhow!("{} sent an invalid upload Location", self.registry))
+            Failure::fatal(
+                self.protocol(format!("{} sent an invalid upload Location", self.registry)),
+            )
         })?;
         // Followed by hand: an https registry's upload goes on over https.
         // Another origin gets no Authorization unless it asks for the
@@ -714,9 +682,8 @@ impl RegistryClient {
             let len = chunk.min(size - offset);
             let mut buf = vec![0u8; len as usize];
             file.seek(SeekFrom::Start(offset))
-                .map_err(|e| Failure::fatal(e.into()))?;
-            file.read_exact(&mut buf)
-                .map_err(|e| Failure::fatal(e.into()))?;
+                .and_then(|_| file.read_exact(&mut buf))
+                .map_err(|e| Failure::fatal(RegistryError::Local(e.into())))?;
             let range = format!("{}-{}", offset, offset + len - 1);
             let sent = self.send(scopes, &|c| {
                 Ok(c.request(Method::PATCH, location.clone())
@@ -733,24 +700,24 @@ impl RegistryClient {
                         None => offset + len,
                     };
                     if reached > offset + len {
-                        return Err(Failure::fatal(anyhow!(
+                        return Err(Failure::fatal(self.protocol(format!(
                             "{} answered that it holds {reached} bytes of blob {} after we sent \
                              {}: refusing the upload",
                             self.registry,
                             short(digest),
                             offset + len
-                        )));
+                        ))));
                     }
                     if reached <= confirmed {
                         stalled += 1;
                         if stalled >= MAX_STALLED_CHUNKS {
-                            return Err(Failure::fatal(anyhow!(
+                            return Err(Failure::fatal(self.protocol(format!(
                                 "{} did not move the chunked upload of blob {} past byte \
                                  {confirmed} in {stalled} answers (its Range does not advance): \
                                  giving up; push again without --chunk-size (one PUT per blob)",
                                 self.registry,
                                 short(digest)
-                            )));
+                            ))));
                         }
                     } else {
                         confirmed = reached;
@@ -762,9 +729,9 @@ impl RegistryClient {
                 // ask it how far it got and go on from there, a bounded
                 // number of times. A PATCH the registry answered with an
                 // error is not replayed: the caller starts a new session.
-                Err(failure) if failure.retry && resumes < self.retry.attempts => {
+                Err(failure) if failure.retries() && resumes < self.retry.attempts => {
                     resumes += 1;
-                    std::thread::sleep(self.retry.first_delay);
+                    std::thread::sleep(self.retry.wait(resumes, None));
                     match self.upload_status(&location, scopes) {
                         Some((url, end)) => {
                             eprintln!(
@@ -798,9 +765,7 @@ impl RegistryClient {
     /// The upload session's URL and the offset it has reached.
     fn upload_status(&self, location: &Url, scopes: &[String]) -> Option<(Url, u64)> {
         let response = self
-            .send(scopes, &|c| {
-                Ok(c.get(location.clone()).timeout(SMALL_REQUEST_TIMEOUT))
-            })
+            .send(scopes, &|c| Ok(http::small(c.get(location.clone()))))
             .ok()?;
         if response.status() != StatusCode::NO_CONTENT {
             return None;
@@ -828,9 +793,8 @@ impl RegistryClient {
         let scopes = Self::push_scopes(repository, None);
         self.with_retries("pushing the manifest", || {
             let response = self.send(&scopes, &|c| {
-                Ok(c.put(url.clone())
+                Ok(http::small(c.put(url.clone()))
                     .header(CONTENT_TYPE, media_type)
-                    .timeout(SMALL_REQUEST_TIMEOUT)
                     .body(bytes.to_vec()))
             })?;
             match response.status() {
@@ -841,10 +805,10 @@ impl RegistryClient {
                         .and_then(|v| v.to_str().ok())
                     {
                         if returned != digest {
-                            return Err(Failure::fatal(anyhow!(
+                            return Err(Failure::fatal(self.protocol(format!(
                                 "{} stored the manifest as {returned}, not {digest}",
                                 self.registry
-                            )));
+                            ))));
                         }
                     }
                     Ok(())
@@ -865,9 +829,7 @@ impl RegistryClient {
         let scopes = vec![format!("repository:{repository}:pull")];
         let (bytes, media_type, reported) = self.with_retries("fetching the manifest", || {
             let response = self.send(&scopes, &|c| {
-                Ok(c.get(url.clone())
-                    .header(ACCEPT, MANIFEST_ACCEPT)
-                    .timeout(SMALL_REQUEST_TIMEOUT))
+                Ok(http::small(c.get(url.clone())).header(ACCEPT, MANIFEST_ACCEPT))
             })?;
             if !response.status().is_success() {
                 let s = response.status();
@@ -876,7 +838,7 @@ impl RegistryClient {
             let media_type = header(response.headers(), CONTENT_TYPE.as_str()).unwrap_or_default();
             let reported = header(response.headers(), "Docker-Content-Digest");
             let what = format!("the manifest {}/{repository}:{reference}", self.registry);
-            let bytes = read_answer(response, &what)?;
+            let bytes = self.read_answer(response, &what)?;
             Ok((bytes, media_type, reported))
         })?;
         let actual = crate::image::store::sha256_digest(&bytes);
@@ -887,10 +849,10 @@ impl RegistryClient {
         };
         if let Some(expected) = expected {
             if expected != actual {
-                bail!(
+                return Err(self.protocol(format!(
                     "the manifest {repository}@{expected} from {} hashes to {actual}: refusing it",
                     self.registry
-                );
+                )));
             }
         }
         Ok((bytes, media_type, actual))
@@ -904,17 +866,16 @@ impl RegistryClient {
         repository: &str,
         digest: &str,
         size: u64,
-        sink: &mut dyn FnMut(&mut dyn Read) -> Result<()>,
+        sink: &mut dyn FnMut(&mut dyn Read) -> anyhow::Result<()>,
     ) -> Result<()> {
         let url = self.url(&format!("v2/{repository}/blobs/{digest}"))?;
         let scopes = vec![format!("repository:{repository}:pull")];
-        let mut sink = Some(sink);
         let too_long = || {
-            Failure::fatal(anyhow!(
-                "blob {digest} from {}/{repository} is longer than the {size} bytes its \
-                 descriptor gives: refusing it",
-                self.registry
-            ))
+            Failure::fatal(RegistryError::TooLarge {
+                what: format!("blob {digest} from {}/{repository}", self.registry),
+                limit: size,
+                declared: true,
+            })
         };
         self.with_retries(&format!("fetching blob {}", short(digest)), || {
             let response = self.send(&scopes, &|_| Ok(self.downloads.get(url.clone())))?;
@@ -925,65 +886,74 @@ impl RegistryClient {
             if response.content_length().is_some_and(|n| n > size) {
                 return Err(too_long());
             }
-            let overrun = Cell::new(false);
-            let mut body = SizedBody {
-                inner: response,
-                remaining: size,
-                overrun: &overrun,
-            };
-            let sink = sink.as_mut().expect("sink present");
+            let mut body = DeclaredSize::new(response, size);
             match sink(&mut body) {
                 Ok(()) => Ok(()),
-                Err(_) if overrun.get() => Err(too_long()),
-                Err(e) => Err(Failure::transient(e)),
+                Err(_) if body.overran() => Err(too_long()),
+                // The connection broke, or the bytes did not verify (a
+                // CDN's bad copy): another attempt may do better.
+                Err(e) => Err(Failure::transient(RegistryError::Local(e))),
             }
-        })?;
-        let _ = sink.take();
-        Ok(())
+        })
     }
 
+    /// The error an answer we cannot use is, typed by its status (and the
+    /// distribution error code of its body), tried again or not by the
+    /// policy (`http::Failure::answered`).
     fn response_failure(
         &self,
         status: StatusCode,
         response: Response,
         repository: &str,
     ) -> Failure {
-        let retry_after = response
-            .headers()
-            .get("Retry-After")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let headers = response.headers().clone();
         let elsewhere = origin_of(response.url()) != origin_of(&self.base);
         if status == StatusCode::UNAUTHORIZED && elsewhere {
             let url = response.url();
-            return Failure::fatal(anyhow!(
+            return Failure::fatal(self.refused(format!(
                 "{} (where {} sent the upload) asks for credentials: ours are for {} \
                  only and are not sent to another host; the registry must take uploads at its \
                  own address",
                 url.origin().ascii_serialization(),
                 self.registry,
                 self.registry
-            ));
+            )));
         }
         // The first error is all we use: an endless body is cut short.
-        let mut body = Vec::new();
-        let _ = response.take(MAX_ERROR_BODY).read_to_end(&mut body);
-        let (code, message) = error_code(&String::from_utf8_lossy(&body));
+        let body = http::read_prefix(response, MAX_ERROR_BODY);
+        let (code, message) = error_code(&body);
         let image = format!("{}/{repository}", self.registry);
+        let registry = self.registry.clone();
         let error = match (status, code.as_deref()) {
             (StatusCode::UNAUTHORIZED, _) | (_, Some("UNAUTHORIZED")) => self.unauthorized_error(),
             (StatusCode::FORBIDDEN, _) | (_, Some("DENIED")) => {
-                anyhow!("denied: Your current account does not have permission to push to {image}")
+                RegistryError::Denied { registry, image }
             }
-            (_, Some("NAME_INVALID")) => anyhow!(
-                "{image} is not a valid repository name for {}: {message}",
-                self.registry
-            ),
-            (_, Some(code)) => anyhow!("{} answered {status} {code}: {message}", self.registry),
-            _ => anyhow!("{} answered {status}", self.registry),
+            (_, Some("NAME_INVALID")) => RegistryError::InvalidName {
+                registry,
+                image,
+                message,
+            },
+            (StatusCode::NOT_FOUND, _) => RegistryError::NotFound {
+                message: answered(&registry, status, code.as_deref(), &message),
+                registry,
+            },
+            _ => RegistryError::Status {
+                message: answered(&registry, status, code.as_deref(), &message),
+                registry,
+                status: status.as_u16(),
+                code,
+            },
         };
-        status_failure(status, retry_after, error)
+        Failure::answered(error, status, &headers)
+    }
+}
+
+/// `REGISTRY answered STATUS [CODE: message]`.
+fn answered(registry: &str, status: StatusCode, code: Option<&str>, message: &str) -> String {
+    match code {
+        Some(code) => format!("{registry} answered {status} {code}: {message}"),
+        None => format!("{registry} answered {status}"),
     }
 }
 
@@ -994,7 +964,7 @@ pub struct BlobUpload<'a> {
     pub repository: &'a str,
     pub digest: &'a str,
     pub size: u64,
-    pub open: &'a (dyn Fn() -> Result<crate::image::store::VerifiedBlob> + Sync),
+    pub open: &'a (dyn Fn() -> anyhow::Result<crate::image::store::VerifiedBlob> + Sync),
 }
 
 enum UploadStart {
@@ -1005,82 +975,6 @@ enum UploadStart {
 struct UploadSession {
     url: Url,
     min_chunk: Option<u64>,
-}
-
-fn status_failure(
-    status: StatusCode,
-    retry_after: Option<Duration>,
-    error: anyhow::Error,
-) -> Failure {
-    let retry = status.is_server_error()
-        || status == StatusCode::TOO_MANY_REQUESTS
-        || status == StatusCode::REQUEST_TIMEOUT;
-    Failure {
-        error,
-        retry,
-        retry_after: if retry { retry_after } else { None },
-    }
-}
-
-/// A manifest or token answer (`what`, for messages), read whole up to
-/// [`MAX_ANSWER`]: a longer one is refused after `MAX_ANSWER + 1` bytes (or
-/// at once, by its Content-Length).
-fn read_answer(response: Response, what: &str) -> Result<Vec<u8>, Failure> {
-    let too_large = || {
-        Failure::fatal(anyhow!(
-            "{what} is larger than {} MiB: refusing it",
-            MAX_ANSWER >> 20
-        ))
-    };
-    if response.content_length().is_some_and(|n| n > MAX_ANSWER) {
-        return Err(too_large());
-    }
-    let mut bytes = Vec::new();
-    response
-        .take(MAX_ANSWER + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Failure::transient(anyhow!("reading {what} failed: {e}")))?;
-    if bytes.len() as u64 > MAX_ANSWER {
-        return Err(too_large());
-    }
-    Ok(bytes)
-}
-
-/// A blob's body, read to its descriptor's size and not a byte further: a
-/// longer body is an error (noted in `overrun`), so neither memory nor the
-/// store's temporary file grows with what a registry sends.
-struct SizedBody<'a, R> {
-    inner: R,
-    remaining: u64,
-    overrun: &'a Cell<bool>,
-}
-
-impl<R: Read> Read for SizedBody<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        if self.remaining == 0 {
-            // At the declared end: one byte more means the body is longer.
-            let mut probe = [0u8; 1];
-            return match self.inner.read(&mut probe)? {
-                0 => Ok(0),
-                _ => {
-                    self.overrun.set(true);
-                    Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "the blob is longer than its descriptor says",
-                    ))
-                }
-            };
-        }
-        let want = buf
-            .len()
-            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
-        let n = self.inner.read(&mut buf[..want])?;
-        self.remaining -= n as u64;
-        Ok(n)
-    }
 }
 
 fn header(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -1108,18 +1002,6 @@ fn basic(username: &str, password: &str) -> String {
 fn short(digest: &str) -> &str {
     let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
     &hex[..hex.len().min(12)]
-}
-
-/// The text of an error and its sources, on one line.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// The first `errors[]` entry of a distribution error body.
@@ -1221,27 +1103,6 @@ mod tests {
             Some(Challenge::Basic)
         ));
         assert!(parse_challenge("Negotiate").is_none());
-    }
-
-    #[test]
-    fn blob_bodies_are_read_to_their_size_only() {
-        let read = |body: &[u8], size: u64| {
-            let overrun = Cell::new(false);
-            let mut reader = SizedBody {
-                inner: body,
-                remaining: size,
-                overrun: &overrun,
-            };
-            let mut out = Vec::new();
-            let result = reader.read_to_end(&mut out);
-            (result.is_ok(), out.len(), overrun.get())
-        };
-        assert_eq!(read(b"abcd", 4), (true, 4, false));
-        // Short: the store's digest and size check refuses it.
-        assert_eq!(read(b"ab", 4), (true, 2, false));
-        // Longer: an error after the declared bytes, never more of them.
-        let (ok, len, overrun) = read(&[7u8; 1 << 16], 10);
-        assert!(!ok && overrun && len <= 10);
     }
 
     #[test]

@@ -3,9 +3,11 @@
 
 pub mod client;
 pub mod credentials;
+pub mod error;
 pub mod pull;
 pub mod push;
 pub mod reference;
 
-pub use client::{BlobOutcome, RegistryClient, RetryPolicy};
+pub use client::{BlobOutcome, RegistryClient};
+pub use error::RegistryError;
 pub use reference::Reference;

@@ -107,7 +107,7 @@ pub fn push_image(
                         .push_blob(&blob, mount.as_deref(), options.chunk_size, &bar)
                         .map_err(|e| match corrupt.lock().unwrap().clone() {
                             Some(message) => anyhow::anyhow!("{message}"),
-                            None => e,
+                            None => e.into(),
                         })
                 });
                 match result {

@@ -78,6 +78,7 @@ impl Sandbox {
             "GITHUB_OUTPUT",
             "DALLINGER_OCI_REGISTRY_USERNAME",
             "DALLINGER_OCI_REGISTRY_PASSWORD",
+            "DALLINGER_OCI_RETRIES",
         ] {
             cmd.env_remove(var);
         }

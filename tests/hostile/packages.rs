@@ -1,4 +1,5 @@
-//! Hostile packages: wheels, bytecode staging, git credentials, Debian locks.
+//! Hostile packages: wheels, bytecode staging, git credentials, Debian
+//! locks, package indexes that throttle, fail or hold credentials.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -6,7 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::common::git::git;
 use crate::common::*;
+use crate::registry::{Answer, Fake};
 
 /// Debian's Python installs into this purelib.
 const SITE: &str = "usr/local/lib/python3.11/dist-packages";
@@ -911,4 +913,166 @@ fn git_credentials_reach_the_server_but_never_a_command_line() {
     assert!(!hits.is_empty(), "the redirect was not followed");
     assert!(hits.iter().all(|h| h.authorization.is_none()), "{hits:?}");
     assert!(!fs::read_to_string(&log).unwrap().contains(SECRET));
+}
+
+// ---------------------------------------------------------------------------
+// Package indexes that throttle, fail or hold credentials
+// ---------------------------------------------------------------------------
+
+const INDEX_PAGE: &str = "/simple/tinypkg/";
+const INDEX_WHEEL: &str = "/files/tinypkg-1.0-py3-none-any.whl";
+
+/// A PEP 691 index serving tinypkg (the wheel of [`tiny_wheel`], in
+/// `links`): its page lists the wheel at [`INDEX_WHEEL`] plus `query`. Each
+/// request for the page takes the next status of `page`, each for the
+/// wheel the next of `wheel` (the last repeats); 200 is the real answer,
+/// 429 comes with `Retry-After: 1`.
+fn scripted_index(links: &Path, query: &str, page: &'static [u16], wheel: &'static [u16]) -> Fake {
+    tiny_wheel(links);
+    let bytes = fs::read(links.join("tinypkg-1.0-py3-none-any.whl")).unwrap();
+    let listing = serde_json::json!({
+        "meta": {"api-version": "1.1"},
+        "name": "tinypkg",
+        "files": [{
+            "filename": "tinypkg-1.0-py3-none-any.whl",
+            "url": format!("{INDEX_WHEEL}{query}"),
+            "hashes": {"sha256": hex::encode(Sha256::digest(&bytes))},
+            "size": bytes.len(),
+        }],
+    })
+    .to_string();
+    let served = [AtomicUsize::new(0), AtomicUsize::new(0)];
+    Fake::http(move |seen| {
+        let (script, body, kind) = match seen.path.as_str() {
+            INDEX_PAGE => (page, listing.as_bytes(), 0),
+            INDEX_WHEEL => (wheel, bytes.as_slice(), 1),
+            _ => return Answer::status(404),
+        };
+        let n = served[kind].fetch_add(1, Ordering::SeqCst);
+        match script[n.min(script.len() - 1)] {
+            200 if kind == 0 => Answer::status(200)
+                .header("Content-Type", "application/vnd.pypi.simple.v1+json")
+                .bytes(body),
+            200 => Answer::status(200).bytes(body),
+            429 => Answer::status(429).header("Retry-After", "1"),
+            status => Answer::status(status),
+        }
+    })
+}
+
+fn gets(index: &Fake, path: &str) -> usize {
+    index
+        .seen()
+        .iter()
+        .filter(|s| s.method == "GET" && s.path == path)
+        .count()
+}
+
+/// `build` of an experiment asking for tinypkg from the package index
+/// `index_url` alone, plus `args`.
+fn build_from_index(sandbox: &Sandbox, index_url: &str, args: &[&str]) -> Output {
+    let exp = experiment(sandbox, "app", "tinypkg");
+    let mut cmd = sandbox.cmd();
+    cmd.env_remove("DALLINGER_OCI_NO_DEPS")
+        .arg("build")
+        .arg(&exp)
+        .args(["--base", &python_base_layout(), "--tag", "t"])
+        .args(["--index-url", index_url])
+        .args(args);
+    run(&mut cmd)
+}
+
+/// 429 with `Retry-After`, and 503 twice: the build waits as asked, tries
+/// again, and succeeds; the index counts the attempts.
+#[test]
+fn a_throttling_index_is_waited_for_and_tried_again() {
+    let sandbox = Sandbox::new();
+    let index = scripted_index(&sandbox.path("links"), "", &[429, 200], &[503, 503, 200]);
+    let url = format!("http://{}/simple/", index.host());
+    let (stdout, stderr) = succeeds(build_from_index(&sandbox, &url, &[]));
+    printed_digest(&stdout);
+    assert_eq!(gets(&index, INDEX_PAGE), 2, "{stderr}");
+    assert_eq!(gets(&index, INDEX_WHEEL), 3, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the package index {url} failed for tinypkg: HTTP 429 Too Many Requests; retrying in 1.0 s"
+        )),
+        "Retry-After is honoured: {stderr}"
+    );
+    assert_eq!(
+        stderr
+            .matches("HTTP 503 Service Unavailable; retrying in")
+            .count(),
+        2,
+        "{stderr}"
+    );
+}
+
+/// `--retries 0` (as 1): one attempt, and one line naming the index;
+/// `DALLINGER_OCI_RETRIES` sets the count as well.
+#[test]
+fn retries_for_an_index_come_from_the_command_line() {
+    let sandbox = Sandbox::new();
+    let index = scripted_index(&sandbox.path("links"), "", &[503], &[200]);
+    let url = format!("http://{}/simple/", index.host());
+    let line = one_line_error(&build_from_index(&sandbox, &url, &["--retries", "0"]));
+    println!("{line}");
+    assert!(
+        line.contains(&format!("the package index {url} failed for tinypkg"))
+            && line.contains("503"),
+        "{line}"
+    );
+    assert_eq!(gets(&index, INDEX_PAGE), 1);
+
+    let mut cmd = sandbox.cmd();
+    cmd.env_remove("DALLINGER_OCI_NO_DEPS")
+        .env("DALLINGER_OCI_RETRIES", "2")
+        .arg("build")
+        .arg(sandbox.path("app"))
+        .args(["--base", &python_base_layout(), "--tag", "t"])
+        .args(["--index-url", &url]);
+    one_line_error(&run(&mut cmd));
+    assert_eq!(gets(&index, INDEX_PAGE), 3);
+}
+
+/// An index URL with credentials, and a file URL signed in its query: the
+/// credentials are used (on the index's host), and neither they nor the
+/// signature appear in any message, retries and the final error included.
+#[test]
+fn index_credentials_and_url_signatures_never_appear_in_messages() {
+    const USER: &str = "index-user-7c1e";
+    const PASSWORD: &str = "index-password-0d9b";
+    const SIGNATURE: &str = "url-signature-5a2f";
+    let sandbox = Sandbox::new();
+    let query = format!("?X-Amz-Expires=60&X-Amz-Signature={SIGNATURE}");
+    let index = scripted_index(&sandbox.path("links"), &query, &[503, 200], &[503]);
+    let url = format!("http://{USER}:{PASSWORD}@{}/simple/", index.host());
+    let out = build_from_index(&sandbox, &url, &["--retries", "2"]);
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = one_line_error(&out);
+    println!("{line}");
+    for secret in [USER, PASSWORD, SIGNATURE] {
+        assert!(!all.contains(secret), "{secret} shown: {all}");
+    }
+    assert!(
+        line.contains(&format!("http://{}{INDEX_WHEEL}?", index.host()))
+            && line.contains("X-Amz-Signature=REDACTED")
+            && line.contains("503"),
+        "{line}"
+    );
+    assert!(all.contains("retrying"), "{all}");
+    assert_eq!(gets(&index, INDEX_PAGE), 2);
+    assert_eq!(gets(&index, INDEX_WHEEL), 2);
+    let basic = format!("Basic {}", STANDARD.encode(format!("{USER}:{PASSWORD}")));
+    for seen in index.seen() {
+        assert_eq!(
+            seen.header("authorization"),
+            Some(basic.as_str()),
+            "{seen:?}"
+        );
+    }
 }

@@ -43,17 +43,17 @@ const PUSH_PASSWORD: &str = "push-secret-9f3c1a";
 
 /// One request a fake received.
 #[derive(Clone, Debug)]
-struct Seen {
-    method: String,
+pub(crate) struct Seen {
+    pub(crate) method: String,
     /// Without the query.
-    path: String,
-    uri: String,
+    pub(crate) path: String,
+    pub(crate) uri: String,
     host: String,
     headers: Vec<(String, String)>,
 }
 
 impl Seen {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -79,14 +79,14 @@ enum Body {
     Padded(Vec<u8>),
 }
 
-struct Answer {
+pub(crate) struct Answer {
     status: u16,
     headers: Vec<(String, String)>,
     body: Body,
 }
 
 impl Answer {
-    fn status(status: u16) -> Answer {
+    pub(crate) fn status(status: u16) -> Answer {
         Answer {
             status,
             headers: Vec::new(),
@@ -94,7 +94,7 @@ impl Answer {
         }
     }
 
-    fn header(mut self, name: &str, value: &str) -> Answer {
+    pub(crate) fn header(mut self, name: &str, value: &str) -> Answer {
         self.headers.push((name.to_string(), value.to_string()));
         self
     }
@@ -104,7 +104,7 @@ impl Answer {
         self
     }
 
-    fn bytes(self, bytes: &[u8]) -> Answer {
+    pub(crate) fn bytes(self, bytes: &[u8]) -> Answer {
         self.body(Body::Bytes(bytes.to_vec()))
     }
 }
@@ -117,8 +117,9 @@ struct FakeState {
     sent: AtomicU64,
 }
 
-/// A fake HTTP/1.1 server on `ip`, one request per connection.
-struct Fake {
+/// A fake HTTP/1.1 server on `ip`, one request per connection (also the
+/// package indexes of `packages.rs`).
+pub(crate) struct Fake {
     addr: SocketAddr,
     state: Arc<FakeState>,
     stop: Arc<AtomicBool>,
@@ -130,7 +131,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Fake {
-    fn http(handler: impl Fn(&Seen) -> Answer + Send + Sync + 'static) -> Fake {
+    pub(crate) fn http(handler: impl Fn(&Seen) -> Answer + Send + Sync + 'static) -> Fake {
         Fake::start("127.0.0.1", None, Arc::new(handler))
     }
 
@@ -174,11 +175,11 @@ impl Fake {
     }
 
     /// "IP:PORT"
-    fn host(&self) -> String {
+    pub(crate) fn host(&self) -> String {
         self.addr.to_string()
     }
 
-    fn seen(&self) -> Vec<Seen> {
+    pub(crate) fn seen(&self) -> Vec<Seen> {
         lock(&self.state.seen).clone()
     }
 
@@ -938,6 +939,63 @@ fn a_base_layer_longer_than_its_descriptor_is_refused() {
             && line.contains("longer than"),
         "{line}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Refusals are not absences
+// ---------------------------------------------------------------------------
+
+/// A registry that refuses (401, 403) to say whether it has the image, but
+/// would take blobs and the manifest: `push --use-existing` stops with the
+/// refusal (naming the registry and what to do), and uploads nothing; it
+/// never reads the refusal as "not there" and pushes.
+#[test]
+fn use_existing_reads_a_refused_manifest_check_as_an_error_not_an_absence() {
+    for (status, expected) in [
+        (401, "unauthenticated: no credentials were found"),
+        (403, "denied"),
+    ] {
+        let fake = Fake::http(
+            move |seen| match (seen.method.as_str(), seen.path.as_str()) {
+                ("HEAD" | "GET", p) if p.contains("/manifests/") => {
+                    Answer::status(status).header("WWW-Authenticate", r#"Basic realm="fake""#)
+                }
+                ("HEAD", _) => Answer::status(404),
+                ("POST", p) if p.ends_with("/blobs/uploads/") => {
+                    Answer::status(202).header("Location", "/upload/1")
+                }
+                ("PUT", _) => Answer::status(201),
+                _ => Answer::status(404),
+            },
+        );
+        let sandbox = Sandbox::new();
+        let exp = experiment(&sandbox, &format!("{}/lab/app", fake.host()));
+        let out = run(sandbox.cmd().arg("push").arg(&exp).args([
+            "--base",
+            &rootfs_base(),
+            "--retries",
+            "1",
+            "--use-existing",
+        ]));
+        let line = one_line_error(&out);
+        println!("{line}");
+        assert!(
+            line.contains(expected)
+                && line.contains(&format!("{}/lab/app", fake.host()))
+                && line.contains("is in the registry"),
+            "{line}"
+        );
+        if status == 401 {
+            assert!(
+                line.contains(&format!("docker login {}", fake.host())),
+                "{line}"
+            );
+        }
+        for method in ["POST", "PUT", "PATCH"] {
+            assert_eq!(fake.count(method), 0, "{method}: {:?}", fake.seen());
+        }
+        assert!(!text(&out).contains("already in the registry"));
+    }
 }
 
 // ---------------------------------------------------------------------------
