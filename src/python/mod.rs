@@ -2,20 +2,16 @@
 //! interpreter read from the base image, wheels chosen and fetched from an
 //! index, and installed natively into layers.
 
-pub mod bytecode;
-pub mod git_source;
 pub mod index;
 pub mod install;
+pub use install::{bytecode, wheel};
 pub mod layers;
-pub mod markers;
-pub mod metadata;
-pub mod pins;
-pub mod requirements;
 pub mod resolve;
-pub mod sdist;
-pub mod source_dir;
-pub mod tags;
+pub mod source;
+pub use source::{dir as source_dir, git as git_source, sdist};
+pub mod spec;
+pub use spec::{markers, metadata, pins, requirements};
 pub mod target;
-pub mod wheel;
+pub use target::tags;
 
 pub use target::{InstalledDist, Target, TargetOverrides};

@@ -8,8 +8,8 @@
 
 use std::collections::HashMap;
 
-use super::target::Target;
-use super::wheel::WheelFilename;
+use super::Target;
+use crate::python::wheel::WheelFilename;
 
 /// Legacy manylinux aliases, by the glibc version they stand for.
 const LEGACY_MANYLINUX: [((u32, u32), &str); 3] = [

@@ -6,18 +6,18 @@
 //! What a wheel-only installer cannot honour is refused with the file, the
 //! line and what to do instead: VCS URLs other than git, editables, local
 //! paths and direct URLs that are not hashed wheels. git URLs are kept for
-//! a build from source ([`super::git_source`]).
+//! a build from source ([`crate::python::git_source`]).
 
 use std::path::{Path, PathBuf};
 
 use pep440_rs::Operator;
 use pep508_rs::{Requirement as Pep508Requirement, VersionOrUrl};
 
-use super::git_source::GitUrl;
 use super::markers;
 use super::metadata::parse_pep508;
-use super::target::normalise_name;
-use super::wheel::WheelFilename;
+use crate::python::git_source::GitUrl;
+use crate::python::target::normalise_name;
+use crate::python::wheel::WheelFilename;
 
 /// One requirement line.
 #[derive(Debug, Clone, PartialEq, Eq)]

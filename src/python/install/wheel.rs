@@ -15,7 +15,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use sha2::{Digest as _, Sha256, Sha384, Sha512};
 
-use super::target::normalise_name;
+use crate::python::target::normalise_name;
 
 /// Metadata files larger than this are refused rather than read into memory.
 pub const MAX_METADATA_FILE: u64 = 64 << 20;

@@ -5,7 +5,7 @@ use pep440_rs::{Version, VersionSpecifiers};
 use pep508_rs::{Requirement as Pep508Requirement, VersionOrUrl};
 
 use super::markers::{self, MarkerEnv, MarkerError};
-use super::target::normalise_name;
+use crate::python::target::normalise_name;
 
 /// Errors from reading core metadata.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +53,7 @@ impl Dependency {
 /// The header fields of a metadata document (RFC 822 style): everything up
 /// to the first empty line; continuation lines (starting with whitespace)
 /// fold into the previous field with one space, as
-/// [`super::wheel::parse_headers`] (the installer's reading) unfolds them,
+/// [`crate::python::wheel::parse_headers`] (the installer's reading) unfolds them,
 /// so both read a document's fields alike. Lines that are not fields are
 /// skipped here, where the installer refuses the file.
 fn headers(metadata_text: &str) -> Vec<(String, String)> {

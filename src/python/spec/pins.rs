@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 
 use pep440_rs::{Version, VersionSpecifiers};
 
-use super::git_source::GitUrl;
 use super::markers::{self, MarkerEnv};
 use super::metadata::Dependency;
 use super::requirements::{ParsedFile, Requirement};
+use crate::python::git_source::GitUrl;
 
 /// One pinned distribution.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -21,9 +21,9 @@ use std::sync::OnceLock;
 use anyhow::{bail, Context, Result};
 use dallinger_oci_layers::{Content, LayerTree, Node};
 
-use super::target::Target;
 use crate::image::store::BlobStore;
 use crate::image::{config_env, unpack, ImageLayer};
+use crate::python::target::Target;
 use crate::sandbox::{Bind, Exit, Sandbox};
 
 /// Where the staged sources are inside the sandbox.

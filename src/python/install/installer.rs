@@ -31,11 +31,11 @@ use std::path::{Path, PathBuf};
 use dallinger_oci_layers::{Content, LayerError, LayerTree, Node};
 use sha2::{Digest as _, Sha256};
 
-use super::target::Target;
 use super::wheel::{
     record_hash, write_record, DistInfo, RecordRow, ScriptEntry, WheelArchive, WheelError,
     WheelFilename, MAX_METADATA_FILE,
 };
+use crate::python::target::Target;
 
 /// What `INSTALLER` says.
 pub const INSTALLER: &str = "dallinger-oci\n";

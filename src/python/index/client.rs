@@ -24,8 +24,8 @@ use reqwest::blocking::{Client, Response};
 use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
 
-use super::target::normalise_name;
 use crate::image::store::readable_file;
+use crate::python::target::normalise_name;
 
 /// The default index, as pip has it.
 pub const DEFAULT_INDEX_URL: &str = "https://pypi.org/simple/";

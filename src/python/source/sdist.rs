@@ -14,12 +14,12 @@ use std::sync::{Mutex, OnceLock};
 
 use anyhow::{bail, Context, Result};
 
-use super::index::IndexConfig;
-use super::tags::{file_priority, TagIndex};
-use super::target::{self, normalise_name, Target, TargetOverrides};
-use super::wheel::{WheelArchive, WheelFilename};
 use crate::image::store::{sha256_digest, sha256_file, BlobStore};
 use crate::image::{unpack, ImageLayer};
+use crate::python::index::IndexConfig;
+use crate::python::tags::{file_priority, TagIndex};
+use crate::python::target::{self, normalise_name, Target, TargetOverrides};
+use crate::python::wheel::{WheelArchive, WheelFilename};
 use crate::sandbox::{Bind, Sandbox};
 
 /// Where the sdist and the wheel are inside the sandbox.

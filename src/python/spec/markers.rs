@@ -6,7 +6,7 @@
 
 use pep508_rs::{ExtraName, MarkerEnvironment, MarkerEnvironmentBuilder, MarkerTree};
 
-use super::target::Target;
+use crate::python::target::Target;
 
 /// Errors from marker parsing.
 #[derive(Debug, thiserror::Error)]
