@@ -1,17 +1,22 @@
 //! Python dependencies without pip: requirements and markers, the target
 //! interpreter read from the base image, wheels chosen and fetched from an
 //! index, and installed natively into layers.
+//!
+//! Two steps, `resolve` (the pins to verified wheels and the lock) and
+//! `python_layers` (the wheels to layers), over five seams, each with a
+//! small surface: [`spec`] (what is asked for), [`target`] (the Python in
+//! the base), [`index`] (where wheels come from), `source` (wheels built
+//! from source) and [`install`] (wheels into a layer tree).
 
 pub mod index;
 pub mod install;
-pub use install::{bytecode, wheel};
-pub mod layers;
-pub mod resolve;
-pub mod source;
-pub use source::{dir as source_dir, git as git_source, sdist};
+mod layers;
+mod resolve;
+pub(crate) mod source;
 pub mod spec;
-pub use spec::{markers, metadata, pins, requirements};
 pub mod target;
-pub use target::tags;
 
+pub use index::IndexConfig;
+pub(crate) use layers::{python_layers, PythonLayers};
+pub(crate) use resolve::{resolve, ResolveRequest};
 pub use target::{InstalledDist, Target, TargetOverrides};

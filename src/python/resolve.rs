@@ -8,16 +8,15 @@ use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 
-use super::git_source::{self, GitUrl};
 use super::index::{self, Candidate, IndexConfig, SelectError};
-use super::markers::MarkerEnv;
-use super::metadata::{applicable_dependencies, Dependency};
-use super::pins::{check_closed, pins_for_target, PinnedPackage};
-use super::requirements::parse_file;
-use super::sdist::{BuiltWheel, SdistBuilder};
-use super::tags::{file_priority, TagIndex};
-use super::target::{normalise_name, Target};
-use super::wheel::{WheelArchive, WheelFilename};
+use super::install::{WheelArchive, WheelFilename};
+use super::source::git::{self as git_source, GitUrl};
+use super::source::{BuiltWheel, SdistBuilder};
+use super::spec::{
+    applicable_dependencies, check_closed, parse_file, pins_for_target, Dependency, MarkerEnv,
+    PinnedPackage,
+};
+use super::target::{file_priority, normalise_name, TagIndex, Target};
 use crate::image::store::sha256_file;
 use crate::plan::{Hashes, Lock, LockInputs, LockedFile, LockedPackage, LockedVcs};
 

@@ -2,6 +2,10 @@
 //! `--find-links` directories, the wheel chosen for the target, and fetched,
 //! verified by sha256, into the wheel cache.
 
-pub mod client;
+mod client;
 
-pub use client::*;
+pub(crate) use client::{describe, is_unreachable, select_sdist, with_retries, Attempt};
+pub use client::{
+    fetch, fetch_all, http_client, list_files, select, Candidate, IndexConfig, IndexError,
+    SelectError, DEFAULT_INDEX_URL, SIMPLE_JSON,
+};

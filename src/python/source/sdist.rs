@@ -17,9 +17,10 @@ use anyhow::{bail, Context, Result};
 use crate::image::store::{sha256_digest, sha256_file, BlobStore};
 use crate::image::{unpack, ImageLayer};
 use crate::python::index::IndexConfig;
-use crate::python::tags::{file_priority, TagIndex};
-use crate::python::target::{self, normalise_name, Target, TargetOverrides};
-use crate::python::wheel::{WheelArchive, WheelFilename};
+use crate::python::install::{WheelArchive, WheelFilename};
+use crate::python::target::{
+    self, file_priority, normalise_name, TagIndex, Target, TargetOverrides,
+};
 use crate::sandbox::{Bind, Sandbox};
 
 /// Where the sdist and the wheel are inside the sandbox.

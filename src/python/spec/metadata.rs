@@ -53,7 +53,7 @@ impl Dependency {
 /// The header fields of a metadata document (RFC 822 style): everything up
 /// to the first empty line; continuation lines (starting with whitespace)
 /// fold into the previous field with one space, as
-/// [`crate::python::wheel::parse_headers`] (the installer's reading) unfolds them,
+/// [`crate::python::install::wheel::parse_headers`] (the installer's reading) unfolds them,
 /// so both read a document's fields alike. Lines that are not fields are
 /// skipped here, where the installer refuses the file.
 fn headers(metadata_text: &str) -> Vec<(String, String)> {
@@ -147,8 +147,10 @@ pub fn applicable_dependencies(
     Ok(out)
 }
 
-/// [`applicable_dependencies`] as (normalised name, extras) pairs.
-pub fn applicable_names(
+/// [`applicable_dependencies`] as (normalised name, extras) pairs, for the
+/// tests.
+#[cfg(test)]
+fn applicable_names(
     requires_dist: &[String],
     extras: &[String],
     env: &MarkerEnv,
@@ -353,7 +355,7 @@ Requires-Dist: not-a-header\r\n";
             "Name: x\nRequires-Dist: a\n  >=1 ;\n python_version > '3'\nVersion: 1\n",
             "Name: x\nVersion: 1\n\rRequires-Dist: y\n",
         ] {
-            let installer = crate::python::wheel::CoreMetadata::parse("METADATA", text).unwrap();
+            let installer = crate::python::install::CoreMetadata::parse("METADATA", text).unwrap();
             assert_eq!(requires_dist(text), installer.requires_dist, "{text:?}");
         }
     }

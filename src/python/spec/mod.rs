@@ -1,7 +1,16 @@
 //! Requirement specs: what the experiment asks for (requirements files,
 //! markers, the pin set) and what a distribution's metadata asks for in turn.
 
-pub mod markers;
-pub mod metadata;
-pub mod pins;
-pub mod requirements;
+mod markers;
+mod metadata;
+mod pins;
+mod requirements;
+
+pub use markers::{parse as parse_marker, MarkerEnv, MarkerError};
+pub use metadata::{
+    applicable_dependencies, header_values, python_satisfies, requires_dist, requires_python,
+    Dependency, MetadataError,
+};
+pub(crate) use pins::check_closed;
+pub use pins::{pins_for_target, PinError, PinnedPackage};
+pub use requirements::{parse_file, ParsedFile, Requirement, RequirementsError};

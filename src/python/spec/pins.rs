@@ -12,7 +12,7 @@ use pep440_rs::{Version, VersionSpecifiers};
 use super::markers::{self, MarkerEnv};
 use super::metadata::Dependency;
 use super::requirements::{ParsedFile, Requirement};
-use crate::python::git_source::GitUrl;
+use crate::python::source::GitUrl;
 
 /// One pinned distribution.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -484,8 +484,8 @@ pub fn check_closed(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::python::metadata::applicable_dependencies;
-    use crate::python::requirements::parse_file;
+    use crate::python::spec::metadata::applicable_dependencies;
+    use crate::python::spec::requirements::parse_file;
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let p = dir.join(name);

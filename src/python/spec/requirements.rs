@@ -6,7 +6,7 @@
 //! What a wheel-only installer cannot honour is refused with the file, the
 //! line and what to do instead: VCS URLs other than git, editables, local
 //! paths and direct URLs that are not hashed wheels. git URLs are kept for
-//! a build from source ([`crate::python::git_source`]).
+//! a build from source ([`crate::python::source::git`]).
 
 use std::path::{Path, PathBuf};
 
@@ -15,9 +15,9 @@ use pep508_rs::{Requirement as Pep508Requirement, VersionOrUrl};
 
 use super::markers;
 use super::metadata::parse_pep508;
-use crate::python::git_source::GitUrl;
+use crate::python::install::WheelFilename;
+use crate::python::source::GitUrl;
 use crate::python::target::normalise_name;
-use crate::python::wheel::WheelFilename;
 
 /// One requirement line.
 #[derive(Debug, Clone, PartialEq, Eq)]

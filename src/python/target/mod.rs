@@ -1,7 +1,9 @@
 //! The target: the Python inside the base image and the wheel tags it
 //! accepts, read from the image, never from the host.
 
-pub mod interpreter;
-pub mod tags;
+mod interpreter;
+mod tags;
 
-pub use interpreter::*;
+pub use interpreter::{detect, normalise_name, InstalledDist, Target, TargetOverrides};
+pub(crate) use interpreter::{scan_layers_with, BaseFiles};
+pub(crate) use tags::{file_priority, TagIndex};
