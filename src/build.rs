@@ -18,7 +18,7 @@ use crate::python::install::BytecodeCompiler;
 use crate::python::source::{
     dallinger_from_source, warn_about_editable_dallinger, BuilderImage, SdistBuilder, SourceMount,
 };
-use crate::python::spec::parse_file;
+use crate::python::spec::{parse_file, PackageName};
 use crate::python::{
     python_layers, resolve, target, IndexConfig, PythonLayers, ResolveRequest, TargetOverrides,
 };
@@ -271,7 +271,7 @@ fn python_stage(
     // REQUESTED marks what the experiment asked for itself: its
     // requirements.txt when it has one, else every pin.
     let top_level = experiment.dir.join("requirements.txt");
-    let requested: BTreeSet<String> = if top_level.is_file() && requirements != top_level {
+    let requested: BTreeSet<PackageName> = if top_level.is_file() && requirements != top_level {
         parse_file(&top_level)?
             .requirements
             .iter()

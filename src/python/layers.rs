@@ -12,6 +12,7 @@ use dallinger_oci_layers::{LayerTree, WriteOptions, COMPRESSOR_ID, MEDIA_TYPE_GZ
 
 use super::install::{install_wheel, unpack_wheel, unpack_wheels, BytecodeCompiler};
 use super::resolve::ResolvedWheel;
+use super::spec::PackageName;
 use super::target::Target;
 use crate::image::store::{sha256_digest, BlobStore, StoredLayer};
 use crate::image::ImageLayer;
@@ -39,7 +40,7 @@ pub fn python_layers(
     store: &BlobStore,
     target: &Target,
     wheels: &[ResolvedWheel],
-    requested: &BTreeSet<String>,
+    requested: &BTreeSet<PackageName>,
     clock_on: bool,
     bytecode: Option<&BytecodeCompiler>,
     options: &WriteOptions,
@@ -95,7 +96,7 @@ fn layer_for(
     store: &BlobStore,
     target: &Target,
     wheels: &[&ResolvedWheel],
-    requested: &BTreeSet<String>,
+    requested: &BTreeSet<PackageName>,
     unpack_cache: &Path,
     bytecode: Option<&BytecodeCompiler>,
     options: &WriteOptions,

@@ -3,8 +3,7 @@
 //! from a grammar of names, extras, versions, markers, hashes, URLs, git
 //! sources and options, in files that include each other.
 
-use dallinger_oci::python::spec::{parse_file, pins_for_target, MarkerEnv};
-use dallinger_oci::python::target::normalise_name;
+use dallinger_oci::python::spec::{normalise_name, parse_file, pins_for_target, MarkerEnv};
 use proptest::prelude::*;
 
 use crate::ensure;

@@ -13,10 +13,9 @@ use dallinger_oci::python::install::{
     parse_record, write_record, CoreMetadata, RecordRow, WheelArchive, WheelFilename, WheelInfo,
 };
 use dallinger_oci::python::spec::{
-    applicable_dependencies, header_values, python_satisfies, requires_dist, requires_python,
-    MarkerEnv,
+    applicable_dependencies, header_values, normalise_name, python_satisfies, requires_dist,
+    requires_python, MarkerEnv,
 };
-use dallinger_oci::python::target::normalise_name;
 use proptest::prelude::*;
 use sha2::{Digest, Sha256, Sha512};
 

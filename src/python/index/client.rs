@@ -25,7 +25,7 @@ use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
 
 use crate::image::store::readable_file;
-use crate::python::target::normalise_name;
+use crate::python::spec::{normalise_name, same_version};
 
 /// The default index, as pip has it.
 pub const DEFAULT_INDEX_URL: &str = "https://pypi.org/simple/";
@@ -362,13 +362,12 @@ fn parse_filename(filename: &str) -> Option<FileName> {
     })
 }
 
-/// Versions are equal as PEP 440 has it (`1.0` == `1.0.0`), or, for strings
-/// that are not PEP 440, equal once normalised as names are.
-fn same_version(a: &str, b: &str) -> bool {
-    match (Version::from_str(a), Version::from_str(b)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => normalise_name(a) == normalise_name(b),
-    }
+/// Whether a file name's version is `version`: the same PEP 440 version,
+/// or, for a legacy name's version that is not PEP 440, the same once
+/// normalised as names are.
+fn is_file_version(file_version: &str, version: &str) -> bool {
+    same_version(file_version, version)
+        .unwrap_or_else(|| normalise_name(file_version) == normalise_name(version))
 }
 
 // ---------------------------------------------------------------------------
@@ -404,7 +403,7 @@ pub fn select<'a>(
     let of_version: Vec<(&Candidate, &FileName)> = parsed
         .iter()
         .filter_map(|(c, f)| f.as_ref().map(|f| (*c, f)))
-        .filter(|(_, f)| same_version(&f.version, version))
+        .filter(|(_, f)| is_file_version(&f.version, version))
         .collect();
     if of_version.is_empty() {
         return Err(unknown_version(&parsed, package, version));
@@ -503,7 +502,7 @@ pub fn select_sdist<'a>(candidates: &'a [Candidate], version: &str) -> Option<&'
         .iter()
         .filter(|c| {
             parse_filename(&c.filename)
-                .is_some_and(|f| f.kind == FileKind::Sdist && same_version(&f.version, version))
+                .is_some_and(|f| f.kind == FileKind::Sdist && is_file_version(&f.version, version))
         })
         .min_by_key(|c| rank(c))
 }
@@ -517,10 +516,10 @@ fn unknown_version(
     for (_, name) in parsed.iter() {
         let Some(name) = name else { continue };
         let v = Version::from_str(&name.version).ok();
-        if !versions.iter().any(|(pv, s)| match (pv, &v) {
-            (Some(a), Some(b)) => a == b,
-            _ => *s == name.version,
-        }) {
+        if !versions
+            .iter()
+            .any(|(_, s)| same_version(s, &name.version).unwrap_or(*s == name.version))
+        {
             versions.push((v, name.version.clone()));
         }
     }

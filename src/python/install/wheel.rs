@@ -15,7 +15,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use sha2::{Digest as _, Sha256, Sha384, Sha512};
 
-use crate::python::target::normalise_name;
+use crate::python::spec::{normalise_name, same_version, PackageName};
 
 /// Metadata files larger than this are refused rather than read into memory.
 pub const MAX_METADATA_FILE: u64 = 64 << 20;
@@ -661,7 +661,7 @@ impl DistInfo {
             None => EntryPoints::default(),
         };
         let record = parse_record(&format!("{dir}/RECORD"), &required("RECORD", record)?)?;
-        if normalise_name(&metadata.name) != normalise_name(&filename.name) {
+        if PackageName::new(&metadata.name) != PackageName::new(&filename.name) {
             return Err(metadata_error(
                 &format!("{dir}/METADATA"),
                 format!(
@@ -670,7 +670,9 @@ impl DistInfo {
                 ),
             ));
         }
-        if !same_version(&metadata.version, &filename.version) {
+        if !same_version(&metadata.version, &filename.version)
+            .unwrap_or_else(|| loosely_same_version(&metadata.version, &filename.version))
+        {
             return Err(metadata_error(
                 &format!("{dir}/METADATA"),
                 format!(
@@ -689,9 +691,9 @@ impl DistInfo {
     }
 }
 
-/// Versions compared loosely (case, `-`/`_`/`.` separators, a leading `v`),
-/// enough to catch a mislabelled wheel without a PEP 440 parser.
-fn same_version(a: &str, b: &str) -> bool {
+/// Versions that are not PEP 440 compared loosely (case, `-`/`_`/`.`
+/// separators, a leading `v`): enough to catch a mislabelled wheel.
+fn loosely_same_version(a: &str, b: &str) -> bool {
     let norm = |v: &str| {
         v.trim()
             .trim_start_matches(['v', 'V'])
@@ -1242,5 +1244,32 @@ mod tests {
         ] {
             assert!(check_member_name(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn metadata_version_is_the_file_name_version_as_pep_440_has_it() {
+        let check = |file_version: &str, metadata_version: &str| {
+            let filename =
+                WheelFilename::parse(&format!("a-{file_version}-py3-none-any.whl")).unwrap();
+            let metadata = format!("Metadata-Version: 2.1\nName: a\nVersion: {metadata_version}\n");
+            DistInfo::parse(
+                &filename,
+                &format!("a-{file_version}.dist-info"),
+                Some(b"Wheel-Version: 1.0\n"),
+                Some(metadata.as_bytes()),
+                None,
+                Some(b""),
+            )
+            .map(|_| ())
+        };
+        check("1.0.0", "1.0").unwrap();
+        check("1.0b0", "1.0-beta").unwrap();
+        check("1.0.post1", "1.0-1").unwrap();
+        let err = check("1.0.1", "1.0-1").unwrap_err().to_string();
+        assert!(err.contains("does not match the file name"), "{err}");
+        assert!(check("1.1", "1.0").is_err());
+        // Versions that are not PEP 440 are compared loosely.
+        check("nightly_1", "Nightly-1").unwrap();
+        assert!(check("nightly_1", "nightly_2").is_err());
     }
 }

@@ -5,7 +5,7 @@ use pep440_rs::{Version, VersionSpecifiers};
 use pep508_rs::{Requirement as Pep508Requirement, VersionOrUrl};
 
 use super::markers::{self, MarkerEnv, MarkerError};
-use crate::python::target::normalise_name;
+use super::names::{normalise_name, PackageName};
 
 /// Errors from reading core metadata.
 #[derive(Debug, thiserror::Error)]
@@ -23,8 +23,7 @@ pub enum MetadataError {
 pub struct Dependency {
     /// As written in `Requires-Dist`.
     pub name: String,
-    /// PEP 503 normalised.
-    pub normalised: String,
+    pub normalised: PackageName,
     /// PEP 685 normalised extras requested of the dependency.
     pub extras: Vec<String>,
     /// Version specifier, normalised rendering (e.g. ">=4.0.3"); "" for any.
@@ -135,7 +134,7 @@ pub fn applicable_dependencies(
         };
         let dep = Dependency {
             name: written_name(entry),
-            normalised: req.name.to_string(),
+            normalised: PackageName::new(req.name.as_ref()),
             extras: req.extras.iter().map(|e| e.to_string()).collect(),
             specifier,
             url,
@@ -157,7 +156,7 @@ fn applicable_names(
 ) -> Result<Vec<(String, Vec<String>)>, MetadataError> {
     Ok(applicable_dependencies(requires_dist, extras, env)?
         .into_iter()
-        .map(|d| (d.normalised, d.extras))
+        .map(|d| (d.normalised.into_string(), d.extras))
         .collect())
 }
 

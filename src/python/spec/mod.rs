@@ -3,6 +3,7 @@
 
 mod markers;
 mod metadata;
+mod names;
 mod pins;
 mod requirements;
 
@@ -11,6 +12,7 @@ pub use metadata::{
     applicable_dependencies, header_values, python_satisfies, requires_dist, requires_python,
     Dependency, MetadataError,
 };
+pub use names::{normalise_name, normalised_version, same_version, PackageName};
 pub(crate) use pins::check_closed;
 pub use pins::{pins_for_target, PinError, PinnedPackage};
 pub use requirements::{parse_file, ParsedFile, Requirement, RequirementsError};

@@ -15,17 +15,16 @@ use pep508_rs::{Requirement as Pep508Requirement, VersionOrUrl};
 
 use super::markers;
 use super::metadata::parse_pep508;
+use super::names::{normalised_version, PackageName};
 use crate::python::install::WheelFilename;
 use crate::python::source::GitUrl;
-use crate::python::target::normalise_name;
 
 /// One requirement line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Requirement {
     /// The distribution name as written.
     pub name: String,
-    /// PEP 503 normalised name.
-    pub normalised: String,
+    pub normalised: PackageName,
     /// Requested extras, PEP 685 normalised.
     pub extras: Vec<String>,
     /// The version specifier (normalised rendering of what was written, e.g.
@@ -859,7 +858,7 @@ fn parse_requirement(
     };
     Ok(Requirement {
         name: super::metadata::written_name(arg),
-        normalised: parsed.name.to_string(),
+        normalised: PackageName::new(parsed.name.as_ref()),
         extras: name_extras(&parsed),
         specifier,
         pinned,
@@ -902,7 +901,7 @@ fn git_requirement(
         ));
     }
     let (name, extras) = match (name, &git.egg) {
-        (Some((n, _)), Some(egg)) if normalise_name(egg) != normalise_name(&n) => {
+        (Some((n, _)), Some(egg)) if PackageName::new(egg) != PackageName::new(&n) => {
             return Err(format!(
                 "`{n} @ {}`: `#egg={egg}` names another package",
                 git.display()
@@ -925,7 +924,7 @@ fn git_requirement(
         markers::parse(m).map_err(|e| e.to_string())?;
     }
     Ok(Requirement {
-        normalised: normalise_name(&name),
+        normalised: PackageName::new(&name),
         name,
         extras,
         specifier: String::new(),
@@ -977,10 +976,10 @@ fn url_requirement(
              fragment"
         ));
     }
-    let wheel_norm = normalise_name(&wheel.name);
+    let wheel_norm = PackageName::new(&wheel.name);
     let (name, extras) = match name {
         Some((n, e)) => {
-            if normalise_name(&n) != wheel_norm {
+            if PackageName::new(&n) != wheel_norm {
                 return Err(format!(
                     "`{n} @ {url}`: the wheel is for `{}`, not `{n}`",
                     wheel.name
@@ -993,13 +992,9 @@ fn url_requirement(
     if let Some(m) = marker {
         markers::parse(m).map_err(|e| e.to_string())?;
     }
-    let version = wheel
-        .version
-        .parse::<pep440_rs::Version>()
-        .map(|v| v.to_string())
-        .unwrap_or(wheel.version.clone());
+    let version = normalised_version(&wheel.version);
     Ok(Requirement {
-        normalised: normalise_name(&name),
+        normalised: PackageName::new(&name),
         name,
         extras,
         specifier: String::new(),
