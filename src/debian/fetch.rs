@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use dallinger_oci_layers::HashingWriter;
 
 use crate::fsutil::TempFile;
+use crate::image::store::sha256_stream;
 use reqwest::blocking::{Client, Response};
 
 use crate::python::index::{describe, is_unreachable, with_retries, Attempt};
@@ -119,10 +120,9 @@ pub fn fetch(client: &Client, cache_root: &Path, pinned: &Pinned) -> Result<Path
 }
 
 /// sha256 (hex) and size of a file, streamed.
-pub fn hash_file(path: &Path) -> Result<(String, u64)> {
-    let mut file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut writer = HashingWriter::new(io::sink());
-    io::copy(&mut file, &mut writer).with_context(|| format!("cannot read {}", path.display()))?;
-    let (digest, size, _) = writer.finish();
-    Ok((digest.trim_start_matches("sha256:").to_string(), size))
+fn hash_file(path: &Path) -> Result<(String, u64)> {
+    let (sum, size) = File::open(path)
+        .and_then(sha256_stream)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok((hex::encode(sum), size))
 }

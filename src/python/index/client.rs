@@ -24,7 +24,7 @@ use reqwest::blocking::{Client, Response};
 use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
 
-use crate::image::store::readable_file;
+use crate::image::store::{readable_file, sha256_stream};
 use crate::python::spec::{normalise_name, same_version};
 
 /// The default index, as pip has it.
@@ -1231,27 +1231,9 @@ fn credentials_for(url: &str, config: &IndexConfig) -> Option<(String, Option<St
 }
 
 fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// The URL without a password, for messages and records.
@@ -1308,18 +1290,10 @@ fn safe_filename(name: &str) -> bool {
 
 /// sha256 (hex) and size of a local file, streamed.
 fn hash_file(path: &Path) -> Result<(String, u64), IndexError> {
-    let mut file = File::open(path).map_err(io_error(format!("cannot read {}", path.display())))?;
-    let mut writer = HashingWriter::new(io::sink());
-    io::copy(&mut file, &mut writer)
+    let (sum, size) = File::open(path)
+        .and_then(sha256_stream)
         .map_err(io_error(format!("cannot read {}", path.display())))?;
-    let (digest, size, _) = writer.finish();
-    Ok((
-        digest
-            .strip_prefix("sha256:")
-            .unwrap_or(&digest)
-            .to_string(),
-        size,
-    ))
+    Ok((hex::encode(sum), size))
 }
 
 #[cfg(test)]

@@ -963,7 +963,7 @@ fn url_requirement(
     }
     let path = url.split(['?', '#']).next().unwrap_or(&url);
     let filename = path.rsplit('/').next().unwrap_or(path);
-    let filename = percent_decode(filename);
+    let filename = percent_encoding::percent_decode_str(filename).decode_utf8_lossy();
     let wheel = WheelFilename::parse(&filename).map_err(|_| {
         format!(
             "`{url}` is not a wheel: direct URLs must point to a .whl file (sdists need a \
@@ -1006,25 +1006,6 @@ fn url_requirement(
         file: file.to_path_buf(),
         line,
     })
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
