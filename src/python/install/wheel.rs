@@ -15,7 +15,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use sha2::{Digest as _, Sha256, Sha384, Sha512};
 
-use crate::python::spec::{normalise_name, same_version, PackageName};
+use crate::python::spec::{
+    header, headers_all, normalise_name, parse_headers, same_version, PackageName,
+};
 
 /// Metadata files larger than this are refused rather than read into memory.
 pub const MAX_METADATA_FILE: u64 = 64 << 20;
@@ -170,69 +172,6 @@ impl fmt::Display for WheelFilename {
 // ---------------------------------------------------------------------------
 // Email-header files: WHEEL and METADATA
 // ---------------------------------------------------------------------------
-
-/// Parses the header block of an RFC 822 style file (everything before the
-/// first empty line): `Name: value` lines, with continuation lines (starting
-/// with a space or tab) unfolded into the value. Returns the fields in order;
-/// a field may repeat.
-pub fn parse_headers(text: &str) -> Result<Vec<(String, String)>, String> {
-    let mut fields: Vec<(String, String)> = Vec::new();
-    for (n, raw) in text.split('\n').enumerate() {
-        let line = raw.strip_suffix('\r').unwrap_or(raw);
-        if line.is_empty() {
-            break;
-        }
-        if line.starts_with([' ', '\t']) {
-            match fields.last_mut() {
-                Some((_, value)) => {
-                    value.push('\n');
-                    value.push_str(line);
-                }
-                None => {
-                    return Err(format!(
-                        "line {}: a continuation line before any field",
-                        n + 1
-                    ))
-                }
-            }
-            continue;
-        }
-        let Some((name, value)) = line.split_once(':') else {
-            return Err(format!(
-                "line {}: {line:?} is not a `Name: value` field",
-                n + 1
-            ));
-        };
-        if name.is_empty() || name.contains([' ', '\t']) {
-            return Err(format!("line {}: invalid field name {name:?}", n + 1));
-        }
-        fields.push((name.to_string(), value.to_string()));
-    }
-    // Values lose the whitespace around them; folded values keep one space
-    // per fold, as email's unfolding does.
-    Ok(fields
-        .into_iter()
-        .map(|(name, value)| {
-            let unfolded: Vec<&str> = value.split('\n').map(str::trim).collect();
-            (name, unfolded.join(" ").trim().to_string())
-        })
-        .collect())
-}
-
-fn header<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    fields
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-}
-
-fn headers_all<'a>(fields: &'a [(String, String)], name: &str) -> Vec<&'a str> {
-    fields
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-        .collect()
-}
 
 /// The `.dist-info/WHEEL` file.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,6 +12,7 @@ pub use metadata::{
     applicable_dependencies, header_values, python_satisfies, requires_dist, requires_python,
     Dependency, MetadataError,
 };
+pub(crate) use metadata::{header, headers_all, parse_headers};
 pub use names::{normalise_name, normalised_version, same_version, PackageName};
 pub(crate) use pins::check_closed;
 pub use pins::{pins_for_target, PinError, PinnedPackage};
