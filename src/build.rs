@@ -15,16 +15,14 @@ use crate::image::store::{sha256_digest, BlobStore, StoredLayer};
 use crate::image::{self, archive, layout, ConfigChanges, Image, ImageLayer, RemoteBlob};
 use crate::plan::{Lock, LockInputs};
 use crate::prepare;
-use crate::python::bytecode::BytecodeCompiler;
-use crate::python::index::IndexConfig;
-use crate::python::layers::{python_layers, PythonLayers};
-use crate::python::requirements::parse_file;
-use crate::python::resolve::{self, ResolveRequest};
-use crate::python::sdist::{BuilderImage, SdistBuilder};
-use crate::python::source_dir::{
-    dallinger_from_source, warn_about_editable_dallinger, SourceMount,
+use crate::python::install::BytecodeCompiler;
+use crate::python::source::{
+    dallinger_from_source, warn_about_editable_dallinger, BuilderImage, SdistBuilder, SourceMount,
 };
-use crate::python::{target, TargetOverrides};
+use crate::python::spec::{parse_file, PackageName};
+use crate::python::{
+    python_layers, resolve, target, IndexConfig, PythonLayers, ResolveRequest, TargetOverrides,
+};
 use crate::registry::credentials::{self, CredentialContext};
 use crate::registry::{pull, Reference, RegistryClient};
 
@@ -238,7 +236,7 @@ fn python_stage(
             (Vec::new(), None)
         }
     };
-    let resolution = resolve::resolve(&ResolveRequest {
+    let resolution = resolve(&ResolveRequest {
         requirements: &requirements,
         target: &target,
         index: &python.index,
@@ -274,7 +272,7 @@ fn python_stage(
     // REQUESTED marks what the experiment asked for itself: its
     // requirements.txt when it has one, else every pin.
     let top_level = experiment.dir.join("requirements.txt");
-    let requested: BTreeSet<String> = if top_level.is_file() && requirements != top_level {
+    let requested: BTreeSet<PackageName> = if top_level.is_file() && requirements != top_level {
         parse_file(&top_level)?
             .requirements
             .iter()

@@ -17,9 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{ok, require_tool};
-use dallinger_oci::python::install::install_wheel;
-use dallinger_oci::python::target::normalise_name;
-use dallinger_oci::python::wheel::WheelFilename;
+use dallinger_oci::python::install::{install_wheel, WheelFilename};
+use dallinger_oci::python::spec::normalise_name;
 use dallinger_oci::python::Target;
 use dallinger_oci_layers::{LayerTree, WriteOptions};
 

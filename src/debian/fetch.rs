@@ -11,6 +11,7 @@ use dallinger_oci_layers::HashingWriter;
 use reqwest::blocking::{Client, Response};
 
 use crate::fsutil::TempFile;
+use crate::image::store::sha256_stream;
 use crate::http::{self, redact, BodyError, DeclaredSize, Failure, Problem, RetryPolicy, Stop};
 
 /// The most we read of an `InRelease` (a few hundred KiB in practice).
@@ -188,10 +189,9 @@ fn download(
 }
 
 /// sha256 (hex) and size of a file, streamed.
-pub fn hash_file(path: &Path) -> Result<(String, u64)> {
-    let mut file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut writer = HashingWriter::new(io::sink());
-    io::copy(&mut file, &mut writer).with_context(|| format!("cannot read {}", path.display()))?;
-    let (digest, size, _) = writer.finish();
-    Ok((digest.trim_start_matches("sha256:").to_string(), size))
+fn hash_file(path: &Path) -> Result<(String, u64)> {
+    let (sum, size) = File::open(path)
+        .and_then(sha256_stream)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok((hex::encode(sum), size))
 }

@@ -537,19 +537,29 @@ pub fn hex_of(digest: &str) -> Result<&str> {
     }
 }
 
-/// sha256 of a file's bytes, streamed.
+/// sha256 (`sha256:HEX`) of a file's bytes, streamed.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut w = HashingWriter::new(io::sink());
+    let (sum, _) = File::open(path)
+        .and_then(sha256_stream)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(format!("sha256:{}", hex::encode(sum)))
+}
+
+/// The sha256 and the length of everything `reader` yields, read in 1 MiB
+/// pieces: the one way a file's bytes are hashed.
+pub fn sha256_stream(mut reader: impl Read) -> io::Result<([u8; 32], u64)> {
+    let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
     loop {
-        let n = file
-            .read(&mut buf)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        if n == 0 {
-            break;
+        match reader.read(&mut buf) {
+            Ok(0) => return Ok((hasher.finalize().into(), size)),
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                size += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
-        w.write_all(&buf[..n])?;
     }
-    Ok(w.finish().0)
 }

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use dallinger_oci_layers::{LayerTree, WriteOptions, COMPRESSOR_ID, MEDIA_TYPE_GZIP_LAYER};
 
-use super::bytecode::BytecodeCompiler;
-use super::install::{install_wheel, unpack_wheel, unpack_wheels};
+use super::install::{install_wheel, unpack_wheel, unpack_wheels, BytecodeCompiler};
 use super::resolve::ResolvedWheel;
+use super::spec::PackageName;
 use super::target::Target;
 use crate::image::store::{sha256_digest, BlobStore, StoredLayer};
 use crate::image::ImageLayer;
@@ -24,7 +24,6 @@ const INSTALL_FORMAT: &str = "dallinger-oci-python-layers/1";
 pub struct PythonLayer {
     pub layer: ImageLayer,
     pub created_by: String,
-    pub reused: bool,
 }
 
 /// The Python part of an image.
@@ -41,7 +40,7 @@ pub fn python_layers(
     store: &BlobStore,
     target: &Target,
     wheels: &[ResolvedWheel],
-    requested: &BTreeSet<String>,
+    requested: &BTreeSet<PackageName>,
     clock_on: bool,
     bytecode: Option<&BytecodeCompiler>,
     options: &WriteOptions,
@@ -67,7 +66,7 @@ pub fn python_layers(
         } else {
             format!("dallinger-oci: {what} ({} wheels)", group.len())
         };
-        let (blob, reused) = layer_for(
+        let blob = layer_for(
             store,
             target,
             &group,
@@ -79,7 +78,6 @@ pub fn python_layers(
         layers.push(PythonLayer {
             layer: ImageLayer::written(blob),
             created_by,
-            reused,
         });
     }
     let experiment_files = match dallinger.first() {
@@ -98,11 +96,11 @@ fn layer_for(
     store: &BlobStore,
     target: &Target,
     wheels: &[&ResolvedWheel],
-    requested: &BTreeSet<String>,
+    requested: &BTreeSet<PackageName>,
     unpack_cache: &Path,
     bytecode: Option<&BytecodeCompiler>,
     options: &WriteOptions,
-) -> Result<(StoredLayer, bool)> {
+) -> Result<StoredLayer> {
     let mut key = format!(
         "{INSTALL_FORMAT}\n{COMPRESSOR_ID}\n{}\n{}\n{}\n",
         options.mtime,
@@ -121,7 +119,7 @@ fn layer_for(
     }
     let key = format!("python-{}", &sha256_digest(key.as_bytes())[7..]);
     if let Some(layer) = store.cached_layer(&key) {
-        return Ok((layer, true));
+        return Ok(layer);
     }
     unpack_in_parallel(&sorted, unpack_cache)?;
     let mut tree = LayerTree::new();
@@ -159,7 +157,7 @@ fn layer_for(
     let layer =
         store.put_layer_with(MEDIA_TYPE_GZIP_LAYER, |sink| Ok(tree.write(options, sink)?))?;
     store.remember_layer(&key, &layer)?;
-    Ok((layer, false))
+    Ok(layer)
 }
 
 /// Unpacks the wheels into the unpack cache, one per core at a time: in a

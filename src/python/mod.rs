@@ -1,21 +1,22 @@
 //! Python dependencies without pip: requirements and markers, the target
 //! interpreter read from the base image, wheels chosen and fetched from an
 //! index, and installed natively into layers.
+//!
+//! Two steps, `resolve` (the pins to verified wheels and the lock) and
+//! `python_layers` (the wheels to layers), over five seams, each with a
+//! small surface: [`spec`] (what is asked for), [`target`] (the Python in
+//! the base), [`index`] (where wheels come from), `source` (wheels built
+//! from source) and [`install`] (wheels into a layer tree).
 
-pub mod bytecode;
-pub mod git_source;
 pub mod index;
 pub mod install;
-pub mod layers;
-pub mod markers;
-pub mod metadata;
-pub mod pins;
-pub mod requirements;
-pub mod resolve;
-pub mod sdist;
-pub mod source_dir;
-pub mod tags;
+mod layers;
+mod resolve;
+pub(crate) mod source;
+pub mod spec;
 pub mod target;
-pub mod wheel;
 
+pub use index::IndexConfig;
+pub(crate) use layers::{python_layers, PythonLayers};
+pub(crate) use resolve::{resolve, ResolveRequest};
 pub use target::{InstalledDist, Target, TargetOverrides};

@@ -8,16 +8,15 @@ use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 
-use super::git_source::{self, GitUrl};
 use super::index::{self, Candidate, IndexConfig, SelectError};
-use super::markers::MarkerEnv;
-use super::metadata::{applicable_dependencies, Dependency};
-use super::pins::{check_closed, pins_for_target, PinnedPackage};
-use super::requirements::parse_file;
-use super::sdist::{BuiltWheel, SdistBuilder};
-use super::tags::{file_priority, TagIndex};
-use super::target::{normalise_name, Target};
-use super::wheel::{WheelArchive, WheelFilename};
+use super::install::{WheelArchive, WheelFilename};
+use super::source::git::{self as git_source, GitUrl};
+use super::source::{BuiltWheel, SdistBuilder};
+use super::spec::{
+    applicable_dependencies, check_closed, normalised_version, parse_file, pins_for_target,
+    same_version, Dependency, MarkerEnv, PackageName, PinnedPackage,
+};
+use super::target::{file_priority, TagIndex, Target};
 use crate::image::store::sha256_file;
 use crate::plan::{Hashes, Lock, LockInputs, LockedFile, LockedPackage, LockedVcs};
 
@@ -25,7 +24,7 @@ use crate::plan::{Hashes, Lock, LockInputs, LockedFile, LockedPackage, LockedVcs
 #[derive(Debug, Clone)]
 pub struct ResolvedWheel {
     pub name: String,
-    pub normalised: String,
+    pub normalised: PackageName,
     pub version: String,
     pub filename: String,
     pub url: String,
@@ -80,7 +79,7 @@ pub struct ResolveRequest<'a> {
 
 pub fn resolve(request: &ResolveRequest) -> Result<Resolution> {
     let mut parsed = parse_file(request.requirements)?;
-    let local: BTreeSet<String> = request
+    let local: BTreeSet<PackageName> = request
         .local_wheels
         .iter()
         .map(|w| w.normalised.clone())
@@ -173,7 +172,7 @@ pub fn resolve(request: &ResolveRequest) -> Result<Resolution> {
         };
         let wheel = ResolvedWheel {
             name: pin.name.clone(),
-            normalised: normalise_name(&pin.name),
+            normalised: PackageName::new(&pin.name),
             version: pin.version.clone(),
             filename: candidate.filename.clone(),
             url: candidate.url.clone(),
@@ -210,15 +209,20 @@ pub fn resolve(request: &ResolveRequest) -> Result<Resolution> {
 /// Pins the base lacks (or has at another version), and those it has;
 /// those built from `local` sources in neither.
 fn split_by_base(
-    pins: &BTreeMap<String, PinnedPackage>,
+    pins: &BTreeMap<PackageName, PinnedPackage>,
     target: &Target,
-    local: &BTreeSet<String>,
-) -> (BTreeMap<String, PinnedPackage>, Vec<String>) {
+    local: &BTreeSet<PackageName>,
+) -> (BTreeMap<PackageName, PinnedPackage>, Vec<String>) {
     let mut needed = BTreeMap::new();
     let mut in_base = Vec::new();
     for (key, pin) in pins.iter().filter(|(k, _)| !local.contains(*k)) {
         match target.installed.get(key) {
-            Some(dist) if same_version(&dist.version, &pin.version) => {
+            // A base's version that is not PEP 440 is the pin's only when
+            // written alike.
+            Some(dist)
+                if same_version(&dist.version, &pin.version)
+                    .unwrap_or(dist.version == pin.version) =>
+            {
                 in_base.push(format!("{}=={}", pin.name, pin.version))
             }
             _ => {
@@ -227,16 +231,6 @@ fn split_by_base(
         }
     }
     (needed, in_base)
-}
-
-fn same_version(a: &str, b: &str) -> bool {
-    match (
-        a.parse::<pep440_rs::Version>(),
-        b.parse::<pep440_rs::Version>(),
-    ) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => a == b,
-    }
 }
 
 fn choose(
@@ -362,9 +356,9 @@ fn describe_target(target: &Target) -> String {
 /// The pins with the versions of the wheels built from git and local
 /// sources (known only now), and a pin for a local source that had none.
 fn with_built_versions(
-    pins: &BTreeMap<String, PinnedPackage>,
+    pins: &BTreeMap<PackageName, PinnedPackage>,
     wheels: &[ResolvedWheel],
-) -> BTreeMap<String, PinnedPackage> {
+) -> BTreeMap<PackageName, PinnedPackage> {
     let mut pins = pins.clone();
     for wheel in wheels {
         let pin = pins
@@ -426,7 +420,7 @@ fn build_from_git(
             resolved.commit
         }
     };
-    let normalised = normalise_name(&pin.name);
+    let normalised = PackageName::new(&pin.name);
     let archive = git_source::source_archive(
         &request.index.cache_dir.join("git"),
         git,
@@ -464,14 +458,10 @@ pub(crate) fn source_built_wheel(
 ) -> Result<ResolvedWheel> {
     let parsed = WheelFilename::parse(&built.filename)
         .with_context(|| format!("the built wheel has a bad name: {}", built.filename))?;
-    let version = parsed
-        .version
-        .parse::<pep440_rs::Version>()
-        .map(|v| v.to_string())
-        .unwrap_or(parsed.version);
+    let version = normalised_version(&parsed.version);
     Ok(ResolvedWheel {
         name: name.to_string(),
-        normalised: normalise_name(name),
+        normalised: PackageName::new(name),
         version,
         filename: built.filename.clone(),
         url: built.filename,
@@ -484,12 +474,12 @@ pub(crate) fn source_built_wheel(
 
 /// Every dependency of every pin (on this target) must be pinned or in the base.
 fn check_pin_set(
-    pins: &BTreeMap<String, PinnedPackage>,
+    pins: &BTreeMap<PackageName, PinnedPackage>,
     wheels: &[ResolvedWheel],
     target: &Target,
     env: &MarkerEnv,
 ) -> Result<()> {
-    let mut requires: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut requires: BTreeMap<PackageName, Vec<String>> = BTreeMap::new();
     for wheel in wheels {
         let info = WheelArchive::open(&wheel.path)
             .and_then(|mut archive| archive.dist_info())
@@ -524,8 +514,8 @@ fn check_pin_set(
 fn stale_reason(
     lock: &Lock,
     inputs: &LockInputs,
-    needed: &BTreeMap<String, PinnedPackage>,
-    local: &BTreeSet<String>,
+    needed: &BTreeMap<PackageName, PinnedPackage>,
+    local: &BTreeSet<PackageName>,
 ) -> Option<String> {
     let ours = &lock.tool.ours;
     if ours.base_digest != inputs.base_digest {
@@ -545,10 +535,10 @@ fn stale_reason(
     }
     // A git package is compared by its source as written; its commit is
     // what the lock is for.
-    let locked: BTreeMap<String, String> = lock
+    let locked: BTreeMap<PackageName, String> = lock
         .packages
         .iter()
-        .map(|p| (normalise_name(&p.name), p))
+        .map(|p| (PackageName::new(&p.name), p))
         .filter(|(k, _)| !local.contains(k))
         .map(|(k, p)| {
             let source = match &p.vcs {
@@ -561,7 +551,7 @@ fn stale_reason(
             (k, source)
         })
         .collect();
-    let wanted: BTreeMap<String, String> = needed
+    let wanted: BTreeMap<PackageName, String> = needed
         .iter()
         .map(|(k, p)| {
             let source = match &p.git {
@@ -582,13 +572,13 @@ fn stale_reason(
 fn fetch_locked(
     lock: &Lock,
     request: &ResolveRequest,
-    needed: &BTreeMap<String, PinnedPackage>,
-    local: &BTreeSet<String>,
+    needed: &BTreeMap<PackageName, PinnedPackage>,
+    local: &BTreeSet<PackageName>,
 ) -> Result<Vec<ResolvedWheel>> {
     let (from_git, regular): (Vec<&LockedPackage>, Vec<&LockedPackage>) = lock
         .packages
         .iter()
-        .filter(|p| !local.contains(&normalise_name(&p.name)))
+        .filter(|p| !local.contains(&PackageName::new(&p.name)))
         .partition(|p| p.vcs.is_some());
     let mut wheels = Vec::new();
     for p in from_git {
@@ -650,7 +640,7 @@ fn fetch_locked(
     for (((p, (c, _)), path), rebuild) in regular.iter().zip(items).zip(paths).zip(rebuild) {
         let fetched = ResolvedWheel {
             name: p.name.clone(),
-            normalised: normalise_name(&p.name),
+            normalised: PackageName::new(&p.name),
             version: p.version.clone(),
             filename: c.filename,
             url: c.url,
@@ -708,7 +698,7 @@ fn check_rebuilt(
 fn locked_git_wheel(
     p: &LockedPackage,
     request: &ResolveRequest,
-    needed: &BTreeMap<String, PinnedPackage>,
+    needed: &BTreeMap<PackageName, PinnedPackage>,
 ) -> Result<ResolvedWheel> {
     let vcs = p.vcs.as_ref().context("not a git package")?;
     let wheel = p
@@ -721,7 +711,7 @@ fn locked_git_wheel(
     if let Some(path) = cached {
         return Ok(ResolvedWheel {
             name: p.name.clone(),
-            normalised: normalise_name(&p.name),
+            normalised: PackageName::new(&p.name),
             version: p.version.clone(),
             filename: wheel.name.clone(),
             url: wheel.name.clone(),
@@ -744,7 +734,7 @@ fn locked_git_wheel(
     }
     // The requirement's own URL, which may carry credentials the lock must not.
     let pin = needed
-        .get(&normalise_name(&p.name))
+        .get(&PackageName::new(&p.name))
         .with_context(|| format!("{} is locked but not required", p.name))?;
     let built = build_from_git(pin, Some(&vcs.commit_id), request)
         .with_context(|| format!("{}:{}: {}", pin.file.display(), pin.line, pin.text()))?;
@@ -773,7 +763,11 @@ fn portable_url(url: &str, filename: &str) -> String {
     }
 }
 
-fn lock_of(request: &ResolveRequest, wheels: &[ResolvedWheel], local: &BTreeSet<String>) -> Lock {
+fn lock_of(
+    request: &ResolveRequest,
+    wheels: &[ResolvedWheel],
+    local: &BTreeSet<PackageName>,
+) -> Lock {
     let (a, b, c) = request.target.python_version;
     let mut inputs = request.inputs.clone();
     if let Some(builder) = request

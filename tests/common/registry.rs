@@ -23,6 +23,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use base64::alphabet;
+use base64::engine::general_purpose::{
+    GeneralPurpose, GeneralPurposeConfig, STANDARD, URL_SAFE_NO_PAD,
+};
+use base64::engine::DecodePaddingMode;
+use base64::Engine as _;
+
 use super::{ok, require_tool};
 
 /// How long any server of this module lives at most, even if never dropped
@@ -1001,8 +1008,8 @@ impl IssuerState {
         });
         let input = format!(
             "{}.{}",
-            base64_encode(header.to_string().as_bytes(), URL_ALPHABET, false),
-            base64_encode(claims.to_string().as_bytes(), URL_ALPHABET, false)
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
         );
         let mut child = Command::new(&self.openssl)
             .args(["dgst", "-sha256", "-binary", "-sign"])
@@ -1024,10 +1031,7 @@ impl IssuerState {
             "openssl dgst -sign failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        format!(
-            "{input}.{}",
-            base64_encode(&out.stdout, URL_ALPHABET, false)
-        )
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(&out.stdout))
     }
 }
 
@@ -1223,61 +1227,22 @@ fn unix_now() -> i64 {
         .as_secs() as i64
 }
 
-const STD_ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-const URL_ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-fn base64_encode(data: &[u8], alphabet: &[u8; 64], pad: bool) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..=chunk.len() {
-            out.push(alphabet[((n >> (18 - 6 * i)) & 63) as usize] as char);
-        }
-        if pad {
-            for _ in chunk.len()..3 {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// Decodes standard or URL-safe base64, padded or not.
 fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for c in text.bytes().filter(|&c| c != b'=') {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &alphabet::URL_SAFE,
+        GeneralPurposeConfig::new()
+            .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+            .with_decode_allow_trailing_bits(true),
+    );
+    LENIENT
+        .decode(text.replace('+', "-").replace('/', "_"))
+        .ok()
 }
 
 /// Basic auth header value for `user:password`.
 pub fn basic_auth(user: &str, password: &str) -> String {
-    format!(
-        "Basic {}",
-        base64_encode(format!("{user}:{password}").as_bytes(), STD_ALPHABET, true)
-    )
+    format!("Basic {}", STANDARD.encode(format!("{user}:{password}")))
 }
 
 // ---------------------------------------------------------------------------

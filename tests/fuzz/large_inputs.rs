@@ -9,10 +9,8 @@ use std::time::Instant;
 
 use dallinger_oci::debian::control::{parse_relations, parse_stanzas};
 use dallinger_oci::experiment::config::Config;
-use dallinger_oci::python::markers;
-use dallinger_oci::python::metadata::applicable_dependencies;
-use dallinger_oci::python::requirements::parse_file;
-use dallinger_oci::python::wheel::{parse_record, CoreMetadata};
+use dallinger_oci::python::install::{parse_record, CoreMetadata};
+use dallinger_oci::python::spec::{applicable_dependencies, parse_file, parse_marker, MarkerEnv};
 use dallinger_oci::registry::client::parse_challenge;
 use dallinger_oci::registry::reference::Reference;
 use dallinger_oci_layers::gzip_existing_tar;
@@ -99,8 +97,8 @@ fn markers_nested_deeply() {
             "(".repeat(depth),
             ")".repeat(depth)
         );
-        assert!(markers::parse(&marker).is_err());
-        let env = markers::MarkerEnv::cpython_linux("x86_64", (3, 11, 2));
+        assert!(parse_marker(&marker).is_err());
+        let env = MarkerEnv::cpython_linux("x86_64", (3, 11, 2));
         let entry = format!("a ; {marker}");
         assert!(applicable_dependencies(&[entry], &[], &env).is_err());
     });

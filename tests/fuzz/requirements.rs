@@ -1,12 +1,9 @@
-//! `requirements.txt` / `constraints.txt` (`python::requirements::parse_file`
-//! and the pin set built from it, `python::pins::pins_for_target`): lines
+//! `requirements.txt` / `constraints.txt` (`python::spec::parse_file`
+//! and the pin set built from it, `python::spec::pins_for_target`): lines
 //! from a grammar of names, extras, versions, markers, hashes, URLs, git
 //! sources and options, in files that include each other.
 
-use dallinger_oci::python::markers::MarkerEnv;
-use dallinger_oci::python::pins::pins_for_target;
-use dallinger_oci::python::requirements::parse_file;
-use dallinger_oci::python::target::normalise_name;
+use dallinger_oci::python::spec::{normalise_name, parse_file, pins_for_target, MarkerEnv};
 use proptest::prelude::*;
 
 use crate::ensure;

@@ -1,6 +1,6 @@
-//! Wheel metadata: `METADATA` and `WHEEL` (`python::wheel::CoreMetadata`,
-//! `WheelInfo`, and `python::metadata`'s reading of PEP 658 metadata), and
-//! `RECORD` (`python::wheel::parse_record`, `write_record`, and the archive
+//! Wheel metadata: `METADATA` and `WHEEL` (`python::install::CoreMetadata`,
+//! `WheelInfo`, and `python::spec`'s reading of PEP 658 metadata), and
+//! `RECORD` (`python::install::parse_record`, `write_record`, and the archive
 //! check of `WheelArchive::extract_verified`).
 
 use std::collections::BTreeMap;
@@ -9,13 +9,12 @@ use std::path::Path;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use dallinger_oci::python::markers::MarkerEnv;
-use dallinger_oci::python::metadata::{
-    applicable_dependencies, header_values, python_satisfies, requires_dist, requires_python,
-};
-use dallinger_oci::python::target::normalise_name;
-use dallinger_oci::python::wheel::{
+use dallinger_oci::python::install::{
     parse_record, write_record, CoreMetadata, RecordRow, WheelArchive, WheelFilename, WheelInfo,
+};
+use dallinger_oci::python::spec::{
+    applicable_dependencies, header_values, normalise_name, python_satisfies, requires_dist,
+    requires_python, MarkerEnv,
 };
 use proptest::prelude::*;
 use sha2::{Digest, Sha256, Sha512};

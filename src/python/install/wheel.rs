@@ -15,7 +15,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use sha2::{Digest as _, Sha256, Sha384, Sha512};
 
-use super::target::normalise_name;
+use crate::python::spec::{
+    header, headers_all, normalise_name, parse_headers, same_version, PackageName,
+};
 
 /// Metadata files larger than this are refused rather than read into memory.
 pub const MAX_METADATA_FILE: u64 = 64 << 20;
@@ -170,69 +172,6 @@ impl fmt::Display for WheelFilename {
 // ---------------------------------------------------------------------------
 // Email-header files: WHEEL and METADATA
 // ---------------------------------------------------------------------------
-
-/// Parses the header block of an RFC 822 style file (everything before the
-/// first empty line): `Name: value` lines, with continuation lines (starting
-/// with a space or tab) unfolded into the value. Returns the fields in order;
-/// a field may repeat.
-pub fn parse_headers(text: &str) -> Result<Vec<(String, String)>, String> {
-    let mut fields: Vec<(String, String)> = Vec::new();
-    for (n, raw) in text.split('\n').enumerate() {
-        let line = raw.strip_suffix('\r').unwrap_or(raw);
-        if line.is_empty() {
-            break;
-        }
-        if line.starts_with([' ', '\t']) {
-            match fields.last_mut() {
-                Some((_, value)) => {
-                    value.push('\n');
-                    value.push_str(line);
-                }
-                None => {
-                    return Err(format!(
-                        "line {}: a continuation line before any field",
-                        n + 1
-                    ))
-                }
-            }
-            continue;
-        }
-        let Some((name, value)) = line.split_once(':') else {
-            return Err(format!(
-                "line {}: {line:?} is not a `Name: value` field",
-                n + 1
-            ));
-        };
-        if name.is_empty() || name.contains([' ', '\t']) {
-            return Err(format!("line {}: invalid field name {name:?}", n + 1));
-        }
-        fields.push((name.to_string(), value.to_string()));
-    }
-    // Values lose the whitespace around them; folded values keep one space
-    // per fold, as email's unfolding does.
-    Ok(fields
-        .into_iter()
-        .map(|(name, value)| {
-            let unfolded: Vec<&str> = value.split('\n').map(str::trim).collect();
-            (name, unfolded.join(" ").trim().to_string())
-        })
-        .collect())
-}
-
-fn header<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    fields
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-}
-
-fn headers_all<'a>(fields: &'a [(String, String)], name: &str) -> Vec<&'a str> {
-    fields
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-        .collect()
-}
 
 /// The `.dist-info/WHEEL` file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -661,7 +600,7 @@ impl DistInfo {
             None => EntryPoints::default(),
         };
         let record = parse_record(&format!("{dir}/RECORD"), &required("RECORD", record)?)?;
-        if normalise_name(&metadata.name) != normalise_name(&filename.name) {
+        if PackageName::new(&metadata.name) != PackageName::new(&filename.name) {
             return Err(metadata_error(
                 &format!("{dir}/METADATA"),
                 format!(
@@ -670,7 +609,9 @@ impl DistInfo {
                 ),
             ));
         }
-        if !same_version(&metadata.version, &filename.version) {
+        if !same_version(&metadata.version, &filename.version)
+            .unwrap_or_else(|| loosely_same_version(&metadata.version, &filename.version))
+        {
             return Err(metadata_error(
                 &format!("{dir}/METADATA"),
                 format!(
@@ -689,9 +630,9 @@ impl DistInfo {
     }
 }
 
-/// Versions compared loosely (case, `-`/`_`/`.` separators, a leading `v`),
-/// enough to catch a mislabelled wheel without a PEP 440 parser.
-fn same_version(a: &str, b: &str) -> bool {
+/// Versions that are not PEP 440 compared loosely (case, `-`/`_`/`.`
+/// separators, a leading `v`): enough to catch a mislabelled wheel.
+fn loosely_same_version(a: &str, b: &str) -> bool {
     let norm = |v: &str| {
         v.trim()
             .trim_start_matches(['v', 'V'])
@@ -1242,5 +1183,32 @@ mod tests {
         ] {
             assert!(check_member_name(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn metadata_version_is_the_file_name_version_as_pep_440_has_it() {
+        let check = |file_version: &str, metadata_version: &str| {
+            let filename =
+                WheelFilename::parse(&format!("a-{file_version}-py3-none-any.whl")).unwrap();
+            let metadata = format!("Metadata-Version: 2.1\nName: a\nVersion: {metadata_version}\n");
+            DistInfo::parse(
+                &filename,
+                &format!("a-{file_version}.dist-info"),
+                Some(b"Wheel-Version: 1.0\n"),
+                Some(metadata.as_bytes()),
+                None,
+                Some(b""),
+            )
+            .map(|_| ())
+        };
+        check("1.0.0", "1.0").unwrap();
+        check("1.0b0", "1.0-beta").unwrap();
+        check("1.0.post1", "1.0-1").unwrap();
+        let err = check("1.0.1", "1.0-1").unwrap_err().to_string();
+        assert!(err.contains("does not match the file name"), "{err}");
+        assert!(check("1.1", "1.0").is_err());
+        // Versions that are not PEP 440 are compared loosely.
+        check("nightly_1", "Nightly-1").unwrap();
+        assert!(check("nightly_1", "nightly_2").is_err());
     }
 }

@@ -14,12 +14,12 @@ use std::sync::{Mutex, OnceLock};
 
 use anyhow::{bail, Context, Result};
 
-use super::index::IndexConfig;
-use super::tags::{file_priority, TagIndex};
-use super::target::{self, normalise_name, Target, TargetOverrides};
-use super::wheel::{WheelArchive, WheelFilename};
 use crate::image::store::{sha256_digest, sha256_file, BlobStore};
 use crate::image::{unpack, ImageLayer};
+use crate::python::index::IndexConfig;
+use crate::python::install::{WheelArchive, WheelFilename};
+use crate::python::spec::{normalise_name, PackageName};
+use crate::python::target::{self, file_priority, TagIndex, Target, TargetOverrides};
 use crate::sandbox::{Bind, Sandbox};
 
 /// Where the sdist and the wheel are inside the sandbox.
@@ -238,7 +238,7 @@ impl<'a> SdistBuilder<'a> {
         let filename = wheel.file_name().unwrap().to_string_lossy().into_owned();
         let parsed = WheelFilename::parse(&filename)
             .with_context(|| format!("pip built a wheel with a bad name: {filename}"))?;
-        if normalise_name(&parsed.name) != normalise_name(name) {
+        if PackageName::new(&parsed.name) != PackageName::new(name) {
             bail!("building {name} {version} from {sdist_name} gave a wheel of another package: {filename}");
         }
         if file_priority(&filename, &TagIndex::for_target(target)).is_none() {

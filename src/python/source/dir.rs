@@ -16,12 +16,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use dallinger_oci_layers::{Content, LayerTree, WriteOptions};
 
-use super::index::IndexConfig;
-use super::resolve::{source_built_wheel, ResolvedWheel};
 use super::sdist::SdistBuilder;
-use super::target::Target;
 use crate::experiment::git;
 use crate::image::store::sha256_file;
+use crate::python::index::IndexConfig;
+use crate::python::resolve::{source_built_wheel, ResolvedWheel};
+use crate::python::target::Target;
 
 /// A source tree `debug` bind-mounts over what the image installed from
 /// it, so edits show without a rebuild.

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::python::spec::PackageName;
+
 /// A distribution already installed in the base image.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InstalledDist {
@@ -36,26 +38,8 @@ pub struct Target {
     pub data: String,
     /// glibc (major, minor) for manylinux tags; None for musl or unknown.
     pub glibc: Option<(u32, u32)>,
-    /// Installed distributions, keyed by normalised name (PEP 503).
-    pub installed: BTreeMap<String, InstalledDist>,
-}
-
-/// PEP 503 normalisation: lowercase, runs of `-_.` become `-`.
-pub fn normalise_name(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    let mut last_dash = false;
-    for c in name.chars() {
-        if matches!(c, '-' | '_' | '.') {
-            if !last_dash {
-                out.push('-');
-            }
-            last_dash = true;
-        } else {
-            out.push(c.to_ascii_lowercase());
-            last_dash = false;
-        }
-    }
-    out
+    /// Installed distributions, by name.
+    pub installed: BTreeMap<PackageName, InstalledDist>,
 }
 
 /// The target of a base image, read from its layers once and then
@@ -373,7 +357,7 @@ pub(crate) fn target_from(
             })
             .unwrap_or_default();
         installed.insert(
-            normalise_name(&name),
+            PackageName::new(&name),
             InstalledDist {
                 name,
                 version,

@@ -21,9 +21,9 @@ use std::sync::OnceLock;
 use anyhow::{bail, Context, Result};
 use dallinger_oci_layers::{Content, LayerTree, Node};
 
-use super::target::Target;
 use crate::image::store::BlobStore;
 use crate::image::{config_env, unpack, ImageLayer};
+use crate::python::target::Target;
 use crate::sandbox::{Bind, Exit, Sandbox};
 
 /// Where the staged sources are inside the sandbox.
@@ -41,7 +41,6 @@ pub struct BytecodeCompiler<'a> {
 /// Staged sources and their `.pyc` files: keep it until the layer is written.
 pub struct Compiled {
     _stage: tempfile::TempDir,
-    pub count: usize,
 }
 
 impl<'a> BytecodeCompiler<'a> {
@@ -75,7 +74,6 @@ impl<'a> BytecodeCompiler<'a> {
         let site_dirs: BTreeSet<&str> = [target.purelib.as_str(), target.platlib.as_str()]
             .into_iter()
             .collect();
-        let mut count = 0;
         let mut additions = Vec::new();
         for (i, site) in site_dirs.iter().enumerate() {
             let staged = stage.path().join(i.to_string());
@@ -123,12 +121,8 @@ impl<'a> BytecodeCompiler<'a> {
         }
         for (path, source) in additions {
             tree.add_file(&path, Content::File(source), false)?;
-            count += 1;
         }
-        Ok(Compiled {
-            _stage: stage,
-            count,
-        })
+        Ok(Compiled { _stage: stage })
     }
 
     fn run_compileall(

@@ -6,7 +6,7 @@
 
 use pep508_rs::{ExtraName, MarkerEnvironment, MarkerEnvironmentBuilder, MarkerTree};
 
-use super::target::Target;
+use crate::python::target::Target;
 
 /// Errors from marker parsing.
 #[derive(Debug, thiserror::Error)]
@@ -229,7 +229,7 @@ mod tests {
         );
         let env = MarkerEnv::cpython_linux("x86_64", (3, 11, 2));
         let entry = format!("a ; {deep}");
-        assert!(crate::python::metadata::applicable_dependencies(&[entry], &[], &env).is_err());
+        assert!(crate::python::spec::applicable_dependencies(&[entry], &[], &env).is_err());
         let fine = format!("{}os_name == 'posix'{}", "(".repeat(32), ")".repeat(32));
         assert!(evaluate(&fine, &env, &[]).unwrap());
         // Parentheses inside quotes do not count.

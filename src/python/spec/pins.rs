@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 
 use pep440_rs::{Version, VersionSpecifiers};
 
-use super::git_source::GitUrl;
 use super::markers::{self, MarkerEnv};
 use super::metadata::Dependency;
+use super::names::{same_version, PackageName};
 use super::requirements::{ParsedFile, Requirement};
+use crate::python::source::GitUrl;
 
 /// One pinned distribution.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,13 +138,6 @@ pub enum PinError {
     },
 }
 
-fn same_version(a: &str, b: &str) -> bool {
-    match (a.parse::<Version>(), b.parse::<Version>()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => a == b,
-    }
-}
-
 fn display_requirement(r: &Requirement) -> String {
     let mut s = r.name.clone();
     if !r.extras.is_empty() {
@@ -182,8 +176,8 @@ fn applies(r: &Requirement, env: &MarkerEnv) -> Result<bool, PinError> {
 pub fn pins_for_target(
     parsed: &ParsedFile,
     env: &MarkerEnv,
-) -> Result<BTreeMap<String, PinnedPackage>, PinError> {
-    let mut pins: BTreeMap<String, PinnedPackage> = BTreeMap::new();
+) -> Result<BTreeMap<PackageName, PinnedPackage>, PinError> {
+    let mut pins: BTreeMap<PackageName, PinnedPackage> = BTreeMap::new();
     let mut unpinned: Vec<&Requirement> = Vec::new();
     for r in parsed.requirements.iter().chain(&parsed.constraints) {
         if !applies(r, env)? {
@@ -219,7 +213,10 @@ pub fn pins_for_target(
                 );
             }
             Some(pin) => {
+                // Versions that are not PEP 440 (a git pin's, empty) conflict
+                // unless written alike.
                 let conflict = !same_version(&pin.version, version)
+                    .unwrap_or(pin.version == version)
                     || (pin.url.is_some() && r.url.is_some() && pin.url != r.url)
                     || pin.git != r.git;
                 if conflict {
@@ -415,7 +412,7 @@ fn file_name(path: &Path) -> String {
 ///
 /// All problems are reported, sorted.
 pub fn check_closed(
-    pins: &BTreeMap<String, PinnedPackage>,
+    pins: &BTreeMap<PackageName, PinnedPackage>,
     deps_of: &dyn Fn(&str, &[String]) -> Vec<Dependency>,
     python: (u32, u32, u32),
 ) -> Result<(), ClosureError> {
@@ -424,7 +421,7 @@ pub fn check_closed(
         .map(|(k, p)| (k.as_str(), p.extras.iter().cloned().collect()))
         .collect();
     let mut done: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
-    let mut queue: VecDeque<&str> = pins.keys().map(String::as_str).collect();
+    let mut queue: VecDeque<&str> = pins.keys().map(PackageName::as_str).collect();
     let mut problems: BTreeSet<ClosureProblem> = BTreeSet::new();
     while let Some(name) = queue.pop_front() {
         let extras = active[name].clone();
@@ -435,7 +432,7 @@ pub fn check_closed(
         let pin = &pins[name];
         let extras: Vec<String> = extras.into_iter().collect();
         for dep in deps_of(name, &extras) {
-            match pins.get_key_value(&dep.normalised) {
+            match pins.get_key_value(dep.normalised.as_str()) {
                 None => {
                     problems.insert(ClosureProblem::Missing {
                         package: pin.name.clone(),
@@ -484,8 +481,8 @@ pub fn check_closed(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::python::metadata::applicable_dependencies;
-    use crate::python::requirements::parse_file;
+    use crate::python::spec::metadata::applicable_dependencies;
+    use crate::python::spec::requirements::parse_file;
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let p = dir.join(name);

@@ -23,9 +23,9 @@ use reqwest::blocking::Client;
 use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
 
-use super::target::normalise_name;
 use crate::http::{self, redact, BodyError, DeclaredSize, Failure, Problem, RetryPolicy, Stop};
-use crate::image::store::readable_file;
+use crate::image::store::{readable_file, sha256_stream};
+use crate::python::spec::{normalise_name, same_version};
 
 /// The default index, as pip has it.
 pub const DEFAULT_INDEX_URL: &str = "https://pypi.org/simple/";
@@ -362,13 +362,12 @@ fn parse_filename(filename: &str) -> Option<FileName> {
     })
 }
 
-/// Versions are equal as PEP 440 has it (`1.0` == `1.0.0`), or, for strings
-/// that are not PEP 440, equal once normalised as names are.
-fn same_version(a: &str, b: &str) -> bool {
-    match (Version::from_str(a), Version::from_str(b)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => normalise_name(a) == normalise_name(b),
-    }
+/// Whether a file name's version is `version`: the same PEP 440 version,
+/// or, for a legacy name's version that is not PEP 440, the same once
+/// normalised as names are.
+fn is_file_version(file_version: &str, version: &str) -> bool {
+    same_version(file_version, version)
+        .unwrap_or_else(|| normalise_name(file_version) == normalise_name(version))
 }
 
 // ---------------------------------------------------------------------------
@@ -404,7 +403,7 @@ pub fn select<'a>(
     let of_version: Vec<(&Candidate, &FileName)> = parsed
         .iter()
         .filter_map(|(c, f)| f.as_ref().map(|f| (*c, f)))
-        .filter(|(_, f)| same_version(&f.version, version))
+        .filter(|(_, f)| is_file_version(&f.version, version))
         .collect();
     if of_version.is_empty() {
         return Err(unknown_version(&parsed, package, version));
@@ -503,7 +502,7 @@ pub fn select_sdist<'a>(candidates: &'a [Candidate], version: &str) -> Option<&'
         .iter()
         .filter(|c| {
             parse_filename(&c.filename)
-                .is_some_and(|f| f.kind == FileKind::Sdist && same_version(&f.version, version))
+                .is_some_and(|f| f.kind == FileKind::Sdist && is_file_version(&f.version, version))
         })
         .min_by_key(|c| rank(c))
 }
@@ -517,10 +516,10 @@ fn unknown_version(
     for (_, name) in parsed.iter() {
         let Some(name) = name else { continue };
         let v = Version::from_str(&name.version).ok();
-        if !versions.iter().any(|(pv, s)| match (pv, &v) {
-            (Some(a), Some(b)) => a == b,
-            _ => *s == name.version,
-        }) {
+        if !versions
+            .iter()
+            .any(|(_, s)| same_version(s, &name.version).unwrap_or(*s == name.version))
+        {
             versions.push((v, name.version.clone()));
         }
     }
@@ -1160,27 +1159,9 @@ fn credentials_for(url: &str, config: &IndexConfig) -> Option<(String, Option<St
 }
 
 fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 fn local_path(url: &str) -> Option<PathBuf> {
@@ -1225,18 +1206,10 @@ fn safe_filename(name: &str) -> bool {
 
 /// sha256 (hex) and size of a local file, streamed.
 fn hash_file(path: &Path) -> Result<(String, u64), IndexError> {
-    let mut file = File::open(path).map_err(io_error(format!("cannot read {}", path.display())))?;
-    let mut writer = HashingWriter::new(io::sink());
-    io::copy(&mut file, &mut writer)
+    let (sum, size) = File::open(path)
+        .and_then(sha256_stream)
         .map_err(io_error(format!("cannot read {}", path.display())))?;
-    let (digest, size, _) = writer.finish();
-    Ok((
-        digest
-            .strip_prefix("sha256:")
-            .unwrap_or(&digest)
-            .to_string(),
-        size,
-    ))
+    Ok((hex::encode(sum), size))
 }
 
 #[cfg(test)]

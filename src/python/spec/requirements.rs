@@ -6,26 +6,25 @@
 //! What a wheel-only installer cannot honour is refused with the file, the
 //! line and what to do instead: VCS URLs other than git, editables, local
 //! paths and direct URLs that are not hashed wheels. git URLs are kept for
-//! a build from source ([`super::git_source`]).
+//! a build from source ([`crate::python::source::git`]).
 
 use std::path::{Path, PathBuf};
 
 use pep440_rs::Operator;
 use pep508_rs::{Requirement as Pep508Requirement, VersionOrUrl};
 
-use super::git_source::GitUrl;
 use super::markers;
 use super::metadata::parse_pep508;
-use super::target::normalise_name;
-use super::wheel::WheelFilename;
+use super::names::{normalised_version, PackageName};
+use crate::python::install::WheelFilename;
+use crate::python::source::GitUrl;
 
 /// One requirement line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Requirement {
     /// The distribution name as written.
     pub name: String,
-    /// PEP 503 normalised name.
-    pub normalised: String,
+    pub normalised: PackageName,
     /// Requested extras, PEP 685 normalised.
     pub extras: Vec<String>,
     /// The version specifier (normalised rendering of what was written, e.g.
@@ -859,7 +858,7 @@ fn parse_requirement(
     };
     Ok(Requirement {
         name: super::metadata::written_name(arg),
-        normalised: parsed.name.to_string(),
+        normalised: PackageName::new(parsed.name.as_ref()),
         extras: name_extras(&parsed),
         specifier,
         pinned,
@@ -902,7 +901,7 @@ fn git_requirement(
         ));
     }
     let (name, extras) = match (name, &git.egg) {
-        (Some((n, _)), Some(egg)) if normalise_name(egg) != normalise_name(&n) => {
+        (Some((n, _)), Some(egg)) if PackageName::new(egg) != PackageName::new(&n) => {
             return Err(format!(
                 "`{n} @ {}`: `#egg={egg}` names another package",
                 git.display()
@@ -925,7 +924,7 @@ fn git_requirement(
         markers::parse(m).map_err(|e| e.to_string())?;
     }
     Ok(Requirement {
-        normalised: normalise_name(&name),
+        normalised: PackageName::new(&name),
         name,
         extras,
         specifier: String::new(),
@@ -964,7 +963,7 @@ fn url_requirement(
     }
     let path = url.split(['?', '#']).next().unwrap_or(&url);
     let filename = path.rsplit('/').next().unwrap_or(path);
-    let filename = percent_decode(filename);
+    let filename = percent_encoding::percent_decode_str(filename).decode_utf8_lossy();
     let wheel = WheelFilename::parse(&filename).map_err(|_| {
         format!(
             "`{url}` is not a wheel: direct URLs must point to a .whl file (sdists need a \
@@ -977,10 +976,10 @@ fn url_requirement(
              fragment"
         ));
     }
-    let wheel_norm = normalise_name(&wheel.name);
+    let wheel_norm = PackageName::new(&wheel.name);
     let (name, extras) = match name {
         Some((n, e)) => {
-            if normalise_name(&n) != wheel_norm {
+            if PackageName::new(&n) != wheel_norm {
                 return Err(format!(
                     "`{n} @ {url}`: the wheel is for `{}`, not `{n}`",
                     wheel.name
@@ -993,13 +992,9 @@ fn url_requirement(
     if let Some(m) = marker {
         markers::parse(m).map_err(|e| e.to_string())?;
     }
-    let version = wheel
-        .version
-        .parse::<pep440_rs::Version>()
-        .map(|v| v.to_string())
-        .unwrap_or(wheel.version.clone());
+    let version = normalised_version(&wheel.version);
     Ok(Requirement {
-        normalised: normalise_name(&name),
+        normalised: PackageName::new(&name),
         name,
         extras,
         specifier: String::new(),
@@ -1011,25 +1006,6 @@ fn url_requirement(
         file: file.to_path_buf(),
         line,
     })
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

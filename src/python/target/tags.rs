@@ -8,8 +8,8 @@
 
 use std::collections::HashMap;
 
-use super::target::Target;
-use super::wheel::WheelFilename;
+use super::Target;
+use crate::python::install::WheelFilename;
 
 /// Legacy manylinux aliases, by the glibc version they stand for.
 const LEGACY_MANYLINUX: [((u32, u32), &str); 3] = [
@@ -128,14 +128,6 @@ impl TagIndex {
     /// The priority of one "py-abi-plat" tag, if compatible.
     pub fn get(&self, tag: &str) -> Option<usize> {
         self.0.get(tag).copied()
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 }
 

@@ -31,11 +31,12 @@ use std::path::{Path, PathBuf};
 use dallinger_oci_layers::{Content, LayerError, LayerTree, Node};
 use sha2::{Digest as _, Sha256};
 
-use super::target::Target;
 use super::wheel::{
     record_hash, write_record, DistInfo, RecordRow, ScriptEntry, WheelArchive, WheelError,
     WheelFilename, MAX_METADATA_FILE,
 };
+use crate::image::store::sha256_stream;
+use crate::python::target::Target;
 
 /// What `INSTALLER` says.
 pub const INSTALLER: &str = "dallinger-oci\n";
@@ -267,7 +268,7 @@ fn extract(wheel: &Path, unpack_cache: &Path) -> Result<Found, InstallError> {
         source,
     };
     let file = File::open(wheel).map_err(read_err)?;
-    let sha = hex::encode(sha256_of(file).map_err(read_err)?);
+    let sha = hex::encode(sha256_stream(file).map_err(read_err)?.0);
     let unpack_cache = std::path::absolute(unpack_cache).map_err(|e| cache_err(unpack_cache, e))?;
     let entry = unpack_cache.join(&sha);
     match check_entry(&entry) {
@@ -855,20 +856,7 @@ fn is_canonical_sha256(hash: &str) -> bool {
 }
 
 fn hash_file(path: &Path) -> io::Result<String> {
-    Ok(record_hash(&sha256_of(File::open(path)?)?))
-}
-
-fn sha256_of(mut reader: impl Read) -> io::Result<Vec<u8>> {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 << 10];
-    loop {
-        match reader.read(&mut buf) {
-            Ok(0) => return Ok(hasher.finalize().to_vec()),
-            Ok(n) => hasher.update(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
+    Ok(record_hash(&File::open(path).and_then(sha256_stream)?.0))
 }
 
 /// pip's `fix_script` rule: the first line starts with exactly `#!python`

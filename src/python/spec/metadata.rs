@@ -1,11 +1,12 @@
-//! Core metadata (`METADATA` / PEP 658 `.metadata`): the `Requires-Dist`
+//! Core metadata (`METADATA` / PEP 658 `.metadata`): the RFC 822 style
+//! header block it is written in (as `WHEEL` is), the `Requires-Dist`
 //! entries, which of them apply on the target, and `Requires-Python`.
 
 use pep440_rs::{Version, VersionSpecifiers};
 use pep508_rs::{Requirement as Pep508Requirement, VersionOrUrl};
 
 use super::markers::{self, MarkerEnv, MarkerError};
-use super::target::normalise_name;
+use super::names::{normalise_name, PackageName};
 
 /// Errors from reading core metadata.
 #[derive(Debug, thiserror::Error)]
@@ -23,8 +24,7 @@ pub enum MetadataError {
 pub struct Dependency {
     /// As written in `Requires-Dist`.
     pub name: String,
-    /// PEP 503 normalised.
-    pub normalised: String,
+    pub normalised: PackageName,
     /// PEP 685 normalised extras requested of the dependency.
     pub extras: Vec<String>,
     /// Version specifier, normalised rendering (e.g. ">=4.0.3"); "" for any.
@@ -50,40 +50,80 @@ impl Dependency {
     }
 }
 
-/// The header fields of a metadata document (RFC 822 style): everything up
-/// to the first empty line; continuation lines (starting with whitespace)
-/// fold into the previous field with one space, as
-/// [`super::wheel::parse_headers`] (the installer's reading) unfolds them,
-/// so both read a document's fields alike. Lines that are not fields are
-/// skipped here, where the installer refuses the file.
-fn headers(metadata_text: &str) -> Vec<(String, String)> {
-    let mut out: Vec<(String, Vec<&str>)> = Vec::new();
-    for line in metadata_text.split('\n') {
-        let line = line.strip_suffix('\r').unwrap_or(line);
+/// Parses the header block of an RFC 822 style file (everything before the
+/// first empty line): `Name: value` lines, with continuation lines (starting
+/// with a space or tab) unfolded into the value. Returns the fields in order;
+/// a field may repeat. The one reading of `METADATA`, `PKG-INFO` and
+/// `WHEEL`.
+pub(crate) fn parse_headers(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut fields: Vec<(String, String)> = Vec::new();
+    for (n, raw) in text.split('\n').enumerate() {
+        let line = raw.strip_suffix('\r').unwrap_or(raw);
         if line.is_empty() {
             break;
         }
         if line.starts_with([' ', '\t']) {
-            if let Some((_, lines)) = out.last_mut() {
-                lines.push(line.trim());
+            match fields.last_mut() {
+                Some((_, value)) => {
+                    value.push('\n');
+                    value.push_str(line);
+                }
+                None => {
+                    return Err(format!(
+                        "line {}: a continuation line before any field",
+                        n + 1
+                    ))
+                }
             }
             continue;
         }
-        if let Some((key, value)) = line.split_once(':') {
-            out.push((key.to_string(), vec![value.trim()]));
+        let Some((name, value)) = line.split_once(':') else {
+            return Err(format!(
+                "line {}: {line:?} is not a `Name: value` field",
+                n + 1
+            ));
+        };
+        if name.is_empty() || name.contains([' ', '\t']) {
+            return Err(format!("line {}: invalid field name {name:?}", n + 1));
         }
+        fields.push((name.to_string(), value.to_string()));
     }
-    out.into_iter()
-        .map(|(key, lines)| (key, lines.join(" ").trim().to_string()))
+    // Values lose the whitespace around them; folded values keep one space
+    // per fold, as email's unfolding does.
+    Ok(fields
+        .into_iter()
+        .map(|(name, value)| {
+            let unfolded: Vec<&str> = value.split('\n').map(str::trim).collect();
+            (name, unfolded.join(" ").trim().to_string())
+        })
+        .collect())
+}
+
+/// The first value of field `name` (case-insensitive).
+pub(crate) fn header<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// Every value of field `name` (case-insensitive), in order.
+pub(crate) fn headers_all<'a>(fields: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    fields
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
         .collect()
 }
 
-/// All values of header `name` (case-insensitive), in order.
+/// All values of header `name` (case-insensitive), in order, read as the
+/// installer reads them ([`parse_headers`]); a document whose header block
+/// does not parse has none (the installer refuses it).
 pub fn header_values(metadata_text: &str, name: &str) -> Vec<String> {
-    headers(metadata_text)
+    let fields = parse_headers(metadata_text).unwrap_or_default();
+    headers_all(&fields, name)
         .into_iter()
-        .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v)
+        .map(str::to_string)
         .collect()
 }
 
@@ -135,7 +175,7 @@ pub fn applicable_dependencies(
         };
         let dep = Dependency {
             name: written_name(entry),
-            normalised: req.name.to_string(),
+            normalised: PackageName::new(req.name.as_ref()),
             extras: req.extras.iter().map(|e| e.to_string()).collect(),
             specifier,
             url,
@@ -147,15 +187,17 @@ pub fn applicable_dependencies(
     Ok(out)
 }
 
-/// [`applicable_dependencies`] as (normalised name, extras) pairs.
-pub fn applicable_names(
+/// [`applicable_dependencies`] as (normalised name, extras) pairs, for the
+/// tests.
+#[cfg(test)]
+fn applicable_names(
     requires_dist: &[String],
     extras: &[String],
     env: &MarkerEnv,
 ) -> Result<Vec<(String, Vec<String>)>, MetadataError> {
     Ok(applicable_dependencies(requires_dist, extras, env)?
         .into_iter()
-        .map(|d| (d.normalised, d.extras))
+        .map(|d| (d.normalised.into_string(), d.extras))
         .collect())
 }
 
@@ -347,13 +389,13 @@ Requires-Dist: not-a-header\r\n";
         assert_eq!(header_values(REDIS, "name"), vec!["redis"]);
         let folded = "Name: x\nDescription: a\n  b\n       |c\nRequires-Dist: y\n";
         assert_eq!(requires_dist(folded), vec!["y"]);
-        // Folded as the installer folds them (wheel::parse_headers).
+        // Folded as the installer folds them (one parse_headers).
         for text in [
             "Name: x\nRequires-Dist: a==1\n\t\nVersion: 1\n",
             "Name: x\nRequires-Dist: a\n  >=1 ;\n python_version > '3'\nVersion: 1\n",
             "Name: x\nVersion: 1\n\rRequires-Dist: y\n",
         ] {
-            let installer = crate::python::wheel::CoreMetadata::parse("METADATA", text).unwrap();
+            let installer = crate::python::install::CoreMetadata::parse("METADATA", text).unwrap();
             assert_eq!(requires_dist(text), installer.requires_dist, "{text:?}");
         }
     }

@@ -1,0 +1,11 @@
+//! The package index: a project's files listed from PEP 691 indexes and
+//! `--find-links` directories, the wheel chosen for the target, and fetched,
+//! verified by sha256, into the wheel cache.
+
+mod client;
+
+pub(crate) use client::select_sdist;
+pub use client::{
+    fetch, fetch_all, http_client, list_files, select, Candidate, IndexConfig, IndexError,
+    SelectError, DEFAULT_INDEX_URL, SIMPLE_JSON,
+};

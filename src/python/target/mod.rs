@@ -1,0 +1,9 @@
+//! The target: the Python inside the base image and the wheel tags it
+//! accepts, read from the image, never from the host.
+
+mod interpreter;
+mod tags;
+
+pub use interpreter::{detect, InstalledDist, Target, TargetOverrides};
+pub(crate) use interpreter::{scan_layers_with, BaseFiles};
+pub(crate) use tags::{file_priority, TagIndex};
