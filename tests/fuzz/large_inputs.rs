@@ -15,7 +15,7 @@ use dallinger_oci::python::requirements::parse_file;
 use dallinger_oci::python::wheel::{parse_record, CoreMetadata};
 use dallinger_oci::registry::client::parse_challenge;
 use dallinger_oci::registry::reference::Reference;
-use dallinger_oci_layers::gzip_existing_tar;
+use dallinger_oci_layers::{compress_existing_tar, Codec};
 
 const MIB: usize = 1 << 20;
 
@@ -177,6 +177,8 @@ fn tar_import() {
                 .unwrap();
         }
         let bytes = builder.into_inner().unwrap();
-        assert!(gzip_existing_tar("big.tar", &bytes[..], std::io::sink(), 2).is_ok());
+        assert!(
+            compress_existing_tar("big.tar", &bytes[..], std::io::sink(), Codec::Gzip, 2).is_ok()
+        );
     });
 }
