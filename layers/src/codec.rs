@@ -14,8 +14,8 @@ pub enum Codec {
     /// Deflate in 1 MiB blocks, one gzip member: what every engine pulls.
     #[default]
     Gzip,
-    /// 4 MiB zstd frames at level 3: smaller, several times faster to make
-    /// and to read; pulled by podman 4+, docker 23+, containerd 1.5+.
+    /// 4 MiB zstd frames at level 3: a smaller layer, made about three
+    /// times faster; pulled by podman 4+, docker 23+, containerd 1.5+.
     Zstd,
 }
 
