@@ -1,21 +1,27 @@
-//! Throughput of `LayerTree::write`: a generated in-memory tree (32 MiB of
-//! file contents: ~2,400 files of 1–16 KiB plus three of 2–6 MiB)
-//! written as a gzipped tar into `io::sink()`, with 1 and 2 gzip workers.
+//! Throughput of the layer writers, for each codec (gzip, zstd) with 1 and 2
+//! workers, into `io::sink()`:
 //!
-//! Run with `cargo bench -p dallinger-oci-layers`. Throughput is counted in
-//! bytes of file contents (tar headers and padding are not counted).
+//! - `write_32mib_tree`: `LayerTree::write` of a generated in-memory tree
+//!   (32 MiB of file contents: ~2,400 files of 1–16 KiB plus three of
+//!   2–6 MiB). Throughput is counted in bytes of file contents (tar headers
+//!   and padding are not counted). The contents are deterministic (seeded
+//!   PRNG): runs of words from a small vocabulary mixed with runs of random
+//!   bytes, which gzip -6 shrinks to roughly 40% of their size, like a mix of
+//!   source code and binaries.
+//! - `import_tar`: `compress_existing_tar` of a real tar when
+//!   `LAYER_BENCH_TAR` names one (say a Python site-packages layer, as
+//!   `zcat` of a cached dependency layer gives), else of the tree above as a
+//!   tar; counted in bytes of tar. It is read into memory once.
 //!
-//! The contents are deterministic (seeded PRNG): runs of words from a small
-//! vocabulary mixed with runs of random bytes, which gzip -6 shrinks to
-//! roughly 40% of their size, like a mix of source code and binaries.
-//!
-//! The size is kept small so one sample at 1 worker takes well under a
-//! second even on a slow core (zlib-rs at level 6 does ~60 MB/s per core).
+//! Run with `cargo bench -p dallinger-oci-layers`; the compressed size of each
+//! input with each codec is printed first. The generated tree is kept small
+//! so one sample at 1 worker takes well under a second even on a slow core
+//! (zlib-rs at level 6 does ~60 MB/s per core).
 
-use std::io;
+use std::io::{self, Read};
 use std::sync::LazyLock;
 
-use dallinger_oci_layers::{Content, LayerTree, WriteOptions};
+use dallinger_oci_layers::{compress_existing_tar, Codec, Content, LayerTree, WriteOptions};
 use divan::counter::BytesCount;
 use divan::Bencher;
 
@@ -124,10 +130,13 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
     }
 });
 
-#[divan::bench(args = [1, 2], sample_count = 3, sample_size = 1)]
-fn write_32mib_tree(bencher: Bencher, workers: usize) {
+fn write_tree(bencher: Bencher, codec: Codec, workers: usize) {
     let fixture = &*FIXTURE;
-    let options = WriteOptions { mtime: 0, workers };
+    let options = WriteOptions {
+        mtime: 0,
+        workers,
+        codec,
+    };
     bencher
         .counter(BytesCount::new(fixture.content_bytes))
         .bench(|| {
@@ -139,28 +148,103 @@ fn write_32mib_tree(bencher: Bencher, workers: usize) {
         });
 }
 
-/// Prints the fixture's shape and gzip ratio once (this write also warms the
-/// fixture up), except when only listing or smoke-testing the benches.
-fn print_fixture_stats() {
-    let fixture = &*FIXTURE;
-    let (digests, _) = fixture
-        .tree
-        .write(
-            &WriteOptions {
+mod write_32mib_tree {
+    use super::*;
+
+    #[divan::bench(args = [1, 2], sample_count = 3, sample_size = 1)]
+    fn gzip(bencher: Bencher, workers: usize) {
+        write_tree(bencher, Codec::Gzip, workers);
+    }
+
+    #[divan::bench(args = [1, 2], sample_count = 3, sample_size = 1)]
+    fn zstd(bencher: Bencher, workers: usize) {
+        write_tree(bencher, Codec::Zstd, workers);
+    }
+}
+
+/// The tar `import_tar` compresses: `LAYER_BENCH_TAR`'s, or the tree's.
+static TAR: LazyLock<(String, Vec<u8>)> =
+    LazyLock::new(|| match std::env::var("LAYER_BENCH_TAR") {
+        Ok(path) => {
+            let tar =
+                std::fs::read(&path).unwrap_or_else(|e| panic!("LAYER_BENCH_TAR={path}: {e}"));
+            (path, tar)
+        }
+        Err(_) => {
+            let options = WriteOptions {
                 mtime: 0,
                 workers: 0,
-            },
-            io::sink(),
-        )
-        .expect("layer written");
+                codec: Codec::Gzip,
+            };
+            let (_, gz) = FIXTURE
+                .tree
+                .write(&options, Vec::new())
+                .expect("layer written");
+            let mut tar = Vec::new();
+            Codec::Gzip
+                .decoder(&gz[..])
+                .read_to_end(&mut tar)
+                .expect("own layer reads back");
+            ("the generated tree".into(), tar)
+        }
+    });
+
+fn import(bencher: Bencher, codec: Codec, workers: usize) {
+    let tar = &TAR.1;
+    bencher.counter(BytesCount::new(tar.len())).bench(|| {
+        compress_existing_tar("bench.tar", &tar[..], io::sink(), codec, workers)
+            .expect("tar imported")
+            .0
+    });
+}
+
+mod import_tar {
+    use super::*;
+
+    #[divan::bench(args = [1, 2], sample_count = 3, sample_size = 1)]
+    fn gzip(bencher: Bencher, workers: usize) {
+        import(bencher, Codec::Gzip, workers);
+    }
+
+    #[divan::bench(args = [1, 2], sample_count = 3, sample_size = 1)]
+    fn zstd(bencher: Bencher, workers: usize) {
+        import(bencher, Codec::Zstd, workers);
+    }
+}
+
+/// Prints each input's shape and compressed size per codec once (these
+/// writes also warm the fixtures up), except when only listing or
+/// smoke-testing the benches.
+fn print_fixture_stats() {
+    let fixture = &*FIXTURE;
     eprintln!(
-        "tree: {} entries, {} content bytes, tar {} bytes, gzip {} bytes (ratio {:.3})",
+        "tree: {} entries, {} content bytes",
         fixture.tree.len(),
         fixture.content_bytes,
-        digests.uncompressed_size,
-        digests.size,
-        digests.size as f64 / digests.uncompressed_size as f64,
     );
+    let (name, tar) = &*TAR;
+    eprintln!("import_tar input: {name}, {} bytes", tar.len());
+    for codec in Codec::ALL {
+        let options = WriteOptions {
+            mtime: 0,
+            workers: 0,
+            codec,
+        };
+        let (tree, _) = fixture
+            .tree
+            .write(&options, io::sink())
+            .expect("layer written");
+        let (imported, _) = compress_existing_tar("bench.tar", &tar[..], io::sink(), codec, 0)
+            .expect("tar imported");
+        for (what, d) in [("tree", tree), ("import_tar input", imported)] {
+            eprintln!(
+                "{what}: tar {} bytes, {codec} {} bytes (ratio {:.3})",
+                d.uncompressed_size,
+                d.size,
+                d.size as f64 / d.uncompressed_size as f64,
+            );
+        }
+    }
 }
 
 fn main() {

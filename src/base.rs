@@ -7,7 +7,7 @@ use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use dallinger_oci_layers::{gzip_existing_tar, COMPRESSOR_ID, MEDIA_TYPE_GZIP_LAYER};
+use dallinger_oci_layers::{compress_existing_tar, Codec};
 use serde_json::{json, Value};
 
 use crate::image::store::{BlobStore, StoredLayer};
@@ -178,7 +178,7 @@ pub fn layers_of(
                         .context("a layer has no size")?,
                     media_type: field("mediaType")
                         .and_then(Value::as_str)
-                        .unwrap_or(MEDIA_TYPE_GZIP_LAYER)
+                        .unwrap_or(Codec::Gzip.media_type())
                         .to_string(),
                 },
                 annotations: field("annotations")
@@ -197,21 +197,23 @@ fn from_rootfs(file: &Path, store: &BlobStore, platform: &str, epoch: u64) -> Re
         bail!("base rootfs:{} is not a file", file.display());
     }
     let content = store.file_digest(file)?;
+    let codec = Codec::Gzip;
     let key = format!(
         "rootfs-{}-{}",
         &content["sha256:".len()..],
-        short_hash(COMPRESSOR_ID)
+        short_hash(codec.compressor_id())
     );
     let blob = match store.cached_layer(&key) {
         Some(layer) => layer,
         None => {
             let display = file.display().to_string();
             let reader = BufReader::with_capacity(1 << 20, File::open(file)?);
-            let layer = store.put_layer_with(MEDIA_TYPE_GZIP_LAYER, |sink| {
-                Ok(gzip_existing_tar(
+            let layer = store.put_layer_with(codec.media_type(), |sink| {
+                Ok(compress_existing_tar(
                     &format!("base rootfs:{display}"),
                     reader,
                     sink,
+                    codec,
                     0,
                 )?)
             })?;

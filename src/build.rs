@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use anyhow::{bail, Context, Result};
-use dallinger_oci_layers::{Content, LayerTree, WriteOptions, MEDIA_TYPE_GZIP_LAYER};
+use dallinger_oci_layers::{Codec, Content, LayerTree, WriteOptions};
 
 use crate::base::{self, BaseRef};
 use crate::experiment::{Experiment, FileKind, LoadOptions};
@@ -392,6 +392,7 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
     let options = WriteOptions {
         mtime: request.epoch,
         workers: 0,
+        codec: Codec::Gzip,
     };
     // Debian packages sit right on the base: system libraries change less
     // often than Python pins, and wheels may load them.
@@ -821,8 +822,9 @@ fn layer_from_cache_or_write(
     if let Some(layer) = store.cached_layer(&key) {
         return Ok((layer, true));
     }
-    let layer =
-        store.put_layer_with(MEDIA_TYPE_GZIP_LAYER, |sink| Ok(tree.write(options, sink)?))?;
+    let layer = store.put_layer_with(options.codec.media_type(), |sink| {
+        Ok(tree.write(options, sink)?)
+    })?;
     store.remember_layer(&key, &layer)?;
     Ok((layer, false))
 }

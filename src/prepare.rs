@@ -12,9 +12,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use dallinger_oci_layers::{
-    Content, LayerTree, WriteOptions, COMPRESSOR_ID, MEDIA_TYPE_GZIP_LAYER,
-};
+use dallinger_oci_layers::{Content, LayerTree, WriteOptions};
 
 use crate::image::store::{sha256_digest, BlobStore};
 use crate::image::{config_env, unpack, ImageLayer};
@@ -60,7 +58,8 @@ pub struct PrepareRequest<'a> {
 /// script ran on the same layers before; and whether it was reused.
 pub fn prepare_layer(store: &BlobStore, request: &PrepareRequest) -> Result<(ImageLayer, bool)> {
     let mut key = format!(
-        "prepare/1\n{COMPRESSOR_ID}\n{}\n{}\n{}\n{}\n",
+        "prepare/1\n{}\n{}\n{}\n{}\n{}\n",
+        request.options.codec.compressor_id(),
         request.options.mtime,
         request.network,
         sha256_digest(request.script),
@@ -146,7 +145,7 @@ pub fn prepare_layer(store: &BlobStore, request: &PrepareRequest) -> Result<(Ima
         );
     }
     let tree = changes_as_layer(&upper, request)?;
-    let blob = store.put_layer_with(MEDIA_TYPE_GZIP_LAYER, |sink| {
+    let blob = store.put_layer_with(request.options.codec.media_type(), |sink| {
         Ok(tree.write(request.options, sink)?)
     })?;
     store.remember_layer(&key, &blob)?;

@@ -214,6 +214,7 @@ fn installs_like_pip() {
     let options = WriteOptions {
         mtime: 946_684_800,
         workers: 2,
+        codec: dallinger_oci_layers::Codec::Gzip,
     };
     println!("install_wheel: {:.1} s", started.elapsed().as_secs_f32());
     let started = std::time::Instant::now();

@@ -1,7 +1,8 @@
-//! Writes a directory as a deterministic gzipped layer and prints its digests.
+//! Writes a directory as a deterministic compressed layer and prints its
+//! digests.
 //!
 //! ```text
-//! write_layer DIR OUT.tar.gz [--workers N] [--prefix P] [--mtime SECONDS]
+//! write_layer DIR OUT [--workers N] [--prefix P] [--mtime SECONDS] [--compression gzip|zstd]
 //! ```
 //!
 //! Used by `benches/bench.sh`. The layer streams to OUT through a `BufWriter`,
@@ -14,13 +15,13 @@ use std::io::{BufWriter, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use dallinger_oci_layers::{Content, LayerTree, WriteOptions};
+use dallinger_oci_layers::{Codec, Content, LayerTree, WriteOptions};
 use walkdir::WalkDir;
 
 type Res<T> = Result<T, Box<dyn Error>>;
 
-const USAGE: &str =
-    "usage: write_layer DIR OUT.tar.gz [--workers N] [--prefix P] [--mtime SECONDS]";
+const USAGE: &str = "usage: write_layer DIR OUT [--workers N] [--prefix P] [--mtime SECONDS] \
+                     [--compression gzip|zstd]";
 
 struct Args {
     dir: PathBuf,
@@ -28,6 +29,7 @@ struct Args {
     workers: usize,
     prefix: String,
     mtime: u64,
+    codec: Codec,
 }
 
 fn parse_args() -> Res<Args> {
@@ -35,6 +37,7 @@ fn parse_args() -> Res<Args> {
     let mut workers = 0;
     let mut prefix = String::new();
     let mut mtime = 0;
+    let mut codec = Codec::Gzip;
     let mut args = std::env::args_os().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| -> Res<String> {
@@ -49,6 +52,7 @@ fn parse_args() -> Res<Args> {
                     .map_err(|e| format!("--workers: {e}"))?
             }
             Some("--prefix") => prefix = value("--prefix")?,
+            Some("--compression") => codec = value("--compression")?.parse()?,
             Some("--mtime") => {
                 mtime = value("--mtime")?
                     .parse()
@@ -73,6 +77,7 @@ fn parse_args() -> Res<Args> {
         workers,
         prefix: prefix.trim_matches('/').to_string(),
         mtime,
+        codec,
     })
 }
 
@@ -142,6 +147,7 @@ fn run() -> Res<()> {
     let options = WriteOptions {
         mtime: args.mtime,
         workers: args.workers,
+        codec: args.codec,
     };
     let sink = BufWriter::with_capacity(1 << 20, File::create(&args.out)?);
     let (digests, sink) = tree.write(&options, sink)?;

@@ -1,11 +1,10 @@
 //! Turning an existing tar (a root filesystem from mmdebstrap, say) into a
-//! layer: its entries are checked, its bytes kept as they are, then gzipped.
+//! layer: its entries are checked, its bytes kept as they are, then compressed.
 
 use std::io::{self, Read, Write};
 
 use crate::digest::{HashingWriter, LayerDigests};
-use crate::pargz::ParallelGzWriter;
-use crate::LayerError;
+use crate::{Codec, LayerError};
 
 /// Copies everything read from `inner` into `copy` as well.
 struct TeeReader<R, W> {
@@ -21,24 +20,27 @@ impl<R: Read, W: Write> Read for TeeReader<R, W> {
     }
 }
 
-/// Validates the tar read from `source` and writes it, unchanged, gzipped to
-/// `sink`, in one pass. `name` is used in error messages only.
+/// Validates the tar read from `source` and writes it, unchanged, compressed
+/// with `codec` to `sink`, in one pass. `name` is used in error messages only.
 ///
 /// Refused: data that is not a tar, an empty archive, any entry or hard
 /// link whose path climbs out of the root with `..`, and anything but zeros
 /// after the end of the archive (a reader that skips zero blocks, `tar -i`,
 /// would unpack entries hidden there, which were never checked). Absolute
 /// paths are kept, as every runtime resolves them against the layer root.
-pub fn gzip_existing_tar<R: Read, W: Write>(
+pub fn compress_existing_tar<R: Read, W: Write>(
     name: &str,
     source: R,
     sink: W,
+    codec: Codec,
     workers: usize,
 ) -> Result<(LayerDigests, W), LayerError> {
     let bad = |why: String| LayerError::BadTar(format!("{name}: {why}"));
     let compressed = HashingWriter::new(sink);
-    let gz = ParallelGzWriter::new(compressed, workers).map_err(LayerError::Write)?;
-    let uncompressed = HashingWriter::new(gz);
+    let encoder = codec
+        .encoder(compressed, workers)
+        .map_err(LayerError::Write)?;
+    let uncompressed = HashingWriter::new(encoder);
     let mut tee = TeeReader {
         inner: source,
         copy: uncompressed,
@@ -87,8 +89,8 @@ pub fn gzip_existing_tar<R: Read, W: Write>(
             ));
         }
     }
-    let (diff_id, uncompressed_size, gz) = tee.copy.finish();
-    let compressed = gz.finish().map_err(LayerError::Write)?;
+    let (diff_id, uncompressed_size, encoder) = tee.copy.finish();
+    let compressed = encoder.finish().map_err(LayerError::Write)?;
     let (digest, size, sink) = compressed.finish();
     Ok((
         LayerDigests {
@@ -135,15 +137,20 @@ mod tests {
     #[test]
     fn keeps_bytes_and_refuses_escapes() {
         let good = tar_with("./etc/hostname");
-        let (digests, gz) = gzip_existing_tar("good.tar", &good[..], Vec::new(), 2).unwrap();
-        let mut back = Vec::new();
-        flate2::read::GzDecoder::new(&gz[..])
-            .read_to_end(&mut back)
-            .unwrap();
-        assert_eq!(back, good);
-        assert_eq!(digests.uncompressed_size, good.len() as u64);
+        for codec in Codec::ALL {
+            let (digests, blob) =
+                compress_existing_tar("good.tar", &good[..], Vec::new(), codec, 2).unwrap();
+            let mut back = Vec::new();
+            codec.decoder(&blob[..]).read_to_end(&mut back).unwrap();
+            assert_eq!(back, good, "{codec}");
+            assert_eq!(digests.uncompressed_size, good.len() as u64);
+            assert_eq!(digests.size, blob.len() as u64);
+        }
+        let gzip = |name: &str, tar: &[u8]| {
+            compress_existing_tar(name, tar, Vec::new(), Codec::Gzip, 1).map(|_| ())
+        };
 
-        let err = gzip_existing_tar("bad.tar", &tar_with("../etc/passwd")[..], Vec::new(), 1)
+        let err = gzip("bad.tar", &tar_with("../etc/passwd"))
             .unwrap_err()
             .to_string();
         assert!(err.contains("bad.tar") && err.contains(".."), "{err}");
@@ -153,9 +160,7 @@ mod tests {
             let mut hidden = good[..512 + 512].to_vec();
             hidden.extend(std::iter::repeat_n(0u8, zeros));
             hidden.extend_from_slice(&tar_with("../etc/passwd"));
-            let err = gzip_existing_tar("hidden.tar", &hidden[..], Vec::new(), 1)
-                .unwrap_err()
-                .to_string();
+            let err = gzip("hidden.tar", &hidden).unwrap_err().to_string();
             assert!(
                 err.starts_with("hidden.tar: data follows the end of the archive"),
                 "{err}"
@@ -164,9 +169,9 @@ mod tests {
         // Zeros up to a whole record are padding.
         let mut padded = good.clone();
         padded.resize(10240, 0);
-        gzip_existing_tar("padded.tar", &padded[..], Vec::new(), 1).unwrap();
+        gzip("padded.tar", &padded).unwrap();
 
-        let err = gzip_existing_tar("text.tar", &b"hello, not a tar\n"[..], Vec::new(), 1)
+        let err = gzip("text.tar", b"hello, not a tar\n")
             .unwrap_err()
             .to_string();
         assert!(err.contains("not a"), "{err}");

@@ -1,21 +1,24 @@
 //! Deterministic container image layers: sorted tar entries with normalised
-//! metadata, gzipped identically on every machine, hashed as they stream.
+//! metadata, compressed (gzip or zstd, see [`Codec`]) identically on every
+//! machine and for any thread count, hashed as they stream; and the one
+//! reader of layer blobs by media type ([`open_layer`]).
 
+mod codec;
 mod digest;
+mod encoder;
+mod gzip;
 mod import;
-mod pargz;
 mod tree;
+mod zstd;
 
 use std::io;
 use std::path::{Path, PathBuf};
 
+pub use codec::{layer_codec, open_layer, Codec, UnknownCodec};
 pub use digest::{HashingWriter, LayerDigests};
-pub use import::gzip_existing_tar;
-pub use pargz::{ParallelGzWriter, BLOCK_SIZE, COMPRESSOR_ID, LEVEL};
+pub use encoder::Encoder;
+pub use import::compress_existing_tar;
 pub use tree::{Content, LayerTree, Node, WriteOptions};
-
-/// Media type of every layer this crate writes.
-pub const MEDIA_TYPE_GZIP_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {
@@ -29,6 +32,11 @@ pub enum LayerError {
     Changed { path: PathBuf },
     #[error("{0}")]
     BadTar(String),
+    #[error(
+        "media type {0:?} is not a layer type this tool can read (plain tar, gzip or zstd): \
+         use another base image"
+    )]
+    MediaType(String),
     #[error("writing the layer failed: {0}")]
     Write(#[source] io::Error),
 }

@@ -8,8 +8,7 @@ use std::path::PathBuf;
 use sha2::{Digest as _, Sha256};
 
 use crate::digest::{HashingWriter, LayerDigests};
-use crate::pargz::ParallelGzWriter;
-use crate::LayerError;
+use crate::{Codec, LayerError};
 
 /// Where a regular file's bytes come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,8 +32,11 @@ pub enum Node {
 pub struct WriteOptions {
     /// Every entry's mtime (seconds since the Unix epoch).
     pub mtime: u64,
-    /// Gzip worker threads; 0 means one per core. Never changes the bytes.
+    /// Compression worker threads; 0 means one per core. Never changes the
+    /// bytes.
     pub workers: usize,
+    /// How the tar is compressed. Part of [`LayerTree::input_key`].
+    pub codec: Codec,
 }
 
 /// A layer's entries keyed by their path inside the image, without leading or
@@ -45,8 +47,8 @@ pub struct LayerTree {
     nodes: BTreeMap<String, Node>,
 }
 
-/// Bumped whenever the tar or gzip format changes, so cached layers made by
-/// an older writer are not reused.
+/// Bumped whenever the tar format changes, so cached layers made by an older
+/// writer are not reused (a codec's changes change its compressor id).
 const FORMAT_VERSION: &str = "dallinger-oci-layers/1";
 
 impl LayerTree {
@@ -157,13 +159,14 @@ impl LayerTree {
     }
 
     /// A digest of everything that determines the layer's bytes: paths,
-    /// kinds, modes, contents, link targets, the mtime and the format version.
+    /// kinds, modes, contents, link targets, the mtime, the format version and
+    /// the codec's compressor id.
     /// Reads every file once. Equal keys mean equal layers, so a cached blob
     /// can be reused without writing the tar again.
     pub fn input_key(&self, options: &WriteOptions) -> Result<String, LayerError> {
         let mut hasher = Sha256::new();
         hasher.update(FORMAT_VERSION.as_bytes());
-        hasher.update(crate::pargz::COMPRESSOR_ID.as_bytes());
+        hasher.update(options.codec.compressor_id().as_bytes());
         hasher.update(options.mtime.to_le_bytes());
         for (path, node) in &self.nodes {
             hasher.update(path.as_bytes());
@@ -198,21 +201,25 @@ impl LayerTree {
         Ok(hex::encode(hasher.finalize()))
     }
 
-    /// Writes the gzipped tar to `sink` and returns its digests.
+    /// Writes the tar, compressed with `options.codec`, to `sink` and returns
+    /// its digests. The blob's media type is `options.codec.media_type()`.
     pub fn write<W: Write>(
         &self,
         options: &WriteOptions,
         sink: W,
     ) -> Result<(LayerDigests, W), LayerError> {
         let compressed = HashingWriter::new(sink);
-        let gz = ParallelGzWriter::new(compressed, options.workers).map_err(LayerError::Write)?;
-        let mut tar = tar::Builder::new(HashingWriter::new(gz));
+        let encoder = options
+            .codec
+            .encoder(compressed, options.workers)
+            .map_err(LayerError::Write)?;
+        let mut tar = tar::Builder::new(HashingWriter::new(encoder));
         for (path, node) in &self.nodes {
             self.append(&mut tar, path, node, options.mtime)?;
         }
         let uncompressed = tar.into_inner().map_err(LayerError::Write)?;
-        let (diff_id, uncompressed_size, gz) = uncompressed.finish();
-        let compressed = gz.finish().map_err(LayerError::Write)?;
+        let (diff_id, uncompressed_size, encoder) = uncompressed.finish();
+        let compressed = encoder.finish().map_err(LayerError::Write)?;
         let (digest, size, sink) = compressed.finish();
         Ok((
             LayerDigests {
@@ -387,6 +394,84 @@ mod tests {
         WriteOptions {
             mtime: 946_684_800,
             workers: 2,
+            codec: Codec::Gzip,
+        }
+    }
+
+    /// A fixed tree of about 9.5 MiB (several gzip blocks, three zstd
+    /// frames): text-like files, an executable, a symlink, a long name and
+    /// a large file of mixed text and noise.
+    fn golden_tree() -> LayerTree {
+        let mut state = 0x00da_1119_e0c1_u64;
+        let mut bytes = |len: usize, text: bool| -> Vec<u8> {
+            (0..len)
+                .map(|i| {
+                    state = state
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1_442_695_040_888_963_407);
+                    let r = (state >> 33) as u8;
+                    if text || i % 11 < 6 {
+                        b"def return self import layer\n    "[r as usize % 33]
+                    } else {
+                        r
+                    }
+                })
+                .collect()
+        };
+        let mut tree = LayerTree::new();
+        for i in 0..40 {
+            let path = format!("srv/app/pkg{}/module{i:02}.py", i % 4);
+            tree.add_file(
+                &path,
+                Content::Bytes(bytes(20_000 + 997 * i, true)),
+                i % 9 == 0,
+            )
+            .unwrap();
+        }
+        tree.add_file(
+            &format!("srv/{}/deep.txt", "long".repeat(40)),
+            Content::Bytes(bytes(3000, true)),
+            false,
+        )
+        .unwrap();
+        tree.add_file(
+            "opt/data/blob.bin",
+            Content::Bytes(bytes(8 << 20, false)),
+            false,
+        )
+        .unwrap();
+        tree.add_symlink("usr/bin/app", "../../srv/app/pkg0/module00.py")
+            .unwrap();
+        tree
+    }
+
+    /// The bytes of each codec, pinned. The gzip digest is the one the
+    /// writer gave before it had a codec; the zstd one is that format's
+    /// first. Update one only for a deliberate format change (which must
+    /// change its compressor id too), and say why in the commit.
+    #[test]
+    fn golden_digests() {
+        let tree = golden_tree();
+        for (codec, digest) in [
+            (
+                Codec::Gzip,
+                "sha256:f944af5aa7c762103cdc703e361124b3eb616dba65844c2a805042df1a8bc0dd",
+            ),
+            (
+                Codec::Zstd,
+                "sha256:c4e4438d00c0d607f696f38542a0393a87fe033b2ec6c26417d29dcf164a8c90",
+            ),
+        ] {
+            for workers in [1, 2, 4] {
+                let options = WriteOptions {
+                    workers,
+                    codec,
+                    ..options()
+                };
+                let (digests, _) = tree.write(&options, io::sink()).unwrap();
+                assert_eq!(digests.digest, digest, "{codec} with {workers} workers");
+                assert_eq!(digests.uncompressed_size, 10_011_136);
+            }
         }
     }
 
@@ -423,6 +508,20 @@ mod tests {
             .read_to_end(&mut tar_bytes)
             .unwrap();
         assert_eq!(digests.uncompressed_size, tar_bytes.len() as u64);
+        // zstd holds the same tar.
+        let zstd = WriteOptions {
+            codec: Codec::Zstd,
+            ..options()
+        };
+        let (zstd_digests, zstd_bytes) = tree.write(&zstd, Vec::new()).unwrap();
+        let mut zstd_tar = Vec::new();
+        Codec::Zstd
+            .decoder(&zstd_bytes[..])
+            .read_to_end(&mut zstd_tar)
+            .unwrap();
+        assert_eq!(zstd_tar, tar_bytes);
+        assert_eq!(zstd_digests.diff_id, digests.diff_id);
+        assert_eq!(zstd_digests.size, zstd_bytes.len() as u64);
         assert_eq!(
             digests.diff_id,
             format!("sha256:{}", hex::encode(Sha256::digest(&tar_bytes)))
@@ -453,15 +552,22 @@ mod tests {
 
     #[test]
     fn same_tree_gives_same_bytes_and_key() {
-        let build = |order: &[&str]| {
+        let build = |order: &[&str], codec: Codec| {
             let mut tree = LayerTree::new();
             for name in order {
                 tree.add_file(name, Content::Bytes(name.as_bytes().to_vec()), false)
                     .unwrap();
             }
-            let key = tree.input_key(&options()).unwrap();
-            (tree.write(&options(), Vec::new()).unwrap().1, key)
+            let options = WriteOptions { codec, ..options() };
+            let key = tree.input_key(&options).unwrap();
+            (tree.write(&options, Vec::new()).unwrap().1, key)
         };
-        assert_eq!(build(&["b", "a/x", "c"]), build(&["c", "a/x", "b"]));
+        for codec in Codec::ALL {
+            let built = build(&["b", "a/x", "c"], codec);
+            assert_eq!(built, build(&["c", "a/x", "b"], codec));
+        }
+        // The codec is part of the key.
+        let gzip = build(&["a"], Codec::Gzip).1;
+        assert_ne!(gzip, build(&["a"], Codec::Zstd).1);
     }
 }

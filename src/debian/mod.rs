@@ -15,7 +15,7 @@ pub mod resolve;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use dallinger_oci_layers::{LayerTree, WriteOptions, COMPRESSOR_ID, MEDIA_TYPE_GZIP_LAYER};
+use dallinger_oci_layers::{LayerTree, WriteOptions};
 
 use crate::experiment::Experiment;
 use crate::http::RetryPolicy;
@@ -137,7 +137,8 @@ pub fn debian_layer(
             .join(", ")
     );
     let mut key = format!(
-        "{LAYER_FORMAT}\n{COMPRESSOR_ID}\n{}\n{base_key}\n",
+        "{LAYER_FORMAT}\n{}\n{}\n{base_key}\n",
+        options.codec.compressor_id(),
         options.mtime
     );
     for p in &lock.packages {
@@ -200,7 +201,9 @@ fn write_layer(
     }
     let mut tree = LayerTree::new();
     layer::add_packages(&mut tree, &debian, &debs)?;
-    store.put_layer_with(MEDIA_TYPE_GZIP_LAYER, |sink| Ok(tree.write(options, sink)?))
+    store.put_layer_with(options.codec.media_type(), |sink| {
+        Ok(tree.write(options, sink)?)
+    })
 }
 
 /// Puts the Debian section into the lock just written by the Python stage

@@ -89,14 +89,17 @@ pub fn memoised<T: serde::Serialize + serde::de::DeserializeOwned>(
 }
 
 impl ImageLayer {
-    /// A layer this tool wrote: its compressor recorded, nothing remote.
+    /// A layer this tool wrote: its compressor (which its media type names)
+    /// recorded, nothing remote.
     pub fn written(blob: StoredLayer) -> ImageLayer {
+        let mut annotations = BTreeMap::new();
+        if let Ok(Some(codec)) = dallinger_oci_layers::layer_codec(&blob.media_type) {
+            let id = codec.compressor_id().to_string();
+            annotations.insert(ANNOTATION_COMPRESSOR.to_string(), id);
+        }
         ImageLayer {
             blob,
-            annotations: BTreeMap::from([(
-                ANNOTATION_COMPRESSOR.to_string(),
-                dallinger_oci_layers::COMPRESSOR_ID.to_string(),
-            )]),
+            annotations,
             remote: None,
         }
     }

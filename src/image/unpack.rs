@@ -299,7 +299,7 @@ pub struct LayerFile {
     pub media_type: String,
 }
 
-/// Applies layers (gzip or plain tar, by media type) in order to `dest`.
+/// Applies layers (plain tar, gzip or zstd, by media type) in order to `dest`.
 pub fn unpack_layers(layers: &[LayerFile], dest: &Path) -> Result<()> {
     fs::create_dir_all(dest)?;
     let root = RootDir::open(dest)?;
@@ -307,17 +307,8 @@ pub fn unpack_layers(layers: &[LayerFile], dest: &Path) -> Result<()> {
         let file = File::open(&layer.path)
             .with_context(|| format!("cannot read layer {}", layer.path.display()))?;
         let file = BufReader::with_capacity(1 << 20, file);
-        let media_type = &layer.media_type;
-        let reader: Box<dyn Read> = if media_type.ends_with("gzip") {
-            Box::new(flate2::read::GzDecoder::new(file))
-        } else if media_type.ends_with("tar") {
-            Box::new(file)
-        } else {
-            bail!(
-                "layer {} has media type {media_type}, which cannot be unpacked (gzip or plain tar only)",
-                layer.name
-            );
-        };
+        let reader = dallinger_oci_layers::open_layer(&layer.media_type, file)
+            .with_context(|| format!("layer {}", layer.name))?;
         apply_layer(reader, &root).with_context(|| format!("layer {}", layer.name))?;
     }
     Ok(())

@@ -8,7 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use dallinger_oci_layers::{LayerTree, WriteOptions, COMPRESSOR_ID, MEDIA_TYPE_GZIP_LAYER};
+use dallinger_oci_layers::{LayerTree, WriteOptions};
 
 use super::install::{install_wheel, unpack_wheel, unpack_wheels, BytecodeCompiler};
 use super::resolve::ResolvedWheel;
@@ -102,7 +102,8 @@ fn layer_for(
     options: &WriteOptions,
 ) -> Result<StoredLayer> {
     let mut key = format!(
-        "{INSTALL_FORMAT}\n{COMPRESSOR_ID}\n{}\n{}\n{}\n",
+        "{INSTALL_FORMAT}\n{}\n{}\n{}\n{}\n",
+        options.codec.compressor_id(),
         options.mtime,
         serde_json::to_string(target)?,
         if bytecode.is_some() { "bytecode" } else { "" }
@@ -154,8 +155,9 @@ fn layer_for(
         Some(compiler) => Some(compiler.compile(&mut tree, target)?),
         None => None,
     };
-    let layer =
-        store.put_layer_with(MEDIA_TYPE_GZIP_LAYER, |sink| Ok(tree.write(options, sink)?))?;
+    let layer = store.put_layer_with(options.codec.media_type(), |sink| {
+        Ok(tree.write(options, sink)?)
+    })?;
     store.remember_layer(&key, &layer)?;
     Ok(layer)
 }

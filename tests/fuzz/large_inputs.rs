@@ -13,7 +13,7 @@ use dallinger_oci::python::install::{parse_record, CoreMetadata};
 use dallinger_oci::python::spec::{applicable_dependencies, parse_file, parse_marker, MarkerEnv};
 use dallinger_oci::registry::client::parse_challenge;
 use dallinger_oci::registry::reference::Reference;
-use dallinger_oci_layers::gzip_existing_tar;
+use dallinger_oci_layers::{compress_existing_tar, Codec};
 
 const MIB: usize = 1 << 20;
 
@@ -175,6 +175,8 @@ fn tar_import() {
                 .unwrap();
         }
         let bytes = builder.into_inner().unwrap();
-        assert!(gzip_existing_tar("big.tar", &bytes[..], std::io::sink(), 2).is_ok());
+        assert!(
+            compress_existing_tar("big.tar", &bytes[..], std::io::sink(), Codec::Gzip, 2).is_ok()
+        );
     });
 }

@@ -1,12 +1,12 @@
 //! Importing an existing tar as a layer (`dallinger_oci_layers::
-//! gzip_existing_tar`): tar streams built header by header (ustar, GNU
+//! compress_existing_tar`): tar streams built header by header (ustar, GNU
 //! long names, PAX paths, prefixes, hard and symbolic links, wrong sizes
 //! and checksums, lone zero blocks, data after the end), raw bytes and bit
 //! flips of good archives.
 
 use std::io::Read;
 
-use dallinger_oci_layers::gzip_existing_tar;
+use dallinger_oci_layers::{compress_existing_tar, Codec};
 use proptest::prelude::*;
 use sha2::{Digest, Sha256};
 
@@ -310,7 +310,9 @@ fn sha256(bytes: &[u8]) -> String {
 }
 
 fn check(bytes: Vec<u8>) -> Result<(), TestCaseError> {
-    let Ok((digests, gz)) = gzip_existing_tar("fuzz.tar", &bytes[..], Vec::new(), 1) else {
+    let Ok((digests, gz)) =
+        compress_existing_tar("fuzz.tar", &bytes[..], Vec::new(), Codec::Gzip, 1)
+    else {
         return Ok(());
     };
     let mut back = Vec::new();
@@ -325,7 +327,7 @@ fn check(bytes: Vec<u8>) -> Result<(), TestCaseError> {
         digests.uncompressed_size == bytes.len() as u64,
         "uncompressed_size"
     );
-    let (again, gz2) = gzip_existing_tar("fuzz.tar", &bytes[..], Vec::new(), 2)
+    let (again, gz2) = compress_existing_tar("fuzz.tar", &bytes[..], Vec::new(), Codec::Gzip, 2)
         .map_err(|e| TestCaseError::fail(format!("accepted once, refused with 2 workers: {e}")))?;
     ensure!(
         gz2 == gz && again.digest == digests.digest,

@@ -217,7 +217,7 @@ fn python_base_with(dir: &Path, files: &[(&str, &[u8])]) -> String {
     use dallinger_oci::base::{self, BaseRef};
     use dallinger_oci::image::store::BlobStore;
     use dallinger_oci::image::{layout, Image, ImageLayer};
-    use dallinger_oci_layers::{Content, LayerTree, WriteOptions, MEDIA_TYPE_GZIP_LAYER};
+    use dallinger_oci_layers::{Codec, Content, LayerTree, WriteOptions};
     let store = BlobStore::open(&dir.join("store")).unwrap();
     let base = base::resolve(
         &BaseRef::parse(&python_base_layout()).unwrap(),
@@ -234,12 +234,12 @@ fn python_base_with(dir: &Path, files: &[(&str, &[u8])]) -> String {
     let options = WriteOptions {
         mtime: 946_684_800,
         workers: 1,
+        codec: Codec::Gzip,
     };
     let layer = store
-        .put_layer_with(
-            MEDIA_TYPE_GZIP_LAYER,
-            |sink| Ok(tree.write(&options, sink)?),
-        )
+        .put_layer_with(options.codec.media_type(), |sink| {
+            Ok(tree.write(&options, sink)?)
+        })
         .unwrap();
     let mut config = base.config.clone();
     config["rootfs"]["diff_ids"]

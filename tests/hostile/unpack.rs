@@ -489,3 +489,88 @@ fn a_build_with_a_hostile_base_changes_nothing_outside() {
         "{names:?}"
     );
 }
+
+/// One layer as plain tar, as gzip of two members and as zstd of several
+/// frames unpacks to the same tree: every member and frame is read, as an
+/// engine reads them, so what is checked is what an engine would unpack.
+/// A media type that names no known compression is refused in one line
+/// naming the layer and the type.
+#[test]
+fn every_compression_unpacks_alike_and_unknown_types_are_refused() {
+    use dallinger_oci_layers::Codec;
+    use std::io::Write;
+
+    let big: Vec<u8> = (0..5u32 << 20).map(|i| (i * 7 % 251) as u8).collect();
+    let first = Tar::new().dir("a/", 0o755).file("a/one", "first member\n");
+    let first = first.file_mode("a/big.bin", &big, 0o644).bytes();
+    let second = Tar::new().file("a/two", "second member\n").bytes();
+    // The first tar without its end-of-archive blocks, so the second
+    // member carries on the same archive.
+    let joined = [&first[..first.len() - 1024], &second[..]].concat();
+    let compress = |codec: Codec, parts: &[&[u8]]| {
+        let mut out = Vec::new();
+        for part in parts {
+            let mut encoder = codec.encoder(Vec::new(), 2).unwrap();
+            encoder.write_all(part).unwrap();
+            out.extend(encoder.finish().unwrap());
+        }
+        out
+    };
+    let first_part = &first[..first.len() - 1024];
+    let variants = [
+        ("application/vnd.oci.image.layer.v1.tar", joined.clone()),
+        (
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            compress(Codec::Gzip, &[first_part, &second]),
+        ),
+        (
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+            compress(Codec::Zstd, &[&joined]),
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let contents = |root: &Path| -> Vec<(String, Vec<u8>)> {
+        walkdir::WalkDir::new(root)
+            .sort_by_file_name()
+            .into_iter()
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_type().is_file())
+            .map(|e| {
+                let rel = e.path().strip_prefix(root).unwrap().display().to_string();
+                (rel, fs::read(e.path()).unwrap())
+            })
+            .collect()
+    };
+    let mut trees = Vec::new();
+    for (i, (media_type, blob)) in variants.iter().enumerate() {
+        let path = dir.path().join(format!("layer{i}"));
+        fs::write(&path, blob).unwrap();
+        let dest = dir.path().join(format!("root{i}"));
+        let layer = unpack::LayerFile {
+            name: format!("layer{i}"),
+            path,
+            media_type: media_type.to_string(),
+        };
+        unpack::unpack_layers(&[layer], &dest).unwrap_or_else(|e| panic!("{media_type}: {e:#}"));
+        trees.push(contents(&dest));
+    }
+    let names: Vec<&str> = trees[0].iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["a/big.bin", "a/one", "a/two"]);
+    assert_eq!(trees[0][0].1, big);
+    assert_eq!(trees[1], trees[0], "gzip of two members");
+    assert_eq!(trees[2], trees[0], "zstd");
+
+    let path = dir.path().join("layer-xz");
+    fs::write(&path, &joined).unwrap();
+    let layer = unpack::LayerFile {
+        name: "sha256:abc".into(),
+        path,
+        media_type: "application/vnd.oci.image.layer.v1.tar+xz".into(),
+    };
+    let err = unpack::unpack_layers(&[layer], &dir.path().join("root-xz")).unwrap_err();
+    assert_eq!(
+        format!("{err:#}"),
+        "layer sha256:abc: media type \"application/vnd.oci.image.layer.v1.tar+xz\" is not a \
+         layer type this tool can read (plain tar, gzip or zstd): use another base image"
+    );
+}

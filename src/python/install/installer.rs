@@ -1790,6 +1790,7 @@ mod tests {
             let options = dallinger_oci_layers::WriteOptions {
                 mtime: 0,
                 workers: 1,
+                codec: dallinger_oci_layers::Codec::Gzip,
             };
             tree.write(&options, Vec::new()).unwrap().1
         };

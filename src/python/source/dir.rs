@@ -14,7 +14,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use dallinger_oci_layers::{Content, LayerTree, WriteOptions};
+use dallinger_oci_layers::{Codec, Content, LayerTree, WriteOptions};
 
 use super::sdist::SdistBuilder;
 use crate::experiment::git;
@@ -188,6 +188,7 @@ pub fn source_archive(
         &WriteOptions {
             mtime: epoch,
             workers: 0,
+            codec: Codec::Gzip, // an sdist is a .tar.gz
         },
         file,
     )?;

@@ -122,7 +122,7 @@ fn interesting(path: &str) -> (bool, bool) {
     (keep, read)
 }
 
-/// Reads the base layers (gzip or plain tar), applying OCI whiteouts.
+/// Reads the base layers (plain tar, gzip or zstd), applying OCI whiteouts.
 pub(crate) fn scan_layers(paths: &[(std::path::PathBuf, String)]) -> anyhow::Result<BaseFiles> {
     scan_layers_with(paths, &|path, _| interesting(path))
 }
@@ -139,19 +139,9 @@ pub(crate) fn scan_layers_with(
     for (path, media_type) in paths {
         let file = std::fs::File::open(path)
             .with_context(|| format!("cannot read base layer {}", path.display()))?;
-        let reader: Box<dyn Read> =
-            if media_type.ends_with("+gzip") || media_type.ends_with(".gzip") {
-                Box::new(flate2::read::GzDecoder::new(
-                    std::io::BufReader::with_capacity(1 << 20, file),
-                ))
-            } else if media_type.ends_with(".tar") || media_type.ends_with("tar") {
-                Box::new(std::io::BufReader::with_capacity(1 << 20, file))
-            } else {
-                anyhow::bail!(
-                    "base layer {} has media type {media_type}, which cannot be read yet",
-                    path.display()
-                );
-            };
+        let file = std::io::BufReader::with_capacity(1 << 20, file);
+        let reader = dallinger_oci_layers::open_layer(media_type, file)
+            .with_context(|| format!("base layer {}", path.display()))?;
         let mut archive = tar::Archive::new(reader);
         for entry in archive.entries().context("reading a base layer")? {
             let mut entry = entry.context("reading a base layer")?;
