@@ -787,7 +787,7 @@ fn recording_git(dir: &Path, log: &Path) -> PathBuf {
 /// Every command line of a process on this machine that holds `needle`,
 /// sampled every 10 ms until `stop`.
 fn watch_command_lines(
-    needle: &'static str,
+    needle: String,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<BTreeSet<String>> {
     std::thread::spawn(move || {
@@ -801,7 +801,7 @@ fn watch_command_lines(
                 }
                 if let Ok(cmdline) = fs::read(entry.path().join("cmdline")) {
                     let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-                    if text.contains(needle) {
+                    if text.contains(needle.as_str()) {
                         seen.insert(text);
                     }
                 }
@@ -818,12 +818,17 @@ fn watch_command_lines(
 /// another host gets it sent nowhere.
 #[test]
 fn git_credentials_reach_the_server_but_never_a_command_line() {
-    const SECRET: &str = "s3cret";
+    // Unique to this process: the watcher reads every command line on the
+    // machine, other tests' (and other test runs') included.
+    let secret = format!("s3cret{}", std::process::id());
     let builder = python_builder_layout();
     let sandbox = Sandbox::new();
     let root = sandbox.path("served");
     served_repository(&root);
-    let authorization = format!("Basic {}", STANDARD.encode("oauth-user:s3cret/token"));
+    let authorization = format!(
+        "Basic {}",
+        STANDARD.encode(format!("oauth-user:{secret}/token"))
+    );
     let server = GitServer::start("127.0.0.1", root.clone(), authorization.clone(), None);
     let other = GitServer::start("127.0.0.2", root.clone(), authorization.clone(), None);
     let redirector = GitServer::start(
@@ -845,12 +850,12 @@ fn git_credentials_reach_the_server_but_never_a_command_line() {
         fs::write(
             exp.join("constraints.txt"),
             format!(
-                "tinygit @ git+http://oauth-user:{SECRET}%2Ftoken@127.0.0.1:{port}/tinygit.git@main\n"
+                "tinygit @ git+http://oauth-user:{secret}%2Ftoken@127.0.0.1:{port}/tinygit.git@main\n"
             ),
         )
         .unwrap();
         let stop = Arc::new(AtomicBool::new(false));
-        let watcher = watch_command_lines(SECRET, stop.clone());
+        let watcher = watch_command_lines(secret.clone(), stop.clone());
         let out = run(sandbox
             .cmd()
             .env_remove("DALLINGER_OCI_NO_DEPS")
@@ -866,7 +871,7 @@ fn git_credentials_reach_the_server_but_never_a_command_line() {
             seen.is_empty(),
             "command lines with the credential: {seen:?}"
         );
-        assert!(!String::from_utf8_lossy(&out.stderr).contains(SECRET));
+        assert!(!String::from_utf8_lossy(&out.stderr).contains(&secret));
         out
     };
 
@@ -889,11 +894,11 @@ fn git_credentials_reach_the_server_but_never_a_command_line() {
     let argv = fs::read_to_string(&log).unwrap();
     assert!(argv.contains(" fetch "), "{argv}");
     assert!(argv.contains("remote-http"), "{argv}");
-    assert!(!argv.contains(SECRET), "{argv}");
+    assert!(!argv.contains(&secret), "{argv}");
     let git_cache = git_cache_dir(&sandbox.path("cache"));
     for (file, bytes) in files_under(&git_cache) {
         assert!(
-            !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
             "the cache's {file} holds the credential"
         );
     }
@@ -910,5 +915,5 @@ fn git_credentials_reach_the_server_but_never_a_command_line() {
     let hits = other.hits();
     assert!(!hits.is_empty(), "the redirect was not followed");
     assert!(hits.iter().all(|h| h.authorization.is_none()), "{hits:?}");
-    assert!(!fs::read_to_string(&log).unwrap().contains(SECRET));
+    assert!(!fs::read_to_string(&log).unwrap().contains(&secret));
 }
