@@ -631,11 +631,7 @@ fn fetch_all_keeps_input_order_and_reports_the_first_error() {
 fn real_pypi_lists_and_fetches_six() {
     const SIX: &str = "six-1.16.0-py2.py3-none-any.whl";
     const SIX_SHA256: &str = "8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254";
-    let base = std::env::var_os("DALLINGER_OCI_TEST_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| dirs::home_dir().map(|h| h.join(".cache/dallinger-oci-tests")))
-        .expect("a cache directory for test downloads");
-    let config = IndexConfig::new(base.join("wheels"));
+    let config = IndexConfig::new(crate::common::test_cache_dir().join("wheels"));
     let client = http_client().unwrap();
     let files = list_files("Six", &config, &client).unwrap();
     let listed = files

@@ -42,11 +42,7 @@ const WHEELS: &[(&str, &str)] = &[
 ];
 
 fn cache_dir() -> PathBuf {
-    let base = std::env::var_os("DALLINGER_OCI_TEST_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| dirs::home_dir().map(|h| h.join(".cache/dallinger-oci-tests")))
-        .expect("a cache directory for test downloads");
-    base.join("wheels").join("fidelity")
+    common::test_cache_dir().join("wheels").join("fidelity")
 }
 
 fn find_wheel(dir: &Path, name: &str, version: &str) -> Option<PathBuf> {
