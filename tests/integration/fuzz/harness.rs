@@ -2,10 +2,18 @@
 //! time budget instead of a fixed number of cases, with a seed printed on
 //! failure and the committed corpus replayed first.
 //!
+//! The budget is CPU time of the thread that runs the target, not wall
+//! time: the targets run in the suite's one test binary beside tests that
+//! build images and start containers, and a target gets as many cases there
+//! as alone (it takes longer, by what it shares the CPU with). A target also
+//! stops at [`WALL_LIMIT`] times its share of wall time, so a starved run
+//! still ends.
+//!
 //! Environment:
-//! - `FUZZ_SECONDS`: the budget of all targets together (default 60); each
-//!   target gets its share from [`TARGETS`]. `FUZZ_SECONDS=600 cargo test
-//!   --test integration fuzz::` is a ten-minute run.
+//! - `FUZZ_SECONDS`: the budget of all targets together, in CPU seconds
+//!   (default 60); each target gets its share from [`TARGETS`].
+//!   `FUZZ_SECONDS=600 cargo test --test integration fuzz::` is a
+//!   ten-minute run (five on two cores).
 //! - `FUZZ_SEED`: a run's seed (printed by every target); with it the same
 //!   inputs come in the same order.
 //! - `FUZZ_CASES`: run exactly this many generated cases per target,
@@ -40,6 +48,10 @@ const TARGETS: &[(&str, u32)] = &[
 /// At least this many generated cases, however short the budget.
 const MIN_CASES: u64 = 16;
 
+/// A target stops after this many times its budget of wall time, however
+/// little CPU it got.
+const WALL_LIMIT: u32 = 4;
+
 fn env_u64(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;
     Some(
@@ -50,7 +62,7 @@ fn env_u64(name: &str) -> Option<u64> {
     )
 }
 
-/// The time `target` may run for.
+/// The CPU time `target` may run for.
 fn budget(target: &str) -> Duration {
     let total = std::env::var("FUZZ_SECONDS")
         .ok()
@@ -67,6 +79,19 @@ fn budget(target: &str) -> Duration {
         .1;
     let sum: u32 = TARGETS.iter().map(|(_, w)| w).sum();
     Duration::from_secs_f64(total * f64::from(weight) / f64::from(sum))
+}
+
+/// The CPU time this thread has used (the case checks run on it; helper
+/// threads a check starts, such as a parallel writer's, are not counted).
+fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
 fn run_seed() -> u64 {
@@ -220,11 +245,16 @@ where
     let fixed = env_u64("FUZZ_CASES");
     let budget = budget(target);
     let start = Instant::now();
+    let cpu_start = thread_cpu_time();
     let mut n = 0u64;
     loop {
         let done = match fixed {
             Some(cases) => n >= cases,
-            None => n >= MIN_CASES && start.elapsed() >= budget,
+            None => {
+                n >= MIN_CASES
+                    && (thread_cpu_time() - cpu_start >= budget
+                        || start.elapsed() >= budget * WALL_LIMIT)
+            }
         };
         if done {
             break;
@@ -264,7 +294,8 @@ where
         n += 1;
     }
     eprintln!(
-        "fuzz target {target}: {n} cases in {:.1} s (FUZZ_SEED={seed})",
+        "fuzz target {target}: {n} cases in {:.1} s of CPU, {:.1} s of wall time (FUZZ_SEED={seed})",
+        (thread_cpu_time() - cpu_start).as_secs_f64(),
         start.elapsed().as_secs_f64()
     );
 }

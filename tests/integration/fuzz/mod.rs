@@ -7,8 +7,8 @@
 //! invariant.
 //!
 //! `cargo test --test integration fuzz::` runs all of them for about 60 s
-//! together; `FUZZ_SECONDS=600 cargo test --test integration fuzz::` for ten
-//! minutes. A failure
+//! of CPU together; `FUZZ_SECONDS=600 cargo test --test integration fuzz::`
+//! for ten minutes. A failure
 //! prints its seed and a shrunk input (see `harness.rs`); inputs worth
 //! keeping go in `corpus/TARGET/`, replayed on every run.
 //!
