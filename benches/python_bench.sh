@@ -6,7 +6,7 @@
 #  2. a rebuild after editing one experiment file (only the code layer redone).
 # Figures only, no asserts. Needs the fixture experiment
 # fixtures/experiments/dallinger-demo and the test cache's base and builder
-# layouts (tests/sdist_build.rs makes them); psycopg2 is built from its sdist
+# layouts (tests/integration/sdist_build.rs makes them); psycopg2 is built from its sdist
 # once, by the lock, and stays in the wheel cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +23,7 @@ builder=$(BASE_PACKAGES=python3,libpq5,libstdc++6,build-essential,python3-dev,li
   bash scripts/python-base.sh)
 builder_layout=$test_cache/$(basename "${builder%.tar}")-oci
 for layout in "$base_layout" "$builder_layout"; do
-  [ -f "$layout/index.json" ] || { echo "no $layout: run cargo test --test sdist_build first" >&2; exit 1; }
+  [ -f "$layout/index.json" ] || { echo "no $layout: run cargo test --test integration sdist_build:: first" >&2; exit 1; }
 done
 
 cp -r fixtures/experiments/dallinger-demo "$work/exp"

@@ -16,11 +16,17 @@ key=$(printf '%s\n' "$suite" "$variant" "$packages" "$mirror" "$epoch" | sha256s
 out="$cache/bases/$suite-python-$key.tar"
 
 if [ ! -s "$out" ]; then
+  # One maker per base at a time: a second caller (another test, another
+  # build) waits for the first one's tarball instead of making it again beside it.
+  mkdir -p "$(dirname "$out")"
+  exec 9>>"$out.lock"
+  flock 9
+fi
+if [ ! -s "$out" ]; then
   command -v mmdebstrap >/dev/null || {
     echo "installing mmdebstrap" >&2
     apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >&2
   }
-  mkdir -p "$(dirname "$out")"
   tmp="$out.partial.$$"
   trap 'rm -f "$tmp"' EXIT
   echo "making the $suite Python base with mmdebstrap (about 30 s)" >&2

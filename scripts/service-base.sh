@@ -25,7 +25,13 @@ key=$(
 out="$cache/bases/$suite-$service-$key.tar"
 
 if [ ! -s "$out" ]; then
+  # One maker per base at a time: a second caller (another test, another
+  # build) waits for the first one's tarball instead of making it again beside it.
   mkdir -p "$(dirname "$out")"
+  exec 9>>"$out.lock"
+  flock 9
+fi
+if [ ! -s "$out" ]; then
   tmp="$out.partial.$$"
   trap 'rm -f "$tmp"' EXIT
   echo "making the $suite $service stand-in with mmdebstrap (about 30 s)" >&2

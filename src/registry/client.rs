@@ -1027,7 +1027,7 @@ fn error_code(body: &str) -> (Option<String>, String) {
 }
 
 /// Parses `WWW-Authenticate: Bearer realm="…",service="…"` or `Basic …`.
-/// Public for tests/fuzz.
+/// Public for tests/integration/fuzz.
 pub fn parse_challenge(value: &str) -> Option<Challenge> {
     let (scheme, params) = value.trim().split_once(' ').unwrap_or((value.trim(), ""));
     if scheme.eq_ignore_ascii_case("basic") {

@@ -1,6 +1,6 @@
 //! The dallinger-oci command that builds fixtures/experiments/dallinger-demo
 //! (a real Dallinger release and its whole closure) the way
-//! tests/dallinger_image.rs does, for tests that run it.
+//! tests/integration/dallinger_image.rs does, for tests that run it.
 
 use std::path::Path;
 use std::process::Command;

@@ -303,6 +303,17 @@ pub fn rootfs_layout(rootfs: PathBuf) -> String {
     format!("oci:{}:base", dir.display())
 }
 
+/// The name libtest gives test `name` of the module whose `module_path!()`
+/// is `module` (the path without the crate's name), for a test that runs
+/// others of this binary in a child process with `--exact`: the filter
+/// follows the module wherever it moves.
+pub fn test_name(module: &str, name: &str) -> String {
+    match module.split_once("::") {
+        Some((_crate, path)) => format!("{path}::{name}"),
+        None => name.to_string(),
+    }
+}
+
 /// A TCP port free on 127.0.0.1 when asked (for a server a test starts).
 pub fn free_local_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
