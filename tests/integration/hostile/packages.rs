@@ -17,7 +17,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::common::git::git;
 use crate::common::*;
-use crate::registry::{Answer, Fake};
+use super::registry::{Answer, Fake};
 
 /// Debian's Python installs into this purelib.
 const SITE: &str = "usr/local/lib/python3.11/dist-packages";
