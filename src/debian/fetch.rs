@@ -11,8 +11,8 @@ use dallinger_oci_layers::HashingWriter;
 use reqwest::blocking::{Client, Response};
 
 use crate::fsutil::TempFile;
-use crate::image::store::sha256_stream;
 use crate::http::{self, redact, BodyError, DeclaredSize, Failure, Problem, RetryPolicy, Stop};
+use crate::image::store::sha256_stream;
 
 /// The most we read of an `InRelease` (a few hundred KiB in practice).
 const MAX_RELEASE: u64 = 16 << 20;

@@ -15,9 +15,9 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use sha2::{Digest as _, Sha256};
 
+use super::registry::{Answer, Fake};
 use crate::common::git::git;
 use crate::common::*;
-use super::registry::{Answer, Fake};
 
 /// Debian's Python installs into this purelib.
 const SITE: &str = "usr/local/lib/python3.11/dist-packages";
