@@ -80,7 +80,11 @@ fn written_back(config: &Config) -> Option<String> {
         let awkward = lines.iter().enumerate().any(|(i, l)| {
             l.trim() != *l || (i > 0 && l.starts_with(['#', ';', '[']) && !l.is_empty())
         });
-        if awkward {
+        // configparser drops a value's trailing empty lines when it reads
+        // them, so a value ending in a newline (an interpolation that came
+        // out empty on the last line) cannot be written back as text.
+        let trailing_empty = lines.len() > 1 && lines.last() == Some(&"");
+        if awkward || trailing_empty {
             return None;
         }
         if section != Some(e.section.as_str()) {
