@@ -431,3 +431,36 @@ pub fn locked_build_and_run_python(
     let printed = image.python(&[], code);
     (printed_digest(&stdout), stderr, printed)
 }
+
+/// An OCI image manifest of `config` (JSON bytes) and one gzip layer.
+pub fn one_layer_manifest(
+    config: &[u8],
+    layer_digest: &str,
+    layer_size: usize,
+) -> serde_json::Value {
+    serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": sha256(config),
+            "size": config.len(),
+        },
+        "layers": [{
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": layer_digest,
+            "size": layer_size,
+        }],
+    })
+}
+
+/// Lowercase hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// `sha256:HEX` of `bytes`, as a descriptor names them.
+pub fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", sha256_hex(bytes))
+}

@@ -200,11 +200,6 @@ fn base_copy(base: &Path, dir: &Path) -> PathBuf {
     copy
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
-}
-
 /// With --dockerfile-engine the Dockerfile is built by that engine (podman
 /// here) and its result written by us.
 #[test]

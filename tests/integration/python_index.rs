@@ -17,7 +17,8 @@ use dallinger_oci::python::index::{
     SelectError, SIMPLE_JSON,
 };
 use serde_json::json;
-use sha2::{Digest, Sha256};
+
+use crate::common::sha256_hex;
 
 // ---------------------------------------------------------------------------
 // A tiny HTTP/1.1 server: one request per connection, answers from a table.
@@ -168,10 +169,6 @@ fn handle(mut stream: TcpStream, routes: &mut Routes, hits: &Hits) -> std::io::R
 
 // ---------------------------------------------------------------------------
 // Fixtures
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
 
 /// Bytes standing in for a wheel: only names and hashes matter here.
 fn wheel_bytes(filename: &str) -> Vec<u8> {

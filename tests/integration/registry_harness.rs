@@ -12,11 +12,6 @@ use std::time::Duration;
 
 use common::registry::*;
 use common::*;
-use sha2::{Digest, Sha256};
-
-fn sha256(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(data)))
-}
 
 fn write_blob(layout: &Path, data: &[u8]) -> String {
     let digest = sha256(data);
@@ -55,23 +50,9 @@ fn make_layout(layout: &Path, tag: &str, content: &str) -> String {
         "rootfs": {"type": "layers", "diff_ids": [sha256(&tar)]},
     })
     .to_string();
-    let config_digest = write_blob(layout, config.as_bytes());
+    write_blob(layout, config.as_bytes());
 
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": config_digest,
-            "size": config.len(),
-        },
-        "layers": [{
-            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-            "digest": layer_digest,
-            "size": layer.len(),
-        }],
-    })
-    .to_string();
+    let manifest = one_layer_manifest(config.as_bytes(), &layer_digest, layer.len()).to_string();
     let manifest_digest = write_blob(layout, manifest.as_bytes());
 
     let index = serde_json::json!({
@@ -315,17 +296,20 @@ fn token_registry_checks_credentials() {
     assert_eq!(jwt_claims(token)["access"], serde_json::json!([]));
     let manifest_path = "/v2/harness/token/manifests/v1";
     let accept = "application/vnd.oci.image.manifest.v1+json";
-    let denied = http_request(
-        &registry.host(),
-        "GET",
-        manifest_path,
-        &[
-            ("Authorization", &format!("Bearer {token}")),
-            ("Accept", accept),
-        ],
-        b"",
-    )
-    .unwrap();
+    let with_token = |method: &str, token: &str| {
+        http_request(
+            &registry.host(),
+            method,
+            manifest_path,
+            &[
+                ("Authorization", &format!("Bearer {token}")),
+                ("Accept", accept),
+            ],
+            b"",
+        )
+        .unwrap()
+    };
+    let denied = with_token("GET", token);
     assert_eq!(denied.status, 401);
 
     // With Basic auth: the requested access, which the registry accepts.
@@ -343,31 +327,11 @@ fn token_registry_checks_credentials() {
         jwt_claims(token)["access"],
         serde_json::json!([{"type": "repository", "name": "harness/token", "actions": ["pull"]}])
     );
-    let fetched = http_request(
-        &registry.host(),
-        "GET",
-        manifest_path,
-        &[
-            ("Authorization", &format!("Bearer {token}")),
-            ("Accept", accept),
-        ],
-        b"",
-    )
-    .unwrap();
+    let fetched = with_token("GET", token);
     assert_eq!(fetched.status, 200, "{}", fetched.text());
     assert_eq!(sha256(&fetched.body), digest);
     let issued = issuer.issue("bob", &[("harness/token", &["pull"])]);
-    let fetched = http_request(
-        &registry.host(),
-        "HEAD",
-        manifest_path,
-        &[
-            ("Authorization", &format!("Bearer {issued}")),
-            ("Accept", accept),
-        ],
-        b"",
-    )
-    .unwrap();
+    let fetched = with_token("HEAD", &issued);
     assert_eq!(fetched.status, 200);
 }
 

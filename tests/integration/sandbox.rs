@@ -5,7 +5,7 @@ use crate::common;
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::*;
 use dallinger_oci::sandbox::{Bind, Exit, Sandbox};
@@ -73,22 +73,8 @@ fn runs_as_root_of_its_own_namespaces_on_a_read_only_root() {
 fn binds_exit_codes_and_network_choice() {
     let dir = tempfile::tempdir().unwrap();
     let root = busybox_root(dir.path());
-    let out_dir = dir.path().join("out");
-    let in_dir = dir.path().join("in");
-    fs::create_dir_all(&out_dir).unwrap();
-    fs::create_dir_all(&in_dir).unwrap();
+    let (sandbox, in_dir, out_dir) = with_build_dirs(Sandbox::new(&root), dir.path());
     fs::write(in_dir.join("input.txt"), "from the host\n").unwrap();
-    let sandbox = Sandbox::new(&root)
-        .bind(Bind {
-            host: in_dir.clone(),
-            inside: "/tmp/build/in".into(),
-            writable: false,
-        })
-        .bind(Bind {
-            host: out_dir.clone(),
-            inside: "/tmp/build/out".into(),
-            writable: true,
-        });
     let (exit, out) = run_script(
         &sandbox,
         "cat /tmp/build/in/input.txt > /tmp/build/out/copy.txt; \
@@ -251,4 +237,24 @@ fn xattr_value(path: &Path, name: &str) -> Option<Vec<u8>> {
         )
     };
     (n >= 0).then(|| buf[..n as usize].to_vec())
+}
+
+/// `DIR/in` bound read-only at `/tmp/build/in` and `DIR/out` writable at
+/// `/tmp/build/out`, as an sdist build has them; returns the two host dirs.
+pub(crate) fn with_build_dirs(sandbox: Sandbox, dir: &Path) -> (Sandbox, PathBuf, PathBuf) {
+    let (in_dir, out_dir) = (dir.join("in"), dir.join("out"));
+    fs::create_dir_all(&in_dir).unwrap();
+    fs::create_dir_all(&out_dir).unwrap();
+    let sandbox = sandbox
+        .bind(Bind {
+            host: in_dir.clone(),
+            inside: "/tmp/build/in".into(),
+            writable: false,
+        })
+        .bind(Bind {
+            host: out_dir.clone(),
+            inside: "/tmp/build/out".into(),
+            writable: true,
+        });
+    (sandbox, in_dir, out_dir)
 }

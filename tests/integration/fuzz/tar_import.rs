@@ -8,9 +8,9 @@ use std::io::Read;
 
 use dallinger_oci_layers::{compress_existing_tar, Codec};
 use proptest::prelude::*;
-use sha2::{Digest, Sha256};
 
 use super::text::RAW;
+use crate::common::sha256;
 use crate::ensure;
 
 const NAMES: &[&str] = &[
@@ -303,10 +303,6 @@ fn any_reader_sees_an_escape(bytes: &[u8]) -> bool {
         }
     }
     false
-}
-
-fn sha256(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
 fn check(bytes: Vec<u8>) -> Result<(), TestCaseError> {

@@ -49,11 +49,6 @@ impl Canary {
     }
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
-}
-
 /// Every blob under `dir/blobs/sha256` hashes to its name; returns how many.
 pub fn assert_blobs_hash_to_names(dir: &Path) -> usize {
     let blobs = dir.join("blobs/sha256");

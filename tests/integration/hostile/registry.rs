@@ -16,8 +16,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
-
 use crate::common::registry::{basic_auth, Registry, RegistryAuth, TokenIssuer};
 use crate::common::*;
 
@@ -379,14 +377,6 @@ impl Tls {
 // A small base image the fakes serve
 // ---------------------------------------------------------------------------
 
-fn sha256(bytes: &[u8]) -> String {
-    let hex: String = Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("sha256:{hex}")
-}
-
 struct BaseImage {
     manifest: Vec<u8>,
     config: Vec<u8>,
@@ -410,21 +400,8 @@ impl BaseImage {
         }))
         .unwrap();
         let config_digest = sha256(&config);
-        let manifest = serde_json::to_vec(&serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": config_digest,
-                "size": config.len(),
-            },
-            "layers": [{
-                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                "digest": layer_digest,
-                "size": layer.len(),
-            }],
-        }))
-        .unwrap();
+        let manifest =
+            serde_json::to_vec(&one_layer_manifest(&config, &layer_digest, layer.len())).unwrap();
         BaseImage {
             manifest,
             config,

@@ -13,6 +13,7 @@ use std::process::Command;
 
 use super::unpack::{stored_layer, tree_state, Tar, World};
 use crate::common::*;
+use crate::sandbox::with_build_dirs;
 use dallinger_oci::image::unpack;
 use dallinger_oci::sandbox::{Bind, Exit, Overlay, Sandbox as Jail};
 
@@ -54,23 +55,9 @@ echo done
 fn a_read_only_root_and_its_binds_cannot_be_unlocked() {
     let dir = tempfile::tempdir().unwrap();
     let root = busybox_root(dir.path());
-    let in_dir = dir.path().join("in");
-    let out_dir = dir.path().join("out");
-    fs::create_dir_all(&in_dir).unwrap();
-    fs::create_dir_all(&out_dir).unwrap();
+    let (jail, in_dir, _out_dir) = with_build_dirs(Jail::new(&root), dir.path());
     fs::write(in_dir.join("sdist.tar.gz"), "input").unwrap();
     let (root_before, in_before) = (tree_state(&root), tree_state(&in_dir));
-    let jail = Jail::new(&root)
-        .bind(Bind {
-            host: in_dir.clone(),
-            inside: "/tmp/build/in".into(),
-            writable: false,
-        })
-        .bind(Bind {
-            host: out_dir.clone(),
-            inside: "/tmp/build/out".into(),
-            writable: true,
-        });
     let (exit, out) = run_script(&jail, UNLOCK, dir.path());
     assert_eq!(exit.unwrap(), Exit::Code(0), "{out}");
     assert_eq!(
