@@ -1,25 +1,150 @@
 //! Pushing an image from the blob store: blobs in parallel (skipped when
-//! present, mounted when another repository of the registry has them), the
-//! config, and the manifest last.
+//! present, mounted when another repository of the registry has them,
+//! fetched from their own registry when the store lacks them), the config,
+//! and the manifest last; `--use-existing`'s reuse, and what a push prints.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use super::client::{BlobOutcome, BlobUpload, RegistryClient};
 use super::reference::Reference;
 use crate::image::store::{BlobStore, VerifiedBlob};
-use crate::image::{Image, MEDIA_TYPE_MANIFEST};
+use crate::image::{Image, ImageLayer, RemoteBlob, MEDIA_TYPE_MANIFEST};
+
+/// A client for the registry a base blob comes from, with that registry's
+/// own credentials.
+pub type ClientFor<'a> = dyn Fn(&RemoteBlob) -> Result<RegistryClient> + Sync + 'a;
 
 pub struct PushOptions {
     /// Force chunked uploads with PATCHes of this many bytes.
     pub chunk_size: Option<u64>,
     /// Blobs uploaded at once.
     pub parallel: usize,
+    /// Reuse the image in the registry when it has exactly this digest.
+    pub use_existing: bool,
+}
+
+impl Default for PushOptions {
+    fn default() -> Self {
+        PushOptions {
+            chunk_size: None,
+            parallel: 3,
+            use_existing: false,
+        }
+    }
+}
+
+/// The push target an image's name (`{docker_image_base_name}:{tag}`)
+/// gives; a name without a registry host is refused.
+pub fn image_target(image_name: &str) -> Result<Reference> {
+    let target = Reference::parse(image_name)?;
+    if !target.registry.contains('.')
+        && !target.registry.contains(':')
+        && target.registry != "localhost"
+    {
+        bail!("cannot push {image_name}: docker_image_base_name must name a registry");
+    }
+    Ok(target)
+}
+
+/// An image in a registry after [`publish`].
+pub struct Published {
+    pub target: Reference,
+    pub digest: String,
+    /// `--use-existing` found it there: nothing was uploaded.
+    pub reused: bool,
+}
+
+impl Published {
+    /// `HOST/REPO@sha256:HEX`, Dallinger's form.
+    pub fn repository_ref(&self) -> String {
+        format!("{}@{}", self.target.name(), self.digest)
+    }
+
+    /// `HOST/REPO:TAG@sha256:HEX`.
+    pub fn pinned(&self) -> String {
+        match &self.target.tag {
+            Some(tag) => format!("{}:{tag}@{}", self.target.name(), self.digest),
+            None => self.repository_ref(),
+        }
+    }
+}
+
+/// Puts `image` at `target`: with `use_existing`, an image already there
+/// with exactly this digest is reused (only its tag is pointed at it);
+/// otherwise every blob and the manifest are pushed. Says on stderr what
+/// it did.
+pub fn publish(
+    client: &RegistryClient,
+    store: &BlobStore,
+    image: &Image,
+    target: &Reference,
+    options: &PushOptions,
+    client_for: &ClientFor,
+) -> Result<Published> {
+    let digest = &image.manifest_digest;
+    let published = Published {
+        target: target.clone(),
+        digest: digest.clone(),
+        reused: false,
+    };
+    let repository_ref = published.repository_ref();
+    // Only a 404 means absent: a refusal (401, 403) is an error, not a push.
+    if options.use_existing
+        && client
+            .has_manifest(&target.repository, digest)
+            .with_context(|| format!("checking whether {repository_ref} is in the registry"))?
+    {
+        eprintln!(
+            "Image {repository_ref} is already in the registry and every input is unchanged: reusing it, nothing uploaded"
+        );
+        // The tag may still point elsewhere: point it at this image.
+        client.put_manifest(
+            &target.repository,
+            target.tag.as_deref().unwrap_or(digest),
+            MEDIA_TYPE_MANIFEST,
+            &image.manifest_bytes,
+            digest,
+        )?;
+        return Ok(Published {
+            reused: true,
+            ..published
+        });
+    }
+    let report = push_image(client, store, image, target, options, client_for)?;
+    eprintln!(
+        "{}: digest: {digest} size: {}",
+        target.tag.as_deref().unwrap_or(""),
+        image.manifest_size()
+    );
+    eprintln!("Uploaded {} bytes of blobs", report.uploaded_bytes);
+    Ok(published)
+}
+
+/// Ends a push as Dallinger does (`Pushed image: …`, `Image … built and
+/// pushed.`), and under GitHub Actions appends `digest=` and `image=` to
+/// the step outputs (`GITHUB_OUTPUT`).
+pub fn announce(published: &Published) -> Result<()> {
+    let (digest, repository_ref) = (&published.digest, published.repository_ref());
+    println!("Pushed image: {digest}\n");
+    println!("Image {repository_ref} built and pushed.\n");
+    if let Some(path) = std::env::var_os("GITHUB_OUTPUT").filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .with_context(|| format!("cannot append to GITHUB_OUTPUT ({})", path.display()))?;
+        writeln!(file, "digest={digest}\nimage={repository_ref}")
+            .with_context(|| format!("cannot append to GITHUB_OUTPUT ({})", path.display()))?;
+    }
+    Ok(())
 }
 
 pub struct PushReport {
@@ -30,16 +155,22 @@ pub struct PushReport {
 }
 
 /// Pushes `image` to `target` (its tag, or its digest when it has no tag).
+/// A base layer the store lacks is mounted when it comes from another
+/// repository of the target's registry; otherwise (or when the registry
+/// will not mount it) it is fetched from its own registry through a client
+/// from `client_for`, verified into the store, and uploaded from there.
 pub fn push_image(
     client: &RegistryClient,
     store: &BlobStore,
     image: &Image,
     target: &Reference,
     options: &PushOptions,
+    client_for: &ClientFor,
 ) -> Result<PushReport> {
     let repository = target.repository.as_str();
-    // (digest, size, repository of this registry it may be mounted from)
-    let mut blobs: Vec<(String, u64, Option<String>)> = image
+    // (digest, size, repository of this registry it may be mounted from,
+    // the layer when it may have to be fetched)
+    let mut blobs: Vec<(String, u64, Option<String>, Option<&ImageLayer>)> = image
         .layers
         .iter()
         .map(|layer| {
@@ -51,10 +182,11 @@ pub fn push_image(
                 .filter(|r| r.registry == target.registry)
                 .map(|r| r.repository.clone())
                 .or_else(|| store.pushed_to(&target.registry, &layer.blob.digest));
-            (layer.blob.digest.clone(), layer.blob.size, mount)
+            let fetchable = layer.remote.is_some().then_some(layer);
+            (layer.blob.digest.clone(), layer.blob.size, mount, fetchable)
         })
         .collect();
-    blobs.push((image.config_digest.clone(), image.config_size, None));
+    blobs.push((image.config_digest.clone(), image.config_size, None, None));
 
     // Bars on a terminal; plain lines in CI or when stderr is not a tty.
     let interactive = std::io::stderr().is_terminal()
@@ -73,7 +205,7 @@ pub fn push_image(
                 if i >= blobs.len() || first_error.lock().unwrap().is_some() {
                     return;
                 }
-                let (digest, size, mount) = &blobs[i];
+                let (digest, size, mount, fetchable) = &blobs[i];
                 let bar = if interactive {
                     let bar = bars.add(ProgressBar::new(*size).with_style(style.clone()));
                     bar.set_prefix(short(digest).to_string());
@@ -91,10 +223,15 @@ pub fn push_image(
                     if let Some(message) = corrupt.lock().unwrap().clone() {
                         anyhow::bail!("{message}");
                     }
+                    // Only when the registry has it neither in the target
+                    // repository nor (mounted) in another one.
+                    if let Some(layer) = fetchable.filter(|_| !store.has_blob(digest, *size)) {
+                        super::pull::fetch_missing(store, std::slice::from_ref(layer), client_for)?;
+                    }
                     Ok(store.open_blob(digest, *size)?.report_to(corrupt.clone()))
                 };
                 let result = store.blob_path(digest).and_then(|path| {
-                    if !path.exists() && mount.is_none() {
+                    if !path.exists() && mount.is_none() && fetchable.is_none() {
                         anyhow::bail!("blob {digest} is not in the cache and cannot be mounted");
                     }
                     let blob = BlobUpload {
