@@ -112,10 +112,11 @@ pub fn write_all(outputs: &[OutputRef], built: &Built, env: &Env) -> Result<()> 
 }
 
 /// Records the one registry the explicit credentials go to: the registry
-/// outputs' (`docker://…`), the image name's when it is pushed
-/// (`pushes_image`), else the image name's (a base there may need them).
-/// Explicit credentials with two registries to push to are refused: they
-/// are for one.
+/// outputs' (`docker://…`), else the image name's when it names a registry
+/// host (`push` pushes there; a base there may need them). Explicit
+/// credentials with two registries to push to are refused: they are for one.
+/// `pushes_image`: the image is pushed to its name, which must then name a
+/// registry.
 pub fn claim_push_target(
     registry: &RegistryOptions,
     outputs: &[OutputRef],
@@ -127,26 +128,28 @@ pub fn claim_push_target(
         .filter_map(|o| o.sink().push_target())
         .map(|r| r.registry.clone())
         .collect();
+    if targets.is_empty() {
+        if pushes_image {
+            crate::registry::push::image_target(image_name)?;
+        }
+        registry.set_push_target(image_name);
+        return Ok(());
+    }
     if pushes_image {
         targets.push(crate::registry::push::image_target(image_name)?.registry);
     }
     targets.sort();
     targets.dedup();
     match targets.as_slice() {
-        [] => registry.set_push_target(image_name),
         [one] => {
             let _ = registry.push_registry.set(one.clone());
         }
-        [first, second, ..] => {
-            if registry.credentials.username.is_some() {
-                bail!(
-                    "--username (or DALLINGER_OCI_REGISTRY_USERNAME) is for one registry, and \
-                     this build pushes to {first} and {second}: push to one registry, or give \
-                     the others' credentials in an auth file (REGISTRY_AUTH_FILE, \
-                     ~/.docker/config.json)"
-                );
-            }
-        }
+        [first, second, ..] if registry.credentials.username.is_some() => bail!(
+            "--username (or DALLINGER_OCI_REGISTRY_USERNAME) is for one registry, and this \
+             build pushes to {first} and {second}: push to one registry, or give the others' \
+             credentials in an auth file (REGISTRY_AUTH_FILE, ~/.docker/config.json)"
+        ),
+        _ => {}
     }
     Ok(())
 }
@@ -172,6 +175,81 @@ mod tests {
             err,
             "unknown output \"dir:x\": use oci:DIR[:TAG], docker-archive:FILE, docker://HOST/REPO:TAG"
         );
+    }
+
+    fn options(username: Option<&str>) -> RegistryOptions {
+        RegistryOptions {
+            insecure: Vec::new(),
+            credentials: crate::registry::credentials::CredentialContext {
+                username: username.map(String::from),
+                ..Default::default()
+            },
+            retry: Default::default(),
+            refresh_base: false,
+            push_registry: Default::default(),
+        }
+    }
+
+    fn outputs(texts: &[&str]) -> Vec<OutputRef> {
+        texts.iter().map(|t| OutputRef::parse(t).unwrap()).collect()
+    }
+
+    #[test]
+    fn the_explicit_credentials_go_to_one_push_target() {
+        let claimed = |username, texts: &[&str], name, pushes| {
+            let registry = options(username);
+            claim_push_target(&registry, &outputs(texts), name, pushes)
+                .map(|()| registry.push_registry.get().cloned())
+                .map_err(|e| e.to_string())
+        };
+        let name = "ghcr.io/lab/app:1";
+        // A docker:// output's registry, not the image name's.
+        assert_eq!(
+            claimed(
+                Some("u"),
+                &["oci:x", "docker://127.0.0.1:5000/lab/app:1"],
+                name,
+                false
+            ),
+            Ok(Some("127.0.0.1:5000".into()))
+        );
+        // Without one, the image name's, pushed or not (a base there may need them).
+        assert_eq!(
+            claimed(Some("u"), &["oci:x"], name, false),
+            Ok(Some("ghcr.io".into()))
+        );
+        assert_eq!(
+            claimed(Some("u"), &[], name, true),
+            Ok(Some("ghcr.io".into()))
+        );
+        // The same registry twice is one target.
+        assert_eq!(
+            claimed(Some("u"), &["docker://ghcr.io/lab/other:2"], name, true),
+            Ok(Some("ghcr.io".into()))
+        );
+        // Two registries: refused with explicit credentials, none claimed without.
+        let err = claimed(
+            Some("u"),
+            &["docker://127.0.0.1:5000/lab/app:1"],
+            name,
+            true,
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("pushes to 127.0.0.1:5000 and ghcr.io"),
+            "{err}"
+        );
+        assert_eq!(
+            claimed(None, &["docker://127.0.0.1:5000/lab/app:1"], name, true),
+            Ok(None)
+        );
+        // A name without a registry host gets none (`push` sends it to
+        // docker.io with what the auth files hold); a bad name is refused.
+        assert_eq!(claimed(Some("u"), &[], "lab/app:1", false), Ok(None));
+        assert_eq!(claimed(Some("u"), &[], "lab/app:1", true), Ok(None));
+        assert!(claimed(Some("u"), &[], "lab/App:1", true)
+            .unwrap_err()
+            .contains("not a valid image reference"));
     }
 
     #[test]
