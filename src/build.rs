@@ -317,12 +317,7 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
     };
     let repository = image_repository(&experiment, request)?;
     let image_name = format!("{repository}:{tag}");
-    sink::claim_push_target(
-        &request.registry,
-        &request.outputs,
-        &image_name,
-        request.pushes_image,
-    )?;
+    request.claim_push_target(&image_name)?;
 
     let base_text = match (&request.base, experiment.get("docker_base_image")) {
         (Some(b), _) => b.clone(),
@@ -534,6 +529,12 @@ fn write_outputs(
 }
 
 impl BuildRequest {
+    /// Records the registry the explicit credentials go to (see
+    /// `sink::claim_push_target`), once the image's name is known.
+    fn claim_push_target(&self, image_name: &str) -> Result<()> {
+        sink::claim_push_target(&self.registry, &self.outputs, image_name, self.pushes_image)
+    }
+
     /// What sinks need of the request.
     pub fn sink_env(&self) -> sink::Env<'_> {
         sink::Env {

@@ -168,25 +168,29 @@ pub fn push_image(
     client_for: &ClientFor,
 ) -> Result<PushReport> {
     let repository = target.repository.as_str();
-    // (digest, size, repository of this registry it may be mounted from,
-    // the layer when it may have to be fetched)
-    let mut blobs: Vec<(String, u64, Option<String>, Option<&ImageLayer>)> = image
+    let mut blobs: Vec<Blob> = image
         .layers
         .iter()
-        .map(|layer| {
+        .map(|layer| Blob {
+            digest: &layer.blob.digest,
+            size: layer.blob.size,
             // A base layer from this registry, or a blob we pushed to
             // another repository of it before, can be mounted.
-            let mount = layer
+            mount: layer
                 .remote
                 .as_ref()
                 .filter(|r| r.registry == target.registry)
                 .map(|r| r.repository.clone())
-                .or_else(|| store.pushed_to(&target.registry, &layer.blob.digest));
-            let fetchable = layer.remote.is_some().then_some(layer);
-            (layer.blob.digest.clone(), layer.blob.size, mount, fetchable)
+                .or_else(|| store.pushed_to(&target.registry, &layer.blob.digest)),
+            fetchable: layer.remote.is_some().then_some(layer),
         })
         .collect();
-    blobs.push((image.config_digest.clone(), image.config_size, None, None));
+    blobs.push(Blob {
+        digest: &image.config_digest,
+        size: image.config_size,
+        mount: None,
+        fetchable: None,
+    });
 
     // Bars on a terminal; plain lines in CI or when stderr is not a tty.
     let interactive = std::io::stderr().is_terminal()
@@ -205,61 +209,29 @@ pub fn push_image(
                 if i >= blobs.len() || first_error.lock().unwrap().is_some() {
                     return;
                 }
-                let (digest, size, mount, fetchable) = &blobs[i];
+                let blob = &blobs[i];
+                let (digest, mount) = (blob.digest, blob.mount.as_deref());
                 let bar = if interactive {
-                    let bar = bars.add(ProgressBar::new(*size).with_style(style.clone()));
+                    let bar = bars.add(ProgressBar::new(blob.size).with_style(style.clone()));
                     bar.set_prefix(short(digest).to_string());
                     bar
                 } else {
                     ProgressBar::hidden()
                 };
-                // The bytes are hashed as they stream out of the store; a
-                // blob that does not match its digest is never completed
-                // (its last bytes are withheld), so the registry never
-                // commits it; it is removed from the store, and the push
-                // stops with the line saying so.
-                let corrupt: Arc<Mutex<Option<String>>> = Arc::default();
-                let open = || -> Result<VerifiedBlob> {
-                    if let Some(message) = corrupt.lock().unwrap().clone() {
-                        anyhow::bail!("{message}");
-                    }
-                    // Only when the registry has it neither in the target
-                    // repository nor (mounted) in another one.
-                    if let Some(layer) = fetchable.filter(|_| !store.has_blob(digest, *size)) {
-                        super::pull::fetch_missing(store, std::slice::from_ref(layer), client_for)?;
-                    }
-                    Ok(store.open_blob(digest, *size)?.report_to(corrupt.clone()))
-                };
-                let result = store.blob_path(digest).and_then(|path| {
-                    if !path.exists() && mount.is_none() && fetchable.is_none() {
-                        anyhow::bail!("blob {digest} is not in the cache and cannot be mounted");
-                    }
-                    let blob = BlobUpload {
-                        repository,
-                        digest,
-                        size: *size,
-                        open: &open,
-                    };
-                    client
-                        .push_blob(&blob, mount.as_deref(), options.chunk_size, &bar)
-                        .map_err(|e| match corrupt.lock().unwrap().clone() {
-                            Some(message) => anyhow::anyhow!("{message}"),
-                            None => e.into(),
-                        })
-                });
+                let result = push_blob(client, store, repository, blob, options, client_for, &bar);
                 match result {
                     Ok(outcome) => {
                         if let BlobOutcome::Uploaded { bytes } = outcome {
                             uploaded.fetch_add(bytes, Ordering::SeqCst);
                         }
-                        let text = describe(outcome, mount.as_deref());
+                        let text = describe(outcome, mount);
                         if interactive {
                             bar.finish_with_message(text);
                         } else {
                             eprintln!("{}: {text}", short(digest));
                         }
                         store.remember_pushed(&target.registry, digest, repository);
-                        outcomes.lock().unwrap().push((digest.clone(), outcome));
+                        outcomes.lock().unwrap().push((digest.to_string(), outcome));
                     }
                     Err(err) => {
                         first_error.lock().unwrap().get_or_insert(err);
@@ -289,6 +261,59 @@ pub fn push_image(
         uploaded_bytes: uploaded.into_inner(),
         blobs,
     })
+}
+
+/// One blob of an image to push.
+struct Blob<'a> {
+    digest: &'a str,
+    size: u64,
+    /// A repository of the target's registry it may be mounted from.
+    mount: Option<String>,
+    /// The base layer it is, fetched from its registry if the store lacks it.
+    fetchable: Option<&'a ImageLayer>,
+}
+
+/// Pushes one blob, streamed out of the store (fetched into it first only
+/// when the registry has it neither in the repository nor by mount).
+fn push_blob(
+    client: &RegistryClient,
+    store: &BlobStore,
+    repository: &str,
+    blob: &Blob,
+    options: &PushOptions,
+    client_for: &ClientFor,
+    bar: &ProgressBar,
+) -> Result<BlobOutcome> {
+    let (digest, size) = (blob.digest, blob.size);
+    // The bytes are hashed as they stream out of the store; a blob that
+    // does not match its digest is never completed (its last bytes are
+    // withheld), so the registry never commits it; it is removed from the
+    // store, and the push stops with the line saying so.
+    let corrupt: Arc<Mutex<Option<String>>> = Arc::default();
+    let open = || -> Result<VerifiedBlob> {
+        if let Some(message) = corrupt.lock().unwrap().clone() {
+            anyhow::bail!("{message}");
+        }
+        if let Some(layer) = blob.fetchable.filter(|_| !store.has_blob(digest, size)) {
+            super::pull::fetch_missing(store, std::slice::from_ref(layer), client_for)?;
+        }
+        Ok(store.open_blob(digest, size)?.report_to(corrupt.clone()))
+    };
+    if !store.blob_path(digest)?.exists() && blob.mount.is_none() && blob.fetchable.is_none() {
+        anyhow::bail!("blob {digest} is not in the cache and cannot be mounted");
+    }
+    let upload = BlobUpload {
+        repository,
+        digest,
+        size,
+        open: &open,
+    };
+    client
+        .push_blob(&upload, blob.mount.as_deref(), options.chunk_size, bar)
+        .map_err(|e| match corrupt.lock().unwrap().clone() {
+            Some(message) => anyhow::anyhow!("{message}"),
+            None => e.into(),
+        })
 }
 
 fn describe(outcome: BlobOutcome, mount: Option<&str>) -> String {
