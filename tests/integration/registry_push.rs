@@ -813,11 +813,8 @@ fn a_bad_output_is_one_line_before_any_work() {
 fn a_base_on_another_registry_is_fetched_for_the_push() {
     let issuer = TokenIssuer::start("bob", "t0ken-user-pw");
     let bases = Registry::start(RegistryAuth::Token(issuer.clone()));
-    let (bases_host, target) = (
-        bases.host(),
-        Registry::start(RegistryAuth::htpasswd("alice", "s3cret-target-pw")),
-    );
-    let target_host = target.host();
+    let target = Registry::start(RegistryAuth::htpasswd("alice", "s3cret-target-pw"));
+    let (bases_host, target_host) = (bases.host(), target.host());
     let auth = Sandbox::new();
     let auth_file = auth.path("auth.json");
     fs::write(
