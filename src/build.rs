@@ -12,7 +12,7 @@ use crate::base::{self, BaseRef};
 use crate::experiment::{Experiment, FileKind, LoadOptions};
 use crate::http::RetryPolicy;
 use crate::image::store::{sha256_digest, BlobStore, StoredLayer};
-use crate::image::{self, archive, layout, ConfigChanges, Image, ImageLayer, RemoteBlob};
+use crate::image::{self, ConfigChanges, Image, ImageLayer, RemoteBlob};
 use crate::plan::{Lock, LockInputs};
 use crate::prepare;
 use crate::python::install::BytecodeCompiler;
@@ -24,53 +24,17 @@ use crate::python::{
     python_layers, resolve, target, IndexConfig, PythonLayers, ResolveRequest, TargetOverrides,
 };
 use crate::registry::credentials::{self, CredentialContext};
+use crate::registry::push::PushOptions;
 use crate::registry::{pull, Reference, RegistryClient};
+use crate::sink::{self, Built};
 
 /// Seconds since the epoch used for every time in an image when
 /// `SOURCE_DATE_EPOCH` is not set: 2000-01-01T00:00:00Z, fixed and after 1980
 /// (zip-based tools reject earlier times).
 pub const DEFAULT_EPOCH: u64 = 946_684_800;
 
-/// Where the image goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OutputRef {
-    OciLayout { dir: PathBuf, tag: Option<String> },
-    DockerArchive { file: PathBuf },
-}
-
-impl OutputRef {
-    pub fn parse(text: &str) -> Result<OutputRef> {
-        if let Some(rest) = text.strip_prefix("oci:") {
-            let (dir, tag) = base::split_dir_and_tag(rest);
-            if dir.as_os_str().is_empty() {
-                bail!("output {text:?} names no directory: use oci:DIR[:TAG]");
-            }
-            return Ok(OutputRef::OciLayout { dir, tag });
-        }
-        if let Some(file) = text.strip_prefix("docker-archive:") {
-            if file.is_empty() {
-                bail!("output {text:?} names no file: use docker-archive:FILE");
-            }
-            return Ok(OutputRef::DockerArchive {
-                file: PathBuf::from(file),
-            });
-        }
-        bail!("unknown output {text:?}: use oci:DIR[:TAG] or docker-archive:FILE")
-    }
-
-    pub fn describe(&self, default_tag: &str) -> String {
-        match self {
-            OutputRef::OciLayout { dir, tag } => {
-                format!(
-                    "oci:{}:{}",
-                    dir.display(),
-                    tag.as_deref().unwrap_or(default_tag)
-                )
-            }
-            OutputRef::DockerArchive { file } => format!("docker-archive:{}", file.display()),
-        }
-    }
-}
+/// Where the image goes: `--output`, parsed (see `sink`).
+pub use crate::sink::OutputRef;
 
 /// How to reach registries, for bases and pushes.
 pub struct RegistryOptions {
@@ -118,7 +82,8 @@ impl RegistryOptions {
         RegistryClient::new(reference, &self.insecure, credential, self.retry)
     }
 
-    fn client_for_remote(&self, remote: &RemoteBlob) -> Result<RegistryClient> {
+    /// A client for the registry `remote` is on, with its own credentials.
+    pub fn client_for_remote(&self, remote: &RemoteBlob) -> Result<RegistryClient> {
         self.client(&Reference {
             registry: remote.registry.clone(),
             repository: remote.repository.clone(),
@@ -132,6 +97,10 @@ pub struct BuildRequest {
     pub experiment_dir: PathBuf,
     pub base: Option<String>,
     pub outputs: Vec<OutputRef>,
+    /// How registry outputs push (`--use-existing`, `--chunk-size`, `--parallel`).
+    pub push: PushOptions,
+    /// The image is pushed to its own name after the build (`push`, `--push`).
+    pub pushes_image: bool,
     pub tag: Option<String>,
     pub cache_dir: PathBuf,
     pub platform: Option<String>,
@@ -348,7 +317,7 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
     };
     let repository = image_repository(&experiment, request)?;
     let image_name = format!("{repository}:{tag}");
-    request.registry.set_push_target(&image_name);
+    request.claim_push_target(&image_name)?;
 
     let base_text = match (&request.base, experiment.get("docker_base_image")) {
         (Some(b), _) => b.clone(),
@@ -541,7 +510,7 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
     })
 }
 
-/// Writes the image to every `--output`, fetching base blobs first.
+/// Writes the image to every `--output`.
 fn write_outputs(
     request: &BuildRequest,
     store: &BlobStore,
@@ -549,22 +518,43 @@ fn write_outputs(
     tag: &str,
     image_name: &str,
 ) -> Result<()> {
-    if !request.outputs.is_empty() {
-        pull::fetch_missing(store, &image.layers, &|remote| {
-            request.registry.client_for_remote(remote)
-        })?;
+    let built = Built {
+        store,
+        image,
+        name: image_name,
+        tag,
+        epoch: request.epoch,
+    };
+    sink::write_all(&request.outputs, &built, &request.sink_env())
+}
+
+impl BuildRequest {
+    /// Records the registry the explicit credentials go to (see
+    /// `sink::claim_push_target`), once the image's name is known.
+    fn claim_push_target(&self, image_name: &str) -> Result<()> {
+        sink::claim_push_target(&self.registry, &self.outputs, image_name, self.pushes_image)
     }
-    for output in &request.outputs {
-        match output {
-            OutputRef::OciLayout { dir, tag: out_tag } => {
-                layout::write(store, image, dir, out_tag.as_deref().unwrap_or(tag))?
-            }
-            OutputRef::DockerArchive { file } => {
-                archive::write(store, image, file, image_name, request.epoch)?
-            }
+
+    /// What sinks need of the request.
+    pub fn sink_env(&self) -> sink::Env<'_> {
+        sink::Env {
+            registry: &self.registry,
+            push: &self.push,
         }
     }
-    Ok(())
+}
+
+impl BuildResult {
+    /// The image as sinks take it.
+    pub fn built(&self, epoch: u64) -> Built<'_> {
+        Built {
+            store: &self.store,
+            image: &self.image,
+            name: &self.image_name,
+            tag: &self.tag,
+            epoch,
+        }
+    }
 }
 
 /// Stops before any work when the experiment customises its image in a way
@@ -876,24 +866,6 @@ mod tests {
             local.set_push_target(name);
             assert_eq!(local.push_registry.get(), None, "{name}");
         }
-    }
-
-    #[test]
-    fn parses_outputs() {
-        assert_eq!(
-            OutputRef::parse("oci:out:v1").unwrap(),
-            OutputRef::OciLayout {
-                dir: "out".into(),
-                tag: Some("v1".into())
-            }
-        );
-        assert_eq!(
-            OutputRef::parse("docker-archive:x.tar").unwrap(),
-            OutputRef::DockerArchive {
-                file: "x.tar".into()
-            }
-        );
-        assert!(OutputRef::parse("dir:x").is_err());
     }
 
     #[test]

@@ -146,7 +146,7 @@ pub fn run(command: RuntimeCommand) -> Result<()> {
         } => {
             // Before the build: without an engine there is nothing to debug on.
             let found = engine.engine()?;
-            let (_, result) = build_command(&build, false)?;
+            let (request, result) = build_command(&build, Default::default(), false, false)?;
             let experiment = Experiment::load(
                 &build.experiment_dir,
                 &LoadOptions {
@@ -157,7 +157,8 @@ pub fn run(command: RuntimeCommand) -> Result<()> {
                 engine: &found,
                 experiment: &experiment,
                 build: &result,
-                epoch: dallinger_oci::build::epoch_from_env()?,
+                registry: &request.registry,
+                epoch: request.epoch,
                 port,
                 redis_image: engine.redis_image,
                 postgres_image: engine.postgres_image,

@@ -12,16 +12,17 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use base64::Engine as _;
 
-use crate::build::BuildResult;
+use crate::build::{BuildResult, RegistryOptions};
 use crate::experiment::config::Config;
 use crate::experiment::Experiment;
-use crate::image::archive;
 use crate::registry::Reference;
 use crate::runtime::compose::{self, PortMapping};
 use crate::runtime::stack::{
     self, ServiceImages, Stack, StackPlan, WorkerNaming, NEW_RECRUIT_LOG_PREFIX,
 };
 use crate::runtime::{Compose, Engine};
+use crate::sink::engine::EngineLoad;
+use crate::sink::{Env, Sink};
 
 /// Config keys (in `config.txt` or `~/.dallingerconfig`, any section) and
 /// flags that choose the service images.
@@ -175,6 +176,8 @@ pub struct DebugRequest<'a> {
     pub engine: &'a Engine,
     pub experiment: &'a Experiment,
     pub build: &'a BuildResult,
+    /// For base layers the cache lacks, fetched before the image is loaded.
+    pub registry: &'a RegistryOptions,
     pub epoch: u64,
     pub port: Option<u16>,
     pub redis_image: Option<String>,
@@ -193,18 +196,12 @@ pub fn debug(req: &DebugRequest) -> Result<()> {
     let engine = req.engine;
     let config = req.experiment.config();
     let image = &req.build.image_name;
-    eprintln!("Loading {image} into {}…", engine.kind.name());
-    engine
-        .load(|out| archive::write_to(&req.build.store, &req.build.image, out, image, req.epoch))?;
-    let loaded = engine.image_id(image)?;
-    if loaded.as_deref() != Some(req.build.image.config_digest.as_str()) {
-        bail!(
-            "{} holds {image} as {}, not the image just built ({}): another process may have replaced the tag; run debug again",
-            engine.kind.name(),
-            loaded.as_deref().unwrap_or("nothing"),
-            req.build.image.config_digest
-        );
-    }
+    let built = req.build.built(req.epoch);
+    let env = Env {
+        registry: req.registry,
+        push: &Default::default(),
+    };
+    EngineLoad { engine }.write(&built, &env)?;
 
     let port = match req.port {
         Some(p) => p,

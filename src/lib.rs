@@ -14,6 +14,7 @@ pub mod prepare;
 pub mod python;
 pub mod registry;
 pub mod sandbox;
+pub mod sink;
 
 // Running images (debug, deploy-image, services): the only part that calls
 // a container engine.

@@ -2,7 +2,7 @@
 
 mod cli_runtime;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -16,8 +16,8 @@ use dallinger_oci::http::RetryPolicy;
 use dallinger_oci::python::index::IndexConfig;
 use dallinger_oci::python::TargetOverrides;
 use dallinger_oci::registry::credentials::{CredentialContext, Secret};
-use dallinger_oci::registry::push::{push_image, PushOptions};
-use dallinger_oci::registry::Reference;
+use dallinger_oci::registry::push::{self, PushOptions};
+use dallinger_oci::sink::registry::RegistrySink;
 
 #[derive(Parser)]
 #[command(
@@ -70,7 +70,8 @@ struct BuildArgs {
     /// rootfs:FILE.tar or scratch (default: docker_base_image from config.txt).
     #[arg(long)]
     base: Option<String>,
-    /// Where to write the image: oci:DIR[:TAG] or docker-archive:FILE (repeatable).
+    /// Where to write the image: oci:DIR[:TAG], docker-archive:FILE or
+    /// docker://HOST/REPO:TAG (pushed there); repeatable.
     #[arg(long = "output", short = 'o')]
     outputs: Vec<String>,
     /// Write the manifest digest (sha256:HEX) to this file.
@@ -91,8 +92,9 @@ struct BuildArgs {
     /// Registry reached over plain HTTP (localhost and 127.0.0.1 always are); repeatable.
     #[arg(long = "insecure-registry", value_name = "HOST")]
     insecure_registries: Vec<String>,
-    /// Registry user name for the push target's registry (other registries,
-    /// and it without this, use auth files, credential helpers or GITHUB_TOKEN).
+    /// Registry user name for the push target's registry (a docker://
+    /// output's, else the image name's; other registries, and it without
+    /// this, use auth files, credential helpers or GITHUB_TOKEN).
     #[arg(long, env = "DALLINGER_OCI_REGISTRY_USERNAME")]
     username: Option<String>,
     /// Read the registry password or token from standard input.
@@ -191,8 +193,18 @@ struct PushArgs {
     #[arg(long, value_name = "BYTES")]
     chunk_size: Option<u64>,
     /// Blobs uploaded at the same time.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = PushOptions::default().parallel)]
     parallel: usize,
+}
+
+impl PushArgs {
+    fn options(&self) -> PushOptions {
+        PushOptions {
+            chunk_size: self.chunk_size,
+            parallel: self.parallel,
+            use_existing: self.use_existing,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -216,19 +228,19 @@ fn run(cli: Cli) -> Result<()> {
             push,
             push_args,
         } => {
-            let (request, result) = build_command(&build, false)?;
+            let (request, result) = build_command(&build, push_args.options(), push, false)?;
             if push {
-                push_command(&request, &result, &push_args)?;
+                push_command(&request, &result)?;
             }
             Ok(())
         }
         Command::Lock { build } => {
-            build_command(&build, true)?;
+            build_command(&build, PushOptions::default(), false, true)?;
             Ok(())
         }
         Command::Push { build, push_args } => {
-            let (request, result) = build_command(&build, false)?;
-            push_command(&request, &result, &push_args)
+            let (request, result) = build_command(&build, push_args.options(), true, false)?;
+            push_command(&request, &result)
         }
         Command::Runtime(command) => cli_runtime::run(command),
     }
@@ -294,7 +306,14 @@ fn python_options(
     }))
 }
 
-fn build_command(args: &BuildArgs, write_lock: bool) -> Result<(BuildRequest, BuildResult)> {
+/// Builds; `push` is how registry outputs push, `pushes_image` that the
+/// image is pushed to its own name afterwards (`push`, `build --push`).
+fn build_command(
+    args: &BuildArgs,
+    push: PushOptions,
+    pushes_image: bool,
+    write_lock: bool,
+) -> Result<(BuildRequest, BuildResult)> {
     let outputs = args
         .outputs
         .iter()
@@ -317,6 +336,8 @@ fn build_command(args: &BuildArgs, write_lock: bool) -> Result<(BuildRequest, Bu
         experiment_dir: args.experiment_dir.clone(),
         base: args.base.clone(),
         outputs,
+        push,
+        pushes_image,
         tag: args.tag.clone(),
         python: python_options(args, &cache_dir, write_lock)?,
         cache_dir,
@@ -358,80 +379,17 @@ fn build_command(args: &BuildArgs, write_lock: bool) -> Result<(BuildRequest, Bu
             "built"
         }
     );
-    for output in &request.outputs {
-        eprintln!("Wrote {}", output.describe(&result.tag));
-    }
     println!("Built image: {}", result.image_name);
     println!("{digest}");
     Ok((request, result))
 }
 
-fn push_command(request: &BuildRequest, result: &BuildResult, push_args: &PushArgs) -> Result<()> {
-    let target = Reference::parse(&result.image_name)?;
-    if !target.registry.contains('.')
-        && !target.registry.contains(':')
-        && target.registry != "localhost"
-    {
-        bail!(
-            "cannot push {}: docker_image_base_name must name a registry",
-            result.image_name
-        );
-    }
-    // The push target is the one registry the explicit credentials are for.
-    request.registry.set_push_target(&result.image_name);
-    let client = request.registry.client(&target)?;
-    let digest = &result.image.manifest_digest;
-    let repository_ref = format!("{}@{digest}", target.name());
-    // Only a 404 means absent: a refusal (401, 403) is an error, not a push.
-    if push_args.use_existing
-        && client
-            .has_manifest(&target.repository, digest)
-            .with_context(|| format!("checking whether {repository_ref} is in the registry"))?
-    {
-        eprintln!(
-            "Image {repository_ref} is already in the registry and every input is unchanged: reusing it, nothing uploaded"
-        );
-        // The tag may still point elsewhere: point it at this image.
-        client.put_manifest(
-            &target.repository,
-            target.tag.as_deref().unwrap_or(digest),
-            dallinger_oci::image::MEDIA_TYPE_MANIFEST,
-            &result.image.manifest_bytes,
-            digest,
-        )?;
-    } else {
-        let report = push_image(
-            &client,
-            &result.store,
-            &result.image,
-            &target,
-            &PushOptions {
-                chunk_size: push_args.chunk_size,
-                parallel: push_args.parallel,
-            },
-        )?;
-        eprintln!(
-            "{}: digest: {digest} size: {}",
-            target.tag.as_deref().unwrap_or(""),
-            result.image.manifest_size()
-        );
-        eprintln!("Uploaded {} bytes of blobs", report.uploaded_bytes);
-    }
-    println!("Pushed image: {digest}\n");
-    println!("Image {repository_ref} built and pushed.\n");
-    if let Some(path) = std::env::var_os("GITHUB_OUTPUT").filter(|p| !p.is_empty()) {
-        let mut file = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&path)
-            .with_context(|| {
-                format!(
-                    "cannot append to GITHUB_OUTPUT ({})",
-                    PathBuf::from(&path).display()
-                )
-            })?;
-        writeln!(file, "digest={digest}")?;
-        writeln!(file, "image={repository_ref}")?;
-    }
-    Ok(())
+/// `push` and `build --push`: the image to its own name, ending as
+/// Dallinger does.
+fn push_command(request: &BuildRequest, result: &BuildResult) -> Result<()> {
+    let sink = RegistrySink {
+        target: push::image_target(&result.image_name)?,
+    };
+    let published = sink.publish(&result.built(request.epoch), &request.sink_env())?;
+    push::announce(&published)
 }

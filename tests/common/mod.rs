@@ -399,6 +399,24 @@ pub fn python_base_command(sandbox: &Sandbox, command: &str, exp: &Path, args: &
     run(&mut cmd)
 }
 
+/// Runs `cmd` with `stdin` as its standard input.
+pub fn run_with_stdin(mut cmd: Command, stdin: &str) -> Output {
+    use std::io::Write as _;
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("dallinger-oci starts");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// A successful run's stdout and stderr.
 pub fn succeeds(out: Output) -> (String, String) {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();

@@ -715,3 +715,183 @@ fn tls_failure_names_the_way_out_and_insecure_registry_allows_plain_http() {
         digest
     );
 }
+
+#[test]
+fn build_output_docker_pushes_the_digest_it_prints_and_writes() {
+    let registry = Registry::start(RegistryAuth::None);
+    let host = registry.host();
+    let sandbox = Sandbox::new();
+    let exp = experiment(&sandbox, "golden", &format!("{host}/lab/golden"));
+    let target = format!("{host}/lab/built:v1");
+    let mut cmd = sandbox.cmd();
+    cmd.arg("build").arg(&exp).args([
+        "--base",
+        &base_arg(),
+        "-o",
+        "oci:local",
+        "-o",
+        &format!("docker://{target}"),
+        "--digest-file",
+        "digest.txt",
+    ]);
+    let (stdout, stderr) = succeeds(run(&mut cmd));
+    let digest = printed_digest(&stdout);
+    assert!(
+        stderr.contains(&format!("Pushed {target}@{digest}")),
+        "{stderr}"
+    );
+    assert_eq!(skopeo_digest(&format!("docker://{target}"), &[]), digest);
+    assert_eq!(layout_image(&sandbox.path("local")).0, digest);
+    assert_eq!(
+        fs::read_to_string(sandbox.path("digest.txt")).unwrap(),
+        format!("{digest}\n")
+    );
+    // Only the docker:// output's repository: the image's own name is not pushed.
+    assert!(
+        !registry
+            .requests()
+            .iter()
+            .any(|r| r.path.starts_with("/v2/lab/golden/")),
+        "{:?}",
+        registry.requests()
+    );
+
+    // A second build uploads nothing; --use-existing reuses it and says so.
+    let before = blob_uploads(&registry);
+    let mut cmd = sandbox.cmd();
+    cmd.arg("build").arg(&exp).args([
+        "--base",
+        &base_arg(),
+        "-o",
+        &format!("docker://{target}"),
+        "--use-existing",
+    ]);
+    let (stdout, stderr) = succeeds(run(&mut cmd));
+    assert_eq!(printed_digest(&stdout), digest);
+    assert!(stderr.contains("reusing it, nothing uploaded"), "{stderr}");
+    assert_eq!(blob_uploads(&registry), before);
+}
+
+#[test]
+fn a_bad_output_is_one_line_before_any_work() {
+    let sandbox = Sandbox::new();
+    let exp = experiment(&sandbox, "golden", "127.0.0.1:1/lab/golden");
+    for (output, says) in [
+        ("ftp://127.0.0.1:1/lab/app:1", "error: unknown output \"ftp://127.0.0.1:1/lab/app:1\": use oci:DIR[:TAG], docker-archive:FILE, docker://HOST/REPO:TAG"),
+        ("docker://127.0.0.1:1/lab/app", "error: output \"docker://127.0.0.1:1/lab/app\" names no tag: use docker://HOST/REPO:TAG (the image is pushed under that tag)"),
+    ] {
+        let mut cmd = sandbox.cmd();
+        cmd.arg("build")
+            .arg(&exp)
+            .args(["--base", &base_arg(), "-o", output]);
+        assert_eq!(one_line_error(&run(&mut cmd)), says);
+    }
+    // The explicit credentials are for one registry: two to push to is refused.
+    let mut cmd = sandbox.cmd();
+    cmd.arg("push").arg(&exp).args([
+        "--base",
+        &base_arg(),
+        "-o",
+        "docker://127.0.0.2:1/lab/app:1",
+        "--username",
+        "alice",
+        "--password-stdin",
+    ]);
+    let line = one_line_error(&run_with_stdin(cmd, "pw\n"));
+    assert!(
+        line.contains("is for one registry, and this build pushes to 127.0.0.1:1 and 127.0.0.2:1"),
+        "{line}"
+    );
+    assert!(!sandbox.path("cache").join("blobs").exists());
+}
+
+/// A push onto a base in another registry, from a cache that never held
+/// the base's layers (`--no-deps` reads none of them): they are fetched
+/// from the base's registry, with its own credentials, and uploaded; on
+/// the base's own registry they are mounted instead.
+#[test]
+fn a_base_on_another_registry_is_fetched_for_the_push() {
+    let issuer = TokenIssuer::start("bob", "t0ken-user-pw");
+    let bases = Registry::start(RegistryAuth::Token(issuer.clone()));
+    let target = Registry::start(RegistryAuth::htpasswd("alice", "s3cret-target-pw"));
+    let (bases_host, target_host) = (bases.host(), target.host());
+    let auth = Sandbox::new();
+    let auth_file = auth.path("auth.json");
+    fs::write(
+        &auth_file,
+        format!(
+            r#"{{"auths":{{"{bases_host}":{{"auth":"{}"}}}}}}"#,
+            base64(b"bob:t0ken-user-pw")
+        ),
+    )
+    .unwrap();
+    let with_auth = |sandbox: &Sandbox| {
+        let mut cmd = sandbox.cmd();
+        cmd.env("REGISTRY_AUTH_FILE", &auth_file);
+        cmd
+    };
+
+    // The base: the golden image in the base registry.
+    let maker = Sandbox::new();
+    let exp = experiment(&maker, "golden", &format!("{bases_host}/lab/base"));
+    let mut cmd = with_auth(&maker);
+    cmd.arg("push")
+        .arg(&exp)
+        .args(["--base", &base_arg(), "--tag", "1"]);
+    succeeds(run(&mut cmd));
+    let base = format!("docker://{bases_host}/lab/base:1");
+
+    // `push --no-deps` to the other registry, from a new cache.
+    let sandbox = Sandbox::new();
+    let exp = experiment(&sandbox, "other", &format!("{target_host}/lab/app"));
+    fs::write(exp.join("experiment.py"), "# on a registry base\n").unwrap();
+    let mut cmd = with_auth(&sandbox);
+    cmd.arg("push")
+        .arg(&exp)
+        .args(["--base", &base, "--username", "alice", "--password-stdin"]);
+    let (stdout, stderr) = succeeds(run_with_stdin(cmd, "s3cret-target-pw\n"));
+    let digest = pushed_digest(&stdout, &format!("{target_host}/lab/app"));
+    assert!(stderr.contains("fetching base layer"), "{stderr}");
+    assert!(!format!("{stdout}{stderr}").contains("s3cret-target-pw"));
+    let creds = ["--creds", "alice:s3cret-target-pw"];
+    assert_eq!(
+        skopeo_digest(&format!("docker://{target_host}/lab/app@{digest}"), &creds),
+        digest
+    );
+
+    // `--output docker://` the same way, from another new cache.
+    let sandbox = Sandbox::new();
+    let exp = experiment(&sandbox, "other", "lab/app");
+    let out = format!("{target_host}/lab/built:1");
+    let mut cmd = with_auth(&sandbox);
+    cmd.arg("build").arg(&exp).args([
+        "--base",
+        &base,
+        "-o",
+        &format!("docker://{out}"),
+        "--username",
+        "alice",
+        "--password-stdin",
+    ]);
+    let (stdout, stderr) = succeeds(run_with_stdin(cmd, "s3cret-target-pw\n"));
+    let digest = printed_digest(&stdout);
+    assert!(stderr.contains("fetching base layer"), "{stderr}");
+    assert_eq!(skopeo_digest(&format!("docker://{out}"), &creds), digest);
+
+    // The base registry's token service saw only its own user.
+    let users: Vec<Option<String>> = issuer.requests().into_iter().map(|r| r.user).collect();
+    assert!(
+        !users.is_empty() && users.iter().all(|u| u.as_deref() == Some("bob")),
+        "{users:?}"
+    );
+
+    // Pushed to the base's own registry, the base's layers are mounted.
+    let sandbox = Sandbox::new();
+    let exp = experiment(&sandbox, "other", &format!("{bases_host}/lab/app"));
+    let mut cmd = with_auth(&sandbox);
+    cmd.arg("push").arg(&exp).args(["--base", &base]);
+    let (stdout, stderr) = succeeds(run(&mut cmd));
+    pushed_digest(&stdout, &format!("{bases_host}/lab/app"));
+    assert!(stderr.contains("mounted from lab/base"), "{stderr}");
+    assert!(!stderr.contains("fetching base layer"), "{stderr}");
+}

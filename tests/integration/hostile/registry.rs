@@ -446,23 +446,6 @@ fn rootfs_base() -> String {
     format!("rootfs:{}", fixture("base/tiny-rootfs.tar").display())
 }
 
-/// Runs `cmd` with `stdin` as its standard input.
-fn run_with_stdin(mut cmd: Command, stdin: &str) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("dallinger-oci starts");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
-
 /// `push EXP --base BASE` with the push credentials given by flags.
 fn push_with_flags(sandbox: &Sandbox, exp: &Path, base: &str, extra: &[&str]) -> Output {
     let mut cmd = sandbox.cmd();
@@ -617,6 +600,52 @@ fn explicit_credentials_never_reach_a_base_registry_or_its_realm() {
         "{:?}",
         issuer.requests()
     );
+}
+
+/// `build --output docker://`: the explicit credentials go to that output's
+/// registry only, not to the image name's (here the base's host), nor to the
+/// base registry its layers are fetched from for the push.
+#[test]
+fn explicit_credentials_go_to_the_output_registry_only() {
+    let registry = Registry::start(RegistryAuth::htpasswd(PUSH_USER, PUSH_PASSWORD));
+    let (base, realm) = hostile_base_registry();
+    let base_ref = format!("docker://{}/lab/base:1", base.host());
+    let sandbox = Sandbox::new();
+    let exp = experiment(&sandbox, &format!("{}/lab/app", base.host()));
+    let target = format!("{}/lab/app:1", registry.host());
+    let mut cmd = sandbox.cmd();
+    cmd.arg("build")
+        .arg(&exp)
+        .args(["--base", &base_ref, "--retries", "1"])
+        .args(["-o", &format!("docker://{target}")])
+        .args(["--username", PUSH_USER, "--password-stdin"]);
+    let out = run_with_stdin(cmd, &format!("{PUSH_PASSWORD}\n"));
+    let all = text(&out);
+    assert!(out.status.success(), "build failed:\n{all}");
+    assert!(!all.contains(PUSH_PASSWORD), "{all}");
+    let digest = printed_digest(&String::from_utf8_lossy(&out.stdout));
+    assert!(all.contains(&format!("Pushed {target}@{digest}")), "{all}");
+    let inspected = ok(Command::new(require_tool("skopeo"))
+        .args(["inspect", "--tls-verify=false", "--creds"])
+        .arg(format!("{PUSH_USER}:{PUSH_PASSWORD}"))
+        .arg(format!("docker://{target}")));
+    let inspected: serde_json::Value = serde_json::from_str(&inspected).unwrap();
+    assert_eq!(inspected["Digest"], digest.as_str());
+
+    // The base (the image name's registry too) and its realm were asked,
+    // its layer fetched, all anonymously.
+    assert!(base.count("GET") > 0 && realm.count("GET") > 0);
+    for seen in base.seen().iter().chain(realm.seen().iter()) {
+        assert!(
+            !seen.carries_push_credentials()
+                && !seen
+                    .header("authorization")
+                    .unwrap_or("")
+                    .starts_with("Basic"),
+            "the push credentials reached {}: {seen:?}",
+            seen.host
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------
