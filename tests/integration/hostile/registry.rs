@@ -552,8 +552,9 @@ fn explicit_credentials_never_reach_a_base_registry_or_its_realm() {
     let base_ref = format!("docker://{}/lab/base:1", base.host());
 
     // --username/--password-stdin, then DALLINGER_OCI_REGISTRY_*; each in
-    // its own cache, so the base is resolved afresh. (The --output makes
-    // the build fetch the base's layer, which the push then uploads.)
+    // its own cache, so the base is resolved afresh and its layer fetched
+    // from the base's registry (by the --output here; without it the push
+    // fetches it), anonymously.
     for (i, by_env) in [false, true].into_iter().enumerate() {
         let sandbox = Sandbox::new();
         let exp = experiment(&sandbox, &format!("{}/lab/app{i}", registry.host()));
