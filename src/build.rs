@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use anyhow::{bail, Context, Result};
-use dallinger_oci_layers::{Codec, Content, LayerTree, WriteOptions};
+use dallinger_oci_layers::{Codec, Content, KeyHasher, LayerTree, WriteOptions};
 
 use crate::base::{self, BaseRef};
 use crate::experiment::{Experiment, FileKind, LoadOptions};
 use crate::http::RetryPolicy;
-use crate::image::store::{sha256_digest, BlobStore, StoredLayer};
+use crate::image::store::{sha256_digest, BlobFetcher, BlobStore, LayerDescription, ProducedLayer};
 use crate::image::{self, archive, layout, ConfigChanges, Image, ImageLayer, RemoteBlob};
 use crate::plan::{Lock, LockInputs};
 use crate::prepare;
@@ -73,6 +73,7 @@ impl OutputRef {
 }
 
 /// How to reach registries, for bases and pushes.
+#[derive(Clone)]
 pub struct RegistryOptions {
     pub insecure: Vec<String>,
     pub credentials: CredentialContext,
@@ -128,6 +129,21 @@ impl RegistryOptions {
     }
 }
 
+/// Base layers come from the registry that holds them, with the
+/// credentials [`RegistryOptions::client`] chooses.
+impl BlobFetcher for RegistryOptions {
+    fn fetch(
+        &self,
+        remote: &RemoteBlob,
+        digest: &str,
+        size: u64,
+        import: &mut dyn FnMut(&mut dyn std::io::Read) -> Result<()>,
+    ) -> Result<()> {
+        let client = self.client_for_remote(remote)?;
+        Ok(client.get_blob(&remote.repository, digest, size, import)?)
+    }
+}
+
 pub struct BuildRequest {
     pub experiment_dir: PathBuf,
     pub base: Option<String>,
@@ -136,6 +152,10 @@ pub struct BuildRequest {
     pub cache_dir: PathBuf,
     pub platform: Option<String>,
     pub epoch: u64,
+    /// How new layers are compressed (`--compression`).
+    pub compression: Codec,
+    /// Compression worker threads (0: one per core); never changes bytes.
+    pub compression_jobs: usize,
     pub home_config: Option<PathBuf>,
     pub registry: RegistryOptions,
     /// How to install the experiment's Python dependencies; `None` builds
@@ -190,12 +210,9 @@ fn python_stage(
     store: &BlobStore,
     request: &BuildRequest,
     python: &PythonOptions,
-    options: &WriteOptions,
 ) -> Result<PythonStage> {
     // Reading the target needs the base layers' bytes.
-    pull::fetch_missing(store, &base.layers, &|remote| {
-        request.registry.client_for_remote(remote)
-    })?;
+    store.fetch_missing(&base.layers)?;
     let target = target::detect(store, &base.layers, &base.config, &python.overrides)
         .map_err(|e| e.context("reading the base image's Python (use --no-deps to build without Python dependencies)"))?;
     let requirements = ["constraints.txt", "requirements.txt"]
@@ -301,7 +318,6 @@ fn python_stage(
         &requested,
         clock_on,
         compiler.as_ref(),
-        options,
     )?;
     if let Some(check) = editable_check {
         let _ = check.join();
@@ -331,6 +347,33 @@ pub fn epoch_from_env() -> Result<u64> {
             format!("SOURCE_DATE_EPOCH={v:?} is not a whole number of seconds since 1970")
         }),
         _ => Ok(DEFAULT_EPOCH),
+    }
+}
+
+/// How new layers are compressed: `--compression` (`flag`), else
+/// `DALLINGER_OCI_COMPRESSION`, else gzip.
+pub fn compression(flag: Option<&str>) -> Result<Codec> {
+    if let Some(name) = flag {
+        return name
+            .parse()
+            .with_context(|| format!("--compression {name}"));
+    }
+    match std::env::var("DALLINGER_OCI_COMPRESSION") {
+        Ok(name) if !name.is_empty() => name
+            .parse()
+            .with_context(|| format!("DALLINGER_OCI_COMPRESSION={name}")),
+        _ => Ok(Codec::default()),
+    }
+}
+
+/// Compression worker threads from `DALLINGER_OCI_JOBS` (unset or 0: one
+/// per core). The bytes are the same for any number.
+pub fn compression_jobs() -> Result<usize> {
+    match std::env::var("DALLINGER_OCI_JOBS") {
+        Ok(v) if !v.trim().is_empty() => v.trim().parse().with_context(|| {
+            format!("DALLINGER_OCI_JOBS={v:?} is not a number of threads (0: one per core)")
+        }),
+        _ => Ok(0),
     }
 }
 
@@ -364,7 +407,13 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
         .platform
         .as_deref()
         .unwrap_or(base::DEFAULT_PLATFORM);
-    let store = BlobStore::open(&request.cache_dir)?;
+    let store = BlobStore::open(&request.cache_dir)?
+        .producing(WriteOptions {
+            mtime: request.epoch,
+            workers: request.compression_jobs,
+            codec: request.compression,
+        })
+        .fetching_with(std::sync::Arc::new(request.registry.clone()));
     if let (true, Some(engine)) = (
         experiment.has_dockerfile(),
         request.customisation.dockerfile_engine,
@@ -389,11 +438,6 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
     }
     let base = resolve_base(&base_ref, &store, platform, request)?;
 
-    let options = WriteOptions {
-        mtime: request.epoch,
-        workers: 0,
-        codec: Codec::Gzip,
-    };
     // Debian packages sit right on the base: system libraries change less
     // often than Python pins, and wheels may load them.
     let debian = crate::debian::debian_layer(
@@ -401,10 +445,8 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
         &base.layers,
         platform,
         &store,
-        &options,
         request.python.as_ref().is_some_and(|p| p.locked),
         request.registry.retry,
-        &|remote| request.registry.client_for_remote(remote),
     )?;
     let python = match &request.python {
         Some(python) => Some(python_stage(
@@ -415,7 +457,6 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
             &store,
             request,
             python,
-            &options,
         )?),
         None => None,
     };
@@ -423,15 +464,13 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
         Some(script) => {
             let mut so_far = base.layers.clone();
             if let Some(debian) = &debian {
-                so_far.push(debian.layer.clone());
+                so_far.push(debian.produced.layer.clone());
             }
             if let Some(python) = &python {
                 so_far.extend(python.layers.layers.iter().map(|l| l.layer.clone()));
             }
-            pull::fetch_missing(&store, &so_far, &|remote| {
-                request.registry.client_for_remote(remote)
-            })?;
-            let (layer, reused) = prepare::prepare_layer(
+            store.fetch_missing(&so_far)?;
+            let produced = prepare::prepare_layer(
                 &store,
                 &prepare::PrepareRequest {
                     script,
@@ -439,15 +478,18 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
                     layers: &so_far,
                     config: &base.config,
                     network: request.customisation.prepare_network,
-                    options: &options,
                 },
             )?;
             eprintln!(
                 "prepare_docker_image.sh layer: {} ({})",
-                layer.blob.digest,
-                if reused { "unchanged, reused" } else { "built" }
+                produced.layer.blob.digest,
+                if produced.reused {
+                    "unchanged, reused"
+                } else {
+                    "built"
+                }
             );
-            Some((layer, sha256_digest(script)))
+            Some((produced, sha256_digest(script)))
         }
         None => None,
     };
@@ -465,8 +507,8 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
             }
         }
     }
-    let (code_layer, layer_reused) = layer_from_cache_or_write(&store, &tree, &options)?;
-    let code_layer = ImageLayer::written(code_layer);
+    let code = store.produce(code_layer(tree)?)?;
+    let layer_reused = code.reused;
 
     let mut labels = BTreeMap::new();
     if let Some(git) = &experiment.git {
@@ -503,31 +545,25 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
         ]),
         labels,
     };
-    let mut new_layers: Vec<(ImageLayer, String)> = Vec::new();
+    let mut new_layers: Vec<ProducedLayer> = Vec::new();
     if let Some(debian) = debian {
-        new_layers.push((debian.layer, debian.created_by));
+        new_layers.push(debian.produced);
     }
     let dallinger_mount = python.as_ref().and_then(|p| p.dallinger_mount.clone());
     if let Some(python) = python {
-        for l in python.layers.layers {
-            new_layers.push((l.layer, l.created_by));
-        }
+        new_layers.extend(python.layers.layers);
     }
-    if let Some((layer, script)) = prepared {
-        new_layers.push((
-            layer,
-            format!("dallinger-oci: ran prepare_docker_image.sh ({script}) in a sandbox"),
-        ));
+    if let Some((produced, _)) = prepared {
+        new_layers.push(produced);
     }
-    new_layers.push((
-        code_layer,
-        "dallinger-oci: experiment code at /experiment".into(),
-    ));
-    let history: Vec<(&ImageLayer, &str)> =
-        new_layers.iter().map(|(l, c)| (l, c.as_str())).collect();
+    new_layers.push(code);
+    let history: Vec<(&ImageLayer, &str)> = new_layers
+        .iter()
+        .map(|l| (&l.layer, l.created_by.as_str()))
+        .collect();
     let config = image::derive_config(&base.config, &changes, &history)?;
     let mut layers = base.layers;
-    layers.extend(new_layers.into_iter().map(|(l, _)| l));
+    layers.extend(new_layers.into_iter().map(|l| l.layer));
     let image = Image::assemble(&store, &config, layers)?;
 
     write_outputs(request, &store, &image, &tag, &image_name)?;
@@ -550,9 +586,7 @@ fn write_outputs(
     image_name: &str,
 ) -> Result<()> {
     if !request.outputs.is_empty() {
-        pull::fetch_missing(store, &image.layers, &|remote| {
-            request.registry.client_for_remote(remote)
-        })?;
+        store.fetch_missing(&image.layers)?;
     }
     for output in &request.outputs {
         match output {
@@ -635,9 +669,7 @@ fn sdist_builder<'a>(
             Some(text) => resolve_base(&BaseRef::parse(text)?, store, platform, request)?,
             None => the_base.clone(),
         };
-        pull::fetch_missing(store, &image.layers, &|remote| {
-            request.registry.client_for_remote(remote)
-        })?;
+        store.fetch_missing(&image.layers)?;
         // A rootfs or scratch base has no manifest digest of its own: its
         // layers' digests name it.
         let digest = image.digest.clone().unwrap_or_else(|| {
@@ -811,22 +843,17 @@ fn experiment_tree(experiment: &Experiment) -> Result<LayerTree> {
     Ok(tree)
 }
 
-/// The layer for `tree` from the store when its inputs were built before,
-/// else written now and remembered.
-fn layer_from_cache_or_write(
-    store: &BlobStore,
-    tree: &LayerTree,
-    options: &WriteOptions,
-) -> Result<(StoredLayer, bool)> {
-    let key = tree.input_key(options)?;
-    if let Some(layer) = store.cached_layer(&key) {
-        return Ok((layer, true));
-    }
-    let layer = store.put_layer_with(options.codec.media_type(), |sink| {
-        Ok(tree.write(options, sink)?)
-    })?;
-    store.remember_layer(&key, &layer)?;
-    Ok((layer, false))
+/// The experiment-code layer: keyed by the tree itself (every file is read
+/// once for the key), so an unchanged experiment reuses its layer.
+fn code_layer(tree: LayerTree) -> Result<LayerDescription<'static>> {
+    let mut key = KeyHasher::new();
+    tree.add_to_key(&mut key)?;
+    Ok(LayerDescription {
+        kind: "code",
+        key,
+        created_by: "dallinger-oci: experiment code at /experiment".into(),
+        fill: Box::new(move |writer| writer.tree(&tree)),
+    })
 }
 
 /// The default cache directory: `$DALLINGER_OCI_CACHE` is handled by the CLI;

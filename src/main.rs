@@ -102,6 +102,10 @@ struct BuildArgs {
     /// archive before giving up (0 counts as 1).
     #[arg(long, env = "DALLINGER_OCI_RETRIES", default_value_t = 6)]
     retries: u32,
+    /// How new layers are compressed: gzip (every engine) or zstd (smaller;
+    /// podman 4+, docker 23+, containerd 1.5+) [env: DALLINGER_OCI_COMPRESSION] [default: gzip]
+    #[arg(long, value_name = "gzip|zstd")]
+    compression: Option<String>,
     #[command(flatten)]
     python: PythonArgs,
     /// Run the experiment's own prepare_docker_image.sh in a sandbox (root,
@@ -322,6 +326,8 @@ fn build_command(args: &BuildArgs, write_lock: bool) -> Result<(BuildRequest, Bu
         cache_dir,
         platform: args.platform.clone(),
         epoch: build::epoch_from_env()?,
+        compression: build::compression(args.compression.as_deref())?,
+        compression_jobs: build::compression_jobs()?,
         home_config: dirs::home_dir().map(|h| h.join(".dallingerconfig")),
         registry: RegistryOptions {
             insecure: args.insecure_registries.clone(),

@@ -10,10 +10,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
-use dallinger_oci_layers::{HashingWriter, LayerDigests};
+use dallinger_oci_layers::{
+    compress_existing_tar, Codec, HashingWriter, KeyHasher, LayerDigests, LayerTree, WriteOptions,
+    FORMAT_VERSION,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::{ImageLayer, RemoteBlob};
 use crate::fsutil::{self, FileLock, TempFile};
 
 /// A layer blob known to the store, with what the manifest and config need.
@@ -32,19 +36,132 @@ pub struct StoredLayer {
 /// durable. Blobs are checked against their digest whenever they are
 /// copied out to an output ([`BlobStore::open_blob`]), and a corrupt one is
 /// removed, with the records naming it, so the next build makes it again.
-#[derive(Debug, Clone)]
+///
+/// The store is also the one producer of layers ([`BlobStore::produce`]):
+/// a stage describes a layer, the store keys it (adding the format, the
+/// codec and the mtime), finds it or writes it with its codec, and
+/// remembers it; and the one place a base's missing blobs are fetched from
+/// ([`BlobStore::fetch_missing`], through the fetcher registered on it).
+#[derive(Clone)]
 pub struct BlobStore {
     root: PathBuf,
+    /// How produced layers are written.
+    layers: WriteOptions,
+    fetcher: Option<Arc<dyn BlobFetcher>>,
 }
+
+impl std::fmt::Debug for BlobStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobStore")
+            .field("root", &self.root)
+            .field("layers", &self.layers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where blobs a store lacks come from (a registry, for a base's layers).
+pub trait BlobFetcher: Send + Sync {
+    /// Streams blob `digest` of `remote` to `import`, which verifies and
+    /// stores it.
+    fn fetch(
+        &self,
+        remote: &RemoteBlob,
+        digest: &str,
+        size: u64,
+        import: &mut dyn FnMut(&mut dyn Read) -> Result<()>,
+    ) -> Result<()>;
+}
+
+/// What a stage says about a layer it adds; the store does the rest (see
+/// [`BlobStore::produce`]).
+pub struct LayerDescription<'a> {
+    /// What the layer is, a short word: its cache records are `KIND-HEX`.
+    pub kind: &'static str,
+    /// Everything the layer's entries are made from (never the format or
+    /// the codec: the store adds those).
+    pub key: KeyHasher,
+    /// Its history entry.
+    pub created_by: String,
+    /// Makes the layer, when it is not in the cache, by handing its tree
+    /// (or tar) to the writer.
+    pub fill: Box<dyn FnOnce(LayerWriter<'_>) -> Result<WrittenLayer> + 'a>,
+}
+
+/// A layer the store produced.
+#[derive(Debug, Clone)]
+pub struct ProducedLayer {
+    pub layer: ImageLayer,
+    pub created_by: String,
+    /// Whether it came from the cache.
+    pub reused: bool,
+}
+
+/// Writes one layer into the store, with the store's codec, mtime and
+/// workers. Given to a [`LayerDescription`]'s `fill`.
+pub struct LayerWriter<'s> {
+    store: &'s BlobStore,
+}
+
+/// A layer blob a [`LayerWriter`] wrote (only it makes one).
+pub struct WrittenLayer(StoredLayer);
+
+impl LayerWriter<'_> {
+    /// Writes `tree` as the layer.
+    pub fn tree(self, tree: &LayerTree) -> Result<WrittenLayer> {
+        let options = self.store.layers;
+        let layer = self
+            .store
+            .put_layer_with(options.codec.media_type(), |sink| {
+                Ok(tree.write(&options, sink)?)
+            })?;
+        Ok(WrittenLayer(layer))
+    }
+
+    /// Writes an existing tar (a root filesystem), its bytes kept as they
+    /// are and checked (see `compress_existing_tar`); `name` says what it
+    /// is in errors.
+    pub fn tar(self, name: &str, tar: impl Read) -> Result<WrittenLayer> {
+        let options = self.store.layers;
+        let layer = self
+            .store
+            .put_layer_with(options.codec.media_type(), |sink| {
+                Ok(compress_existing_tar(
+                    name,
+                    tar,
+                    sink,
+                    options.codec,
+                    options.workers,
+                )?)
+            })?;
+        Ok(WrittenLayer(layer))
+    }
+
+    /// The time every entry of the layer has (`SOURCE_DATE_EPOCH`).
+    pub fn epoch(&self) -> u64 {
+        self.store.layers.mtime
+    }
+}
+
+/// Bumped when the way layer keys are made changes.
+const LAYER_KEY_VERSION: &str = "dallinger-oci-layer-key/2";
 
 /// Prefix of the store's temporary files (swept when their writer died).
 const TEMP_PREFIX: &str = "blob-";
 
 impl BlobStore {
-    /// Opens (creating if needed) the store at `root`.
+    /// Opens (creating if needed) the store at `root`. It produces gzip
+    /// layers at the default epoch until told otherwise
+    /// ([`BlobStore::producing`]), and fetches nothing
+    /// ([`BlobStore::fetching_with`]).
     pub fn open(root: &Path) -> Result<BlobStore> {
         let store = BlobStore {
             root: root.to_path_buf(),
+            layers: WriteOptions {
+                mtime: crate::build::DEFAULT_EPOCH,
+                workers: 0,
+                codec: Codec::Gzip,
+            },
+            fetcher: None,
         };
         for sub in ["blobs/sha256", "layers", "files", "pushed", "tmp"] {
             fs::create_dir_all(root.join(sub)).map_err(|e| store.write_error(e.into()))?;
@@ -53,8 +170,79 @@ impl BlobStore {
         Ok(store)
     }
 
+    /// The store, producing layers with `options` (codec, mtime, workers).
+    pub fn producing(mut self, options: WriteOptions) -> BlobStore {
+        self.layers = options;
+        self
+    }
+
+    /// The store, fetching missing blobs through `fetcher`.
+    pub fn fetching_with(mut self, fetcher: Arc<dyn BlobFetcher>) -> BlobStore {
+        self.fetcher = Some(fetcher);
+        self
+    }
+
+    /// The codec of the layers it produces.
+    pub fn codec(&self) -> Codec {
+        self.layers.codec
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The key of a described layer: the stage's fields, and what the store
+    /// adds (the key and tar format versions, the codec's compressor id,
+    /// the mtime), so no stage can forget them.
+    fn layer_key(&self, kind: &str, stage: &KeyHasher) -> String {
+        let mut key = KeyHasher::new();
+        key.str(LAYER_KEY_VERSION)
+            .str(FORMAT_VERSION)
+            .str(self.layers.codec.compressor_id())
+            .u64(self.layers.mtime)
+            .str(kind)
+            .digest(&stage.finish());
+        format!("{kind}-{}", key.finish().hex())
+    }
+
+    /// The layer `description` describes: from the cache when the same
+    /// inputs made it before, else written now (with the store's codec,
+    /// its media type and compressor annotation) and remembered.
+    pub fn produce(&self, description: LayerDescription) -> Result<ProducedLayer> {
+        let key = self.layer_key(description.kind, &description.key);
+        let (blob, reused) = match self.cached_layer(&key) {
+            Some(layer) => (layer, true),
+            None => {
+                let WrittenLayer(layer) = (description.fill)(LayerWriter { store: self })?;
+                self.remember_layer(&key, &layer)?;
+                (layer, false)
+            }
+        };
+        Ok(ProducedLayer {
+            layer: ImageLayer::written(blob),
+            created_by: description.created_by,
+            reused,
+        })
+    }
+
+    /// Downloads (verified) every blob of `layers` that is not in the
+    /// store, through the registered fetcher.
+    pub fn fetch_missing(&self, layers: &[ImageLayer]) -> Result<()> {
+        for layer in layers {
+            let (digest, size) = (&layer.blob.digest, layer.blob.size);
+            if self.has_blob(digest, size) {
+                continue;
+            }
+            let missing = || format!("blob {digest} is missing from the cache");
+            let remote = layer.remote.as_ref().with_context(missing)?;
+            let fetcher = self.fetcher.as_ref().with_context(missing)?;
+            let origin = format!("{}/{}", remote.registry, remote.repository);
+            eprintln!("fetching base layer {digest} from {origin}");
+            fetcher.fetch(remote, digest, size, &mut |reader| {
+                self.import_reader(reader, digest, size, &origin)
+            })?;
+        }
+        Ok(())
     }
 
     /// Where the blob with `digest` (`sha256:HEX`) is, whether or not present.
@@ -91,7 +279,7 @@ impl BlobStore {
 
     /// Writes a blob through `write` into a temporary file, then moves it to
     /// its digest. `write` returns the digests it computed while writing.
-    pub fn put_layer_with<F>(&self, media_type: &str, write: F) -> Result<StoredLayer>
+    fn put_layer_with<F>(&self, media_type: &str, write: F) -> Result<StoredLayer>
     where
         F: FnOnce(BufWriter<File>) -> Result<(LayerDigests, BufWriter<File>)>,
     {

@@ -11,7 +11,7 @@ use super::client::RegistryClient;
 use super::reference::Reference;
 use crate::base::{layers_of, BaseImage};
 use crate::image::store::{hex_of, sha256_digest, BlobStore};
-use crate::image::{ImageLayer, RemoteBlob};
+use crate::image::RemoteBlob;
 
 /// Resolves `reference` to a base image. A tag resolved before is not
 /// resolved again unless `refresh`: a rebuild must not follow a moved tag.
@@ -147,31 +147,4 @@ fn choose_platform(index: &Value, platform: &str) -> Result<String> {
             )
         }
     }
-}
-
-/// Downloads (verified) every layer an output needs that is not in the store.
-pub fn fetch_missing(
-    store: &BlobStore,
-    layers: &[ImageLayer],
-    client_for: &dyn Fn(&RemoteBlob) -> Result<RegistryClient>,
-) -> Result<()> {
-    for layer in layers {
-        if store.has_blob(&layer.blob.digest, layer.blob.size) {
-            continue;
-        }
-        let remote = layer
-            .remote
-            .as_ref()
-            .with_context(|| format!("blob {} is missing from the cache", layer.blob.digest))?;
-        let client = client_for(remote)?;
-        let origin = format!("{}/{}", remote.registry, remote.repository);
-        eprintln!("fetching base layer {} from {origin}", layer.blob.digest);
-        client.get_blob(
-            &remote.repository,
-            &layer.blob.digest,
-            layer.blob.size,
-            &mut |reader| store.import_reader(reader, &layer.blob.digest, layer.blob.size, &origin),
-        )?;
-    }
-    Ok(())
 }
