@@ -13,6 +13,7 @@ use dallinger_oci::build::{
     self, BuildRequest, BuildResult, OutputRef, PythonOptions, RegistryOptions,
 };
 use dallinger_oci::http::RetryPolicy;
+use dallinger_oci::image::store::Bucket;
 use dallinger_oci::python::index::IndexConfig;
 use dallinger_oci::python::TargetOverrides;
 use dallinger_oci::registry::credentials::{CredentialContext, Secret};
@@ -279,7 +280,7 @@ fn python_options(
                 p.index_url.clone(),
                 p.extra_index_url.clone(),
                 p.find_links.clone(),
-                cache_dir.join("wheels"),
+                Bucket::Wheels.under(cache_dir),
                 p.offline,
             )
         },

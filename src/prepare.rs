@@ -85,9 +85,8 @@ fn run_script(
 ) -> Result<(LayerTree, tempfile::TempDir)> {
     let rootfs = unpack::cached_rootfs(store, request.layers)
         .context("unpacking the image for prepare_docker_image.sh")?;
-    let scratch = tempfile::Builder::new()
-        .prefix("prepare-")
-        .tempdir_in(store.root().join("tmp"))
+    let scratch = store
+        .scratch_dir("prepare-")
         .context("cannot make a directory for prepare_docker_image.sh")?;
     let upper = scratch.path().join("upper");
     let work = scratch.path().join("work");

@@ -20,7 +20,7 @@ use dallinger_oci_layers::{KeyHasher, LayerTree};
 use crate::experiment::Experiment;
 use crate::http::RetryPolicy;
 use crate::image::store::{
-    sha256_digest, BlobStore, LayerDescription, LayerWriter, ProducedLayer, WrittenLayer,
+    sha256_digest, BlobStore, Bucket, LayerDescription, LayerWriter, ProducedLayer, WrittenLayer,
 };
 use crate::image::ImageLayer;
 use crate::plan::{DebianLock, Lock, LockedDeb, LOCK_FILE};
@@ -99,7 +99,7 @@ pub fn debian_layer(
                 );
             }
             let debian = base::DebianBase::read(store, base_layers)?;
-            let index = index::load(&fetcher, store.root(), &debian, arch)?;
+            let index = index::load(&fetcher, &store.bucket(Bucket::Debian)?, &debian, arch)?;
             let chosen = resolve::resolve(&requests, &debian, &index)?;
             DebianLock {
                 system_packages: wanted.clone(),
@@ -157,10 +157,7 @@ fn write_layer(
     lock: &DebianLock,
 ) -> Result<WrittenLayer> {
     let debian = base::DebianBase::read(store, base_layers)?;
-    let scratch = tempfile::Builder::new()
-        .prefix("debian-unpack-")
-        .tempdir_in(store.root().join("tmp"))
-        .context("cannot create a scratch directory in the cache")?;
+    let scratch = store.scratch_dir("debian-unpack-")?;
     let mut debs = Vec::new();
     for (i, p) in lock.packages.iter().enumerate() {
         let pinned = fetch::Pinned {
@@ -168,7 +165,7 @@ fn write_layer(
             sha256: p.sha256.clone(),
             size: p.size,
         };
-        let path = fetch::fetch(fetcher, store.root(), &pinned)
+        let path = fetch::fetch(fetcher, &store.bucket(Bucket::Debian)?, &pinned)
             .with_context(|| format!("Debian package {} {}", p.name, p.version))?;
         let dir = scratch.path().join(i.to_string());
         std::fs::create_dir(&dir)?;

@@ -142,6 +142,64 @@ impl LayerWriter<'_> {
     }
 }
 
+/// The parts of the cache, each a directory under its root. Only the
+/// store joins paths onto the root: everyone else asks for a bucket. The
+/// names are the ones caches have always had, so existing caches keep
+/// working.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bucket {
+    /// Blobs by digest: `sha256/HEX`.
+    Blobs,
+    /// Layer records: what inputs (a key) made which blob.
+    Layers,
+    /// Small memos: file digests, resolved tags, values read from bases.
+    Memos,
+    /// Which repository of a registry a blob was pushed to.
+    Pushed,
+    /// Files being written, and scratch directories of work in progress
+    /// (on the blobs' filesystem, so a rename moves them in).
+    Tmp,
+    /// Image trees unpacked for the sandbox, by their layers.
+    Rootfs,
+    /// The package index's downloads and sdist builds (its own layout).
+    Wheels,
+    /// Wheels unpacked once for installing.
+    WheelsUnpacked,
+    /// Pinned Debian files: `sha256/HEX/NAME`.
+    Debian,
+}
+
+impl Bucket {
+    /// Made when the store is opened.
+    const OPENED: [Bucket; 5] = [
+        Bucket::Blobs,
+        Bucket::Layers,
+        Bucket::Memos,
+        Bucket::Pushed,
+        Bucket::Tmp,
+    ];
+
+    fn dir_name(self) -> &'static str {
+        match self {
+            Bucket::Blobs => "blobs/sha256",
+            Bucket::Layers => "layers",
+            Bucket::Memos => "files",
+            Bucket::Pushed => "pushed",
+            Bucket::Tmp => "tmp",
+            Bucket::Rootfs => "rootfs",
+            Bucket::Wheels => "wheels",
+            Bucket::WheelsUnpacked => "wheels-unpacked",
+            Bucket::Debian => "debian",
+        }
+    }
+
+    /// The bucket's directory in the cache at `cache_root`, for settings
+    /// made before the store is opened (the package index's cache).
+    pub fn under(self, cache_root: &Path) -> PathBuf {
+        cache_root.join(self.dir_name())
+    }
+}
+
 /// Bumped when the way layer keys are made changes.
 const LAYER_KEY_VERSION: &str = "dallinger-oci-layer-key/2";
 
@@ -163,8 +221,8 @@ impl BlobStore {
             },
             fetcher: None,
         };
-        for sub in ["blobs/sha256", "layers", "files", "pushed", "tmp"] {
-            fs::create_dir_all(root.join(sub)).map_err(|e| store.write_error(e.into()))?;
+        for bucket in Bucket::OPENED {
+            fs::create_dir_all(store.dir(bucket)).map_err(|e| store.write_error(e.into()))?;
         }
         store.sweep_temp_files();
         Ok(store)
@@ -187,8 +245,38 @@ impl BlobStore {
         self.layers.codec
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
+    fn dir(&self, bucket: Bucket) -> PathBuf {
+        bucket.under(&self.root)
+    }
+
+    /// The directory of `bucket`, made if missing.
+    pub fn bucket(&self, bucket: Bucket) -> Result<PathBuf> {
+        let dir = self.dir(bucket);
+        fs::create_dir_all(&dir).map_err(|e| self.write_error(e.into()))?;
+        Ok(dir)
+    }
+
+    /// A scratch directory for work in progress (removed when dropped),
+    /// named `PREFIX…`, on the cache's filesystem.
+    pub fn scratch_dir(&self, prefix: &str) -> Result<tempfile::TempDir> {
+        tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(self.dir(Bucket::Tmp))
+            .map_err(|e| self.write_error(e.into()))
+            .with_context(|| format!("cannot make a scratch directory ({prefix}…) in the cache"))
+    }
+
+    /// Where the memo of `kind` for `key` is kept: `KIND-HEX` (or `HEX`
+    /// for an empty kind), HEX the sha256 of `key`. Write it with
+    /// [`BlobStore::write_entry`].
+    pub fn memo_path(&self, kind: &str, key: &str) -> PathBuf {
+        let hex = hash_hex(key.as_bytes());
+        let name = if kind.is_empty() {
+            hex
+        } else {
+            format!("{kind}-{hex}")
+        };
+        self.dir(Bucket::Memos).join(name)
     }
 
     /// The key of a described layer: the stage's fields, and what the store
@@ -247,7 +335,7 @@ impl BlobStore {
 
     /// Where the blob with `digest` (`sha256:HEX`) is, whether or not present.
     pub fn blob_path(&self, digest: &str) -> Result<PathBuf> {
-        Ok(self.root.join("blobs/sha256").join(hex_of(digest)?))
+        Ok(self.dir(Bucket::Blobs).join(hex_of(digest)?))
     }
 
     /// True when the blob is present with the expected size. (Its bytes are
@@ -366,7 +454,7 @@ impl BlobStore {
 
     /// The layer recorded for `key`, if its blob is still present.
     pub fn cached_layer(&self, key: &str) -> Option<StoredLayer> {
-        let bytes = fs::read(self.root.join("layers").join(key)).ok()?;
+        let bytes = fs::read(self.dir(Bucket::Layers).join(key)).ok()?;
         let layer: StoredLayer = serde_json::from_slice(&bytes).ok()?;
         self.has_blob(&layer.digest, layer.size).then_some(layer)
     }
@@ -384,7 +472,7 @@ impl BlobStore {
             );
         }
         self.write_entry(
-            &self.root.join("layers").join(key),
+            &self.dir(Bucket::Layers).join(key),
             &serde_json::to_vec(layer)?,
         )
     }
@@ -414,10 +502,7 @@ impl BlobStore {
             meta.ino(),
             meta.dev()
         );
-        let memo = self
-            .root
-            .join("files")
-            .join(&sha256_digest(identity.as_bytes())["sha256:".len()..]);
+        let memo = self.memo_path("", &identity);
         if let Ok(known) = fs::read_to_string(&memo) {
             if hex_of(known.trim()).is_ok() {
                 return Ok(known.trim().to_string());
@@ -429,8 +514,8 @@ impl BlobStore {
     }
 
     fn pushed_record(&self, registry: &str, digest: &str) -> PathBuf {
-        let key = sha256_digest(format!("{registry}\0{digest}").as_bytes());
-        self.root.join("pushed").join(&key["sha256:".len()..])
+        let key = hash_hex(format!("{registry}\0{digest}").as_bytes());
+        self.dir(Bucket::Pushed).join(key)
     }
 
     /// The repository of `registry` a blob was last pushed to, if any, so a
@@ -492,14 +577,14 @@ impl BlobStore {
     /// A new temporary file under `tmp/`, locked by this process so a later
     /// build can tell it from one a killed build left behind.
     fn temp_file(&self) -> Result<TempFile> {
-        TempFile::new_locked_in(&self.root.join("tmp"), TEMP_PREFIX, 0o644)
+        TempFile::new_locked_in(&self.dir(Bucket::Tmp), TEMP_PREFIX, 0o644)
             .map_err(|e| self.write_error(e.into()))
     }
 
     /// Removes temporary files that no live build holds (left by a build
     /// that was killed).
     fn sweep_temp_files(&self) {
-        fsutil::sweep_unlocked(&self.root.join("tmp"), TEMP_PREFIX);
+        fsutil::sweep_unlocked(&self.dir(Bucket::Tmp), TEMP_PREFIX);
     }
 
     /// Moves a fully written temporary file to the blob `digest`, durably:
@@ -532,7 +617,7 @@ impl BlobStore {
                 return Ok(false);
             }
             fs::remove_file(&path)?;
-            for entry in fs::read_dir(self.root.join("layers"))?.flatten() {
+            for entry in fs::read_dir(self.dir(Bucket::Layers))?.flatten() {
                 let names_it = fs::read(entry.path())
                     .ok()
                     .and_then(|b| serde_json::from_slice::<StoredLayer>(&b).ok())
@@ -702,6 +787,11 @@ impl Seek for VerifiedBlob {
 pub fn readable_file() -> fs::Permissions {
     use std::os::unix::fs::PermissionsExt;
     fs::Permissions::from_mode(0o644)
+}
+
+/// The hex of the sha256 of `bytes`.
+fn hash_hex(bytes: &[u8]) -> String {
+    dallinger_oci_layers::Digest::of(bytes).hex().to_string()
 }
 
 pub fn sha256_digest(bytes: &[u8]) -> String {

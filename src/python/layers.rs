@@ -4,7 +4,7 @@
 //! own files (`frontend/`, `Procfile`) for `/experiment`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -14,7 +14,7 @@ use super::install::{install_wheel, unpack_wheel, unpack_wheels, BytecodeCompile
 use super::resolve::ResolvedWheel;
 use super::spec::PackageName;
 use super::target::Target;
-use crate::image::store::{BlobStore, LayerDescription, ProducedLayer};
+use crate::image::store::{BlobStore, Bucket, LayerDescription, ProducedLayer};
 
 /// Bumped when installed trees change for the same wheels.
 const INSTALL_FORMAT: &str = "dallinger-oci-python-layers/1";
@@ -37,8 +37,7 @@ pub fn python_layers(
     clock_on: bool,
     bytecode: Option<&BytecodeCompiler>,
 ) -> Result<PythonLayers> {
-    let unpack_cache = store.root().join("wheels-unpacked");
-    fs::create_dir_all(&unpack_cache)?;
+    let unpack_cache = store.bucket(Bucket::WheelsUnpacked)?;
     let (dallinger, third_party): (Vec<&ResolvedWheel>, Vec<&ResolvedWheel>) =
         wheels.iter().partition(|w| w.normalised == "dallinger");
     let mut layers = Vec::new();

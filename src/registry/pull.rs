@@ -22,10 +22,7 @@ pub fn resolve_base(
     platform: &str,
     refresh: bool,
 ) -> Result<BaseImage> {
-    let memo = store
-        .root()
-        .join("files")
-        .join(&sha256_digest(format!("base\0{reference}\0{platform}").as_bytes())[7..]);
+    let memo = store.memo_path("", &format!("base\0{reference}\0{platform}"));
     let remembered = fs::read_to_string(&memo)
         .ok()
         .map(|s| s.trim().to_string())
