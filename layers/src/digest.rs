@@ -124,10 +124,10 @@ impl<'de> serde::Deserialize<'de> for Digest {
 /// What identifies a written layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LayerDigests {
-    /// `sha256:` of the uncompressed tar (the config's rootfs diff_id).
-    pub diff_id: String,
-    /// `sha256:` of the compressed blob (the manifest descriptor's digest).
-    pub digest: String,
+    /// Of the uncompressed tar (the config's rootfs diff_id).
+    pub diff_id: Digest,
+    /// Of the compressed blob (the manifest descriptor's digest).
+    pub digest: Digest,
     /// Size of the compressed blob in bytes.
     pub size: u64,
     /// Size of the uncompressed tar in bytes.

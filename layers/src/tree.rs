@@ -223,9 +223,9 @@ impl LayerTree {
             self.append(&mut tar, path, node, options.mtime)?;
         }
         let uncompressed = tar.into_inner().map_err(LayerError::Write)?;
-        let (diff_id, uncompressed_size, encoder) = uncompressed.finish();
+        let (diff_id, uncompressed_size, encoder) = uncompressed.finish_digest();
         let compressed = encoder.finish().map_err(LayerError::Write)?;
-        let (digest, size, sink) = compressed.finish();
+        let (digest, size, sink) = compressed.finish_digest();
         Ok((
             LayerDigests {
                 diff_id,
@@ -475,7 +475,11 @@ mod tests {
                     ..options()
                 };
                 let (digests, _) = tree.write(&options, io::sink()).unwrap();
-                assert_eq!(digests.digest, digest, "{codec} with {workers} workers");
+                assert_eq!(
+                    digests.digest.to_string(),
+                    digest,
+                    "{codec} with {workers} workers"
+                );
                 assert_eq!(digests.uncompressed_size, 10_011_136);
             }
         }
@@ -529,7 +533,7 @@ mod tests {
         assert_eq!(zstd_digests.diff_id, digests.diff_id);
         assert_eq!(zstd_digests.size, zstd_bytes.len() as u64);
         assert_eq!(
-            digests.diff_id,
+            digests.diff_id.to_string(),
             format!("sha256:{}", hex::encode(Sha256::digest(&tar_bytes)))
         );
         let mut archive = tar::Archive::new(&tar_bytes[..]);

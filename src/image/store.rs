@@ -382,10 +382,11 @@ impl BlobStore {
         writer
             .into_inner()
             .map_err(|e| self.write_error(e.into_error().into()))?;
-        self.commit(tmp, &digests.digest)?;
+        let digest = digests.digest.to_string();
+        self.commit(tmp, &digest)?;
         Ok(StoredLayer {
-            diff_id: digests.diff_id,
-            digest: digests.digest,
+            diff_id: digests.diff_id.to_string(),
+            digest,
             size: digests.size,
             media_type: media_type.to_string(),
         })
@@ -800,19 +801,13 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
     w.finish().0
 }
 
-/// The hex part of `sha256:HEX`, checked so it is safe as a file name.
+/// The hex part of `sha256:HEX`, checked (as a [`Digest`]) so it is safe
+/// as a file name.
+///
+/// [`Digest`]: dallinger_oci_layers::Digest
 pub fn hex_of(digest: &str) -> Result<&str> {
-    match digest.strip_prefix("sha256:") {
-        Some(hex)
-            if hex.len() == 64
-                && hex
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
-        {
-            Ok(hex)
-        }
-        _ => bail!("unsupported or malformed digest {digest:?} (expected sha256:<64 hex>)"),
-    }
+    digest.parse::<dallinger_oci_layers::Digest>()?;
+    Ok(&digest["sha256:".len()..])
 }
 
 /// sha256 (`sha256:HEX`) of a file's bytes, streamed.
@@ -839,5 +834,103 @@ pub fn sha256_stream(mut reader: impl Read) -> io::Result<([u8; 32], u64)> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dallinger_oci_layers::Content;
+
+    fn description<'a>(
+        tree: &'a LayerTree,
+        fills: &'a std::cell::Cell<u32>,
+    ) -> LayerDescription<'a> {
+        let mut key = KeyHasher::new();
+        tree.add_to_key(&mut key).unwrap();
+        LayerDescription {
+            kind: "test",
+            key,
+            created_by: "a test layer".into(),
+            fill: Box::new(move |writer| {
+                fills.set(fills.get() + 1);
+                writer.tree(tree)
+            }),
+        }
+    }
+
+    /// The store keys a layer by its codec (and mtime), never the stage:
+    /// a gzip and a zstd build of the same tree share no record, and each
+    /// finds its own again.
+    #[test]
+    fn layers_are_keyed_by_codec_and_found_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tree = LayerTree::new();
+        tree.add_file("a/b.txt", Content::Bytes(b"hello".to_vec()), false)
+            .unwrap();
+        let fills = std::cell::Cell::new(0);
+        let with = |codec: Codec, mtime: u64| {
+            BlobStore::open(dir.path())
+                .unwrap()
+                .producing(WriteOptions {
+                    mtime,
+                    workers: 1,
+                    codec,
+                })
+        };
+        let gzip = with(Codec::Gzip, 1)
+            .produce(description(&tree, &fills))
+            .unwrap();
+        assert!(!gzip.reused);
+        assert_eq!(gzip.layer.blob.media_type, Codec::Gzip.media_type());
+        assert_eq!(gzip.created_by, "a test layer");
+        let zstd = with(Codec::Zstd, 1)
+            .produce(description(&tree, &fills))
+            .unwrap();
+        assert!(!zstd.reused);
+        assert_eq!(zstd.layer.blob.media_type, Codec::Zstd.media_type());
+        assert_eq!(
+            zstd.layer.annotations[super::super::ANNOTATION_COMPRESSOR],
+            Codec::Zstd.compressor_id()
+        );
+        assert_eq!(zstd.layer.blob.diff_id, gzip.layer.blob.diff_id);
+        assert_ne!(zstd.layer.blob.digest, gzip.layer.blob.digest);
+        assert_eq!(fills.get(), 2);
+        for (codec, first) in [(Codec::Gzip, &gzip), (Codec::Zstd, &zstd)] {
+            let again = with(codec, 1).produce(description(&tree, &fills)).unwrap();
+            assert!(again.reused, "{codec}");
+            assert_eq!(again.layer.blob, first.layer.blob);
+        }
+        assert_eq!(fills.get(), 2);
+        // Another mtime is another layer.
+        let later = with(Codec::Gzip, 2)
+            .produce(description(&tree, &fills))
+            .unwrap();
+        assert!(!later.reused);
+        assert_ne!(later.layer.blob.diff_id, gzip.layer.blob.diff_id);
+        let records = fs::read_dir(dir.path().join("layers")).unwrap().count();
+        assert_eq!(records, 3);
+    }
+
+    #[test]
+    fn a_missing_blob_without_a_fetcher_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let digest = sha256_digest(b"elsewhere");
+        let layer = ImageLayer {
+            blob: StoredLayer {
+                diff_id: digest.clone(),
+                digest: digest.clone(),
+                size: 9,
+                media_type: Codec::Gzip.media_type().into(),
+            },
+            annotations: Default::default(),
+            remote: Some(RemoteBlob {
+                registry: "registry.example".into(),
+                repository: "base".into(),
+            }),
+        };
+        let err = store.fetch_missing(&[layer]).unwrap_err().to_string();
+        assert_eq!(err, format!("blob {digest} is missing from the cache"));
     }
 }
