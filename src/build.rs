@@ -378,35 +378,8 @@ pub fn compression_jobs() -> Result<usize> {
 }
 
 pub fn build(request: &BuildRequest) -> Result<BuildResult> {
-    let experiment = Experiment::load(
-        &request.experiment_dir,
-        &LoadOptions {
-            home_config: request.home_config.clone(),
-        },
-    )?;
-    refuse_unrequested_customisation(&experiment, &request.customisation)?;
-    let tag = match &request.tag {
-        Some(tag) => validate_tag(tag)?,
-        None => experiment.default_tag(),
-    };
-    let repository = image_repository(&experiment, request)?;
-    let image_name = format!("{repository}:{tag}");
-    request.registry.set_push_target(&image_name);
-
-    let base_text = match (&request.base, experiment.get("docker_base_image")) {
-        (Some(b), _) => b.clone(),
-        (None, Some(b)) => b.to_string(),
-        (None, None) => {
-            let (base, why) = default_base(&experiment.dir);
-            eprintln!("No base image configured: using {base} ({why}); set docker_base_image under [Docker] or pass --base to choose");
-            base
-        }
-    };
-    let base_ref = BaseRef::parse(&base_text)?;
-    let platform = request
-        .platform
-        .as_deref()
-        .unwrap_or(base::DEFAULT_PLATFORM);
+    // Sources: the experiment, the image's name, the base.
+    let sources = Sources::read(request)?;
     let store = BlobStore::open(&request.cache_dir)?
         .producing(WriteOptions {
             mtime: request.epoch,
@@ -415,63 +388,180 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
         })
         .fetching_with(std::sync::Arc::new(request.registry.clone()));
     if let (true, Some(engine)) = (
-        experiment.has_dockerfile(),
+        sources.experiment.has_dockerfile(),
         request.customisation.dockerfile_engine,
     ) {
-        let built = crate::dockerfile::build_with_engine(
-            engine,
-            &experiment,
-            &image_name,
-            &store,
-            platform,
-        )?;
-        let image = Image::assemble(&store, &built.config, built.layers)?;
-        write_outputs(request, &store, &image, &tag, &image_name)?;
-        return Ok(BuildResult {
-            store,
-            image_name,
-            tag,
-            image,
-            layer_reused: false,
-            dallinger_mount: None,
-        });
+        return dockerfile_build(request, sources, store, engine);
     }
-    let base = resolve_base(&base_ref, &store, platform, request)?;
+    let base = resolve_base(&sources.base_ref, &store, &sources.platform, request)?;
 
+    // The layers on the base, each described by its stage and produced by
+    // the store.
+    let stages = new_layers(request, &sources, &base, &store)?;
+    let layer_reused = stages.layers.last().is_some_and(|l| l.reused);
+
+    // The image.
+    let changes = config_changes(request, &sources.experiment, &base, &stages);
+    let history: Vec<(&ImageLayer, &str)> = stages
+        .layers
+        .iter()
+        .map(|l| (&l.layer, l.created_by.as_str()))
+        .collect();
+    let config = image::derive_config(&base.config, &changes, &history)?;
+    let mut layers = base.layers;
+    layers.extend(stages.layers.into_iter().map(|l| l.layer));
+    let image = Image::assemble(&store, &config, layers)?;
+
+    // The outputs.
+    write_outputs(request, &store, &image, &sources.tag, &sources.image_name)?;
+    Ok(BuildResult {
+        store,
+        image_name: sources.image_name,
+        tag: sources.tag,
+        image,
+        layer_reused,
+        dallinger_mount: stages.dallinger_mount,
+    })
+}
+
+/// What a build starts from: the experiment, its image's name and tag,
+/// the base it names and the platform.
+struct Sources {
+    experiment: Experiment,
+    tag: String,
+    /// `REPOSITORY:TAG`.
+    image_name: String,
+    base_text: String,
+    base_ref: BaseRef,
+    platform: String,
+}
+
+impl Sources {
+    fn read(request: &BuildRequest) -> Result<Sources> {
+        let experiment = Experiment::load(
+            &request.experiment_dir,
+            &LoadOptions {
+                home_config: request.home_config.clone(),
+            },
+        )?;
+        refuse_unrequested_customisation(&experiment, &request.customisation)?;
+        let tag = match &request.tag {
+            Some(tag) => validate_tag(tag)?,
+            None => experiment.default_tag(),
+        };
+        let repository = image_repository(&experiment, request)?;
+        let image_name = format!("{repository}:{tag}");
+        request.registry.set_push_target(&image_name);
+        let base_text = match (&request.base, experiment.get("docker_base_image")) {
+            (Some(b), _) => b.clone(),
+            (None, Some(b)) => b.to_string(),
+            (None, None) => {
+                let (base, why) = default_base(&experiment.dir);
+                eprintln!("No base image configured: using {base} ({why}); set docker_base_image under [Docker] or pass --base to choose");
+                base
+            }
+        };
+        let base_ref = BaseRef::parse(&base_text)?;
+        let platform = request
+            .platform
+            .clone()
+            .unwrap_or_else(|| base::DEFAULT_PLATFORM.to_string());
+        Ok(Sources {
+            experiment,
+            tag,
+            image_name,
+            base_text,
+            base_ref,
+            platform,
+        })
+    }
+}
+
+/// The experiment's own Dockerfile, built by a container engine: its
+/// result is the image.
+fn dockerfile_build(
+    request: &BuildRequest,
+    sources: Sources,
+    store: BlobStore,
+    engine: crate::dockerfile::DockerfileEngine,
+) -> Result<BuildResult> {
+    let built = crate::dockerfile::build_with_engine(
+        engine,
+        &sources.experiment,
+        &sources.image_name,
+        &store,
+        &sources.platform,
+    )?;
+    let image = Image::assemble(&store, &built.config, built.layers)?;
+    write_outputs(request, &store, &image, &sources.tag, &sources.image_name)?;
+    Ok(BuildResult {
+        store,
+        image_name: sources.image_name,
+        tag: sources.tag,
+        image,
+        layer_reused: false,
+        dallinger_mount: None,
+    })
+}
+
+/// The layers a build adds to its base, in order, and what they leave for
+/// the image.
+struct NewLayers {
+    /// Debian packages, Python dependencies, Dallinger, the prepare
+    /// script's changes, the experiment code (always last).
+    layers: Vec<ProducedLayer>,
+    /// The sha256 of the prepare script that ran, for its label.
+    prepare_script: Option<String>,
+    dallinger_mount: Option<SourceMount>,
+}
+
+fn new_layers(
+    request: &BuildRequest,
+    sources: &Sources,
+    base: &base::BaseImage,
+    store: &BlobStore,
+) -> Result<NewLayers> {
+    let experiment = &sources.experiment;
     // Debian packages sit right on the base: system libraries change less
     // often than Python pins, and wheels may load them.
     let debian = crate::debian::debian_layer(
-        &experiment,
+        experiment,
         &base.layers,
-        platform,
-        &store,
+        &sources.platform,
+        store,
         request.python.as_ref().is_some_and(|p| p.locked),
         request.registry.retry,
     )?;
     let python = match &request.python {
         Some(python) => Some(python_stage(
-            &experiment,
-            &base,
-            &base_text,
-            platform,
-            &store,
+            experiment,
+            base,
+            &sources.base_text,
+            &sources.platform,
+            store,
             request,
             python,
         )?),
         None => None,
     };
-    let prepared = match experiment.custom_prepare_script() {
+    if request.python.as_ref().is_some_and(|p| p.write_lock) {
+        crate::debian::record_in_lock(&experiment.dir, debian.as_ref())?;
+    }
+    let mut layers: Vec<ProducedLayer> = debian.map(|d| d.produced).into_iter().collect();
+    let (experiment_files, dallinger_mount) = match python {
+        Some(python) => {
+            layers.extend(python.layers.layers);
+            (python.layers.experiment_files, python.dallinger_mount)
+        }
+        None => (BTreeMap::new(), None),
+    };
+    let prepare_script = match experiment.custom_prepare_script() {
         Some(script) => {
             let mut so_far = base.layers.clone();
-            if let Some(debian) = &debian {
-                so_far.push(debian.produced.layer.clone());
-            }
-            if let Some(python) = &python {
-                so_far.extend(python.layers.layers.iter().map(|l| l.layer.clone()));
-            }
+            so_far.extend(layers.iter().map(|l| l.layer.clone()));
             store.fetch_missing(&so_far)?;
             let produced = prepare::prepare_layer(
-                &store,
+                store,
                 &prepare::PrepareRequest {
                     script,
                     requirements: experiment.generated("requirements.txt").unwrap_or_default(),
@@ -489,27 +579,37 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
                     "built"
                 }
             );
-            Some((produced, sha256_digest(script)))
+            layers.push(produced);
+            Some(sha256_digest(script))
         }
         None => None,
     };
-    if request.python.as_ref().is_some_and(|p| p.write_lock) {
-        crate::debian::record_in_lock(&experiment.dir, debian.as_ref())?;
-    }
-    let mut tree = experiment_tree(&experiment)?;
-    if let Some(python) = &python {
-        // Dallinger's files go in where the experiment has none, as its
-        // assembly copies the experiment first and skips what exists.
-        for (rel, source) in &python.layers.experiment_files {
-            let path = format!("experiment/{rel}");
-            if tree.get(&path).is_none() {
-                tree.add_file(&path, Content::File(source.clone()), false)?;
-            }
+    let mut tree = experiment_tree(experiment)?;
+    // Dallinger's files go in where the experiment has none, as its
+    // assembly copies the experiment first and skips what exists.
+    for (rel, source) in &experiment_files {
+        let path = format!("experiment/{rel}");
+        if tree.get(&path).is_none() {
+            tree.add_file(&path, Content::File(source.clone()), false)?;
         }
     }
-    let code = store.produce(code_layer(tree)?)?;
-    let layer_reused = code.reused;
+    layers.push(store.produce(code_layer(tree)?)?);
+    Ok(NewLayers {
+        layers,
+        prepare_script,
+        dallinger_mount,
+    })
+}
 
+/// What the build changes in the base's config: labels naming the
+/// sources, and, as Dallinger's generated Dockerfile, WORKDIR /experiment,
+/// ENV PORT=5000, shell-form CMD dallinger_heroku_web.
+fn config_changes(
+    request: &BuildRequest,
+    experiment: &Experiment,
+    base: &base::BaseImage,
+    stages: &NewLayers,
+) -> ConfigChanges {
     let mut labels = BTreeMap::new();
     if let Some(git) = &experiment.git {
         if let Some(source) = &git.source {
@@ -520,7 +620,7 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
             git.revision.clone(),
         );
     }
-    if let Some((_, script)) = &prepared {
+    if let Some(script) = &stages.prepare_script {
         labels.insert(prepare::LABEL_PREPARE_SCRIPT.into(), script.clone());
     }
     if let Some(name) = &base.name {
@@ -532,9 +632,7 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
             digest.clone(),
         );
     }
-    // As Dallinger's generated Dockerfile: WORKDIR /experiment, ENV PORT=5000,
-    // shell-form CMD dallinger_heroku_web.
-    let changes = ConfigChanges {
+    ConfigChanges {
         epoch: request.epoch,
         env: vec![("PORT".into(), "5000".into())],
         working_dir: Some("/experiment".into()),
@@ -544,37 +642,7 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
             "dallinger_heroku_web".into(),
         ]),
         labels,
-    };
-    let mut new_layers: Vec<ProducedLayer> = Vec::new();
-    if let Some(debian) = debian {
-        new_layers.push(debian.produced);
     }
-    let dallinger_mount = python.as_ref().and_then(|p| p.dallinger_mount.clone());
-    if let Some(python) = python {
-        new_layers.extend(python.layers.layers);
-    }
-    if let Some((produced, _)) = prepared {
-        new_layers.push(produced);
-    }
-    new_layers.push(code);
-    let history: Vec<(&ImageLayer, &str)> = new_layers
-        .iter()
-        .map(|l| (&l.layer, l.created_by.as_str()))
-        .collect();
-    let config = image::derive_config(&base.config, &changes, &history)?;
-    let mut layers = base.layers;
-    layers.extend(new_layers.into_iter().map(|l| l.layer));
-    let image = Image::assemble(&store, &config, layers)?;
-
-    write_outputs(request, &store, &image, &tag, &image_name)?;
-    Ok(BuildResult {
-        store,
-        image_name,
-        tag,
-        image,
-        layer_reused,
-        dallinger_mount,
-    })
 }
 
 /// Writes the image to every `--output`, fetching base blobs first.
