@@ -387,30 +387,34 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
             codec: request.compression,
         })
         .fetching_with(std::sync::Arc::new(request.registry.clone()));
-    if let (true, Some(engine)) = (
-        sources.experiment.has_dockerfile(),
-        request.customisation.dockerfile_engine,
-    ) {
-        return dockerfile_build(request, sources, store, engine);
-    }
-    let base = resolve_base(&sources.base_ref, &store, &sources.platform, request)?;
+    let dockerfile_engine = request
+        .customisation
+        .dockerfile_engine
+        .filter(|_| sources.experiment.has_dockerfile());
+    let (image, layer_reused, dallinger_mount) = match dockerfile_engine {
+        Some(engine) => (dockerfile_image(&sources, &store, engine)?, false, None),
+        None => {
+            let base = resolve_base(&sources.base_ref, &store, &sources.platform, request)?;
 
-    // The layers on the base, each described by its stage and produced by
-    // the store.
-    let stages = new_layers(request, &sources, &base, &store)?;
-    let layer_reused = stages.layers.last().is_some_and(|l| l.reused);
+            // The layers on the base, each described by its stage and
+            // produced by the store.
+            let stages = new_layers(request, &sources, &base, &store)?;
+            let layer_reused = stages.layers.last().is_some_and(|l| l.reused);
 
-    // The image.
-    let changes = config_changes(request, &sources.experiment, &base, &stages);
-    let history: Vec<(&ImageLayer, &str)> = stages
-        .layers
-        .iter()
-        .map(|l| (&l.layer, l.created_by.as_str()))
-        .collect();
-    let config = image::derive_config(&base.config, &changes, &history)?;
-    let mut layers = base.layers;
-    layers.extend(stages.layers.into_iter().map(|l| l.layer));
-    let image = Image::assemble(&store, &config, layers)?;
+            // The image.
+            let changes = config_changes(request, &sources.experiment, &base, &stages);
+            let history: Vec<(&ImageLayer, &str)> = stages
+                .layers
+                .iter()
+                .map(|l| (&l.layer, l.created_by.as_str()))
+                .collect();
+            let config = image::derive_config(&base.config, &changes, &history)?;
+            let mut layers = base.layers;
+            layers.extend(stages.layers.into_iter().map(|l| l.layer));
+            let image = Image::assemble(&store, &config, layers)?;
+            (image, layer_reused, stages.dallinger_mount)
+        }
+    };
 
     // The outputs.
     write_outputs(request, &store, &image, &sources.tag, &sources.image_name)?;
@@ -420,7 +424,7 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
         tag: sources.tag,
         image,
         layer_reused,
-        dallinger_mount: stages.dallinger_mount,
+        dallinger_mount,
     })
 }
 
@@ -479,29 +483,19 @@ impl Sources {
 
 /// The experiment's own Dockerfile, built by a container engine: its
 /// result is the image.
-fn dockerfile_build(
-    request: &BuildRequest,
-    sources: Sources,
-    store: BlobStore,
+fn dockerfile_image(
+    sources: &Sources,
+    store: &BlobStore,
     engine: crate::dockerfile::DockerfileEngine,
-) -> Result<BuildResult> {
+) -> Result<Image> {
     let built = crate::dockerfile::build_with_engine(
         engine,
         &sources.experiment,
         &sources.image_name,
-        &store,
+        store,
         &sources.platform,
     )?;
-    let image = Image::assemble(&store, &built.config, built.layers)?;
-    write_outputs(request, &store, &image, &sources.tag, &sources.image_name)?;
-    Ok(BuildResult {
-        store,
-        image_name: sources.image_name,
-        tag: sources.tag,
-        image,
-        layer_reused: false,
-        dallinger_mount: None,
-    })
+    Image::assemble(store, &built.config, built.layers)
 }
 
 /// The layers a build adds to its base, in order, and what they leave for
