@@ -11,11 +11,11 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
 use dallinger_oci_layers::{
-    compress_existing_tar, Codec, HashingWriter, KeyHasher, LayerDigests, LayerTree, WriteOptions,
-    FORMAT_VERSION,
+    compress_existing_tar, Codec, Digest, HashingWriter, KeyHasher, LayerDigests, LayerTree,
+    WriteOptions, FORMAT_VERSION,
 };
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 
 use super::{ImageLayer, RemoteBlob};
 use crate::fsutil::{self, FileLock, TempFile};
@@ -718,7 +718,7 @@ impl VerifiedBlob {
     /// All `size` bytes are hashed: they must give the digest, and the
     /// file must end there.
     fn check(&mut self) -> io::Result<()> {
-        let actual = format!("sha256:{}", hex::encode(self.hasher.clone().finalize()));
+        let actual = Digest::sha256(self.hasher.clone().finalize().into()).to_string();
         let mut probe = [0u8; 1];
         let longer = self.file.read_at(&mut probe, self.size)? > 0;
         if actual != self.digest || longer {
@@ -792,21 +792,17 @@ pub fn readable_file() -> fs::Permissions {
 
 /// The hex of the sha256 of `bytes`.
 fn hash_hex(bytes: &[u8]) -> String {
-    dallinger_oci_layers::Digest::of(bytes).hex().to_string()
+    Digest::of(bytes).hex().to_string()
 }
 
 pub fn sha256_digest(bytes: &[u8]) -> String {
-    let mut w = HashingWriter::new(io::sink());
-    w.write_all(bytes).expect("sink never fails");
-    w.finish().0
+    Digest::of(bytes).to_string()
 }
 
 /// The hex part of `sha256:HEX`, checked (as a [`Digest`]) so it is safe
 /// as a file name.
-///
-/// [`Digest`]: dallinger_oci_layers::Digest
 pub fn hex_of(digest: &str) -> Result<&str> {
-    digest.parse::<dallinger_oci_layers::Digest>()?;
+    digest.parse::<Digest>()?;
     Ok(&digest["sha256:".len()..])
 }
 
@@ -815,7 +811,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     let (sum, _) = File::open(path)
         .and_then(sha256_stream)
         .with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(format!("sha256:{}", hex::encode(sum)))
+    Ok(Digest::sha256(sum).to_string())
 }
 
 /// The sha256 and the length of everything `reader` yields, read in 1 MiB
