@@ -7,10 +7,10 @@ use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use dallinger_oci_layers::{compress_existing_tar, Codec};
+use dallinger_oci_layers::{Codec, KeyHasher};
 use serde_json::{json, Value};
 
-use crate::image::store::{BlobStore, StoredLayer};
+use crate::image::store::{BlobStore, LayerDescription, StoredLayer};
 use crate::image::{layout, Image, ImageLayer, RemoteBlob};
 
 /// Where the base image comes from, as given on the command line.
@@ -196,38 +196,24 @@ fn from_rootfs(file: &Path, store: &BlobStore, platform: &str, epoch: u64) -> Re
     if !meta.is_file() {
         bail!("base rootfs:{} is not a file", file.display());
     }
-    let content = store.file_digest(file)?;
-    let codec = Codec::Gzip;
-    let key = format!(
-        "rootfs-{}-{}",
-        &content["sha256:".len()..],
-        short_hash(codec.compressor_id())
-    );
-    let blob = match store.cached_layer(&key) {
-        Some(layer) => layer,
-        None => {
-            let display = file.display().to_string();
+    let mut key = KeyHasher::new();
+    key.str(&store.file_digest(file)?);
+    let produced = store.produce(LayerDescription {
+        kind: "rootfs",
+        key,
+        created_by: "dallinger-oci: root filesystem imported from a tarball".into(),
+        fill: Box::new(|writer| {
             let reader = BufReader::with_capacity(1 << 20, File::open(file)?);
-            let layer = store.put_layer_with(codec.media_type(), |sink| {
-                Ok(compress_existing_tar(
-                    &format!("base rootfs:{display}"),
-                    reader,
-                    sink,
-                    codec,
-                    0,
-                )?)
-            })?;
-            store.remember_layer(&key, &layer)?;
-            layer
-        }
-    };
-    let layer = ImageLayer::written(blob);
+            writer.tar(&format!("base rootfs:{}", file.display()), reader)
+        }),
+    })?;
+    let layer = produced.layer;
     let mut config = empty_config(platform);
     config["created"] = json!(crate::image::rfc3339(epoch)?);
     config["rootfs"]["diff_ids"] = json!([layer.blob.diff_id]);
     config["history"] = json!([{
         "created": crate::image::rfc3339(epoch)?,
-        "created_by": "dallinger-oci: root filesystem imported from a tarball",
+        "created_by": produced.created_by,
     }]);
     // The base as an image of its own, so its digest can be recorded.
     let base_image = Image::assemble(store, &config, vec![layer.clone()])?;
@@ -237,11 +223,6 @@ fn from_rootfs(file: &Path, store: &BlobStore, platform: &str, epoch: u64) -> Re
         name: None,
         digest: Some(base_image.manifest_digest),
     })
-}
-
-fn short_hash(text: &str) -> String {
-    crate::image::store::sha256_digest(text.as_bytes())["sha256:".len().."sha256:".len() + 12]
-        .to_string()
 }
 
 #[cfg(test)]

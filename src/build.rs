@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use anyhow::{bail, Context, Result};
-use dallinger_oci_layers::{Codec, Content, LayerTree, WriteOptions};
+use dallinger_oci_layers::{Codec, Content, KeyHasher, LayerTree, WriteOptions};
 
 use crate::base::{self, BaseRef};
 use crate::experiment::{Experiment, FileKind, LoadOptions};
 use crate::http::RetryPolicy;
-use crate::image::store::{sha256_digest, BlobStore, StoredLayer};
+use crate::image::store::{sha256_digest, BlobFetcher, BlobStore, LayerDescription, ProducedLayer};
 use crate::image::{self, ConfigChanges, Image, ImageLayer, RemoteBlob};
 use crate::plan::{Lock, LockInputs};
 use crate::prepare;
@@ -37,6 +37,7 @@ pub const DEFAULT_EPOCH: u64 = 946_684_800;
 pub use crate::sink::OutputRef;
 
 /// How to reach registries, for bases and pushes.
+#[derive(Clone)]
 pub struct RegistryOptions {
     pub insecure: Vec<String>,
     pub credentials: CredentialContext,
@@ -93,6 +94,21 @@ impl RegistryOptions {
     }
 }
 
+/// Base layers come from the registry that holds them, with the
+/// credentials [`RegistryOptions::client`] chooses.
+impl BlobFetcher for RegistryOptions {
+    fn fetch(
+        &self,
+        remote: &RemoteBlob,
+        digest: &str,
+        size: u64,
+        import: &mut dyn FnMut(&mut dyn std::io::Read) -> Result<()>,
+    ) -> Result<()> {
+        let client = self.client_for_remote(remote)?;
+        Ok(client.get_blob(&remote.repository, digest, size, import)?)
+    }
+}
+
 pub struct BuildRequest {
     pub experiment_dir: PathBuf,
     pub base: Option<String>,
@@ -105,6 +121,10 @@ pub struct BuildRequest {
     pub cache_dir: PathBuf,
     pub platform: Option<String>,
     pub epoch: u64,
+    /// How new layers are compressed (`--compression`).
+    pub compression: Codec,
+    /// Compression worker threads (0: one per core); never changes bytes.
+    pub compression_jobs: usize,
     pub home_config: Option<PathBuf>,
     pub registry: RegistryOptions,
     /// How to install the experiment's Python dependencies; `None` builds
@@ -159,12 +179,9 @@ fn python_stage(
     store: &BlobStore,
     request: &BuildRequest,
     python: &PythonOptions,
-    options: &WriteOptions,
 ) -> Result<PythonStage> {
     // Reading the target needs the base layers' bytes.
-    pull::fetch_missing(store, &base.layers, &|remote| {
-        request.registry.client_for_remote(remote)
-    })?;
+    store.fetch_missing(&base.layers)?;
     let target = target::detect(store, &base.layers, &base.config, &python.overrides)
         .map_err(|e| e.context("reading the base image's Python (use --no-deps to build without Python dependencies)"))?;
     let requirements = ["constraints.txt", "requirements.txt"]
@@ -270,7 +287,6 @@ fn python_stage(
         &requested,
         clock_on,
         compiler.as_ref(),
-        options,
     )?;
     if let Some(check) = editable_check {
         let _ = check.join();
@@ -303,140 +319,260 @@ pub fn epoch_from_env() -> Result<u64> {
     }
 }
 
-pub fn build(request: &BuildRequest) -> Result<BuildResult> {
-    let experiment = Experiment::load(
-        &request.experiment_dir,
-        &LoadOptions {
-            home_config: request.home_config.clone(),
-        },
-    )?;
-    refuse_unrequested_customisation(&experiment, &request.customisation)?;
-    let tag = match &request.tag {
-        Some(tag) => validate_tag(tag)?,
-        None => experiment.default_tag(),
-    };
-    let repository = image_repository(&experiment, request)?;
-    let image_name = format!("{repository}:{tag}");
-    request.claim_push_target(&image_name)?;
+/// How new layers are compressed: `--compression` (`flag`), else
+/// `DALLINGER_OCI_COMPRESSION`, else gzip.
+pub fn compression(flag: Option<&str>) -> Result<Codec> {
+    if let Some(name) = flag {
+        return name
+            .parse()
+            .with_context(|| format!("--compression {name}"));
+    }
+    match std::env::var("DALLINGER_OCI_COMPRESSION") {
+        Ok(name) if !name.is_empty() => name
+            .parse()
+            .with_context(|| format!("DALLINGER_OCI_COMPRESSION={name}")),
+        _ => Ok(Codec::default()),
+    }
+}
 
-    let base_text = match (&request.base, experiment.get("docker_base_image")) {
-        (Some(b), _) => b.clone(),
-        (None, Some(b)) => b.to_string(),
-        (None, None) => {
-            let (base, why) = default_base(&experiment.dir);
-            eprintln!("No base image configured: using {base} ({why}); set docker_base_image under [Docker] or pass --base to choose");
-            base
+/// Compression worker threads from `DALLINGER_OCI_JOBS` (unset or 0: one
+/// per core). The bytes are the same for any number.
+pub fn compression_jobs() -> Result<usize> {
+    match std::env::var("DALLINGER_OCI_JOBS") {
+        Ok(v) if !v.trim().is_empty() => v.trim().parse().with_context(|| {
+            format!("DALLINGER_OCI_JOBS={v:?} is not a number of threads (0: one per core)")
+        }),
+        _ => Ok(0),
+    }
+}
+
+pub fn build(request: &BuildRequest) -> Result<BuildResult> {
+    // Sources: the experiment, the image's name, the base.
+    let sources = Sources::read(request)?;
+    let store = BlobStore::open(&request.cache_dir)?
+        .producing(WriteOptions {
+            mtime: request.epoch,
+            workers: request.compression_jobs,
+            codec: request.compression,
+        })
+        .fetching_with(std::sync::Arc::new(request.registry.clone()));
+    let dockerfile_engine = request
+        .customisation
+        .dockerfile_engine
+        .filter(|_| sources.experiment.has_dockerfile());
+    let (image, layer_reused, dallinger_mount) = match dockerfile_engine {
+        Some(engine) => (dockerfile_image(&sources, &store, engine)?, false, None),
+        None => {
+            let base = resolve_base(&sources.base_ref, &store, &sources.platform, request)?;
+
+            // The layers on the base, each described by its stage and
+            // produced by the store.
+            let stages = new_layers(request, &sources, &base, &store)?;
+            let layer_reused = stages.layers.last().is_some_and(|l| l.reused);
+
+            // The image.
+            let changes = config_changes(request, &sources.experiment, &base, &stages);
+            let history: Vec<(&ImageLayer, &str)> = stages
+                .layers
+                .iter()
+                .map(|l| (&l.layer, l.created_by.as_str()))
+                .collect();
+            let config = image::derive_config(&base.config, &changes, &history)?;
+            let mut layers = base.layers;
+            layers.extend(stages.layers.into_iter().map(|l| l.layer));
+            let image = Image::assemble(&store, &config, layers)?;
+            (image, layer_reused, stages.dallinger_mount)
         }
     };
-    let base_ref = BaseRef::parse(&base_text)?;
-    let platform = request
-        .platform
-        .as_deref()
-        .unwrap_or(base::DEFAULT_PLATFORM);
-    let store = BlobStore::open(&request.cache_dir)?;
-    if let (true, Some(engine)) = (
-        experiment.has_dockerfile(),
-        request.customisation.dockerfile_engine,
-    ) {
-        let built = crate::dockerfile::build_with_engine(
-            engine,
-            &experiment,
-            &image_name,
-            &store,
-            platform,
-        )?;
-        let image = Image::assemble(&store, &built.config, built.layers)?;
-        write_outputs(request, &store, &image, &tag, &image_name)?;
-        return Ok(BuildResult {
-            store,
-            image_name,
-            tag,
-            image,
-            layer_reused: false,
-            dallinger_mount: None,
-        });
-    }
-    let base = resolve_base(&base_ref, &store, platform, request)?;
 
-    let options = WriteOptions {
-        mtime: request.epoch,
-        workers: 0,
-        codec: Codec::Gzip,
-    };
+    // The outputs.
+    write_outputs(request, &store, &image, &sources.tag, &sources.image_name)?;
+    Ok(BuildResult {
+        store,
+        image_name: sources.image_name,
+        tag: sources.tag,
+        image,
+        layer_reused,
+        dallinger_mount,
+    })
+}
+
+/// What a build starts from: the experiment, its image's name and tag,
+/// the base it names and the platform.
+struct Sources {
+    experiment: Experiment,
+    tag: String,
+    /// `REPOSITORY:TAG`.
+    image_name: String,
+    base_text: String,
+    base_ref: BaseRef,
+    platform: String,
+}
+
+impl Sources {
+    fn read(request: &BuildRequest) -> Result<Sources> {
+        let experiment = Experiment::load(
+            &request.experiment_dir,
+            &LoadOptions {
+                home_config: request.home_config.clone(),
+            },
+        )?;
+        refuse_unrequested_customisation(&experiment, &request.customisation)?;
+        let tag = match &request.tag {
+            Some(tag) => validate_tag(tag)?,
+            None => experiment.default_tag(),
+        };
+        let repository = image_repository(&experiment, request)?;
+        let image_name = format!("{repository}:{tag}");
+        request.claim_push_target(&image_name)?;
+        let base_text = match (&request.base, experiment.get("docker_base_image")) {
+            (Some(b), _) => b.clone(),
+            (None, Some(b)) => b.to_string(),
+            (None, None) => {
+                let (base, why) = default_base(&experiment.dir);
+                eprintln!("No base image configured: using {base} ({why}); set docker_base_image under [Docker] or pass --base to choose");
+                base
+            }
+        };
+        let base_ref = BaseRef::parse(&base_text)?;
+        let platform = request
+            .platform
+            .clone()
+            .unwrap_or_else(|| base::DEFAULT_PLATFORM.to_string());
+        Ok(Sources {
+            experiment,
+            tag,
+            image_name,
+            base_text,
+            base_ref,
+            platform,
+        })
+    }
+}
+
+/// The experiment's own Dockerfile, built by a container engine: its
+/// result is the image.
+fn dockerfile_image(
+    sources: &Sources,
+    store: &BlobStore,
+    engine: crate::dockerfile::DockerfileEngine,
+) -> Result<Image> {
+    let built = crate::dockerfile::build_with_engine(
+        engine,
+        &sources.experiment,
+        &sources.image_name,
+        store,
+        &sources.platform,
+    )?;
+    Image::assemble(store, &built.config, built.layers)
+}
+
+/// The layers a build adds to its base, in order, and what they leave for
+/// the image.
+struct NewLayers {
+    /// Debian packages, Python dependencies, Dallinger, the prepare
+    /// script's changes, the experiment code (always last).
+    layers: Vec<ProducedLayer>,
+    /// The sha256 of the prepare script that ran, for its label.
+    prepare_script: Option<String>,
+    dallinger_mount: Option<SourceMount>,
+}
+
+fn new_layers(
+    request: &BuildRequest,
+    sources: &Sources,
+    base: &base::BaseImage,
+    store: &BlobStore,
+) -> Result<NewLayers> {
+    let experiment = &sources.experiment;
     // Debian packages sit right on the base: system libraries change less
     // often than Python pins, and wheels may load them.
     let debian = crate::debian::debian_layer(
-        &experiment,
+        experiment,
         &base.layers,
-        platform,
-        &store,
-        &options,
+        &sources.platform,
+        store,
         request.python.as_ref().is_some_and(|p| p.locked),
         request.registry.retry,
-        &|remote| request.registry.client_for_remote(remote),
     )?;
     let python = match &request.python {
         Some(python) => Some(python_stage(
-            &experiment,
-            &base,
-            &base_text,
-            platform,
-            &store,
+            experiment,
+            base,
+            &sources.base_text,
+            &sources.platform,
+            store,
             request,
             python,
-            &options,
         )?),
         None => None,
     };
-    let prepared = match experiment.custom_prepare_script() {
+    if request.python.as_ref().is_some_and(|p| p.write_lock) {
+        crate::debian::record_in_lock(&experiment.dir, debian.as_ref())?;
+    }
+    let mut layers: Vec<ProducedLayer> = debian.map(|d| d.produced).into_iter().collect();
+    let (experiment_files, dallinger_mount) = match python {
+        Some(python) => {
+            layers.extend(python.layers.layers);
+            (python.layers.experiment_files, python.dallinger_mount)
+        }
+        None => (BTreeMap::new(), None),
+    };
+    let prepare_script = match experiment.custom_prepare_script() {
         Some(script) => {
             let mut so_far = base.layers.clone();
-            if let Some(debian) = &debian {
-                so_far.push(debian.layer.clone());
-            }
-            if let Some(python) = &python {
-                so_far.extend(python.layers.layers.iter().map(|l| l.layer.clone()));
-            }
-            pull::fetch_missing(&store, &so_far, &|remote| {
-                request.registry.client_for_remote(remote)
-            })?;
-            let (layer, reused) = prepare::prepare_layer(
-                &store,
+            so_far.extend(layers.iter().map(|l| l.layer.clone()));
+            store.fetch_missing(&so_far)?;
+            let produced = prepare::prepare_layer(
+                store,
                 &prepare::PrepareRequest {
                     script,
                     requirements: experiment.generated("requirements.txt").unwrap_or_default(),
                     layers: &so_far,
                     config: &base.config,
                     network: request.customisation.prepare_network,
-                    options: &options,
                 },
             )?;
             eprintln!(
                 "prepare_docker_image.sh layer: {} ({})",
-                layer.blob.digest,
-                if reused { "unchanged, reused" } else { "built" }
+                produced.layer.blob.digest,
+                if produced.reused {
+                    "unchanged, reused"
+                } else {
+                    "built"
+                }
             );
-            Some((layer, sha256_digest(script)))
+            layers.push(produced);
+            Some(sha256_digest(script))
         }
         None => None,
     };
-    if request.python.as_ref().is_some_and(|p| p.write_lock) {
-        crate::debian::record_in_lock(&experiment.dir, debian.as_ref())?;
-    }
-    let mut tree = experiment_tree(&experiment)?;
-    if let Some(python) = &python {
-        // Dallinger's files go in where the experiment has none, as its
-        // assembly copies the experiment first and skips what exists.
-        for (rel, source) in &python.layers.experiment_files {
-            let path = format!("experiment/{rel}");
-            if tree.get(&path).is_none() {
-                tree.add_file(&path, Content::File(source.clone()), false)?;
-            }
+    let mut tree = experiment_tree(experiment)?;
+    // Dallinger's files go in where the experiment has none, as its
+    // assembly copies the experiment first and skips what exists.
+    for (rel, source) in &experiment_files {
+        let path = format!("experiment/{rel}");
+        if tree.get(&path).is_none() {
+            tree.add_file(&path, Content::File(source.clone()), false)?;
         }
     }
-    let (code_layer, layer_reused) = layer_from_cache_or_write(&store, &tree, &options)?;
-    let code_layer = ImageLayer::written(code_layer);
+    layers.push(store.produce(code_layer(tree)?)?);
+    Ok(NewLayers {
+        layers,
+        prepare_script,
+        dallinger_mount,
+    })
+}
 
+/// What the build changes in the base's config: labels naming the
+/// sources, and, as Dallinger's generated Dockerfile, WORKDIR /experiment,
+/// ENV PORT=5000, shell-form CMD dallinger_heroku_web.
+fn config_changes(
+    request: &BuildRequest,
+    experiment: &Experiment,
+    base: &base::BaseImage,
+    stages: &NewLayers,
+) -> ConfigChanges {
     let mut labels = BTreeMap::new();
     if let Some(git) = &experiment.git {
         if let Some(source) = &git.source {
@@ -447,7 +583,7 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
             git.revision.clone(),
         );
     }
-    if let Some((_, script)) = &prepared {
+    if let Some(script) = &stages.prepare_script {
         labels.insert(prepare::LABEL_PREPARE_SCRIPT.into(), script.clone());
     }
     if let Some(name) = &base.name {
@@ -459,9 +595,7 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
             digest.clone(),
         );
     }
-    // As Dallinger's generated Dockerfile: WORKDIR /experiment, ENV PORT=5000,
-    // shell-form CMD dallinger_heroku_web.
-    let changes = ConfigChanges {
+    ConfigChanges {
         epoch: request.epoch,
         env: vec![("PORT".into(), "5000".into())],
         working_dir: Some("/experiment".into()),
@@ -471,43 +605,7 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
             "dallinger_heroku_web".into(),
         ]),
         labels,
-    };
-    let mut new_layers: Vec<(ImageLayer, String)> = Vec::new();
-    if let Some(debian) = debian {
-        new_layers.push((debian.layer, debian.created_by));
     }
-    let dallinger_mount = python.as_ref().and_then(|p| p.dallinger_mount.clone());
-    if let Some(python) = python {
-        for l in python.layers.layers {
-            new_layers.push((l.layer, l.created_by));
-        }
-    }
-    if let Some((layer, script)) = prepared {
-        new_layers.push((
-            layer,
-            format!("dallinger-oci: ran prepare_docker_image.sh ({script}) in a sandbox"),
-        ));
-    }
-    new_layers.push((
-        code_layer,
-        "dallinger-oci: experiment code at /experiment".into(),
-    ));
-    let history: Vec<(&ImageLayer, &str)> =
-        new_layers.iter().map(|(l, c)| (l, c.as_str())).collect();
-    let config = image::derive_config(&base.config, &changes, &history)?;
-    let mut layers = base.layers;
-    layers.extend(new_layers.into_iter().map(|(l, _)| l));
-    let image = Image::assemble(&store, &config, layers)?;
-
-    write_outputs(request, &store, &image, &tag, &image_name)?;
-    Ok(BuildResult {
-        store,
-        image_name,
-        tag,
-        image,
-        layer_reused,
-        dallinger_mount,
-    })
 }
 
 /// Writes the image to every `--output`.
@@ -625,9 +723,7 @@ fn sdist_builder<'a>(
             Some(text) => resolve_base(&BaseRef::parse(text)?, store, platform, request)?,
             None => the_base.clone(),
         };
-        pull::fetch_missing(store, &image.layers, &|remote| {
-            request.registry.client_for_remote(remote)
-        })?;
+        store.fetch_missing(&image.layers)?;
         // A rootfs or scratch base has no manifest digest of its own: its
         // layers' digests name it.
         let digest = image.digest.clone().unwrap_or_else(|| {
@@ -801,22 +897,17 @@ fn experiment_tree(experiment: &Experiment) -> Result<LayerTree> {
     Ok(tree)
 }
 
-/// The layer for `tree` from the store when its inputs were built before,
-/// else written now and remembered.
-fn layer_from_cache_or_write(
-    store: &BlobStore,
-    tree: &LayerTree,
-    options: &WriteOptions,
-) -> Result<(StoredLayer, bool)> {
-    let key = tree.input_key(options)?;
-    if let Some(layer) = store.cached_layer(&key) {
-        return Ok((layer, true));
-    }
-    let layer = store.put_layer_with(options.codec.media_type(), |sink| {
-        Ok(tree.write(options, sink)?)
-    })?;
-    store.remember_layer(&key, &layer)?;
-    Ok((layer, false))
+/// The experiment-code layer: keyed by the tree itself (every file is read
+/// once for the key), so an unchanged experiment reuses its layer.
+fn code_layer(tree: LayerTree) -> Result<LayerDescription<'static>> {
+    let mut key = KeyHasher::new();
+    tree.add_to_key(&mut key)?;
+    Ok(LayerDescription {
+        kind: "code",
+        key,
+        created_by: "dallinger-oci: experiment code at /experiment".into(),
+        fill: Box::new(move |writer| writer.tree(&tree)),
+    })
 }
 
 /// The default cache directory: `$DALLINGER_OCI_CACHE` is handled by the CLI;

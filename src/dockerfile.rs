@@ -51,9 +51,8 @@ pub fn build_with_engine(
     store: &BlobStore,
     platform: &str,
 ) -> Result<BaseImage> {
-    let scratch = tempfile::Builder::new()
-        .prefix("dockerfile-")
-        .tempdir_in(store.root().join("tmp"))
+    let scratch = store
+        .scratch_dir("dockerfile-")
         .context("cannot make a directory for the Dockerfile build")?;
     let context = scratch.path().join("context");
     write_context(experiment, &context)?;

@@ -13,6 +13,7 @@ use dallinger_oci::build::{
     self, BuildRequest, BuildResult, OutputRef, PythonOptions, RegistryOptions,
 };
 use dallinger_oci::http::RetryPolicy;
+use dallinger_oci::image::store::Bucket;
 use dallinger_oci::python::index::IndexConfig;
 use dallinger_oci::python::TargetOverrides;
 use dallinger_oci::registry::credentials::{CredentialContext, Secret};
@@ -104,6 +105,10 @@ struct BuildArgs {
     /// archive before giving up (0 counts as 1).
     #[arg(long, env = "DALLINGER_OCI_RETRIES", default_value_t = 6)]
     retries: u32,
+    /// How new layers are compressed: gzip (every engine) or zstd (smaller;
+    /// podman 4+, docker 23+, containerd 1.5+) [env: DALLINGER_OCI_COMPRESSION] [default: gzip]
+    #[arg(long, value_name = "gzip|zstd")]
+    compression: Option<String>,
     #[command(flatten)]
     python: PythonArgs,
     /// Run the experiment's own prepare_docker_image.sh in a sandbox (root,
@@ -287,7 +292,7 @@ fn python_options(
                 p.index_url.clone(),
                 p.extra_index_url.clone(),
                 p.find_links.clone(),
-                cache_dir.join("wheels"),
+                Bucket::Wheels.under(cache_dir),
                 p.offline,
             )
         },
@@ -343,6 +348,8 @@ fn build_command(
         cache_dir,
         platform: args.platform.clone(),
         epoch: build::epoch_from_env()?,
+        compression: build::compression(args.compression.as_deref())?,
+        compression_jobs: build::compression_jobs()?,
         home_config: dirs::home_dir().map(|h| h.join(".dallingerconfig")),
         registry: RegistryOptions {
             insecure: args.insecure_registries.clone(),

@@ -12,9 +12,9 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use dallinger_oci_layers::{Content, LayerTree, WriteOptions};
+use dallinger_oci_layers::{Content, KeyHasher, LayerTree};
 
-use crate::image::store::{sha256_digest, BlobStore};
+use crate::image::store::{sha256_digest, BlobStore, LayerDescription, ProducedLayer};
 use crate::image::{config_env, unpack, ImageLayer};
 use crate::sandbox::{Overlay, Sandbox};
 
@@ -51,33 +51,42 @@ pub struct PrepareRequest<'a> {
     pub config: &'a serde_json::Value,
     /// Share the host's network with the script.
     pub network: bool,
-    pub options: &'a WriteOptions,
 }
 
 /// The layer of the script's changes, from the layer cache when the same
-/// script ran on the same layers before; and whether it was reused.
-pub fn prepare_layer(store: &BlobStore, request: &PrepareRequest) -> Result<(ImageLayer, bool)> {
-    let mut key = format!(
-        "prepare/1\n{}\n{}\n{}\n{}\n{}\n",
-        request.options.codec.compressor_id(),
-        request.options.mtime,
-        request.network,
-        sha256_digest(request.script),
-        sha256_digest(request.requirements),
-    );
-    for layer in request.layers {
-        key.push_str(&layer.blob.digest);
-        key.push('\n');
-    }
-    let key = format!("prepare-{}", &sha256_digest(key.as_bytes())[7..]);
-    if let Some(blob) = store.cached_layer(&key) {
-        return Ok((ImageLayer::written(blob), true));
-    }
+/// script ran on the same layers before.
+pub fn prepare_layer(store: &BlobStore, request: &PrepareRequest) -> Result<ProducedLayer> {
+    let script = sha256_digest(request.script);
+    let mut key = KeyHasher::new();
+    key.bool(request.network)
+        .bytes(request.script)
+        .bytes(request.requirements)
+        .list(request.layers.iter(), |key, layer| {
+            key.str(&layer.blob.digest);
+        });
+    store.produce(LayerDescription {
+        kind: "prepare",
+        key,
+        created_by: format!("dallinger-oci: ran prepare_docker_image.sh ({script}) in a sandbox"),
+        fill: Box::new(|writer| {
+            let epoch = writer.epoch();
+            let (tree, _scratch) = run_script(store, request, epoch)?;
+            writer.tree(&tree)
+        }),
+    })
+}
+
+/// Runs the script on the image so far and returns its changes as a tree,
+/// with the directory they are in.
+fn run_script(
+    store: &BlobStore,
+    request: &PrepareRequest,
+    epoch: u64,
+) -> Result<(LayerTree, tempfile::TempDir)> {
     let rootfs = unpack::cached_rootfs(store, request.layers)
         .context("unpacking the image for prepare_docker_image.sh")?;
-    let scratch = tempfile::Builder::new()
-        .prefix("prepare-")
-        .tempdir_in(store.root().join("tmp"))
+    let scratch = store
+        .scratch_dir("prepare-")
         .context("cannot make a directory for prepare_docker_image.sh")?;
     let upper = scratch.path().join("upper");
     let work = scratch.path().join("work");
@@ -117,7 +126,7 @@ pub fn prepare_layer(store: &BlobStore, request: &PrepareRequest) -> Result<(Ima
     }
     sandbox = sandbox
         .env("HOME", "/root")
-        .env("SOURCE_DATE_EPOCH", &request.options.mtime.to_string())
+        .env("SOURCE_DATE_EPOCH", &epoch.to_string())
         .env("DEBIAN_FRONTEND", "noninteractive");
     // The script's output goes to our standard error as it runs.
     let stderr: fs::File = std::io::stderr()
@@ -145,11 +154,7 @@ pub fn prepare_layer(store: &BlobStore, request: &PrepareRequest) -> Result<(Ima
         );
     }
     let tree = changes_as_layer(&upper, request)?;
-    let blob = store.put_layer_with(request.options.codec.media_type(), |sink| {
-        Ok(tree.write(request.options, sink)?)
-    })?;
-    store.remember_layer(&key, &blob)?;
-    Ok((ImageLayer::written(blob), false))
+    Ok((tree, scratch))
 }
 
 /// The overlay's upper directory as layer entries: files, directories and

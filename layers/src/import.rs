@@ -89,9 +89,9 @@ pub fn compress_existing_tar<R: Read, W: Write>(
             ));
         }
     }
-    let (diff_id, uncompressed_size, encoder) = tee.copy.finish();
+    let (diff_id, uncompressed_size, encoder) = tee.copy.finish_digest();
     let compressed = encoder.finish().map_err(LayerError::Write)?;
-    let (digest, size, sink) = compressed.finish();
+    let (digest, size, sink) = compressed.finish_digest();
     Ok((
         LayerDigests {
             diff_id,

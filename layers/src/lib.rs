@@ -8,6 +8,7 @@ mod digest;
 mod encoder;
 mod gzip;
 mod import;
+mod key;
 mod tree;
 mod zstd;
 
@@ -15,10 +16,11 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use codec::{layer_codec, open_layer, Codec, UnknownCodec};
-pub use digest::{HashingWriter, LayerDigests};
+pub use digest::{Algorithm, BadDigest, Digest, HashingWriter, LayerDigests};
 pub use encoder::Encoder;
 pub use import::compress_existing_tar;
-pub use tree::{Content, LayerTree, Node, WriteOptions};
+pub use key::KeyHasher;
+pub use tree::{Content, LayerTree, Node, WriteOptions, FORMAT_VERSION};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {

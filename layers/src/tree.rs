@@ -5,10 +5,8 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 
-use sha2::{Digest as _, Sha256};
-
 use crate::digest::{HashingWriter, LayerDigests};
-use crate::{Codec, LayerError};
+use crate::{Codec, Digest, KeyHasher, LayerError};
 
 /// Where a regular file's bytes come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +33,7 @@ pub struct WriteOptions {
     /// Compression worker threads; 0 means one per core. Never changes the
     /// bytes.
     pub workers: usize,
-    /// How the tar is compressed. Part of [`LayerTree::input_key`].
+    /// How the tar is compressed.
     pub codec: Codec,
 }
 
@@ -48,8 +46,9 @@ pub struct LayerTree {
 }
 
 /// Bumped whenever the tar format changes, so cached layers made by an older
-/// writer are not reused (a codec's changes change its compressor id).
-const FORMAT_VERSION: &str = "dallinger-oci-layers/1";
+/// writer are not reused (a codec's changes change its compressor id). Part
+/// of every layer cache key.
+pub const FORMAT_VERSION: &str = "dallinger-oci-layers/1";
 
 impl LayerTree {
     pub fn new() -> Self {
@@ -158,47 +157,53 @@ impl LayerTree {
         }
     }
 
-    /// A digest of everything that determines the layer's bytes: paths,
-    /// kinds, modes, contents, link targets, the mtime, the format version and
-    /// the codec's compressor id.
-    /// Reads every file once. Equal keys mean equal layers, so a cached blob
-    /// can be reused without writing the tar again.
-    pub fn input_key(&self, options: &WriteOptions) -> Result<String, LayerError> {
-        let mut hasher = Sha256::new();
-        hasher.update(FORMAT_VERSION.as_bytes());
-        hasher.update(options.codec.compressor_id().as_bytes());
-        hasher.update(options.mtime.to_le_bytes());
+    /// Adds everything of the tree that determines the layer's tar to
+    /// `key`: paths, kinds, modes, contents, link targets (the mtime, the
+    /// format and the codec are the producer's to add). Reads every file
+    /// once. Equal keys mean equal layers, so a cached blob can be reused
+    /// without writing the tar again.
+    pub fn add_to_key(&self, key: &mut KeyHasher) -> Result<(), LayerError> {
+        key.u64(self.nodes.len() as u64);
         for (path, node) in &self.nodes {
-            hasher.update(path.as_bytes());
-            hasher.update([0]);
+            key.str(path);
             match node {
-                Node::Dir => hasher.update(b"d"),
-                Node::Symlink { target } => {
-                    hasher.update(b"l");
-                    hasher.update(target.as_bytes());
-                }
+                Node::Dir => key.str("d"),
+                Node::Symlink { target } => key.str("l").str(target),
                 Node::File {
                     content,
                     executable,
                 } => {
-                    hasher.update(if *executable { b"x" } else { b"f" });
-                    let mut content_hash = HashingWriter::new(io::sink());
+                    key.str(if *executable { "x" } else { "f" });
                     match content {
-                        Content::Bytes(bytes) => {
-                            content_hash.write_all(bytes).map_err(LayerError::Write)?
-                        }
+                        Content::Bytes(bytes) => key.bytes(bytes),
                         Content::File(source) => {
-                            let mut file = open(source)?;
-                            io::copy(&mut file, &mut content_hash)
-                                .map_err(|e| LayerError::read(source, e))?;
+                            let file = open(source)?;
+                            let len = file
+                                .metadata()
+                                .map_err(|e| LayerError::read(source, e))?
+                                .len();
+                            key.stream(len, file).map_err(|e| {
+                                if e.kind() == io::ErrorKind::UnexpectedEof {
+                                    LayerError::Changed {
+                                        path: source.clone(),
+                                    }
+                                } else {
+                                    LayerError::read(source, e)
+                                }
+                            })?
                         }
                     }
-                    hasher.update(content_hash.finish().0.as_bytes());
                 }
-            }
-            hasher.update([0]);
+            };
         }
-        Ok(hex::encode(hasher.finalize()))
+        Ok(())
+    }
+
+    /// The key of the tree alone (see [`LayerTree::add_to_key`]).
+    pub fn content_key(&self) -> Result<Digest, LayerError> {
+        let mut key = KeyHasher::new();
+        self.add_to_key(&mut key)?;
+        Ok(key.finish())
     }
 
     /// Writes the tar, compressed with `options.codec`, to `sink` and returns
@@ -218,9 +223,9 @@ impl LayerTree {
             self.append(&mut tar, path, node, options.mtime)?;
         }
         let uncompressed = tar.into_inner().map_err(LayerError::Write)?;
-        let (diff_id, uncompressed_size, encoder) = uncompressed.finish();
+        let (diff_id, uncompressed_size, encoder) = uncompressed.finish_digest();
         let compressed = encoder.finish().map_err(LayerError::Write)?;
-        let (digest, size, sink) = compressed.finish();
+        let (digest, size, sink) = compressed.finish_digest();
         Ok((
             LayerDigests {
                 diff_id,
@@ -389,6 +394,7 @@ fn normalise(path: &str) -> Result<String, LayerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest as _, Sha256};
 
     fn options() -> WriteOptions {
         WriteOptions {
@@ -469,7 +475,11 @@ mod tests {
                     ..options()
                 };
                 let (digests, _) = tree.write(&options, io::sink()).unwrap();
-                assert_eq!(digests.digest, digest, "{codec} with {workers} workers");
+                assert_eq!(
+                    digests.digest.to_string(),
+                    digest,
+                    "{codec} with {workers} workers"
+                );
                 assert_eq!(digests.uncompressed_size, 10_011_136);
             }
         }
@@ -523,7 +533,7 @@ mod tests {
         assert_eq!(zstd_digests.diff_id, digests.diff_id);
         assert_eq!(zstd_digests.size, zstd_bytes.len() as u64);
         assert_eq!(
-            digests.diff_id,
+            digests.diff_id.to_string(),
             format!("sha256:{}", hex::encode(Sha256::digest(&tar_bytes)))
         );
         let mut archive = tar::Archive::new(&tar_bytes[..]);
@@ -559,15 +569,15 @@ mod tests {
                     .unwrap();
             }
             let options = WriteOptions { codec, ..options() };
-            let key = tree.input_key(&options).unwrap();
+            let key = tree.content_key().unwrap();
             (tree.write(&options, Vec::new()).unwrap().1, key)
         };
         for codec in Codec::ALL {
             let built = build(&["b", "a/x", "c"], codec);
             assert_eq!(built, build(&["c", "a/x", "b"], codec));
         }
-        // The codec is part of the key.
-        let gzip = build(&["a"], Codec::Gzip).1;
-        assert_ne!(gzip, build(&["a"], Codec::Zstd).1);
+        // Another tree, another key; the codec is the producer's to add.
+        assert_ne!(build(&["a"], Codec::Gzip).1, build(&["b"], Codec::Gzip).1);
+        assert_eq!(build(&["a"], Codec::Gzip).1, build(&["a"], Codec::Zstd).1);
     }
 }

@@ -41,10 +41,10 @@ pub struct Pinned {
     pub size: u64,
 }
 
-/// Where a pinned file lives in the cache: `debian/sha256/HEX/NAME`. The
-/// sha256 comes from a lock or an index: anything but 64 lowercase hex
-/// digits is refused, never joined to a path.
-pub fn cache_path(cache_root: &Path, pinned: &Pinned) -> Result<PathBuf> {
+/// Where a pinned file lives in the cache's Debian bucket (`dir`):
+/// `sha256/HEX/NAME`. The sha256 comes from a lock or an index: anything
+/// but 64 lowercase hex digits is refused, never joined to a path.
+pub fn cache_path(dir: &Path, pinned: &Pinned) -> Result<PathBuf> {
     if !crate::plan::is_sha256_hex(&pinned.sha256) {
         bail!(
             "{} has sha256 {:?}, not 64 lowercase hex digits; refusing it",
@@ -58,10 +58,7 @@ pub fn cache_path(cache_root: &Path, pinned: &Pinned) -> Result<PathBuf> {
         .next()
         .filter(|n| !n.is_empty() && *n != "." && *n != "..")
         .unwrap_or("file");
-    Ok(cache_root
-        .join("debian/sha256")
-        .join(&pinned.sha256)
-        .join(name))
+    Ok(dir.join("sha256").join(&pinned.sha256).join(name))
 }
 
 /// Why an attempt at `url` failed, as a message naming it (redacted).
@@ -109,8 +106,8 @@ pub fn get_text(fetcher: &Fetcher, url: &str) -> Result<String> {
 /// The cached copy of `pinned`, downloaded first when missing. A cached
 /// file that no longer matches its sha256 is refused, never used or
 /// silently replaced: something changed the cache after it was verified.
-pub fn fetch(fetcher: &Fetcher, cache_root: &Path, pinned: &Pinned) -> Result<PathBuf> {
-    let path = cache_path(cache_root, pinned)?;
+pub fn fetch(fetcher: &Fetcher, dir: &Path, pinned: &Pinned) -> Result<PathBuf> {
+    let path = cache_path(dir, pinned)?;
     if path.is_file() {
         let (digest, size) = hash_file(&path)?;
         if digest != pinned.sha256 || size != pinned.size {

@@ -116,7 +116,7 @@ pub fn debian_arch(platform: &str) -> Result<&'static str> {
 /// of the base.
 pub fn load(
     fetcher: &Fetcher,
-    cache_root: &Path,
+    cache_dir: &Path,
     base: &DebianBase,
     arch: &str,
 ) -> Result<PackageIndex> {
@@ -148,7 +148,7 @@ pub fn load(
                 sha256,
                 size,
             };
-            let file = fetch(fetcher, cache_root, &pinned)
+            let file = fetch(fetcher, cache_dir, &pinned)
                 .with_context(|| format!("fetching {dist}/{path}"))?;
             let reader = decompress(&path, File::open(&file)?)?;
             index.add(

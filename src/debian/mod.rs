@@ -15,14 +15,15 @@ pub mod resolve;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use dallinger_oci_layers::{LayerTree, WriteOptions};
+use dallinger_oci_layers::{KeyHasher, LayerTree};
 
 use crate::experiment::Experiment;
 use crate::http::RetryPolicy;
-use crate::image::store::{sha256_digest, BlobStore, StoredLayer};
-use crate::image::{ImageLayer, RemoteBlob};
+use crate::image::store::{
+    sha256_digest, BlobStore, Bucket, LayerDescription, LayerWriter, ProducedLayer, WrittenLayer,
+};
+use crate::image::ImageLayer;
 use crate::plan::{DebianLock, Lock, LockedDeb, LOCK_FILE};
-use crate::registry::{pull, RegistryClient};
 
 /// The `[Docker]` key naming the packages.
 pub const CONFIG_KEY: &str = "system_packages";
@@ -30,27 +31,22 @@ pub const CONFIG_KEY: &str = "system_packages";
 /// Bumped when the layer changes for the same `.deb` files.
 const LAYER_FORMAT: &str = "dallinger-oci-debian-layer/1";
 
-/// The system packages layer, with its history text and lock section.
+/// The system packages layer and its lock section.
 pub struct DebianLayer {
-    pub layer: ImageLayer,
-    pub created_by: String,
-    pub reused: bool,
+    pub produced: ProducedLayer,
     pub lock: DebianLock,
 }
 
 /// Builds (or takes from the cache) the layer of the experiment's
 /// `system_packages`; `None` when it asks for none. `locked` refuses to
 /// resolve again when the lock is missing or out of date.
-#[allow(clippy::too_many_arguments)]
 pub fn debian_layer(
     experiment: &Experiment,
     base_layers: &[ImageLayer],
     platform: &str,
     store: &BlobStore,
-    options: &WriteOptions,
     locked: bool,
     retry: RetryPolicy,
-    client_for: &dyn Fn(&RemoteBlob) -> Result<RegistryClient>,
 ) -> Result<Option<DebianLayer>> {
     let Some(text) = experiment.get(CONFIG_KEY) else {
         return Ok(None);
@@ -67,7 +63,7 @@ pub fn debian_layer(
         })
         .collect::<Vec<_>>()
         .join(" ");
-    pull::fetch_missing(store, base_layers, client_for)?;
+    store.fetch_missing(base_layers)?;
     let base_key = sha256_digest(
         base_layers
             .iter()
@@ -103,7 +99,7 @@ pub fn debian_layer(
                 );
             }
             let debian = base::DebianBase::read(store, base_layers)?;
-            let index = index::load(&fetcher, store.root(), &debian, arch)?;
+            let index = index::load(&fetcher, &store.bucket(Bucket::Debian)?, &debian, arch)?;
             let chosen = resolve::resolve(&requests, &debian, &index)?;
             DebianLock {
                 system_packages: wanted.clone(),
@@ -136,45 +132,32 @@ pub fn debian_layer(
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let mut key = format!(
-        "{LAYER_FORMAT}\n{}\n{}\n{base_key}\n",
-        options.codec.compressor_id(),
-        options.mtime
-    );
-    for p in &lock.packages {
-        key.push_str(&format!("{} {}\n", p.name, p.sha256));
-    }
-    let key = format!("debian-{}", &sha256_digest(key.as_bytes())[7..]);
-    let (blob, reused) = match store.cached_layer(&key) {
-        Some(layer) => (layer, true),
-        None => {
-            let layer = write_layer(store, &fetcher, base_layers, &lock, options)?;
-            store.remember_layer(&key, &layer)?;
-            (layer, false)
-        }
-    };
-    Ok(Some(DebianLayer {
-        layer: ImageLayer::written(blob),
+    let mut key = KeyHasher::new();
+    key.str(LAYER_FORMAT)
+        .str(&base_key)
+        .list(lock.packages.iter(), |key, p| {
+            key.str(&p.name).str(&p.sha256);
+        });
+    let produced = store.produce(LayerDescription {
+        kind: "debian",
+        key,
         created_by,
-        reused,
-        lock,
-    }))
+        fill: Box::new(|writer| write_layer(writer, store, &fetcher, base_layers, &lock)),
+    })?;
+    Ok(Some(DebianLayer { produced, lock }))
 }
 
 /// Fetches (or finds in the cache) and verifies every `.deb`, unpacks them
 /// into a scratch directory and writes the layer.
 fn write_layer(
+    writer: LayerWriter,
     store: &BlobStore,
     fetcher: &fetch::Fetcher,
     base_layers: &[ImageLayer],
     lock: &DebianLock,
-    options: &WriteOptions,
-) -> Result<StoredLayer> {
+) -> Result<WrittenLayer> {
     let debian = base::DebianBase::read(store, base_layers)?;
-    let scratch = tempfile::Builder::new()
-        .prefix("debian-unpack-")
-        .tempdir_in(store.root().join("tmp"))
-        .context("cannot create a scratch directory in the cache")?;
+    let scratch = store.scratch_dir("debian-unpack-")?;
     let mut debs = Vec::new();
     for (i, p) in lock.packages.iter().enumerate() {
         let pinned = fetch::Pinned {
@@ -182,7 +165,7 @@ fn write_layer(
             sha256: p.sha256.clone(),
             size: p.size,
         };
-        let path = fetch::fetch(fetcher, store.root(), &pinned)
+        let path = fetch::fetch(fetcher, &store.bucket(Bucket::Debian)?, &pinned)
             .with_context(|| format!("Debian package {} {}", p.name, p.version))?;
         let dir = scratch.path().join(i.to_string());
         std::fs::create_dir(&dir)?;
@@ -201,9 +184,7 @@ fn write_layer(
     }
     let mut tree = LayerTree::new();
     layer::add_packages(&mut tree, &debian, &debs)?;
-    store.put_layer_with(options.codec.media_type(), |sink| {
-        Ok(tree.write(options, sink)?)
-    })
+    writer.tree(&tree)
 }
 
 /// Puts the Debian section into the lock just written by the Python stage

@@ -73,10 +73,7 @@ pub fn memoised<T: serde::Serialize + serde::de::DeserializeOwned>(
     key: &str,
     compute: impl FnOnce() -> Result<T>,
 ) -> Result<T> {
-    let memo = store.root().join("files").join(format!(
-        "{kind}-{}",
-        &store::sha256_digest(key.as_bytes())[7..]
-    ));
+    let memo = store.memo_path(kind, key);
     if let Some(value) = std::fs::read(&memo)
         .ok()
         .and_then(|b| serde_json::from_slice::<T>(&b).ok())

@@ -10,10 +10,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
-use dallinger_oci_layers::{HashingWriter, LayerDigests};
+use dallinger_oci_layers::{
+    compress_existing_tar, Codec, Digest, HashingWriter, KeyHasher, LayerDigests, LayerTree,
+    WriteOptions, FORMAT_VERSION,
+};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 
+use super::{ImageLayer, RemoteBlob};
 use crate::fsutil::{self, FileLock, TempFile};
 
 /// A layer blob known to the store, with what the manifest and config need.
@@ -32,34 +36,306 @@ pub struct StoredLayer {
 /// durable. Blobs are checked against their digest whenever they are
 /// copied out to an output ([`BlobStore::open_blob`]), and a corrupt one is
 /// removed, with the records naming it, so the next build makes it again.
-#[derive(Debug, Clone)]
+///
+/// The store is also the one producer of layers ([`BlobStore::produce`]):
+/// a stage describes a layer, the store keys it (adding the format, the
+/// codec and the mtime), finds it or writes it with its codec, and
+/// remembers it; and the one place a base's missing blobs are fetched from
+/// ([`BlobStore::fetch_missing`], through the fetcher registered on it).
+#[derive(Clone)]
 pub struct BlobStore {
     root: PathBuf,
+    /// How produced layers are written.
+    layers: WriteOptions,
+    fetcher: Option<Arc<dyn BlobFetcher>>,
 }
+
+impl std::fmt::Debug for BlobStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobStore")
+            .field("root", &self.root)
+            .field("layers", &self.layers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where blobs a store lacks come from (a registry, for a base's layers).
+pub trait BlobFetcher: Send + Sync {
+    /// Streams blob `digest` of `remote` to `import`, which verifies and
+    /// stores it.
+    fn fetch(
+        &self,
+        remote: &RemoteBlob,
+        digest: &str,
+        size: u64,
+        import: &mut dyn FnMut(&mut dyn Read) -> Result<()>,
+    ) -> Result<()>;
+}
+
+/// What a stage says about a layer it adds; the store does the rest (see
+/// [`BlobStore::produce`]).
+pub struct LayerDescription<'a> {
+    /// What the layer is, a short word: its cache records are `KIND-HEX`.
+    pub kind: &'static str,
+    /// Everything the layer's entries are made from (never the format or
+    /// the codec: the store adds those).
+    pub key: KeyHasher,
+    /// Its history entry.
+    pub created_by: String,
+    /// Makes the layer, when it is not in the cache, by handing its tree
+    /// (or tar) to the writer.
+    pub fill: Box<dyn FnOnce(LayerWriter<'_>) -> Result<WrittenLayer> + 'a>,
+}
+
+/// A layer the store produced.
+#[derive(Debug, Clone)]
+pub struct ProducedLayer {
+    pub layer: ImageLayer,
+    pub created_by: String,
+    /// Whether it came from the cache.
+    pub reused: bool,
+}
+
+/// Writes one layer into the store, with the store's codec, mtime and
+/// workers. Given to a [`LayerDescription`]'s `fill`.
+pub struct LayerWriter<'s> {
+    store: &'s BlobStore,
+}
+
+/// A layer blob a [`LayerWriter`] wrote (only it makes one).
+pub struct WrittenLayer(StoredLayer);
+
+impl LayerWriter<'_> {
+    /// Writes `tree` as the layer.
+    pub fn tree(self, tree: &LayerTree) -> Result<WrittenLayer> {
+        let options = self.store.layers;
+        let layer = self
+            .store
+            .put_layer_with(options.codec.media_type(), |sink| {
+                Ok(tree.write(&options, sink)?)
+            })?;
+        Ok(WrittenLayer(layer))
+    }
+
+    /// Writes an existing tar (a root filesystem), its bytes kept as they
+    /// are and checked (see `compress_existing_tar`); `name` says what it
+    /// is in errors.
+    pub fn tar(self, name: &str, tar: impl Read) -> Result<WrittenLayer> {
+        let options = self.store.layers;
+        let layer = self
+            .store
+            .put_layer_with(options.codec.media_type(), |sink| {
+                Ok(compress_existing_tar(
+                    name,
+                    tar,
+                    sink,
+                    options.codec,
+                    options.workers,
+                )?)
+            })?;
+        Ok(WrittenLayer(layer))
+    }
+
+    /// The time every entry of the layer has (`SOURCE_DATE_EPOCH`).
+    pub fn epoch(&self) -> u64 {
+        self.store.layers.mtime
+    }
+}
+
+/// The parts of the cache, each a directory under its root. Only the
+/// store joins paths onto the root: everyone else asks for a bucket. The
+/// names are the ones caches have always had, so existing caches keep
+/// working.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bucket {
+    /// Blobs by digest: `sha256/HEX`.
+    Blobs,
+    /// Layer records: what inputs (a key) made which blob.
+    Layers,
+    /// Small memos: file digests, resolved tags, values read from bases.
+    Memos,
+    /// Which repository of a registry a blob was pushed to.
+    Pushed,
+    /// Files being written, and scratch directories of work in progress
+    /// (on the blobs' filesystem, so a rename moves them in).
+    Tmp,
+    /// Image trees unpacked for the sandbox, by their layers.
+    Rootfs,
+    /// The package index's downloads and sdist builds (its own layout).
+    Wheels,
+    /// Wheels unpacked once for installing.
+    WheelsUnpacked,
+    /// Pinned Debian files: `sha256/HEX/NAME`.
+    Debian,
+}
+
+impl Bucket {
+    /// Made when the store is opened.
+    const OPENED: [Bucket; 5] = [
+        Bucket::Blobs,
+        Bucket::Layers,
+        Bucket::Memos,
+        Bucket::Pushed,
+        Bucket::Tmp,
+    ];
+
+    fn dir_name(self) -> &'static str {
+        match self {
+            Bucket::Blobs => "blobs/sha256",
+            Bucket::Layers => "layers",
+            Bucket::Memos => "files",
+            Bucket::Pushed => "pushed",
+            Bucket::Tmp => "tmp",
+            Bucket::Rootfs => "rootfs",
+            Bucket::Wheels => "wheels",
+            Bucket::WheelsUnpacked => "wheels-unpacked",
+            Bucket::Debian => "debian",
+        }
+    }
+
+    /// The bucket's directory in the cache at `cache_root`, for settings
+    /// made before the store is opened (the package index's cache).
+    pub fn under(self, cache_root: &Path) -> PathBuf {
+        cache_root.join(self.dir_name())
+    }
+}
+
+/// Bumped when the way layer keys are made changes.
+const LAYER_KEY_VERSION: &str = "dallinger-oci-layer-key/2";
 
 /// Prefix of the store's temporary files (swept when their writer died).
 const TEMP_PREFIX: &str = "blob-";
 
 impl BlobStore {
-    /// Opens (creating if needed) the store at `root`.
+    /// Opens (creating if needed) the store at `root`. It produces gzip
+    /// layers at the default epoch until told otherwise
+    /// ([`BlobStore::producing`]), and fetches nothing
+    /// ([`BlobStore::fetching_with`]).
     pub fn open(root: &Path) -> Result<BlobStore> {
         let store = BlobStore {
             root: root.to_path_buf(),
+            layers: WriteOptions {
+                mtime: crate::build::DEFAULT_EPOCH,
+                workers: 0,
+                codec: Codec::Gzip,
+            },
+            fetcher: None,
         };
-        for sub in ["blobs/sha256", "layers", "files", "pushed", "tmp"] {
-            fs::create_dir_all(root.join(sub)).map_err(|e| store.write_error(e.into()))?;
+        for bucket in Bucket::OPENED {
+            fs::create_dir_all(store.dir(bucket)).map_err(|e| store.write_error(e.into()))?;
         }
         store.sweep_temp_files();
         Ok(store)
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// The store, producing layers with `options` (codec, mtime, workers).
+    pub fn producing(mut self, options: WriteOptions) -> BlobStore {
+        self.layers = options;
+        self
+    }
+
+    /// The store, fetching missing blobs through `fetcher`.
+    pub fn fetching_with(mut self, fetcher: Arc<dyn BlobFetcher>) -> BlobStore {
+        self.fetcher = Some(fetcher);
+        self
+    }
+
+    /// The codec of the layers it produces.
+    pub fn codec(&self) -> Codec {
+        self.layers.codec
+    }
+
+    fn dir(&self, bucket: Bucket) -> PathBuf {
+        bucket.under(&self.root)
+    }
+
+    /// The directory of `bucket`, made if missing.
+    pub fn bucket(&self, bucket: Bucket) -> Result<PathBuf> {
+        let dir = self.dir(bucket);
+        fs::create_dir_all(&dir).map_err(|e| self.write_error(e.into()))?;
+        Ok(dir)
+    }
+
+    /// A scratch directory for work in progress (removed when dropped),
+    /// named `PREFIX…`, on the cache's filesystem.
+    pub fn scratch_dir(&self, prefix: &str) -> Result<tempfile::TempDir> {
+        tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(self.dir(Bucket::Tmp))
+            .map_err(|e| self.write_error(e.into()))
+            .with_context(|| format!("cannot make a scratch directory ({prefix}…) in the cache"))
+    }
+
+    /// Where the memo of `kind` for `key` is kept: `KIND-HEX` (or `HEX`
+    /// for an empty kind), HEX the sha256 of `key`. Write it with
+    /// [`BlobStore::write_entry`].
+    pub fn memo_path(&self, kind: &str, key: &str) -> PathBuf {
+        let hex = hash_hex(key.as_bytes());
+        let name = if kind.is_empty() {
+            hex
+        } else {
+            format!("{kind}-{hex}")
+        };
+        self.dir(Bucket::Memos).join(name)
+    }
+
+    /// The key of a described layer: the stage's fields, and what the store
+    /// adds (the key and tar format versions, the codec's compressor id,
+    /// the mtime), so no stage can forget them.
+    fn layer_key(&self, kind: &str, stage: &KeyHasher) -> String {
+        let mut key = KeyHasher::new();
+        key.str(LAYER_KEY_VERSION)
+            .str(FORMAT_VERSION)
+            .str(self.layers.codec.compressor_id())
+            .u64(self.layers.mtime)
+            .str(kind)
+            .digest(&stage.finish());
+        format!("{kind}-{}", key.finish().hex())
+    }
+
+    /// The layer `description` describes: from the cache when the same
+    /// inputs made it before, else written now (with the store's codec,
+    /// its media type and compressor annotation) and remembered.
+    pub fn produce(&self, description: LayerDescription) -> Result<ProducedLayer> {
+        let key = self.layer_key(description.kind, &description.key);
+        let (blob, reused) = match self.cached_layer(&key) {
+            Some(layer) => (layer, true),
+            None => {
+                let WrittenLayer(layer) = (description.fill)(LayerWriter { store: self })?;
+                self.remember_layer(&key, &layer)?;
+                (layer, false)
+            }
+        };
+        Ok(ProducedLayer {
+            layer: ImageLayer::written(blob),
+            created_by: description.created_by,
+            reused,
+        })
+    }
+
+    /// Downloads (verified) every blob of `layers` that is not in the
+    /// store, through the registered fetcher.
+    pub fn fetch_missing(&self, layers: &[ImageLayer]) -> Result<()> {
+        for layer in layers {
+            let (digest, size) = (&layer.blob.digest, layer.blob.size);
+            if self.has_blob(digest, size) {
+                continue;
+            }
+            let missing = || format!("blob {digest} is missing from the cache");
+            let remote = layer.remote.as_ref().with_context(missing)?;
+            let fetcher = self.fetcher.as_ref().with_context(missing)?;
+            let origin = format!("{}/{}", remote.registry, remote.repository);
+            eprintln!("fetching base layer {digest} from {origin}");
+            fetcher.fetch(remote, digest, size, &mut |reader| {
+                self.import_reader(reader, digest, size, &origin)
+            })?;
+        }
+        Ok(())
     }
 
     /// Where the blob with `digest` (`sha256:HEX`) is, whether or not present.
     pub fn blob_path(&self, digest: &str) -> Result<PathBuf> {
-        Ok(self.root.join("blobs/sha256").join(hex_of(digest)?))
+        Ok(self.dir(Bucket::Blobs).join(hex_of(digest)?))
     }
 
     /// True when the blob is present with the expected size. (Its bytes are
@@ -91,7 +367,7 @@ impl BlobStore {
 
     /// Writes a blob through `write` into a temporary file, then moves it to
     /// its digest. `write` returns the digests it computed while writing.
-    pub fn put_layer_with<F>(&self, media_type: &str, write: F) -> Result<StoredLayer>
+    fn put_layer_with<F>(&self, media_type: &str, write: F) -> Result<StoredLayer>
     where
         F: FnOnce(BufWriter<File>) -> Result<(LayerDigests, BufWriter<File>)>,
     {
@@ -106,10 +382,11 @@ impl BlobStore {
         writer
             .into_inner()
             .map_err(|e| self.write_error(e.into_error().into()))?;
-        self.commit(tmp, &digests.digest)?;
+        let digest = digests.digest.to_string();
+        self.commit(tmp, &digest)?;
         Ok(StoredLayer {
-            diff_id: digests.diff_id,
-            digest: digests.digest,
+            diff_id: digests.diff_id.to_string(),
+            digest,
             size: digests.size,
             media_type: media_type.to_string(),
         })
@@ -178,7 +455,7 @@ impl BlobStore {
 
     /// The layer recorded for `key`, if its blob is still present.
     pub fn cached_layer(&self, key: &str) -> Option<StoredLayer> {
-        let bytes = fs::read(self.root.join("layers").join(key)).ok()?;
+        let bytes = fs::read(self.dir(Bucket::Layers).join(key)).ok()?;
         let layer: StoredLayer = serde_json::from_slice(&bytes).ok()?;
         self.has_blob(&layer.digest, layer.size).then_some(layer)
     }
@@ -196,7 +473,7 @@ impl BlobStore {
             );
         }
         self.write_entry(
-            &self.root.join("layers").join(key),
+            &self.dir(Bucket::Layers).join(key),
             &serde_json::to_vec(layer)?,
         )
     }
@@ -226,10 +503,7 @@ impl BlobStore {
             meta.ino(),
             meta.dev()
         );
-        let memo = self
-            .root
-            .join("files")
-            .join(&sha256_digest(identity.as_bytes())["sha256:".len()..]);
+        let memo = self.memo_path("", &identity);
         if let Ok(known) = fs::read_to_string(&memo) {
             if hex_of(known.trim()).is_ok() {
                 return Ok(known.trim().to_string());
@@ -241,8 +515,8 @@ impl BlobStore {
     }
 
     fn pushed_record(&self, registry: &str, digest: &str) -> PathBuf {
-        let key = sha256_digest(format!("{registry}\0{digest}").as_bytes());
-        self.root.join("pushed").join(&key["sha256:".len()..])
+        let key = hash_hex(format!("{registry}\0{digest}").as_bytes());
+        self.dir(Bucket::Pushed).join(key)
     }
 
     /// The repository of `registry` a blob was last pushed to, if any, so a
@@ -304,14 +578,14 @@ impl BlobStore {
     /// A new temporary file under `tmp/`, locked by this process so a later
     /// build can tell it from one a killed build left behind.
     fn temp_file(&self) -> Result<TempFile> {
-        TempFile::new_locked_in(&self.root.join("tmp"), TEMP_PREFIX, 0o644)
+        TempFile::new_locked_in(&self.dir(Bucket::Tmp), TEMP_PREFIX, 0o644)
             .map_err(|e| self.write_error(e.into()))
     }
 
     /// Removes temporary files that no live build holds (left by a build
     /// that was killed).
     fn sweep_temp_files(&self) {
-        fsutil::sweep_unlocked(&self.root.join("tmp"), TEMP_PREFIX);
+        fsutil::sweep_unlocked(&self.dir(Bucket::Tmp), TEMP_PREFIX);
     }
 
     /// Moves a fully written temporary file to the blob `digest`, durably:
@@ -344,7 +618,7 @@ impl BlobStore {
                 return Ok(false);
             }
             fs::remove_file(&path)?;
-            for entry in fs::read_dir(self.root.join("layers"))?.flatten() {
+            for entry in fs::read_dir(self.dir(Bucket::Layers))?.flatten() {
                 let names_it = fs::read(entry.path())
                     .ok()
                     .and_then(|b| serde_json::from_slice::<StoredLayer>(&b).ok())
@@ -444,7 +718,7 @@ impl VerifiedBlob {
     /// All `size` bytes are hashed: they must give the digest, and the
     /// file must end there.
     fn check(&mut self) -> io::Result<()> {
-        let actual = format!("sha256:{}", hex::encode(self.hasher.clone().finalize()));
+        let actual = Digest::sha256(self.hasher.clone().finalize().into()).to_string();
         let mut probe = [0u8; 1];
         let longer = self.file.read_at(&mut probe, self.size)? > 0;
         if actual != self.digest || longer {
@@ -516,25 +790,20 @@ pub fn readable_file() -> fs::Permissions {
     fs::Permissions::from_mode(0o644)
 }
 
-pub fn sha256_digest(bytes: &[u8]) -> String {
-    let mut w = HashingWriter::new(io::sink());
-    w.write_all(bytes).expect("sink never fails");
-    w.finish().0
+/// The hex of the sha256 of `bytes`.
+fn hash_hex(bytes: &[u8]) -> String {
+    Digest::of(bytes).hex().to_string()
 }
 
-/// The hex part of `sha256:HEX`, checked so it is safe as a file name.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    Digest::of(bytes).to_string()
+}
+
+/// The hex part of `sha256:HEX`, checked (as a [`Digest`]) so it is safe
+/// as a file name.
 pub fn hex_of(digest: &str) -> Result<&str> {
-    match digest.strip_prefix("sha256:") {
-        Some(hex)
-            if hex.len() == 64
-                && hex
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
-        {
-            Ok(hex)
-        }
-        _ => bail!("unsupported or malformed digest {digest:?} (expected sha256:<64 hex>)"),
-    }
+    digest.parse::<Digest>()?;
+    Ok(&digest["sha256:".len()..])
 }
 
 /// sha256 (`sha256:HEX`) of a file's bytes, streamed.
@@ -542,7 +811,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     let (sum, _) = File::open(path)
         .and_then(sha256_stream)
         .with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(format!("sha256:{}", hex::encode(sum)))
+    Ok(Digest::sha256(sum).to_string())
 }
 
 /// The sha256 and the length of everything `reader` yields, read in 1 MiB
@@ -561,5 +830,103 @@ pub fn sha256_stream(mut reader: impl Read) -> io::Result<([u8; 32], u64)> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dallinger_oci_layers::Content;
+
+    fn description<'a>(
+        tree: &'a LayerTree,
+        fills: &'a std::cell::Cell<u32>,
+    ) -> LayerDescription<'a> {
+        let mut key = KeyHasher::new();
+        tree.add_to_key(&mut key).unwrap();
+        LayerDescription {
+            kind: "test",
+            key,
+            created_by: "a test layer".into(),
+            fill: Box::new(move |writer| {
+                fills.set(fills.get() + 1);
+                writer.tree(tree)
+            }),
+        }
+    }
+
+    /// The store keys a layer by its codec (and mtime), never the stage:
+    /// a gzip and a zstd build of the same tree share no record, and each
+    /// finds its own again.
+    #[test]
+    fn layers_are_keyed_by_codec_and_found_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tree = LayerTree::new();
+        tree.add_file("a/b.txt", Content::Bytes(b"hello".to_vec()), false)
+            .unwrap();
+        let fills = std::cell::Cell::new(0);
+        let with = |codec: Codec, mtime: u64| {
+            BlobStore::open(dir.path())
+                .unwrap()
+                .producing(WriteOptions {
+                    mtime,
+                    workers: 1,
+                    codec,
+                })
+        };
+        let gzip = with(Codec::Gzip, 1)
+            .produce(description(&tree, &fills))
+            .unwrap();
+        assert!(!gzip.reused);
+        assert_eq!(gzip.layer.blob.media_type, Codec::Gzip.media_type());
+        assert_eq!(gzip.created_by, "a test layer");
+        let zstd = with(Codec::Zstd, 1)
+            .produce(description(&tree, &fills))
+            .unwrap();
+        assert!(!zstd.reused);
+        assert_eq!(zstd.layer.blob.media_type, Codec::Zstd.media_type());
+        assert_eq!(
+            zstd.layer.annotations[super::super::ANNOTATION_COMPRESSOR],
+            Codec::Zstd.compressor_id()
+        );
+        assert_eq!(zstd.layer.blob.diff_id, gzip.layer.blob.diff_id);
+        assert_ne!(zstd.layer.blob.digest, gzip.layer.blob.digest);
+        assert_eq!(fills.get(), 2);
+        for (codec, first) in [(Codec::Gzip, &gzip), (Codec::Zstd, &zstd)] {
+            let again = with(codec, 1).produce(description(&tree, &fills)).unwrap();
+            assert!(again.reused, "{codec}");
+            assert_eq!(again.layer.blob, first.layer.blob);
+        }
+        assert_eq!(fills.get(), 2);
+        // Another mtime is another layer.
+        let later = with(Codec::Gzip, 2)
+            .produce(description(&tree, &fills))
+            .unwrap();
+        assert!(!later.reused);
+        assert_ne!(later.layer.blob.diff_id, gzip.layer.blob.diff_id);
+        let records = fs::read_dir(dir.path().join("layers")).unwrap().count();
+        assert_eq!(records, 3);
+    }
+
+    #[test]
+    fn a_missing_blob_without_a_fetcher_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let digest = sha256_digest(b"elsewhere");
+        let layer = ImageLayer {
+            blob: StoredLayer {
+                diff_id: digest.clone(),
+                digest: digest.clone(),
+                size: 9,
+                media_type: Codec::Gzip.media_type().into(),
+            },
+            annotations: Default::default(),
+            remote: Some(RemoteBlob {
+                registry: "registry.example".into(),
+                repository: "base".into(),
+            }),
+        };
+        let err = store.fetch_missing(&[layer]).unwrap_err().to_string();
+        assert_eq!(err, format!("blob {digest} is missing from the cache"));
     }
 }

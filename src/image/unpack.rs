@@ -85,7 +85,7 @@ pub fn cached_rootfs(store: &BlobStore, layers: &[ImageLayer]) -> Result<Rootfs>
         key.push('\n');
     }
     let key = super::store::sha256_digest(key.as_bytes())[7..7 + 32].to_string();
-    let parent = store.root().join("rootfs");
+    let parent = store.bucket(super::store::Bucket::Rootfs)?;
     let dir = parent.join(&key);
     {
         let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());

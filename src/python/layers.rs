@@ -4,31 +4,24 @@
 //! own files (`frontend/`, `Procfile`) for `/experiment`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use dallinger_oci_layers::{LayerTree, WriteOptions};
+use dallinger_oci_layers::{KeyHasher, LayerTree};
 
-use super::install::{install_wheel, unpack_wheel, unpack_wheels, BytecodeCompiler};
+use super::install::{install_wheel, unpack_wheel, unpack_wheels, BytecodeCompiler, Compiled};
 use super::resolve::ResolvedWheel;
 use super::spec::PackageName;
 use super::target::Target;
-use crate::image::store::{sha256_digest, BlobStore, StoredLayer};
-use crate::image::ImageLayer;
+use crate::image::store::{BlobStore, Bucket, LayerDescription, ProducedLayer};
 
 /// Bumped when installed trees change for the same wheels.
 const INSTALL_FORMAT: &str = "dallinger-oci-python-layers/1";
 
-/// A layer for the image, with its history text.
-pub struct PythonLayer {
-    pub layer: ImageLayer,
-    pub created_by: String,
-}
-
 /// The Python part of an image.
 pub struct PythonLayers {
-    pub layers: Vec<PythonLayer>,
+    pub layers: Vec<ProducedLayer>,
     /// Files Dallinger provides for `/experiment` (relative path → file),
     /// which the experiment's own files override.
     pub experiment_files: BTreeMap<String, PathBuf>,
@@ -43,10 +36,8 @@ pub fn python_layers(
     requested: &BTreeSet<PackageName>,
     clock_on: bool,
     bytecode: Option<&BytecodeCompiler>,
-    options: &WriteOptions,
 ) -> Result<PythonLayers> {
-    let unpack_cache = store.root().join("wheels-unpacked");
-    fs::create_dir_all(&unpack_cache)?;
+    let unpack_cache = store.bucket(Bucket::WheelsUnpacked)?;
     let (dallinger, third_party): (Vec<&ResolvedWheel>, Vec<&ResolvedWheel>) =
         wheels.iter().partition(|w| w.normalised == "dallinger");
     let mut layers = Vec::new();
@@ -66,19 +57,15 @@ pub fn python_layers(
         } else {
             format!("dallinger-oci: {what} ({} wheels)", group.len())
         };
-        let blob = layer_for(
-            store,
+        let description = layer_for(
             target,
             &group,
             requested,
             &unpack_cache,
             bytecode,
-            options,
-        )?;
-        layers.push(PythonLayer {
-            layer: ImageLayer::written(blob),
             created_by,
-        });
+        )?;
+        layers.push(store.produce(description)?);
     }
     let experiment_files = match dallinger.first() {
         Some(wheel) => dallinger_files(&unpack_cache, wheel, clock_on)?,
@@ -92,39 +79,48 @@ pub fn python_layers(
 
 /// One layer holding `wheels`, from the cache when the same wheels were
 /// installed for the same target before.
-fn layer_for(
-    store: &BlobStore,
+fn layer_for<'a>(
+    target: &'a Target,
+    wheels: &[&'a ResolvedWheel],
+    requested: &'a BTreeSet<PackageName>,
+    unpack_cache: &'a Path,
+    bytecode: Option<&'a BytecodeCompiler>,
+    created_by: String,
+) -> Result<LayerDescription<'a>> {
+    let mut sorted: Vec<&ResolvedWheel> = wheels.to_vec();
+    sorted.sort_by(|a, b| a.normalised.cmp(&b.normalised));
+    let mut key = KeyHasher::new();
+    key.str(INSTALL_FORMAT)
+        .str(&serde_json::to_string(target)?)
+        .bool(bytecode.is_some())
+        .list(sorted.iter(), |key, w| {
+            key.str(&w.sha256)
+                .str(&w.filename)
+                .bool(requested.contains(&w.normalised));
+        });
+    Ok(LayerDescription {
+        kind: "python",
+        key,
+        created_by,
+        fill: Box::new(move |writer| {
+            let (tree, _compiled) = install(target, &sorted, requested, unpack_cache, bytecode)?;
+            writer.tree(&tree)
+        }),
+    })
+}
+
+/// The tree of `wheels` installed for `target`, and the compiled bytecode
+/// it names (to keep until the layer is written).
+fn install(
     target: &Target,
-    wheels: &[&ResolvedWheel],
+    sorted: &[&ResolvedWheel],
     requested: &BTreeSet<PackageName>,
     unpack_cache: &Path,
     bytecode: Option<&BytecodeCompiler>,
-    options: &WriteOptions,
-) -> Result<StoredLayer> {
-    let mut key = format!(
-        "{INSTALL_FORMAT}\n{}\n{}\n{}\n{}\n",
-        options.codec.compressor_id(),
-        options.mtime,
-        serde_json::to_string(target)?,
-        if bytecode.is_some() { "bytecode" } else { "" }
-    );
-    let mut sorted: Vec<&&ResolvedWheel> = wheels.iter().collect();
-    sorted.sort_by(|a, b| a.normalised.cmp(&b.normalised));
-    for w in &sorted {
-        key.push_str(&format!(
-            "{} {} {}\n",
-            w.sha256,
-            w.filename,
-            requested.contains(&w.normalised)
-        ));
-    }
-    let key = format!("python-{}", &sha256_digest(key.as_bytes())[7..]);
-    if let Some(layer) = store.cached_layer(&key) {
-        return Ok(layer);
-    }
-    unpack_in_parallel(&sorted, unpack_cache)?;
+) -> Result<(LayerTree, Option<Compiled>)> {
+    unpack_in_parallel(sorted, unpack_cache)?;
     let mut tree = LayerTree::new();
-    for wheel in &sorted {
+    for wheel in sorted {
         let installed = install_wheel(
             &wheel.path,
             unpack_cache,
@@ -151,21 +147,17 @@ fn layer_for(
             }
         }
     }
-    let _compiled = match bytecode {
+    let compiled = match bytecode {
         Some(compiler) => Some(compiler.compile(&mut tree, target)?),
         None => None,
     };
-    let layer = store.put_layer_with(options.codec.media_type(), |sink| {
-        Ok(tree.write(options, sink)?)
-    })?;
-    store.remember_layer(&key, &layer)?;
-    Ok(layer)
+    Ok((tree, compiled))
 }
 
 /// Unpacks the wheels into the unpack cache, one per core at a time: in a
 /// cold build, inflating and creating files is most of the work, and each
 /// wheel is independent. The installer then finds them unpacked.
-fn unpack_in_parallel(wheels: &[&&ResolvedWheel], unpack_cache: &Path) -> Result<()> {
+fn unpack_in_parallel(wheels: &[&ResolvedWheel], unpack_cache: &Path) -> Result<()> {
     let paths: Vec<&Path> = wheels.iter().map(|w| w.path.as_path()).collect();
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     Ok(unpack_wheels(&paths, unpack_cache, workers)?)

@@ -11,7 +11,7 @@ use super::client::RegistryClient;
 use super::reference::Reference;
 use crate::base::{layers_of, BaseImage};
 use crate::image::store::{hex_of, sha256_digest, BlobStore};
-use crate::image::{ImageLayer, RemoteBlob};
+use crate::image::RemoteBlob;
 
 /// Resolves `reference` to a base image. A tag resolved before is not
 /// resolved again unless `refresh`: a rebuild must not follow a moved tag.
@@ -22,10 +22,7 @@ pub fn resolve_base(
     platform: &str,
     refresh: bool,
 ) -> Result<BaseImage> {
-    let memo = store
-        .root()
-        .join("files")
-        .join(&sha256_digest(format!("base\0{reference}\0{platform}").as_bytes())[7..]);
+    let memo = store.memo_path("", &format!("base\0{reference}\0{platform}"));
     let remembered = fs::read_to_string(&memo)
         .ok()
         .map(|s| s.trim().to_string())
@@ -147,31 +144,4 @@ fn choose_platform(index: &Value, platform: &str) -> Result<String> {
             )
         }
     }
-}
-
-/// Downloads (verified) every layer an output needs that is not in the store.
-pub fn fetch_missing(
-    store: &BlobStore,
-    layers: &[ImageLayer],
-    client_for: &dyn Fn(&RemoteBlob) -> Result<RegistryClient>,
-) -> Result<()> {
-    for layer in layers {
-        if store.has_blob(&layer.blob.digest, layer.blob.size) {
-            continue;
-        }
-        let remote = layer
-            .remote
-            .as_ref()
-            .with_context(|| format!("blob {} is missing from the cache", layer.blob.digest))?;
-        let client = client_for(remote)?;
-        let origin = format!("{}/{}", remote.registry, remote.repository);
-        eprintln!("fetching base layer {} from {origin}", layer.blob.digest);
-        client.get_blob(
-            &remote.repository,
-            &layer.blob.digest,
-            layer.blob.size,
-            &mut |reader| store.import_reader(reader, &layer.blob.digest, layer.blob.size, &origin),
-        )?;
-    }
-    Ok(())
 }

@@ -15,11 +15,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use super::client::{BlobOutcome, BlobUpload, RegistryClient};
 use super::reference::Reference;
 use crate::image::store::{BlobStore, VerifiedBlob};
-use crate::image::{Image, ImageLayer, RemoteBlob, MEDIA_TYPE_MANIFEST};
-
-/// A client for the registry a base blob comes from, with that registry's
-/// own credentials.
-pub type ClientFor<'a> = dyn Fn(&RemoteBlob) -> Result<RegistryClient> + Sync + 'a;
+use crate::image::{Image, ImageLayer, MEDIA_TYPE_MANIFEST};
 
 pub struct PushOptions {
     /// Force chunked uploads with PATCHes of this many bytes.
@@ -86,7 +82,6 @@ pub fn publish(
     image: &Image,
     target: &Reference,
     options: &PushOptions,
-    client_for: &ClientFor,
 ) -> Result<Published> {
     let digest = &image.manifest_digest;
     let published = Published {
@@ -117,7 +112,7 @@ pub fn publish(
             ..published
         });
     }
-    let report = push_image(client, store, image, target, options, client_for)?;
+    let report = push_image(client, store, image, target, options)?;
     eprintln!(
         "{}: digest: {digest} size: {}",
         target.tag.as_deref().unwrap_or(""),
@@ -157,15 +152,14 @@ pub struct PushReport {
 /// Pushes `image` to `target` (its tag, or its digest when it has no tag).
 /// A base layer the store lacks is mounted when it comes from another
 /// repository of the target's registry; otherwise (or when the registry
-/// will not mount it) it is fetched from its own registry through a client
-/// from `client_for`, verified into the store, and uploaded from there.
+/// will not mount it) the store fetches it from its own registry (its
+/// registered fetcher), verified, and it is uploaded from there.
 pub fn push_image(
     client: &RegistryClient,
     store: &BlobStore,
     image: &Image,
     target: &Reference,
     options: &PushOptions,
-    client_for: &ClientFor,
 ) -> Result<PushReport> {
     let repository = target.repository.as_str();
     let mut blobs: Vec<Blob> = image
@@ -218,7 +212,7 @@ pub fn push_image(
                 } else {
                     ProgressBar::hidden()
                 };
-                let result = push_blob(client, store, repository, blob, options, client_for, &bar);
+                let result = push_blob(client, store, repository, blob, options, &bar);
                 match result {
                     Ok(outcome) => {
                         if let BlobOutcome::Uploaded { bytes } = outcome {
@@ -281,7 +275,6 @@ fn push_blob(
     repository: &str,
     blob: &Blob,
     options: &PushOptions,
-    client_for: &ClientFor,
     bar: &ProgressBar,
 ) -> Result<BlobOutcome> {
     let (digest, size) = (blob.digest, blob.size);
@@ -295,7 +288,7 @@ fn push_blob(
             anyhow::bail!("{message}");
         }
         if let Some(layer) = blob.fetchable.filter(|_| !store.has_blob(digest, size)) {
-            super::pull::fetch_missing(store, std::slice::from_ref(layer), client_for)?;
+            store.fetch_missing(std::slice::from_ref(layer))?;
         }
         Ok(store.open_blob(digest, size)?.report_to(corrupt.clone()))
     };

@@ -15,7 +15,7 @@ use crate::build::RegistryOptions;
 use crate::image::store::BlobStore;
 use crate::image::Image;
 use crate::registry::push::PushOptions;
-use crate::registry::{pull, Reference};
+use crate::registry::Reference;
 
 /// A built image and what names it: what every sink takes.
 pub struct Built<'a> {
@@ -41,9 +41,7 @@ impl Env<'_> {
     /// each from its own registry with that registry's credentials: for
     /// sinks that copy every blob out of the store.
     pub fn fetch_missing(&self, built: &Built) -> Result<()> {
-        pull::fetch_missing(built.store, &built.image.layers, &|remote| {
-            self.registry.client_for_remote(remote)
-        })
+        built.store.fetch_missing(&built.image.layers)
     }
 }
 

@@ -36,14 +36,7 @@ impl RegistrySink {
     /// Pushes `built` (or, with `--use-existing`, reuses it) at the target.
     pub fn publish(&self, built: &Built, env: &Env) -> Result<Published> {
         let client = env.registry.client(&self.target)?;
-        push::publish(
-            &client,
-            built.store,
-            built.image,
-            &self.target,
-            env.push,
-            &|remote| env.registry.client_for_remote(remote),
-        )
+        push::publish(&client, built.store, built.image, &self.target, env.push)
     }
 }
 

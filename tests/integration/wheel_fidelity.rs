@@ -229,8 +229,8 @@ fn installs_like_pip() {
         .unwrap();
     }
     assert_eq!(
-        tree.input_key(&options).unwrap(),
-        again.input_key(&options).unwrap(),
+        tree.content_key().unwrap(),
+        again.content_key().unwrap(),
         "the layer is not reproducible"
     );
     let host = tmp.path().to_str().unwrap();

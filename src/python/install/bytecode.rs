@@ -68,9 +68,7 @@ impl<'a> BytecodeCompiler<'a> {
                 self.rootfs.get_or_init(|| r).clone()
             }
         };
-        let stage = tempfile::Builder::new()
-            .prefix("bytecode-")
-            .tempdir_in(self.store.root().join("tmp"))?;
+        let stage = self.store.scratch_dir("bytecode-")?;
         let site_dirs: BTreeSet<&str> = [target.purelib.as_str(), target.platlib.as_str()]
             .into_iter()
             .collect();

@@ -215,9 +215,9 @@ fn unpacked_copies(sandbox: &Sandbox, suffix: &str) -> Vec<PathBuf> {
 /// `dir`; returns the `--base` argument.
 fn python_base_with(dir: &Path, files: &[(&str, &[u8])]) -> String {
     use dallinger_oci::base::{self, BaseRef};
-    use dallinger_oci::image::store::BlobStore;
-    use dallinger_oci::image::{layout, Image, ImageLayer};
-    use dallinger_oci_layers::{Codec, Content, LayerTree, WriteOptions};
+    use dallinger_oci::image::store::{BlobStore, LayerDescription};
+    use dallinger_oci::image::{layout, Image};
+    use dallinger_oci_layers::{Content, KeyHasher, LayerTree};
     let store = BlobStore::open(&dir.join("store")).unwrap();
     let base = base::resolve(
         &BaseRef::parse(&python_base_layout()).unwrap(),
@@ -231,26 +231,25 @@ fn python_base_with(dir: &Path, files: &[(&str, &[u8])]) -> String {
         tree.add_file(path, Content::Bytes(bytes.to_vec()), false)
             .unwrap();
     }
-    let options = WriteOptions {
-        mtime: 946_684_800,
-        workers: 1,
-        codec: Codec::Gzip,
-    };
     let layer = store
-        .put_layer_with(options.codec.media_type(), |sink| {
-            Ok(tree.write(&options, sink)?)
+        .produce(LayerDescription {
+            kind: "hostile",
+            key: KeyHasher::new(),
+            created_by: "hostile layer".into(),
+            fill: Box::new(|writer| writer.tree(&tree)),
         })
-        .unwrap();
+        .unwrap()
+        .layer;
     let mut config = base.config.clone();
     config["rootfs"]["diff_ids"]
         .as_array_mut()
         .unwrap()
-        .push(serde_json::json!(layer.diff_id));
+        .push(serde_json::json!(layer.blob.diff_id));
     if let Some(history) = config["history"].as_array_mut() {
         history.push(serde_json::json!({"created_by": "hostile layer"}));
     }
     let mut layers = base.layers;
-    layers.push(ImageLayer::written(layer));
+    layers.push(layer);
     let image = Image::assemble(&store, &config, layers).unwrap();
     let out = dir.join("layout");
     layout::write(&store, &image, &out, "base").unwrap();
