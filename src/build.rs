@@ -360,10 +360,15 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
         }
     };
     let base_ref = BaseRef::parse(&base_text)?;
-    let platform = request
-        .platform
-        .as_deref()
-        .unwrap_or(base::DEFAULT_PLATFORM);
+    // Parsed once: everything below gets the canonical `os/arch[/variant]`.
+    let platform = crate::image::platform::Platform::parse(
+        request
+            .platform
+            .as_deref()
+            .unwrap_or(base::DEFAULT_PLATFORM),
+    )?
+    .to_string();
+    let platform = platform.as_str();
     let store = BlobStore::open(&request.cache_dir)?;
     if let (true, Some(engine)) = (
         experiment.has_dockerfile(),
