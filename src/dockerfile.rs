@@ -5,7 +5,7 @@
 //! as an OCI layout, so outputs and pushes are ours. Its digest is whatever
 //! the engine makes: not reproducible.
 
-use std::fs;
+use fs_err as fs;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -85,7 +85,7 @@ fn write_context(experiment: &Experiment, dir: &Path) -> Result<()> {
             }
         };
         let mode = if executable { 0o755 } else { 0o644 };
-        fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
+        fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
     }
     Ok(())
 }

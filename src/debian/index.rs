@@ -2,8 +2,8 @@
 //! verified, then `Packages` for the architecture, verified by the sha256
 //! the signed `InRelease` gives.
 
+use fs_err::File;
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
 

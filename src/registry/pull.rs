@@ -2,7 +2,7 @@
 //! target platform, everything verified against its digest, and layer bytes
 //! fetched only when an output needs them.
 
-use std::fs;
+use fs_err as fs;
 
 use anyhow::{Context, Result};
 use serde_json::Value;
