@@ -31,7 +31,7 @@ const SOURCES: &[Source] = &[
 ];
 
 /// Finds the credentials for `host` (`ghcr.io`, `127.0.0.1:5000`, `docker.io`),
-/// trying the sources in the order of the [module docs](self); `Ok(None)` means
+/// trying the sources in the order of the [module docs](super); `Ok(None)` means
 /// anonymous. The explicit credentials of `ctx` are used only when `host` is
 /// `explicit_registry` (the push target's registry; `None`: no registry gets
 /// them), though a half-given pair is an error for every host. `host` may also carry a repository (`ghcr.io/org/app`): then
