@@ -81,7 +81,7 @@ pub const DEFAULT_PLATFORM: &str = "linux/amd64";
 pub fn resolve(base: &BaseRef, store: &BlobStore, platform: &str, epoch: u64) -> Result<BaseImage> {
     match base {
         BaseRef::Scratch => Ok(BaseImage {
-            config: empty_config(platform),
+            config: empty_config(platform)?,
             layers: Vec::new(),
             name: None,
             digest: None,
@@ -92,17 +92,21 @@ pub fn resolve(base: &BaseRef, store: &BlobStore, platform: &str, epoch: u64) ->
     }
 }
 
-fn empty_config(platform: &str) -> Value {
-    let (os, arch) = platform.split_once('/').unwrap_or(("linux", platform));
-    json!({
-        "architecture": arch,
-        "os": os,
+fn empty_config(platform: &str) -> Result<Value> {
+    let platform = crate::image::platform::Platform::parse(platform)?;
+    let mut config = json!({
+        "architecture": platform.architecture,
+        "os": platform.os,
         "config": {
             "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
         },
         "rootfs": {"type": "layers", "diff_ids": []},
         "history": [],
-    })
+    });
+    if let Some(variant) = platform.variant {
+        config["variant"] = json!(variant);
+    }
+    Ok(config)
 }
 
 fn from_layout(
@@ -208,7 +212,7 @@ fn from_rootfs(file: &Path, store: &BlobStore, platform: &str, epoch: u64) -> Re
         }),
     })?;
     let layer = produced.layer;
-    let mut config = empty_config(platform);
+    let mut config = empty_config(platform)?;
     config["created"] = json!(crate::image::rfc3339(epoch)?);
     config["rootfs"]["diff_ids"] = json!([layer.blob.diff_id]);
     config["history"] = json!([{

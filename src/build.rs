@@ -435,10 +435,14 @@ impl Sources {
             }
         };
         let base_ref = BaseRef::parse(&base_text)?;
-        let platform = request
-            .platform
-            .clone()
-            .unwrap_or_else(|| base::DEFAULT_PLATFORM.to_string());
+        // Parsed once: everything below gets the canonical `os/arch[/variant]`.
+        let platform = crate::image::platform::Platform::parse(
+            request
+                .platform
+                .as_deref()
+                .unwrap_or(base::DEFAULT_PLATFORM),
+        )?
+        .to_string();
         Ok(Sources {
             experiment,
             tag,

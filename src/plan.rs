@@ -6,7 +6,7 @@
 //! `created-by`, `requires-python`, `[[packages]]` with `wheels`; what is ours
 //! lives under `[tool.dallinger-oci]`.
 
-use std::fs;
+use fs_err as fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};

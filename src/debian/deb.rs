@@ -5,8 +5,8 @@
 //! headers, 2-byte alignment), which is shorter to read here than to adapt
 //! the `ar` crate, unmaintained since 2021, to a streaming reader.
 
+use fs_err::File;
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 

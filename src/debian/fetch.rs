@@ -2,7 +2,7 @@
 //! `.deb` files into the cache by sha256, verified before they are used.
 //! Requests follow the HTTP policy (`crate::http`).
 
-use std::fs::{self, File};
+use fs_err::{self as fs, File};
 use std::io;
 use std::path::{Path, PathBuf};
 

@@ -2,8 +2,8 @@
 //! verified, then `Packages` for the architecture, verified by the sha256
 //! the signed `InRelease` gives.
 
+use fs_err::File;
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
 
@@ -99,17 +99,21 @@ impl PackageIndex {
 
 /// Debian's name for an OCI architecture.
 pub fn debian_arch(platform: &str) -> Result<&'static str> {
-    let arch = platform.split('/').nth(1).unwrap_or(platform);
-    Ok(match arch {
-        "amd64" => "amd64",
-        "arm64" => "arm64",
-        "arm" => "armhf",
-        "386" => "i386",
-        "ppc64le" => "ppc64el",
-        "s390x" => "s390x",
-        "riscv64" => "riscv64",
-        other => bail!("no Debian architecture is known for the platform {platform} ({other})"),
-    })
+    let parsed = crate::image::platform::Platform::parse(platform)?;
+    Ok(
+        match (parsed.architecture.as_str(), parsed.variant.as_deref()) {
+            ("amd64", _) => "amd64",
+            ("arm64", _) => "arm64",
+            // Debian's armel is ARMv5 and up; armhf needs ARMv7.
+            ("arm", Some("v5" | "v6")) => "armel",
+            ("arm", _) => "armhf",
+            ("386", _) => "i386",
+            ("ppc64le", _) => "ppc64el",
+            ("s390x", _) => "s390x",
+            ("riscv64", _) => "riscv64",
+            _ => bail!("no Debian architecture is known for the platform {platform} ({parsed})"),
+        },
+    )
 }
 
 /// Downloads, verifies and reads the package lists of every `deb` source
@@ -223,5 +227,9 @@ mod tests {
         );
         assert_eq!(debian_arch("linux/arm64").unwrap(), "arm64");
         assert!(debian_arch("linux/mips").is_err());
+        assert_eq!(debian_arch("linux/arm").unwrap(), "armhf");
+        assert_eq!(debian_arch("linux/arm/v7").unwrap(), "armhf");
+        assert_eq!(debian_arch("linux/arm/v5").unwrap(), "armel");
+        assert_eq!(debian_arch("linux/arm64/v8").unwrap(), "arm64");
     }
 }

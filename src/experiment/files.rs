@@ -11,9 +11,9 @@
 //! every file), symlinks must stay inside the experiment, and other special
 //! files, unreadable files and non-UTF-8 names are errors.
 
+use fs_err::File;
 use std::collections::HashSet;
 use std::ffi::OsStr;
-use std::fs::File;
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Component, Path};

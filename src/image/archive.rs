@@ -2,7 +2,7 @@
 //! through its `manifest.json`, and that is also an OCI layout (`oci-layout`,
 //! `index.json`, `blobs/`), as `docker save` writes since Docker 25.
 
-use std::fs;
+use fs_err as fs;
 use std::io::{self, BufWriter};
 use std::path::Path;
 

@@ -178,7 +178,7 @@ pub struct LayoutManifest {
 }
 
 /// Finds the manifest named `tag` (or the only one) in the layout at `dir`,
-/// resolving an image index to the manifest for `platform` (`os/arch`).
+/// resolving an image index to the manifest for `platform` (`os/arch[/variant]`).
 pub fn find_manifest(dir: &Path, tag: Option<&str>, platform: &str) -> Result<LayoutManifest> {
     if !is_layout(dir) {
         bail!(
@@ -251,23 +251,13 @@ pub fn find_manifest(dir: &Path, tag: Option<&str>, platform: &str) -> Result<La
                 ref_name,
             });
         }
-        let (os, arch) = platform.split_once('/').unwrap_or(("linux", platform));
-        descriptor = parsed
-            .get("manifests")
-            .and_then(Value::as_array)
-            .and_then(|ms| {
-                ms.iter().find(|m| {
-                    m.pointer("/platform/os").and_then(Value::as_str) == Some(os)
-                        && m.pointer("/platform/architecture").and_then(Value::as_str) == Some(arch)
-                })
-            })
-            .cloned()
-            .with_context(|| {
-                format!(
-                    "the image index {digest} in {} has no manifest for {platform}",
-                    dir.display()
-                )
-            })?;
+        let entries = parsed.get("manifests").and_then(Value::as_array);
+        descriptor = super::platform::choose_manifest(
+            entries.map_or(&[], Vec::as_slice),
+            &super::platform::Platform::parse(platform)?,
+        )
+        .cloned()
+        .with_context(|| format!("the image index {digest} in {}", dir.display()))?;
     }
     bail!("image indexes in {} are nested too deeply", dir.display())
 }

@@ -4,6 +4,7 @@
 
 pub mod archive;
 pub mod layout;
+pub mod platform;
 pub mod store;
 pub mod unpack;
 

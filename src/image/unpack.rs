@@ -24,9 +24,9 @@
 //! ctime, which no unprivileged process can set: the tree is then made
 //! again before anything trusts it.
 
+use fs_err::{self as fs, File};
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
-use std::fs::{self, File};
 use std::io::{BufReader, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -96,7 +96,7 @@ pub fn cached_rootfs(store: &BlobStore, layers: &[ImageLayer]) -> Result<Rootfs>
     }
     fs::create_dir_all(&parent).with_context(|| format!("cannot create {}", parent.display()))?;
     // Only the owner may enter: the trees hold whatever the images hold.
-    fs::set_permissions(&parent, fs::Permissions::from_mode(0o700))
+    fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("cannot restrict {}", parent.display()))?;
     let lock_path = parent.join(format!("{key}.lock"));
     let lock = fs::OpenOptions::new()
@@ -529,7 +529,7 @@ fn apply_entry<R: Read>(
             Mode::from_raw_mode(0o600),
         )
         .context("cannot create the file")?;
-        let mut file = File::from(fd);
+        let mut file = std::fs::File::from(fd);
         std::io::copy(entry, &mut file).context("cannot write the file")?;
         rustix::fs::futimens(&file, &times).context("cannot set its time")?;
         // No setuid or setgid bits in a tree the caller owns.
@@ -644,7 +644,7 @@ fn make_removable(path: &Path) -> std::io::Result<()> {
         if entry.file_type().is_dir() {
             let mode = entry.metadata()?.permissions().mode();
             if mode & 0o700 != 0o700 {
-                fs::set_permissions(entry.path(), fs::Permissions::from_mode(mode | 0o700))?;
+                fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode | 0o700))?;
             }
         }
     }

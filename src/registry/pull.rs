@@ -2,14 +2,15 @@
 //! target platform, everything verified against its digest, and layer bytes
 //! fetched only when an output needs them.
 
-use std::fs;
+use fs_err as fs;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde_json::Value;
 
 use super::client::RegistryClient;
 use super::reference::Reference;
 use crate::base::{layers_of, BaseImage};
+use crate::image::platform::{choose_manifest, Platform};
 use crate::image::store::{hex_of, sha256_digest, BlobStore};
 use crate::image::RemoteBlob;
 
@@ -22,6 +23,7 @@ pub fn resolve_base(
     platform: &str,
     refresh: bool,
 ) -> Result<BaseImage> {
+    let platform = Platform::parse(platform)?;
     let memo = store.memo_path("", &format!("base\0{reference}\0{platform}"));
     let remembered = fs::read_to_string(&memo)
         .ok()
@@ -46,7 +48,7 @@ pub fn resolve_base(
                 || media_type.contains("manifest.list")
                 || parsed.get("manifests").is_some();
             let bytes = if is_index {
-                let chosen = choose_platform(&parsed, platform)
+                let chosen = choose_platform(&parsed, &platform)
                     .with_context(|| format!("base {reference} (index {digest})"))?;
                 client.get_manifest(repository, &chosen)?.0
             } else {
@@ -108,40 +110,14 @@ pub fn resolve_base(
 }
 
 /// The digest of the index entry for `platform` (`os/arch[/variant]`).
-fn choose_platform(index: &Value, platform: &str) -> Result<String> {
-    let mut parts = platform.split('/');
-    let (os, arch, variant) = (
-        parts.next().unwrap_or("linux"),
-        parts.next().unwrap_or("amd64"),
-        parts.next(),
-    );
+fn choose_platform(index: &Value, platform: &Platform) -> Result<String> {
     let manifests = index
         .get("manifests")
         .and_then(Value::as_array)
         .context("the index has no manifests")?;
-    let found = manifests.iter().find(|m| {
-        m.pointer("/platform/os").and_then(Value::as_str) == Some(os)
-            && m.pointer("/platform/architecture").and_then(Value::as_str) == Some(arch)
-            && variant
-                .is_none_or(|v| m.pointer("/platform/variant").and_then(Value::as_str) == Some(v))
-    });
-    match found.and_then(|m| m.get("digest")).and_then(Value::as_str) {
-        Some(d) => Ok(d.to_string()),
-        None => {
-            let available: Vec<String> = manifests
-                .iter()
-                .filter_map(|m| {
-                    Some(format!(
-                        "{}/{}",
-                        m.pointer("/platform/os")?.as_str()?,
-                        m.pointer("/platform/architecture")?.as_str()?
-                    ))
-                })
-                .collect();
-            bail!(
-                "no manifest for {platform} (available: {})",
-                available.join(", ")
-            )
-        }
-    }
+    choose_manifest(manifests, platform)?
+        .get("digest")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .context("the index's entry for the platform has no digest")
 }

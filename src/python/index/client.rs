@@ -9,8 +9,8 @@
 //! `{cache_dir}/tmp/` for downloads in flight. Nothing is renamed into
 //! `sha256/` before its hash has been checked.
 
+use fs_err::{self as fs, File};
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

@@ -13,8 +13,8 @@
 //! cache), and only the `.pyc` files it leaves there are taken, as regular
 //! files beside their sources.
 
+use fs_err::{self as fs, File};
 use std::collections::BTreeSet;
-use std::fs::{self, File};
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -159,7 +159,7 @@ impl<'a> BytecodeCompiler<'a> {
                 &ddir,
                 STAGE,
             ],
-            &log,
+            log.file(),
         )?;
         // 1: some file did not compile (a Python 2 leftover in a package):
         // pip skips those too; the rest are compiled.

@@ -23,8 +23,8 @@
 //! Like pip (and unlike pypa/installer), `__pycache__` files shipped inside
 //! a wheel are installed as they are.
 
+use fs_err::{self as fs, File};
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -1710,7 +1710,9 @@ mod tests {
         let changes: Vec<Box<dyn Fn()>> = vec![
             Box::new(|| fs::write(&init, b"R = 2\n").unwrap()),
             Box::new(|| fs::write(&init, b"").unwrap()),
-            Box::new(|| fs::set_permissions(&init, fs::Permissions::from_mode(0o755)).unwrap()),
+            Box::new(|| {
+                fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755)).unwrap()
+            }),
             Box::new(|| {
                 let other = first.join("r/other");
                 fs::write(&other, b"R = 1\n").unwrap();

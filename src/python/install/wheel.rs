@@ -5,9 +5,9 @@
 //! Parsing follows what pip 23.2 does on Python 3.11 (its importlib
 //! metadata backend), so that a wheel pip installs is read the same way here.
 
+use fs_err::{self as fs, File};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::fs::{self, File};
 use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
@@ -992,7 +992,7 @@ impl<R: Read + Seek> WheelArchive<R> {
 #[cfg(unix)]
 fn set_mode(file: &File, mode: u32) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    file.set_permissions(fs::Permissions::from_mode(mode))
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
 }
 
 #[cfg(not(unix))]

@@ -8,7 +8,7 @@
 //! experiment's file set does; elsewhere every file. `.git`,
 //! `__pycache__` and `*.pyc` never go in.
 
-use std::fs::{self, File};
+use fs_err::{self as fs, File};
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};

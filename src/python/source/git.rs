@@ -20,7 +20,7 @@
 //! commit's time). With a commit and its tarball cached, no git command and
 //! no network is needed.
 
-use std::fs;
+use fs_err as fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

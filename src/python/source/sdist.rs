@@ -8,7 +8,7 @@
 //! A built wheel is kept by (sdist sha256, builder digest) and then used
 //! like a downloaded one: verified by its own sha256, which the lock records.
 
-use std::fs::{self, File};
+use fs_err::{self as fs, File};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
@@ -207,7 +207,7 @@ impl<'a> SdistBuilder<'a> {
                 "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             );
         }
-        let exit = sandbox.run(&argv, &log)?;
+        let exit = sandbox.run(&argv, log.file())?;
         drop(log);
         if !exit.success() {
             let kept = keep_log(&log_path, index, name, version)?;

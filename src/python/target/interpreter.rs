@@ -209,17 +209,11 @@ pub(crate) fn target_from(
     overrides: &TargetOverrides,
 ) -> anyhow::Result<Target> {
     use anyhow::{bail, Context};
-    let arch = match config
-        .get("architecture")
-        .and_then(|v| v.as_str())
-        .unwrap_or("amd64")
-    {
-        "amd64" => "x86_64",
-        "arm64" => "aarch64",
-        "386" => "i686",
-        other => other,
-    }
-    .to_string();
+    // What `uname -m` says on the base's platform (linux/amd64 if its config
+    // does not say).
+    let arch = crate::image::platform::Platform::of_config(config)
+        .unwrap_or_else(|| crate::image::platform::Platform::new("linux", "amd64", None))
+        .machine();
     // The interpreter: python.org images put theirs in /usr/local, Debian in /usr.
     let candidates = ["usr/local/bin/python3", "usr/bin/python3"];
     let interpreter_path = match &overrides.interpreter {
