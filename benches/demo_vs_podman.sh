@@ -6,8 +6,9 @@
 # Figures only, no asserts.
 #
 # Environment: BENCH_RUNS (hyperfine runs per command, default 3),
-# BENCH_COMPRESSIONS (default "gzip zstd"; a compression the binary rejects is
-# reported and left out, the others still run).
+# BENCH_COMPRESSIONS (default "gzip zstd"; `C+pyc` adds --compile-bytecode,
+# the .pyc files pip writes; a compression the binary rejects is reported and
+# left out, the others still run).
 #
 # What is measured:
 # - wall time: hyperfine, each run cold. Ours: an empty DALLINGER_OCI_CACHE and
@@ -36,7 +37,8 @@
 #   (`skopeo inspect --raw`) of our output layout and of the layout podman
 #   pushed; the config blob is not counted.
 # - ours builds with its defaults, so without .pyc files; pip writes them, as
-#   Dallinger's Dockerfile does (its default).
+#   Dallinger's Dockerfile does (its default); `gzip+pyc` in BENCH_COMPRESSIONS
+#   is ours with --compile-bytecode, like for like.
 #
 # Dallinger's Dockerfile (as `dallinger docker build` writes it, see
 # `build_image` in dallinger/docker/tools.py) is adapted only where
@@ -106,8 +108,11 @@ pip_whl=$(basename "$(find "$work/pip" -name 'pip-*.whl' | head -n1)")
 cp -r demo/stroop "$work/stroop"
 ours=()
 for c in $compressions; do
-  if "$bin" build --compression "$c" --help >/dev/null 2>"$work/probe.err"; then
-    flag="--compression $c"
+  # `C+pyc`: compression C with --compile-bytecode, the .pyc files pip writes.
+  extra=""
+  case "$c" in *+pyc) extra="--compile-bytecode" ;; esac
+  if "$bin" build --compression "${c%+pyc}" --help >/dev/null 2>"$work/probe.err"; then
+    flag="--compression ${c%+pyc} $extra"
   elif [ "$c" = gzip ]; then
     echo "NOTE: this dallinger-oci rejects --compression ($(head -n1 "$work/probe.err")); the gzip row is built without it (gzip is then its only format)" | tee -a "$work/notes" >&2
     flag=""
