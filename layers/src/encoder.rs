@@ -11,6 +11,8 @@ use std::sync::mpsc;
 use std::thread;
 
 use crate::codec::Codec;
+use crate::digest::{HashingWriter, LayerDigests};
+use crate::LayerError;
 
 type Job = (u64, Vec<u8>);
 type Done = (u64, io::Result<Vec<u8>>);
@@ -166,6 +168,26 @@ impl<W: Write> Write for Encoder<W> {
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
+}
+
+/// Ends a layer written as tar → [`HashingWriter`] → [`Encoder`] →
+/// [`HashingWriter`] → `sink`: flushes the encoder and returns both
+/// digests (tar and blob) and the sink.
+pub(crate) fn finish_layer<W: Write>(
+    uncompressed: HashingWriter<Encoder<HashingWriter<W>>>,
+) -> Result<(LayerDigests, W), LayerError> {
+    let (diff_id, uncompressed_size, encoder) = uncompressed.finish_digest();
+    let compressed = encoder.finish().map_err(LayerError::Write)?;
+    let (digest, size, sink) = compressed.finish_digest();
+    Ok((
+        LayerDigests {
+            diff_id,
+            digest,
+            size,
+            uncompressed_size,
+        },
+        sink,
+    ))
 }
 
 #[cfg(test)]

@@ -89,18 +89,7 @@ pub fn compress_existing_tar<R: Read, W: Write>(
             ));
         }
     }
-    let (diff_id, uncompressed_size, encoder) = tee.copy.finish_digest();
-    let compressed = encoder.finish().map_err(LayerError::Write)?;
-    let (digest, size, sink) = compressed.finish_digest();
-    Ok((
-        LayerDigests {
-            diff_id,
-            digest,
-            size,
-            uncompressed_size,
-        },
-        sink,
-    ))
+    crate::encoder::finish_layer(tee.copy)
 }
 
 /// tar-rs errors can quote raw header bytes; keep the message to one short line.

@@ -223,18 +223,7 @@ impl LayerTree {
             self.append(&mut tar, path, node, options.mtime)?;
         }
         let uncompressed = tar.into_inner().map_err(LayerError::Write)?;
-        let (diff_id, uncompressed_size, encoder) = uncompressed.finish_digest();
-        let compressed = encoder.finish().map_err(LayerError::Write)?;
-        let (digest, size, sink) = compressed.finish_digest();
-        Ok((
-            LayerDigests {
-                diff_id,
-                digest,
-                size,
-                uncompressed_size,
-            },
-            sink,
-        ))
+        crate::encoder::finish_layer(uncompressed)
     }
 
     fn append<W: Write>(
