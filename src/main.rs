@@ -217,13 +217,29 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            // One line: the error and its causes, joined; a cause quoting a
-            // file's bytes must not break it over several lines.
-            let message = format!("{err:#}").replace(['\n', '\r'], " ");
-            eprintln!("error: {message}");
+            eprintln!("error: {}", one_line(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes as one line, joined by ": ". A cause whose text
+/// the line already holds is left out (an error that quotes its source, or
+/// an fs-err error naming the path the context named), and a cause quoting
+/// a file's bytes must not break the line.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string().replace(['\n', '\r'], " ");
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -399,4 +415,25 @@ fn push_command(request: &BuildRequest, result: &BuildResult) -> Result<()> {
     };
     let published = sink.publish(&result.built(request.epoch), &request.sink_env())?;
     push::announce(&published)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn one_line_leaves_out_causes_the_line_already_says() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot read x: {source}")]
+        struct Quoting {
+            #[source]
+            source: std::io::Error,
+        }
+        let io = std::io::Error::other("Not a directory");
+        let err = anyhow::Error::new(Quoting { source: io }).context("in\nexperiment");
+        assert_eq!(
+            one_line(&err),
+            "in experiment: cannot read x: Not a directory"
+        );
+    }
 }
