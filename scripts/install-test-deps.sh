@@ -15,6 +15,7 @@ packages=(
   util-linux     # setpriv, to test unreadable files as another user
   openssl        # the test token issuer signs its tokens
   python3-pip    # the peer the installer is compared with (wheel_fidelity)
+  python3-venv   # the SBOM validators' venv (scripts/sbom-validators.sh)
   gcc            # C parts of some crates
   podman-compose # debug / deploy-image run compose files with it (podman 4.3 has no `podman compose`)
 )
@@ -27,3 +28,5 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# The SBOM validators (PyPI packages, in a venv under the test cache).
+bash "$(dirname "$0")/sbom-validators.sh" >/dev/null

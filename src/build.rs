@@ -167,6 +167,8 @@ pub struct PythonOptions {
 struct PythonStage {
     layers: PythonLayers,
     dallinger_mount: Option<SourceMount>,
+    /// The wheels installed, for the SBOM and provenance.
+    wheels: Vec<crate::python::ResolvedWheel>,
 }
 
 /// Target, pins, wheels and the dependency layers.
@@ -294,6 +296,7 @@ fn python_stage(
     Ok(PythonStage {
         layers,
         dallinger_mount,
+        wheels: resolution.wheels,
     })
 }
 
@@ -305,6 +308,8 @@ pub struct BuildResult {
     pub image: Image,
     /// Whether the experiment layer came from the cache.
     pub layer_reused: bool,
+    /// What the build resolved: for `--sbom` and `--provenance`.
+    pub inventory: crate::attest::Inventory,
     /// `--dallinger-src`: what `debug` mounts into its containers.
     pub dallinger_mount: Option<SourceMount>,
 }
@@ -360,6 +365,20 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
         .customisation
         .dockerfile_engine
         .filter(|_| sources.experiment.has_dockerfile());
+    let mut inventory = crate::attest::Inventory {
+        source: sources
+            .experiment
+            .git
+            .as_ref()
+            .map(|g| crate::attest::SourceEntry {
+                url: g.source.clone(),
+                revision: g.revision.clone(),
+            }),
+        lock_sha256: crate::attest::lock_sha256(&sources.experiment.dir)?,
+        parameters: byte_changing_options(request, &sources),
+        from_dockerfile: dockerfile_engine.is_some(),
+        ..Default::default()
+    };
     let (image, layer_reused, dallinger_mount) = match dockerfile_engine {
         Some(engine) => (dockerfile_image(&sources, &store, engine)?, false, None),
         None => {
@@ -368,6 +387,15 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
             // The layers on the base, each described by its stage and
             // produced by the store.
             let stages = new_layers(request, &sources, &base, &store)?;
+            inventory.base = (base.digest.is_some() || !base.layers.is_empty()).then(|| {
+                crate::attest::BaseEntry {
+                    reference: portable_base_name(&sources.base_text),
+                    name: base.name.clone(),
+                    digest: base.digest.clone(),
+                }
+            });
+            inventory.wheels = stages.wheels.clone();
+            inventory.debs = stages.debs.clone();
             let layer_reused = stages.layers.last().is_some_and(|l| l.reused);
 
             // The image.
@@ -394,7 +422,43 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
         image,
         layer_reused,
         dallinger_mount,
+        inventory,
     })
+}
+
+/// The options that change the image's bytes, as provenance records them.
+fn byte_changing_options(
+    request: &BuildRequest,
+    sources: &Sources,
+) -> BTreeMap<String, serde_json::Value> {
+    use serde_json::json;
+    let python = request.python.as_ref();
+    let custom = &request.customisation;
+    BTreeMap::from([
+        ("base".into(), json!(portable_base_name(&sources.base_text))),
+        ("platform".into(), json!(sources.platform)),
+        ("source_date_epoch".into(), json!(request.epoch)),
+        ("compression".into(), json!(request.compression.to_string())),
+        ("no_deps".into(), json!(python.is_none())),
+        (
+            "compile_bytecode".into(),
+            json!(python.is_some_and(|p| p.compile_bytecode)),
+        ),
+        (
+            "build_sdists".into(),
+            json!(python.is_some_and(|p| p.build_sdists)),
+        ),
+        (
+            "dallinger_src".into(),
+            json!(python.is_some_and(|p| p.dallinger_src.is_some())),
+        ),
+        ("run_prepare".into(), json!(custom.run_prepare)),
+        ("prepare_network".into(), json!(custom.prepare_network)),
+        (
+            "dockerfile".into(),
+            json!(custom.dockerfile_engine.is_some()),
+        ),
+    ])
 }
 
 /// What a build starts from: the experiment, its image's name and tag,
@@ -480,6 +544,9 @@ struct NewLayers {
     /// The sha256 of the prepare script that ran, for its label.
     prepare_script: Option<String>,
     dallinger_mount: Option<SourceMount>,
+    /// What was resolved, for the inventory.
+    wheels: Vec<crate::python::ResolvedWheel>,
+    debs: Vec<crate::plan::LockedDeb>,
 }
 
 fn new_layers(
@@ -514,13 +581,21 @@ fn new_layers(
     if request.python.as_ref().is_some_and(|p| p.write_lock) {
         crate::debian::record_in_lock(&experiment.dir, debian.as_ref())?;
     }
+    let debs = debian
+        .as_ref()
+        .map(|d| d.lock.packages.clone())
+        .unwrap_or_default();
     let mut layers: Vec<ProducedLayer> = debian.map(|d| d.produced).into_iter().collect();
-    let (experiment_files, dallinger_mount) = match python {
+    let (experiment_files, dallinger_mount, wheels) = match python {
         Some(python) => {
             layers.extend(python.layers.layers);
-            (python.layers.experiment_files, python.dallinger_mount)
+            (
+                python.layers.experiment_files,
+                python.dallinger_mount,
+                python.wheels,
+            )
         }
-        None => (BTreeMap::new(), None),
+        None => (BTreeMap::new(), None, Vec::new()),
     };
     let prepare_script = match experiment.custom_prepare_script() {
         Some(script) => {
@@ -565,6 +640,8 @@ fn new_layers(
         layers,
         prepare_script,
         dallinger_mount,
+        wheels,
+        debs,
     })
 }
 

@@ -1,6 +1,7 @@
 //! dallinger-oci: build, push and run Dallinger experiment images without a
 //! Docker daemon. Data flows one way: experiment → layers → image → outputs.
 
+pub mod attest;
 pub mod base;
 pub mod build;
 pub mod debian;

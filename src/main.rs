@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+use dallinger_oci::attest::{provenance, sbom, Subject};
 use dallinger_oci::build::{
     self, BuildRequest, BuildResult, OutputRef, PythonOptions, RegistryOptions,
 };
@@ -18,6 +19,7 @@ use dallinger_oci::python::index::IndexConfig;
 use dallinger_oci::python::TargetOverrides;
 use dallinger_oci::registry::credentials::{CredentialContext, Secret};
 use dallinger_oci::registry::push::{self, PushOptions};
+use dallinger_oci::registry::referrers;
 use dallinger_oci::sink::registry::RegistrySink;
 
 #[derive(Parser)]
@@ -42,6 +44,8 @@ enum Command {
         push: bool,
         #[command(flatten)]
         push_args: PushArgs,
+        #[command(flatten)]
+        attest: AttestArgs,
     },
     /// Resolve the experiment's Python pins for the base and write the lock
     /// (every wheel by URL and sha256, the base by digest) next to config.txt.
@@ -55,6 +59,8 @@ enum Command {
         build: BuildArgs,
         #[command(flatten)]
         push_args: PushArgs,
+        #[command(flatten)]
+        attest: AttestArgs,
     },
 
     // Commands that run containers (src/cli_runtime.rs).
@@ -202,6 +208,136 @@ struct PushArgs {
     parallel: usize,
 }
 
+/// `--sbom`, `--attach-sbom`, `--provenance` (src/attest).
+#[derive(clap::Args)]
+struct AttestArgs {
+    /// Write the image's SBOM, from the lock and what the build resolved:
+    /// SPDX 2.3 JSON for PATH ending .spdx.json, CycloneDX 1.6 for .cdx.json.
+    #[arg(long, value_name = "PATH")]
+    sbom: Option<PathBuf>,
+    /// Push the SBOM to the registry as an OCI 1.1 referrer of the image
+    /// (through the sha256-HEX referrers tag where the registry has no
+    /// referrers API).
+    #[arg(long, requires = "sbom")]
+    attach_sbom: bool,
+    /// Write an in-toto v1 statement of SLSA v1 provenance for the image.
+    #[arg(long, value_name = "PATH")]
+    provenance: Option<PathBuf>,
+}
+
+impl AttestArgs {
+    /// Refuses, before any work, what cannot be done: an SBOM file name
+    /// naming no format, an SBOM to attach with no registry to push to.
+    fn check(&self, build: &BuildArgs, pushes_image: bool) -> Result<()> {
+        if let Some(path) = &self.sbom {
+            sbom::Format::from_path(path)?;
+        }
+        let registry_output = build.outputs.iter().any(|o| o.starts_with("docker://"));
+        if self.attach_sbom && !pushes_image && !registry_output {
+            bail!(
+                "--attach-sbom attaches the SBOM to the image in a registry: use `push`,                  `build --push` or `build --output docker://HOST/REPO:TAG`"
+            );
+        }
+        Ok(())
+    }
+
+    fn subject(result: &BuildResult) -> Subject {
+        Subject::new(
+            &result.image_name,
+            &result.tag,
+            &result.image.manifest_digest,
+        )
+    }
+
+    /// Writes the SBOM and the provenance statement; returns the SBOM.
+    fn write(
+        &self,
+        request: &BuildRequest,
+        result: &BuildResult,
+    ) -> Result<Option<(sbom::Format, Vec<u8>)>> {
+        let mut written = None;
+        if let Some(path) = &self.sbom {
+            let format = sbom::Format::from_path(path)?;
+            let subject = Self::subject(result);
+            let bytes = sbom::render(format, &result.inventory, &subject, request.epoch)?;
+            sbom::write(path, &bytes)?;
+            eprintln!("Wrote the SBOM {}", path.display());
+            written = Some((format, bytes));
+        }
+        if let Some(path) = &self.provenance {
+            let bytes = provenance::render(&result.inventory, &Self::subject(result), &|name| {
+                std::env::var(name).ok()
+            })?;
+            dallinger_oci::fsutil::write(path, &bytes, 0o644)?;
+            eprintln!("Wrote the provenance statement {}", path.display());
+        }
+        Ok(written)
+    }
+
+    /// `--attach-sbom`: the SBOM as a referrer of the image in every
+    /// registry it was pushed to.
+    fn attach(
+        &self,
+        request: &BuildRequest,
+        result: &BuildResult,
+        pushed: bool,
+        sbom: Option<(sbom::Format, Vec<u8>)>,
+    ) -> Result<()> {
+        let Some((format, bytes)) = sbom.filter(|_| self.attach_sbom) else {
+            return Ok(());
+        };
+        let mut targets: Vec<_> = request
+            .outputs
+            .iter()
+            .filter_map(|o| o.sink().push_target().cloned())
+            .collect();
+        if pushed {
+            targets.push(push::image_target(&result.image_name)?);
+        }
+        let title = self
+            .sbom
+            .as_deref()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let created = dallinger_oci::image::rfc3339(request.epoch)?;
+        let image = &result.image;
+        for target in targets {
+            let client = request.registry.client(&target)?;
+            let attached = referrers::attach(
+                &client,
+                &result.store,
+                &target.repository,
+                &referrers::SubjectImage {
+                    digest: &image.manifest_digest,
+                    size: image.manifest_size(),
+                    media_type: dallinger_oci::image::MEDIA_TYPE_MANIFEST,
+                },
+                &referrers::Artifact {
+                    artifact_type: format.media_type(),
+                    bytes: &bytes,
+                    title: &title,
+                    created: &created,
+                },
+            )
+            .with_context(|| format!("attaching the SBOM to {}", target.name()))?;
+            match attached {
+                referrers::Attached::ReferrersApi { manifest } => eprintln!(
+                    "Attached the SBOM to {}@{}: {manifest} (referrers API)",
+                    target.name(),
+                    image.manifest_digest
+                ),
+                referrers::Attached::FallbackTag { manifest, tag } => eprintln!(
+                    "Attached the SBOM to {}@{}: {manifest}, listed in the referrers tag {tag}",
+                    target.name(),
+                    image.manifest_digest
+                ),
+            }
+        }
+        Ok(())
+    }
+}
+
 impl PushArgs {
     fn options(&self) -> PushOptions {
         PushOptions {
@@ -248,20 +384,30 @@ fn run(cli: Cli) -> Result<()> {
             build,
             push,
             push_args,
+            attest,
         } => {
+            attest.check(&build, push)?;
             let (request, result) = build_command(&build, push_args.options(), push, false)?;
+            let sbom = attest.write(&request, &result)?;
             if push {
                 push_command(&request, &result)?;
             }
-            Ok(())
+            attest.attach(&request, &result, push, sbom)
         }
         Command::Lock { build } => {
             build_command(&build, PushOptions::default(), false, true)?;
             Ok(())
         }
-        Command::Push { build, push_args } => {
+        Command::Push {
+            build,
+            push_args,
+            attest,
+        } => {
+            attest.check(&build, true)?;
             let (request, result) = build_command(&build, push_args.options(), true, false)?;
-            push_command(&request, &result)
+            let sbom = attest.write(&request, &result)?;
+            push_command(&request, &result)?;
+            attest.attach(&request, &result, true, sbom)
         }
         Command::Runtime(command) => cli_runtime::run(command),
     }

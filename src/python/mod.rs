@@ -19,4 +19,5 @@ pub mod target;
 pub use index::IndexConfig;
 pub(crate) use layers::{python_layers, PythonLayers};
 pub(crate) use resolve::{resolve, ResolveRequest};
+pub use resolve::{ResolvedWheel, SdistSource};
 pub use target::{InstalledDist, Target, TargetOverrides};

@@ -789,6 +789,21 @@ impl RegistryClient {
         bytes: &[u8],
         digest: &str,
     ) -> Result<()> {
+        self.put_manifest_with_subject(repository, reference, media_type, bytes, digest)
+            .map(drop)
+    }
+
+    /// [`RegistryClient::put_manifest`], returning the `OCI-Subject`
+    /// header of the answer: a registry with the OCI 1.1 referrers API
+    /// names the manifest's `subject` there; one without it says nothing.
+    pub fn put_manifest_with_subject(
+        &self,
+        repository: &str,
+        reference: &str,
+        media_type: &str,
+        bytes: &[u8],
+        digest: &str,
+    ) -> Result<Option<String>> {
         let url = self.url(&format!("v2/{repository}/manifests/{reference}"))?;
         let scopes = Self::push_scopes(repository, None);
         self.with_retries("pushing the manifest", || {
@@ -811,7 +826,7 @@ impl RegistryClient {
                             ))));
                         }
                     }
-                    Ok(())
+                    Ok(header(response.headers(), "OCI-Subject"))
                 }
                 s => Err(self.response_failure(s, response, repository)),
             }

@@ -7,6 +7,7 @@ pub mod error;
 pub mod pull;
 pub mod push;
 pub mod reference;
+pub mod referrers;
 
 pub use client::{BlobOutcome, RegistryClient};
 pub use error::RegistryError;
