@@ -322,7 +322,6 @@ fn spdx_package(c: &Component, id: &str, extracted: &mut BTreeMap<String, String
     let mut package = json!({
         "SPDXID": id,
         "name": c.name,
-        "versionInfo": c.version,
         "downloadLocation": c.url.as_deref().unwrap_or("NOASSERTION"),
         "filesAnalyzed": false,
         "primaryPackagePurpose": match c.kind {
@@ -335,6 +334,9 @@ fn spdx_package(c: &Component, id: &str, extracted: &mut BTreeMap<String, String
         "licenseDeclared": spdx_license(&c.license, extracted),
         "copyrightText": "NOASSERTION",
     });
+    if !c.version.is_empty() {
+        package["versionInfo"] = json!(c.version);
+    }
     if let Some(sha256) = &c.sha256 {
         package["checksums"] = json!([{"algorithm": "SHA256", "checksumValue": sha256}]);
     }
@@ -447,8 +449,10 @@ fn cdx_component(c: &Component) -> Value {
         },
         "bom-ref": c.id,
         "name": c.name,
-        "version": c.version,
     });
+    if !c.version.is_empty() {
+        entry["version"] = json!(c.version);
+    }
     if let Some(purl) = &c.purl {
         entry["purl"] = json!(purl);
     }

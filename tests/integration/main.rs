@@ -17,6 +17,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod attest;
 mod compression;
 mod dallinger_image;
 mod dallinger_src;
