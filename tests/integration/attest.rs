@@ -439,3 +439,200 @@ fn build_output_to_a_registry_attaches_and_bad_requests_fail_first() {
     assert_eq!(components.len(), 1, "{doc}");
     assert_eq!(components[0]["type"], "container");
 }
+
+/// A wheel file holding only `.dist-info` files, METADATA as given.
+fn tiny_wheel(dir: &Path, name: &str, version: &str, metadata: &str) -> PathBuf {
+    use std::io::Write as _;
+    let path = dir.join(format!("{name}-{version}-py3-none-any.whl"));
+    let mut zip = zip::ZipWriter::new(fs::File::create(&path).unwrap());
+    let options = zip::write::SimpleFileOptions::default();
+    let info = format!("{name}-{version}.dist-info");
+    for (member, text) in [
+        ("METADATA", metadata.to_string()),
+        (
+            "WHEEL",
+            "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n".into(),
+        ),
+        ("RECORD", String::new()),
+    ] {
+        zip.start_file(format!("{info}/{member}"), options).unwrap();
+        zip.write_all(text.as_bytes()).unwrap();
+    }
+    zip.finish().unwrap();
+    path
+}
+
+#[test]
+fn debs_sdists_git_sources_dallinger_and_license_texts_validate_in_both_formats() {
+    use dallinger_oci::attest::{sbom, BaseEntry, Inventory, Subject};
+    use dallinger_oci::plan::{LockedDeb, LockedVcs};
+    use dallinger_oci::python::spec::PackageName;
+    use dallinger_oci::python::{ResolvedWheel, SdistSource};
+
+    let dir = tempfile::tempdir().unwrap();
+    let hex = |c: char| c.to_string().repeat(64);
+    let wheel = |name: &str, version: &str, metadata: &str| {
+        let path = tiny_wheel(dir.path(), name, version, metadata);
+        ResolvedWheel {
+            name: name.to_string(),
+            normalised: PackageName::new(name),
+            version: version.to_string(),
+            filename: path.file_name().unwrap().to_string_lossy().into_owned(),
+            url: format!("https://files.example.test/{name}-{version}-py3-none-any.whl"),
+            sha256: sha256_hex(&fs::read(&path).unwrap()),
+            path,
+            sdist: None,
+            vcs: None,
+        }
+    };
+    let dallinger = wheel(
+        "dallinger",
+        "12.4.0",
+        "Metadata-Version: 2.1\nName: dallinger\nVersion: 12.4.0\nLicense: MIT\n",
+    );
+    let mut psycopg2 = wheel(
+        "psycopg2",
+        "2.9.9",
+        "Metadata-Version: 2.1\nName: psycopg2\nVersion: 2.9.9\nLicense: LGPL with exceptions\n",
+    );
+    psycopg2.url = dir.path().join("built.whl").display().to_string();
+    psycopg2.sdist = Some(SdistSource {
+        filename: "psycopg2-2.9.9.tar.gz".into(),
+        url: "https://files.example.test/psycopg2-2.9.9.tar.gz".into(),
+        sha256: hex('d'),
+    });
+    let mut psynet = wheel(
+        "psynet",
+        "13.0.0",
+        "Metadata-Version: 2.4\nName: psynet\nVersion: 13.0.0\nLicense-Expression: MIT OR LicenseRef-PsyNet\n",
+    );
+    psynet.vcs = Some(LockedVcs {
+        kind: "git".into(),
+        url: "https://gitlab.com/PsyNetDev/PsyNet".into(),
+        requested_revision: Some("v13".into()),
+        commit_id: "e".repeat(40),
+        subdirectory: None,
+    });
+    let bsd = wheel(
+        "Flask_Login",
+        "0.6.3",
+        "Metadata-Version: 2.1\nName: Flask-Login\nVersion: 0.6.3\nClassifier: License :: OSI Approved :: BSD License\n",
+    );
+    let inventory = Inventory {
+        base: Some(BaseEntry {
+            reference: "docker://ghcr.io/astral-sh/uv:python3.12-bookworm".into(),
+            name: Some("ghcr.io/astral-sh/uv:python3.12-bookworm".into()),
+            digest: Some(format!("sha256:{}", hex('a'))),
+        }),
+        wheels: vec![bsd, dallinger, psycopg2, psynet],
+        debs: vec![LockedDeb {
+            name: "libpq5".into(),
+            version: "15.10-0+deb12u1".into(),
+            arch: "amd64".into(),
+            url: "https://deb.debian.org/debian/pool/main/p/postgresql-15/libpq5_15.10-0+deb12u1_amd64.deb".into(),
+            sha256: hex('b'),
+            size: 1,
+        }],
+        ..Default::default()
+    };
+    let subject = Subject::new("ghcr.io/lab/app:v1", "v1", &format!("sha256:{}", hex('c')));
+    let spdx_path = dir.path().join("x.spdx.json");
+    let cdx_path = dir.path().join("x.cdx.json");
+    for (format, path) in [
+        (sbom::Format::Spdx, &spdx_path),
+        (sbom::Format::CycloneDx, &cdx_path),
+    ] {
+        let bytes = sbom::render(format, &inventory, &subject, 946_684_800).unwrap();
+        sbom::write(path, &bytes).unwrap();
+    }
+    validate_spdx(&spdx_path);
+    validate_cyclonedx(&cdx_path);
+
+    let spdx = read_json(&spdx_path);
+    let text = spdx.to_string();
+    // No host path is told: the locally built wheel has no download location.
+    assert!(!text.contains(&dir.path().display().to_string()), "{text}");
+    let package = |purl: &str| -> Value {
+        spdx["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| {
+                p["externalRefs"][0]["referenceLocator"] == purl
+                    && p["primaryPackagePurpose"] != "SOURCE"
+            })
+            .unwrap_or_else(|| panic!("no {purl} in {text}"))
+            .clone()
+    };
+    let deb = package("pkg:deb/debian/libpq5@15.10-0%2Bdeb12u1?arch=amd64");
+    assert_eq!(deb["checksums"][0]["checksumValue"], hex('b').as_str());
+    assert_eq!(
+        package("pkg:pypi/dallinger@12.4.0")["primaryPackagePurpose"],
+        "FRAMEWORK"
+    );
+    assert_eq!(
+        package("pkg:pypi/dallinger@12.4.0")["licenseDeclared"],
+        "MIT"
+    );
+    assert_eq!(
+        package("pkg:pypi/psynet@13.0.0")["licenseDeclared"],
+        "MIT OR LicenseRef-PsyNet"
+    );
+    assert_eq!(
+        package("pkg:pypi/psycopg2@2.9.9")["downloadLocation"],
+        "NOASSERTION"
+    );
+    let flask_login = package("pkg:pypi/flask-login@0.6.3");
+    let license_ref = flask_login["licenseDeclared"].as_str().unwrap();
+    assert!(license_ref.starts_with("LicenseRef-"), "{flask_login}");
+    assert!(spdx["hasExtractedLicensingInfos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["licenseId"] == license_ref
+            && l["extractedText"] == "OSI Approved :: BSD License"));
+    // The built wheels are GENERATED_FROM their sdist and their commit.
+    let generated: Vec<&str> = spdx["relationships"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["relationshipType"] == "GENERATED_FROM")
+        .map(|r| r["relatedSpdxElement"].as_str().unwrap())
+        .collect();
+    assert_eq!(generated.len(), 2, "{generated:?}");
+    let sources: Vec<Value> = spdx["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| generated.contains(&p["SPDXID"].as_str().unwrap()))
+        .cloned()
+        .collect();
+    assert!(sources
+        .iter()
+        .any(|s| s["checksums"][0]["checksumValue"] == hex('d').as_str()
+            && s["downloadLocation"] == "https://files.example.test/psycopg2-2.9.9.tar.gz"));
+    assert!(sources.iter().any(|s| s["downloadLocation"]
+        == format!("git+https://gitlab.com/PsyNetDev/PsyNet@{}", "e".repeat(40)).as_str()));
+
+    let cdx = read_json(&cdx_path);
+    let components = cdx["components"].as_array().unwrap();
+    let psynet = components.iter().find(|c| c["name"] == "psynet").unwrap();
+    assert_eq!(
+        psynet["pedigree"]["ancestors"][0]["version"],
+        "e".repeat(40).as_str()
+    );
+    let dallinger = components
+        .iter()
+        .find(|c| c["name"] == "dallinger")
+        .unwrap();
+    assert_eq!(dallinger["type"], "framework");
+    assert_eq!(components[0]["type"], "container");
+    assert_eq!(
+        components[0]["purl"],
+        format!(
+            "pkg:oci/uv@sha256%3A{}?repository_url=ghcr.io/astral-sh/uv",
+            hex('a')
+        )
+        .as_str()
+    );
+}
