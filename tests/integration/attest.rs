@@ -60,7 +60,7 @@ fn validators() -> PathBuf {
 }
 
 /// `pyspdxtools -i FILE` passes.
-fn validate_spdx(file: &Path) {
+pub(crate) fn validate_spdx(file: &Path) {
     let tool = validators().join("pyspdxtools");
     assert!(tool.is_file(), "{} is missing", tool.display());
     let out = run(Command::new(tool).arg("-i").arg(file));
@@ -118,6 +118,41 @@ fn locked_wheels(exp: &Path) -> Vec<(String, String, String)> {
 
 fn normalised(name: &str) -> String {
     name.to_lowercase().replace(['_', '.'], "-")
+}
+
+/// The SPDX SBOM at `path` validates and holds every `.deb` of the lock
+/// `lock_text`, with its purl, sha256 and URL, contained in the image.
+pub(crate) fn assert_spdx_has_locked_debs(path: &Path, lock_text: &str) {
+    validate_spdx(path);
+    let sbom = read_json(path);
+    let lock: toml::Value = toml::from_str(lock_text).unwrap();
+    let debs = lock["tool"]["dallinger-oci"]["debian"]["packages"]
+        .as_array()
+        .unwrap();
+    assert!(!debs.is_empty(), "{lock_text}");
+    for deb in debs {
+        let escape = |t: &str| t.replace(':', "%3A").replace('+', "%2B");
+        let purl = format!(
+            "pkg:deb/debian/{}@{}?arch={}",
+            deb["name"].as_str().unwrap(),
+            escape(deb["version"].as_str().unwrap()),
+            deb["arch"].as_str().unwrap()
+        );
+        let package = sbom["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["externalRefs"][0]["referenceLocator"] == purl.as_str())
+            .unwrap_or_else(|| panic!("{purl} is not in the SBOM"));
+        assert_eq!(
+            package["checksums"][0]["checksumValue"],
+            deb["sha256"].as_str().unwrap()
+        );
+        assert_eq!(package["downloadLocation"], deb["url"].as_str().unwrap());
+        assert!(sbom["relationships"].as_array().unwrap().iter().any(|r| {
+            r["relationshipType"] == "CONTAINS" && r["relatedSpdxElement"] == package["SPDXID"]
+        }));
+    }
 }
 
 /// Every wheel of the lock is an SPDX package with its purl and sha256.

@@ -250,8 +250,16 @@ fn the_lock_pins_every_deb_and_needs_no_network_then_a_tampered_deb_is_refused()
         ("HTTP_PROXY", "http://127.0.0.1:9"),
         ("HTTPS_PROXY", "http://127.0.0.1:9"),
     ];
-    let (locked, stderr) = build_ok(&sandbox, &exp, &["--tag", "t", "--locked"], &offline);
+    let sbom = sandbox.path("image.spdx.json");
+    let (locked, stderr) = build_ok(
+        &sandbox,
+        &exp,
+        &["--tag", "t", "--locked", "--sbom", sbom.to_str().unwrap()],
+        &offline,
+    );
     assert!(!stderr.contains("Reading http"), "{stderr}");
+    // Its SBOM names every locked .deb (purl, sha256, URL).
+    crate::attest::assert_spdx_has_locked_debs(&sbom, &text);
 
     // A different epoch needs the layer written again, so the cached .deb
     // files are read: one altered byte is refused, naming the file.
