@@ -55,9 +55,7 @@ impl RegistryOptions {
     /// target. A name without a registry host (a local build's directory
     /// name) names none: it is not Docker Hub's.
     pub fn set_push_target(&self, image_name: &str) {
-        let names_a_registry = image_name.split_once('/').is_some_and(|(first, _)| {
-            first.contains('.') || first.contains(':') || first == "localhost"
-        });
+        let names_a_registry = Reference::names_registry_host(image_name);
         if let (true, Ok(reference)) = (names_a_registry, Reference::parse(image_name)) {
             let _ = self.push_registry.set(reference.registry);
         }

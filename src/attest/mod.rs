@@ -100,14 +100,23 @@ pub struct Subject {
 }
 
 impl Subject {
-    /// The subject of an image named `REPOSITORY:TAG` with this digest.
+    /// The subject of an image named `REPOSITORY:TAG` with this digest;
+    /// a name on a registry as it is pushed (ghcr.io's lowercased).
     pub fn new(image_name: &str, tag: &str, digest: &str) -> Subject {
-        let repository = image_name
-            .strip_suffix(tag)
-            .and_then(|r| r.strip_suffix(':'))
-            .unwrap_or(image_name);
+        use crate::registry::Reference;
+        let pushed = Reference::names_registry_host(image_name)
+            .then(|| Reference::parse(image_name).ok())
+            .flatten();
+        let repository = match pushed {
+            Some(target) => target.name(),
+            None => image_name
+                .strip_suffix(tag)
+                .and_then(|r| r.strip_suffix(':'))
+                .unwrap_or(image_name)
+                .to_string(),
+        };
         Subject {
-            repository: repository.to_string(),
+            repository,
             tag: tag.to_string(),
             digest: digest.to_string(),
         }
@@ -217,6 +226,12 @@ mod tests {
         assert_eq!(
             deb_purl("libpq5", "1:15.5-0+deb12u1", "amd64"),
             "pkg:deb/debian/libpq5@1%3A15.5-0%2Bdeb12u1?arch=amd64"
+        );
+        let ghcr = Subject::new("ghcr.io/Lab/App:v1", "v1", "sha256:ab");
+        assert_eq!(ghcr.repository, "ghcr.io/lab/app");
+        assert_eq!(
+            Subject::new("golden:t", "t", "sha256:ab").repository,
+            "golden"
         );
         let subject = Subject::new("127.0.0.1:5000/lab/app:v1", "v1", "sha256:ab");
         assert_eq!(subject.repository, "127.0.0.1:5000/lab/app");

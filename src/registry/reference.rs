@@ -87,6 +87,15 @@ impl Reference {
         })
     }
 
+    /// Whether `name`'s first component is a registry host (it has a `.`
+    /// or a `:PORT`, or is `localhost`), as docker decides: `lab/app` and
+    /// `app` name none, and are not Docker Hub's when a build names them.
+    pub fn names_registry_host(name: &str) -> bool {
+        name.split_once('/').is_some_and(|(first, _)| {
+            first.contains('.') || first.contains(':') || first == "localhost"
+        })
+    }
+
     /// The host the HTTP API lives on.
     pub fn api_host(&self) -> &str {
         if self.registry == "docker.io" {
