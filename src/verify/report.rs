@@ -103,8 +103,9 @@ pub fn compare(shown: &str, image: &Image, rebuilt: &Image) -> Result<Report> {
         let lb = b.map(|i| &rebuilt.layers[i]);
         let same_files =
             a.is_some() && b.is_some() && diff_ids.0.get(a.unwrap()) == diff_ids.1.get(b.unwrap());
+        // An old docker archive has no descriptors to compare.
         let descriptor = match (la, lb) {
-            (Some(x), Some(y)) => fields(
+            (Some(x), Some(y)) if image.manifest.is_some() => fields(
                 &serde_json::json!({"mediaType": x.blob.media_type, "annotations": x.annotations}),
                 &serde_json::json!({"mediaType": y.blob.media_type, "annotations": y.annotations}),
                 "",
@@ -399,11 +400,15 @@ const PACKAGES_SHOWN: usize = 40;
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let digest = |d: &Option<String>| d.clone().unwrap_or_else(|| "no manifest".into());
+        // REPO@sha256:… names its digest already.
+        let image_digest = match &self.image_digest {
+            Some(d) if self.image.ends_with(d.as_str()) => String::new(),
+            other => format!(" ({})", digest(other)),
+        };
         writeln!(
             f,
-            "Not reproduced: {} ({}) differs from the rebuild ({})",
+            "Not reproduced: {}{image_digest} differs from the rebuild ({})",
             self.image,
-            digest(&self.image_digest),
             digest(&self.rebuilt_digest)
         )?;
         for field in &self.manifest {

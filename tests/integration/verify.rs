@@ -144,7 +144,7 @@ fn a_pushed_image_is_reproduced_and_a_different_one_explained() {
     let (report, _) = exits(1, verify(&other_reference, &[]));
     assert!(
         report.starts_with(&format!(
-            "Not reproduced: {other_reference} ({other}) differs from the rebuild ({digest})\n"
+            "Not reproduced: {other_reference} differs from the rebuild ({digest})\n"
         )),
         "{report}"
     );
@@ -378,4 +378,50 @@ fn a_hostile_image_gives_one_line() {
     fs::write(&junk, vec![1u8; 4096]).unwrap();
     let line = verify(&format!("docker-archive:{}", junk.display()));
     assert!(line.contains(&junk.display().to_string()), "{line}");
+}
+
+#[test]
+fn an_archive_podman_saved_is_verified_by_config_and_layer_contents() {
+    let sandbox = Sandbox::new();
+    let exp = sandbox.experiment("golden", "exp");
+    let archive = sandbox.path("built.tar");
+    let tag = "verify-podman-saved";
+    succeeds(run(sandbox
+        .cmd()
+        .arg("build")
+        .arg(&exp)
+        .args(["--base", &tiny_base(), "--tag", tag, "-o"])
+        .arg(format!("docker-archive:{}", archive.display()))));
+    let image = PodmanImage::load(
+        &archive,
+        &format!("registry.example.test/dallinger-oci/golden:{tag}"),
+    );
+    // The old form: manifest.json, the config, uncompressed layer tars.
+    let saved = sandbox.path("saved.tar");
+    ok(image
+        .podman()
+        .args(["save", "--format", "docker-archive", "-o"])
+        .arg(&saved)
+        .arg(&image.name));
+    let reference = format!("docker-archive:{}", saved.display());
+    let verify = || {
+        run(sandbox
+            .cmd()
+            .args(["verify", "--image", &reference])
+            .arg(&exp)
+            .args(["--base", &tiny_base()]))
+    };
+    let (stdout, _) = exits(0, verify());
+    assert_eq!(
+        stdout,
+        format!("Verified: {reference} is reproduced bit for bit\n")
+    );
+    fs::write(exp.join("experiment.py"), "# another experiment\n").unwrap();
+    let (report, _) = exits(1, verify());
+    let code = layer_section(&report, "dallinger-oci: experiment code at /experiment");
+    assert_eq!(code[1..], ["  no package (1 path):", code[2]], "{report}");
+    assert!(
+        code[2].starts_with("    experiment/experiment.py: content sha256:"),
+        "{report}"
+    );
 }
