@@ -431,3 +431,42 @@ fn archive_members(file: &Path) -> Result<HashMap<String, (u64, u64)>> {
     }
     Ok(members)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_references() {
+        let digest = format!("sha256:{}", "a".repeat(64));
+        match ImageRef::parse(&format!("ghcr.io/lab/stroop@{digest}")).unwrap() {
+            ImageRef::Registry(r) => {
+                assert_eq!(
+                    (r.registry.as_str(), r.repository.as_str()),
+                    ("ghcr.io", "lab/stroop")
+                );
+                assert_eq!(r.digest.as_deref(), Some(digest.as_str()));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            ImageRef::parse("oci:out/layout:v1").unwrap(),
+            ImageRef::Layout {
+                dir: "out/layout".into(),
+                tag: Some("v1".into())
+            }
+        );
+        assert_eq!(
+            ImageRef::parse("docker-archive:img.tar").unwrap(),
+            ImageRef::Archive {
+                file: "img.tar".into()
+            }
+        );
+        assert!(ImageRef::parse("docker-archive:").is_err());
+        let err = format!("{:#}", ImageRef::parse("Not A Ref").unwrap_err());
+        assert!(
+            err.contains("oci:DIR[:TAG] or docker-archive:FILE"),
+            "{err}"
+        );
+    }
+}
