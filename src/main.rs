@@ -60,6 +60,14 @@ enum Command {
 
     /// Rebuild an image from its experiment and lock and compare them bit
     /// for bit; explain any difference (exit 1), layer by layer.
+    #[command(mut_arg("cache_dir", |a| a.hide_env(true).help(
+        "Cache for the rebuild (default: a fresh temporary one; DALLINGER_OCI_CACHE is \
+         not used)"
+    )))]
+    #[command(mut_arg("experiment_dir", |a| a.hide_default_value(true).help(
+        "The experiment directory (default: the repository and commit the image's \
+         source and revision labels name, cloned)"
+    )))]
     Verify(cli_verify::VerifyArgs),
 
     // Commands that run containers (src/cli_runtime.rs).
