@@ -16,6 +16,7 @@ pub mod python;
 pub mod registry;
 pub mod sandbox;
 pub mod sink;
+pub mod verify;
 
 // Running images (debug, deploy-image, services): the only part that calls
 // a container engine.

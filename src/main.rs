@@ -1,6 +1,7 @@
 //! The `dallinger-oci` command line: parse, call the library, print.
 
 mod cli_runtime;
+mod cli_verify;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -62,6 +63,18 @@ enum Command {
         #[command(flatten)]
         attest: AttestArgs,
     },
+
+    /// Rebuild an image from its experiment and lock and compare them bit
+    /// for bit; explain any difference (exit 1), layer by layer.
+    #[command(mut_arg("cache_dir", |a| a.hide_env(true).help(
+        "Cache for the rebuild (default: a fresh temporary one; DALLINGER_OCI_CACHE is \
+         not used)"
+    )))]
+    #[command(mut_arg("experiment_dir", |a| a.hide_default_value(true).help(
+        "The experiment directory (default: the repository and commit the image's \
+         source and revision labels name, cloned)"
+    )))]
+    Verify(cli_verify::VerifyArgs),
 
     // Commands that run containers (src/cli_runtime.rs).
     #[command(flatten)]
@@ -349,7 +362,16 @@ impl PushArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli =
+        <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let cli = match cli.command {
+        // verify has exit codes of its own (src/cli_verify.rs).
+        Command::Verify(args) => {
+            return cli_verify::run(args, matches.subcommand_matches("verify"))
+        }
+        command => Cli { command },
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -410,6 +432,7 @@ fn run(cli: Cli) -> Result<()> {
             attest.attach(&request, &result, true, sbom)
         }
         Command::Runtime(command) => cli_runtime::run(command),
+        Command::Verify(_) => unreachable!("main runs verify"),
     }
 }
 
@@ -473,14 +496,15 @@ fn python_options(
     }))
 }
 
-/// Builds; `push` is how registry outputs push, `pushes_image` that the
-/// image is pushed to its own name afterwards (`push`, `build --push`).
-fn build_command(
+/// The build `args` ask for; `push` is how registry outputs push,
+/// `pushes_image` that the image is pushed to its own name afterwards
+/// (`push`, `build --push`).
+fn build_request(
     args: &BuildArgs,
     push: PushOptions,
     pushes_image: bool,
     write_lock: bool,
-) -> Result<(BuildRequest, BuildResult)> {
+) -> Result<BuildRequest> {
     let outputs = args
         .outputs
         .iter()
@@ -530,6 +554,17 @@ fn build_command(
                 .transpose()?,
         },
     };
+    Ok(request)
+}
+
+/// Builds (see [`build_request`]).
+fn build_command(
+    args: &BuildArgs,
+    push: PushOptions,
+    pushes_image: bool,
+    write_lock: bool,
+) -> Result<(BuildRequest, BuildResult)> {
+    let request = build_request(args, push, pushes_image, write_lock)?;
     let result = build::build(&request)?;
     let digest = &result.image.manifest_digest;
     if let Some(path) = &args.digest_file {

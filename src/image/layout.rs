@@ -225,31 +225,48 @@ pub fn find_manifest(dir: &Path, tag: Option<&str>, platform: &str) -> Result<La
         ),
     };
     let ref_name = name_of(chosen);
-    let mut descriptor = chosen.clone();
-    // An index is resolved to one platform's manifest; nesting is bounded.
+    let (digest, bytes) = resolve_descriptor(
+        chosen,
+        &|digest| read_verified(dir, digest),
+        platform,
+        &dir.display().to_string(),
+    )?;
+    Ok(LayoutManifest {
+        digest,
+        bytes,
+        ref_name,
+    })
+}
+
+/// The manifest (digest, bytes) `descriptor` names, an image index
+/// resolved to the one for `platform` (nesting bounded); `read_verified`
+/// gives a blob's bytes checked against its digest, `place` names where.
+pub fn resolve_descriptor(
+    descriptor: &Value,
+    read_verified: &dyn Fn(&str) -> Result<Vec<u8>>,
+    platform: &str,
+    place: &str,
+) -> Result<(String, Vec<u8>)> {
+    let mut descriptor = descriptor.clone();
     for _ in 0..4 {
         let digest = descriptor
             .get("digest")
             .and_then(Value::as_str)
             .context("a descriptor in index.json has no digest")?
             .to_string();
-        let bytes = read_verified(dir, &digest)?;
+        let bytes = read_verified(&digest)?;
         let media_type = descriptor
             .get("mediaType")
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
         let parsed: Value = serde_json::from_slice(&bytes)
-            .with_context(|| format!("blob {digest} in {} is not JSON", dir.display()))?;
+            .with_context(|| format!("blob {digest} in {place} is not JSON"))?;
         let is_index = media_type == MEDIA_TYPE_INDEX
             || media_type == "application/vnd.docker.distribution.manifest.list.v2+json"
             || parsed.get("manifests").is_some();
         if !is_index {
-            return Ok(LayoutManifest {
-                digest,
-                bytes,
-                ref_name,
-            });
+            return Ok((digest, bytes));
         }
         let entries = parsed.get("manifests").and_then(Value::as_array);
         descriptor = super::platform::choose_manifest(
@@ -257,9 +274,9 @@ pub fn find_manifest(dir: &Path, tag: Option<&str>, platform: &str) -> Result<La
             &super::platform::Platform::parse(platform)?,
         )
         .cloned()
-        .with_context(|| format!("the image index {digest} in {}", dir.display()))?;
+        .with_context(|| format!("the image index {digest} in {place}"))?;
     }
-    bail!("image indexes in {} are nested too deeply", dir.display())
+    bail!("image indexes in {place} are nested too deeply")
 }
 
 /// Path of a blob inside a layout.

@@ -482,3 +482,67 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 pub fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", sha256_hex(bytes))
 }
+
+/// A wheel `NAME-VERSION-py3-none-any.whl` in `dir` with `files` (path,
+/// bytes) and its `.dist-info` (`files` may replace its METADATA or WHEEL),
+/// RECORD giving each file's sha256 and, if `sizes`, its size. Deflated
+/// members.
+pub fn write_versioned_wheel(
+    dir: &Path,
+    name: &str,
+    version: &str,
+    files: &[(&str, &[u8])],
+    sizes: bool,
+) -> PathBuf {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    use sha2::{Digest as _, Sha256};
+    use std::io::Write as _;
+    fs::create_dir_all(dir).unwrap();
+    let info = format!("{name}-{version}.dist-info");
+    let mut members: Vec<(String, Vec<u8>)> = files
+        .iter()
+        .map(|(p, b)| (p.to_string(), b.to_vec()))
+        .collect();
+    for (file, text) in [
+        (
+            "METADATA",
+            format!("Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"),
+        ),
+        (
+            "WHEEL",
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+                .to_string(),
+        ),
+    ] {
+        let path = format!("{info}/{file}");
+        if !members.iter().any(|(p, _)| *p == path) {
+            members.push((path, text.into_bytes()));
+        }
+    }
+    let mut record = String::new();
+    for (path, bytes) in &members {
+        let size = if sizes {
+            bytes.len().to_string()
+        } else {
+            String::new()
+        };
+        record.push_str(&format!(
+            "{path},sha256={},{size}\n",
+            URL_SAFE_NO_PAD.encode(Sha256::digest(bytes))
+        ));
+    }
+    record.push_str(&format!("{info}/RECORD,,\n"));
+    members.push((format!("{info}/RECORD"), record.into_bytes()));
+    let path = dir.join(format!("{name}-{version}-py3-none-any.whl"));
+    let mut zip = zip::ZipWriter::new(fs::File::create(&path).unwrap());
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .unix_permissions(0o644);
+    for (name, bytes) in &members {
+        zip.start_file(name.as_str(), options).unwrap();
+        zip.write_all(bytes).unwrap();
+    }
+    zip.finish().unwrap();
+    path
+}

@@ -39,4 +39,5 @@ mod sandbox;
 mod sdist_build;
 mod secrets;
 mod verifiers;
+mod verify;
 mod wheel_fidelity;

@@ -463,7 +463,7 @@ fn fetch_commit(repo: &Path, url: &GitUrl, commit: &str) -> Result<()> {
 /// ssh, without asking about unknown host keys; the user's agent
 /// (`SSH_AUTH_SOCK`) and ssh settings are inherited. The URL's credential,
 /// if any, goes in the environment only (`args` name the URL without it).
-fn git(repo: Option<&Path>, url: &GitUrl, args: &[&str]) -> Result<Output> {
+pub(crate) fn git(repo: Option<&Path>, url: &GitUrl, args: &[&str]) -> Result<Output> {
     let mut command = Command::new("git");
     if let Some(credential) = url
         .credential()
@@ -494,7 +494,7 @@ fn git(repo: Option<&Path>, url: &GitUrl, args: &[&str]) -> Result<Output> {
 /// git's first `fatal:`/`error:` line (the cause; later lines are
 /// generic advice), else its last line, with any credential of the URL
 /// removed.
-fn git_message(out: &Output, url: &GitUrl) -> String {
+pub(crate) fn git_message(out: &Output, url: &GitUrl) -> String {
     let text = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = text
         .lines()

@@ -365,7 +365,7 @@ pub(crate) fn target_from(
 }
 
 /// `root/rel` with `..` and `.` resolved (RECORD paths of scripts climb out).
-fn normalise_join(root: &str, rel: &str) -> String {
+pub(crate) fn normalise_join(root: &str, rel: &str) -> String {
     let mut parts: Vec<&str> = root.split('/').filter(|p| !p.is_empty()).collect();
     for part in rel.split('/') {
         match part {

@@ -5,5 +5,5 @@ mod interpreter;
 mod tags;
 
 pub use interpreter::{detect, InstalledDist, Target, TargetOverrides};
-pub(crate) use interpreter::{scan_layers_with, BaseFiles};
+pub(crate) use interpreter::{normalise_join, scan_layers_with, BaseFiles};
 pub(crate) use tags::{file_priority, TagIndex};
