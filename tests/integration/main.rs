@@ -24,6 +24,7 @@ mod debian_packages;
 mod errors;
 mod fuzz;
 mod git_requirements;
+mod github_action;
 mod hostile;
 mod image_metadata;
 mod prepare_script;
