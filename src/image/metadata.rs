@@ -510,6 +510,8 @@ mod tests {
             "org.opencontainers.image.created=2026-12-01T23:10:04.123Z",
             "org.opencontainers.image.version=main",
             "built=2000-01-01T00:00:00Z",
+            // metadata-action's {{commit_date 'YYYY-MM-DDTHH:mm:ss.SSS[Z]'}}.
+            "committed=2000-01-01T00:00:00.000Z",
         ]);
         let annotations = strings(&["manifest:org.opencontainers.image.created=2026-12-01 23:10"]);
         let metadata = ImageMetadata::from_args(&MetadataArgs {
