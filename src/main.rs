@@ -15,6 +15,7 @@ use dallinger_oci::build::{
     self, BuildRequest, BuildResult, OutputRef, PythonOptions, RegistryOptions,
 };
 use dallinger_oci::http::RetryPolicy;
+use dallinger_oci::image::metadata::{ImageMetadata, MetadataArgs};
 use dallinger_oci::image::store::Bucket;
 use dallinger_oci::python::index::IndexConfig;
 use dallinger_oci::python::TargetOverrides;
@@ -97,9 +98,8 @@ struct BuildArgs {
     /// Write the manifest digest (sha256:HEX) to this file.
     #[arg(long)]
     digest_file: Option<PathBuf>,
-    /// Image tag (default: Dallinger's, from requirements.txt and prepare_docker_image.sh).
-    #[arg(long)]
-    tag: Option<String>,
+    #[command(flatten)]
+    metadata: MetadataFlags,
     /// Layer cache and blob store.
     #[arg(long, env = "DALLINGER_OCI_CACHE")]
     cache_dir: Option<PathBuf>,
@@ -142,6 +142,51 @@ struct BuildArgs {
     /// (podman, docker or buildah), then write and push its result.
     #[arg(long, value_name = "ENGINE")]
     dockerfile_engine: Option<String>,
+}
+
+/// The image's tags, labels and annotations, and where its metadata goes.
+#[derive(clap::Args)]
+struct MetadataFlags {
+    /// Image tag, or REPOSITORY:TAG of the image's own repository (default:
+    /// Dallinger's, from requirements.txt and prepare_docker_image.sh);
+    /// repeatable: the first names the image, the image gets every one.
+    #[arg(long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
+    /// Tags as --tag takes them, one per line (docker/metadata-action's
+    /// `tags` output); repeatable.
+    #[arg(long = "tags-file", value_name = "FILE")]
+    tags_files: Vec<PathBuf>,
+    /// A label of the image config (over the build's own); repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    /// Labels, KEY=VALUE one per line (metadata-action's `labels`); repeatable.
+    #[arg(long = "labels-file", value_name = "FILE")]
+    labels_files: Vec<PathBuf>,
+    /// An annotation of the image manifest (GHCR shows
+    /// org.opencontainers.image.description); repeatable.
+    #[arg(long = "annotation", value_name = "KEY=VALUE")]
+    annotations: Vec<String>,
+    /// Annotations, KEY=VALUE one per line (metadata-action's
+    /// `annotations`, `manifest:` levels); repeatable.
+    #[arg(long = "annotations-file", value_name = "FILE")]
+    annotations_files: Vec<PathBuf>,
+    /// Write the image's digest, config digest, descriptor and names as
+    /// JSON to this file, as `docker buildx build --metadata-file`.
+    #[arg(long, value_name = "FILE")]
+    metadata_file: Option<PathBuf>,
+}
+
+impl MetadataFlags {
+    fn metadata(&self) -> Result<ImageMetadata> {
+        ImageMetadata::from_args(&MetadataArgs {
+            tags: &self.tags,
+            tags_files: &self.tags_files,
+            labels: &self.labels,
+            labels_files: &self.labels_files,
+            annotations: &self.annotations,
+            annotations_files: &self.annotations_files,
+        })
+    }
 }
 
 #[derive(clap::Args)]
@@ -414,7 +459,8 @@ fn run(cli: Cli) -> Result<()> {
             if push {
                 push_command(&request, &result)?;
             }
-            attest.attach(&request, &result, push, sbom)
+            attest.attach(&request, &result, push, sbom)?;
+            report_metadata(&build, &request, &result)
         }
         Command::Lock { build } => {
             build_command(&build, PushOptions::default(), false, true)?;
@@ -429,7 +475,8 @@ fn run(cli: Cli) -> Result<()> {
             let (request, result) = build_command(&build, push_args.options(), true, false)?;
             let sbom = attest.write(&request, &result)?;
             push_command(&request, &result)?;
-            attest.attach(&request, &result, true, sbom)
+            attest.attach(&request, &result, true, sbom)?;
+            report_metadata(&build, &request, &result)
         }
         Command::Runtime(command) => cli_runtime::run(command),
         Command::Verify(_) => unreachable!("main runs verify"),
@@ -529,7 +576,8 @@ fn build_request(
         outputs,
         push,
         pushes_image,
-        tag: args.tag.clone(),
+        tag: None,
+        metadata: args.metadata.metadata()?,
         python: python_options(args, &cache_dir, write_lock)?,
         cache_dir,
         platform: args.platform.clone(),
@@ -594,8 +642,40 @@ fn push_command(request: &BuildRequest, result: &BuildResult) -> Result<()> {
     let sink = RegistrySink {
         target: push::image_target(&result.image_name)?,
     };
-    let published = sink.publish(&result.built(request.epoch), &request.sink_env())?;
+    let published = sink.publish_tagged(
+        &result.built(request.epoch),
+        &request.sink_env(),
+        &result.extra_tags,
+    )?;
     push::announce(&published)
+}
+
+/// `--metadata-file`: the image's metadata as `docker buildx build
+/// --metadata-file` writes it (and docker/build-push-action's `metadata`
+/// output holds): digests, the manifest's descriptor, every name.
+fn report_metadata(args: &BuildArgs, request: &BuildRequest, result: &BuildResult) -> Result<()> {
+    let Some(path) = &args.metadata.metadata_file else {
+        return Ok(());
+    };
+    let image = &result.image;
+    let mut descriptor = serde_json::json!({
+        "mediaType": dallinger_oci::image::MEDIA_TYPE_MANIFEST,
+        "digest": image.manifest_digest,
+        "size": image.manifest_size(),
+    });
+    if !request.metadata.annotations.is_empty() {
+        descriptor["annotations"] = serde_json::json!(request.metadata.annotations);
+    }
+    let metadata = serde_json::json!({
+        "containerimage.config.digest": image.config_digest,
+        "containerimage.descriptor": descriptor,
+        "containerimage.digest": image.manifest_digest,
+        "image.name": result.built(request.epoch).names().join(","),
+    });
+    let mut json = dallinger_oci::image::canonical_json(&metadata);
+    json.push(b'\n');
+    dallinger_oci::fsutil::write(path, &json, 0o644)
+        .with_context(|| format!("cannot write the --metadata-file {}", path.display()))
 }
 
 #[cfg(test)]

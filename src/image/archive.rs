@@ -17,6 +17,18 @@ use crate::fsutil::TempFile;
 /// The archive is written under an exclusive temporary name and renamed
 /// when complete and synced.
 pub fn write(store: &BlobStore, image: &Image, path: &Path, name: &str, epoch: u64) -> Result<()> {
+    write_named(store, image, path, &[name.to_string()], epoch)
+}
+
+/// [`write`], the image named by each of `names` (`REPO:TAG`, in order):
+/// every one in `RepoTags`, as `docker save IMAGE:A IMAGE:B` writes.
+pub fn write_named(
+    store: &BlobStore,
+    image: &Image,
+    path: &Path,
+    names: &[String],
+    epoch: u64,
+) -> Result<()> {
     if path.is_dir() {
         anyhow::bail!(
             "{} is a directory; docker-archive:FILE needs a file path",
@@ -35,7 +47,7 @@ pub fn write(store: &BlobStore, image: &Image, path: &Path, name: &str, epoch: u
         .with_context(|| format!("cannot create a temporary file in {}", parent.display()))?;
     let mut writer = BufWriter::with_capacity(1 << 20, tmp.file().try_clone()?);
     // A blob that does not match its digest fails here, before the rename.
-    write_to(store, image, &mut writer, name, epoch)?;
+    write_named_to(store, image, &mut writer, names, epoch)?;
     writer
         .into_inner()
         .map_err(|e| e.into_error())
@@ -54,28 +66,45 @@ pub fn write_to(
     name: &str,
     epoch: u64,
 ) -> Result<()> {
+    write_named_to(store, image, out, &[name.to_string()], epoch)
+}
+
+/// [`write_to`] under each of `names`.
+pub fn write_named_to(
+    store: &BlobStore,
+    image: &Image,
+    out: &mut dyn io::Write,
+    names: &[String],
+    epoch: u64,
+) -> Result<()> {
     let mut tar = tar::Builder::new(out);
 
     let blob_name =
         |digest: &str| -> Result<String> { Ok(format!("blobs/sha256/{}", hex_of(digest)?)) };
     let docker_manifest = json!([{
         "Config": blob_name(&image.config_digest)?,
-        "RepoTags": [name],
+        "RepoTags": names,
         "Layers": image.layers.iter().map(|l| blob_name(&l.blob.digest)).collect::<Result<Vec<_>>>()?,
     }]);
-    let tag = name.rsplit_once(':').map_or(name, |(_, t)| t);
+    let descriptors: Vec<_> = names
+        .iter()
+        .map(|name| {
+            let tag = name.rsplit_once(':').map_or(name.as_str(), |(_, t)| t);
+            json!({
+                "mediaType": MEDIA_TYPE_MANIFEST,
+                "digest": image.manifest_digest,
+                "size": image.manifest_size(),
+                "annotations": {
+                    ANNOTATION_REF_NAME: tag,
+                    "io.containerd.image.name": name,
+                },
+            })
+        })
+        .collect();
     let index = json!({
         "schemaVersion": 2,
         "mediaType": MEDIA_TYPE_INDEX,
-        "manifests": [{
-            "mediaType": MEDIA_TYPE_MANIFEST,
-            "digest": image.manifest_digest,
-            "size": image.manifest_size(),
-            "annotations": {
-                ANNOTATION_REF_NAME: tag,
-                "io.containerd.image.name": name,
-            },
-        }],
+        "manifests": descriptors,
     });
 
     // Entries in byte order of their names, each blob once.

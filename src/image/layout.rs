@@ -24,7 +24,12 @@ const STAGING_PREFIX: &str = ".dallinger-oci-layout-";
 /// each keep the other's tag. Anything else at `dir` is refused. Every blob
 /// is checked against its digest as it is copied out of the store.
 pub fn write(store: &BlobStore, image: &Image, dir: &Path, tag: &str) -> Result<()> {
-    if !dir.exists() && write_new(store, image, dir, tag)? {
+    write_tags(store, image, dir, &[tag])
+}
+
+/// [`write`], the image named by each of `tags` (in order) in `index.json`.
+pub fn write_tags(store: &BlobStore, image: &Image, dir: &Path, tags: &[&str]) -> Result<()> {
+    if !dir.exists() && write_new(store, image, dir, tags)? {
         return Ok(());
     }
     if !is_layout(dir) {
@@ -39,14 +44,14 @@ pub fn write(store: &BlobStore, image: &Image, dir: &Path, tag: &str) -> Result<
     // what a killed build left.
     fsutil::sweep_unlocked(&dir.join("blobs/sha256"), ".");
     copy_blobs(store, image, dir)?;
-    let index = updated_index(dir, image, tag)?;
+    let index = updated_index(dir, image, tags)?;
     fsutil::write(&dir.join("index.json"), &canonical_json(&index), 0o644)?;
     Ok(())
 }
 
 /// Writes a new layout at `dir`; false when another build created `dir`
 /// meanwhile (the image is then added to that layout).
-fn write_new(store: &BlobStore, image: &Image, dir: &Path, tag: &str) -> Result<bool> {
+fn write_new(store: &BlobStore, image: &Image, dir: &Path, tags: &[&str]) -> Result<bool> {
     let parent = match dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -69,7 +74,7 @@ fn write_new(store: &BlobStore, image: &Image, dir: &Path, tag: &str) -> Result<
     let index = json!({
         "schemaVersion": 2,
         "mediaType": MEDIA_TYPE_INDEX,
-        "manifests": [descriptor(image, tag)],
+        "manifests": tags.iter().map(|tag| descriptor(image, tag)).collect::<Vec<_>>(),
     });
     fsutil::write(
         &staging.path().join("index.json"),
@@ -110,7 +115,7 @@ fn descriptor(image: &Image, tag: &str) -> Value {
     })
 }
 
-fn updated_index(dir: &Path, image: &Image, tag: &str) -> Result<Value> {
+fn updated_index(dir: &Path, image: &Image, tags: &[&str]) -> Result<Value> {
     let path = dir.join("index.json");
     let mut index: Value = match fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
@@ -124,9 +129,9 @@ fn updated_index(dir: &Path, image: &Image, tag: &str) -> Result<Value> {
     manifests.retain(|m| {
         m.pointer("/annotations/org.opencontainers.image.ref.name")
             .and_then(Value::as_str)
-            != Some(tag)
+            .is_none_or(|name| !tags.contains(&name))
     });
-    manifests.push(descriptor(image, tag));
+    manifests.extend(tags.iter().map(|tag| descriptor(image, tag)));
     Ok(index)
 }
 

@@ -4,6 +4,7 @@
 
 pub mod archive;
 pub mod layout;
+pub mod metadata;
 pub mod platform;
 pub mod store;
 pub mod unpack;
@@ -127,6 +128,17 @@ impl Image {
 
     /// Stores `config` and the manifest over it and `layers`.
     pub fn assemble(store: &BlobStore, config: &Value, layers: Vec<ImageLayer>) -> Result<Image> {
+        Image::assemble_annotated(store, config, layers, &BTreeMap::new())
+    }
+
+    /// [`Image::assemble`], the manifest carrying `annotations` (none: no
+    /// `annotations` member, the same bytes as before).
+    pub fn assemble_annotated(
+        store: &BlobStore,
+        config: &Value,
+        layers: Vec<ImageLayer>,
+        annotations: &BTreeMap<String, String>,
+    ) -> Result<Image> {
         let config_bytes = canonical_json(config);
         let config_digest = store.put_bytes(&config_bytes)?;
         let layer_descriptors: Vec<Value> = layers
@@ -143,7 +155,7 @@ impl Image {
                 d
             })
             .collect();
-        let manifest = json!({
+        let mut manifest = json!({
             "schemaVersion": 2,
             "mediaType": MEDIA_TYPE_MANIFEST,
             "config": {
@@ -153,6 +165,9 @@ impl Image {
             },
             "layers": layer_descriptors,
         });
+        if !annotations.is_empty() {
+            manifest["annotations"] = json!(annotations);
+        }
         let manifest_bytes = canonical_json(&manifest);
         let manifest_digest = store.put_bytes(&manifest_bytes)?;
         Ok(Image {
@@ -237,16 +252,6 @@ pub fn derive_config(
     if let Some(cmd) = &changes.cmd {
         inner.insert("Cmd".into(), json!(cmd));
     }
-    if !changes.labels.is_empty() {
-        let labels = inner
-            .entry("Labels")
-            .or_insert_with(|| json!({}))
-            .as_object_mut()
-            .context("the base image's Labels is not an object")?;
-        for (k, v) in &changes.labels {
-            labels.insert(k.clone(), json!(v));
-        }
-    }
     let rootfs = root
         .entry("rootfs")
         .or_insert_with(|| json!({"type": "layers", "diff_ids": []}));
@@ -284,5 +289,33 @@ pub fn derive_config(
             "comment": "dallinger-oci",
         }));
     }
+    add_labels(&mut config, &changes.labels)?;
     Ok(config)
+}
+
+/// Sets `labels` in a config's `config.Labels`, over what it holds (none:
+/// the config is left as it is).
+pub fn add_labels(config: &mut Value, labels: &BTreeMap<String, String>) -> Result<()> {
+    if labels.is_empty() {
+        return Ok(());
+    }
+    let inner = config
+        .as_object_mut()
+        .context("the image config is not a JSON object")?
+        .entry("config")
+        .or_insert_with(|| json!({}))
+        .as_object_mut()
+        .context("the image config's \"config\" is not an object")?;
+    let existing = inner.entry("Labels").or_insert_with(|| json!({}));
+    // Docker writes `"Labels": null` for an image without labels.
+    if existing.is_null() {
+        *existing = json!({});
+    }
+    let existing = existing
+        .as_object_mut()
+        .context("the base image's Labels is not an object")?;
+    for (k, v) in labels {
+        existing.insert(k.clone(), json!(v));
+    }
+    Ok(())
 }

@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use super::client::{BlobOutcome, BlobUpload, RegistryClient};
+use super::error::RegistryError;
 use super::reference::Reference;
 use crate::image::store::{BlobStore, VerifiedBlob};
 use crate::image::{Image, ImageLayer, MEDIA_TYPE_MANIFEST};
@@ -238,16 +239,7 @@ pub fn push_image(
     if let Some(err) = first_error.into_inner().unwrap() {
         return Err(err);
     }
-    let tag = target.tag.as_deref().unwrap_or(&image.manifest_digest);
-    client
-        .put_manifest(
-            repository,
-            tag,
-            MEDIA_TYPE_MANIFEST,
-            &image.manifest_bytes,
-            &image.manifest_digest,
-        )
-        .with_context(|| format!("pushing {target}"))?;
+    put_by_digest_then_tag(client, image, target)?;
     let mut blobs = outcomes.into_inner().unwrap();
     blobs.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(PushReport {
@@ -255,6 +247,62 @@ pub fn push_image(
         uploaded_bytes: uploaded.into_inner(),
         blobs,
     })
+}
+
+/// Puts the manifest by its digest, then under the target's tag, as
+/// rules_oci does: the image is in the registry before any tag names it. A
+/// registry that takes manifests only under tags (it answers 400, 404 or
+/// 405 to the digest) gets the tag alone.
+fn put_by_digest_then_tag(
+    client: &RegistryClient,
+    image: &Image,
+    target: &Reference,
+) -> Result<()> {
+    let (repository, digest) = (target.repository.as_str(), &image.manifest_digest);
+    let put = |reference: &str| {
+        client.put_manifest(
+            repository,
+            reference,
+            MEDIA_TYPE_MANIFEST,
+            &image.manifest_bytes,
+            digest,
+        )
+    };
+    match put(digest) {
+        Ok(()) => {}
+        Err(RegistryError::NotFound { .. }) if target.tag.is_some() => {}
+        Err(RegistryError::Status { status, .. })
+            if target.tag.is_some() && matches!(status, 400 | 405) => {}
+        Err(err) => return Err(err).with_context(|| format!("pushing {target}")),
+    }
+    if let Some(tag) = &target.tag {
+        put(tag).with_context(|| format!("pushing {target}"))?;
+    }
+    Ok(())
+}
+
+/// Points each of `tags` of the target's repository at `image`, already
+/// pushed there (`--tag a --tag b`), saying so on stderr.
+pub fn add_tags(
+    client: &RegistryClient,
+    image: &Image,
+    target: &Reference,
+    tags: &[String],
+) -> Result<()> {
+    for tag in tags {
+        let name = format!("{}:{tag}", target.name());
+        client
+            .put_manifest(
+                &target.repository,
+                tag,
+                MEDIA_TYPE_MANIFEST,
+                &image.manifest_bytes,
+                &image.manifest_digest,
+            )
+            .with_context(|| format!("tagging {name}"))?;
+        eprintln!("Tagged {name}@{}", image.manifest_digest);
+    }
+    Ok(())
 }
 
 /// One blob of an image to push.

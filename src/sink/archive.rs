@@ -26,11 +26,11 @@ impl DockerArchive {
 impl Sink for DockerArchive {
     fn write(&self, built: &Built, env: &Env) -> Result<String> {
         env.fetch_missing(built)?;
-        archive::write(
+        archive::write_named(
             built.store,
             built.image,
             &self.file,
-            built.name,
+            &built.names(),
             built.epoch,
         )?;
         Ok(format!("Wrote docker-archive:{}", self.file.display()))

@@ -25,8 +25,32 @@ pub struct Built<'a> {
     pub name: &'a str,
     /// The image's tag, the default of outputs that name their own.
     pub tag: &'a str,
+    /// The image's other tags (`--tag a --tag b`), which outputs that do
+    /// not name their own tag also give it.
+    pub extra_tags: &'a [String],
     /// Seconds since the epoch of every time an output records.
     pub epoch: u64,
+}
+
+impl Built<'_> {
+    /// Every tag of the image: `tag`, then the others.
+    pub fn tags(&self) -> Vec<&str> {
+        std::iter::once(self.tag)
+            .chain(self.extra_tags.iter().map(String::as_str))
+            .collect()
+    }
+
+    /// `REPOSITORY:TAG` for every tag, `name` first.
+    pub fn names(&self) -> Vec<String> {
+        let repository = self
+            .name
+            .strip_suffix(self.tag)
+            .and_then(|r| r.strip_suffix(':'))
+            .unwrap_or(self.name);
+        std::iter::once(self.name.to_string())
+            .chain(self.extra_tags.iter().map(|t| format!("{repository}:{t}")))
+            .collect()
+    }
 }
 
 /// What sinks may need besides the image: how to reach registries (for a

@@ -10,7 +10,7 @@ use crate::image::layout;
 
 pub struct OciLayout {
     pub dir: PathBuf,
-    /// The name in `index.json`; the image's tag when absent.
+    /// The name in `index.json`; every tag of the image when absent.
     pub tag: Option<String>,
 }
 
@@ -27,8 +27,15 @@ impl OciLayout {
 impl Sink for OciLayout {
     fn write(&self, built: &Built, env: &Env) -> Result<String> {
         env.fetch_missing(built)?;
-        let tag = self.tag.as_deref().unwrap_or(built.tag);
-        layout::write(built.store, built.image, &self.dir, tag)?;
-        Ok(format!("Wrote oci:{}:{tag}", self.dir.display()))
+        let tags = match &self.tag {
+            Some(tag) => vec![tag.as_str()],
+            None => built.tags(),
+        };
+        layout::write_tags(built.store, built.image, &self.dir, &tags)?;
+        let written: Vec<String> = tags
+            .iter()
+            .map(|tag| format!("oci:{}:{tag}", self.dir.display()))
+            .collect();
+        Ok(format!("Wrote {}", written.join(", ")))
     }
 }

@@ -35,8 +35,21 @@ impl RegistrySink {
 
     /// Pushes `built` (or, with `--use-existing`, reuses it) at the target.
     pub fn publish(&self, built: &Built, env: &Env) -> Result<Published> {
+        self.publish_tagged(built, env, &[])
+    }
+
+    /// [`RegistrySink::publish`], then tags the image with `extra_tags` in
+    /// the target's repository as well.
+    pub fn publish_tagged(
+        &self,
+        built: &Built,
+        env: &Env,
+        extra_tags: &[String],
+    ) -> Result<Published> {
         let client = env.registry.client(&self.target)?;
-        push::publish(&client, built.store, built.image, &self.target, env.push)
+        let published = push::publish(&client, built.store, built.image, &self.target, env.push)?;
+        push::add_tags(&client, built.image, &self.target, extra_tags)?;
+        Ok(published)
     }
 }
 

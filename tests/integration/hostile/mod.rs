@@ -7,7 +7,7 @@
 //!
 //! One module per area.
 
-mod cache;
+pub(crate) mod cache;
 mod faults;
 mod packages;
 mod registry;
