@@ -162,6 +162,9 @@ pub struct PythonOptions {
     pub compile_bytecode: bool,
     /// Build Dallinger from this source tree instead of its pin.
     pub dallinger_src: Option<PathBuf>,
+    /// Ask the package indexes again instead of using what they said
+    /// about the pins before (`--refresh`).
+    pub refresh: bool,
 }
 
 struct PythonStage {
@@ -233,6 +236,8 @@ fn python_stage(
         // git requirements and sdists are built only with --build-sdists.
         sdists: builder.as_ref().filter(|_| python.build_sdists),
         local_wheels: &local_wheels,
+        store,
+        refresh: python.refresh,
     })?;
     eprintln!(
         "Python {}.{}.{} in the base: {} wheels to install{}{}",
