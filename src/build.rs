@@ -220,7 +220,10 @@ fn python_stage(
             // Asking the host's python3 takes ~0.1 s, done beside the build.
             // A --locked build follows its lock by definition: no question.
             if !python.locked {
-                editable_check = Some(std::thread::spawn(warn_about_editable_dallinger));
+                let store = store.clone();
+                editable_check = Some(std::thread::spawn(move || {
+                    warn_about_editable_dallinger(&store)
+                }));
             }
             (Vec::new(), None)
         }
