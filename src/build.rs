@@ -164,6 +164,9 @@ pub struct PythonOptions {
     pub compile_bytecode: bool,
     /// Build Dallinger from this source tree instead of its pin.
     pub dallinger_src: Option<PathBuf>,
+    /// Ask the package indexes again instead of using what they said
+    /// about the pins before (`--refresh`).
+    pub refresh: bool,
 }
 
 struct PythonStage {
@@ -221,7 +224,10 @@ fn python_stage(
             // Asking the host's python3 takes ~0.1 s, done beside the build.
             // A --locked build follows its lock by definition: no question.
             if !python.locked {
-                editable_check = Some(std::thread::spawn(warn_about_editable_dallinger));
+                let store = store.clone();
+                editable_check = Some(std::thread::spawn(move || {
+                    warn_about_editable_dallinger(&store)
+                }));
             }
             (Vec::new(), None)
         }
@@ -237,6 +243,8 @@ fn python_stage(
         // git requirements and sdists are built only with --build-sdists.
         sdists: builder.as_ref().filter(|_| python.build_sdists),
         local_wheels: &local_wheels,
+        store,
+        refresh: python.refresh,
     })?;
     eprintln!(
         "Python {}.{}.{} in the base: {} wheels to install{}{}",

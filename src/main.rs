@@ -250,6 +250,10 @@ struct PythonArgs {
     /// mounts PATH/dallinger into its containers. Never locked.
     #[arg(long, value_name = "PATH")]
     dallinger_src: Option<PathBuf>,
+    /// Ask the package indexes again about every pin, instead of using
+    /// what they answered in the last day (as uv's --refresh).
+    #[arg(long)]
+    refresh: bool,
 }
 
 #[derive(clap::Args)]
@@ -538,6 +542,7 @@ fn python_options(
         builder_base: p.builder_base.clone(),
         compile_bytecode: p.compile_bytecode,
         dallinger_src: p.dallinger_src.clone(),
+        refresh: p.refresh,
         write_lock,
         parallel: 4,
     }))

@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 use unicode_normalization::UnicodeNormalization as _;
 
@@ -22,19 +22,37 @@ pub(crate) fn find_work_tree(dir: &Path) -> Option<PathBuf> {
 }
 
 fn run(dir: &Path, env: GitEnv<'_>, args: &[&str]) -> Result<Output, ExperimentError> {
+    finish(dir, start(dir, env, args))
+}
+
+/// Starts `git -C dir ARGS`, its output captured, so several can run at once.
+fn start(dir: &Path, env: GitEnv<'_>, args: &[&str]) -> std::io::Result<Child> {
     let mut command = Command::new("git");
-    command.arg("-C").arg(dir).args(args);
+    command
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     for (k, v) in env {
         command.env(k, v);
     }
-    command.output().map_err(|e| ExperimentError::Invalid {
-        message: format!(
-            "{} is inside a git repository, so git decides which files go into the image \
+    command.spawn()
+}
+
+/// The output of a command [`start`] started.
+fn finish(dir: &Path, started: std::io::Result<Child>) -> Result<Output, ExperimentError> {
+    started
+        .and_then(Child::wait_with_output)
+        .map_err(|e| ExperimentError::Invalid {
+            message: format!(
+                "{} is inside a git repository, so git decides which files go into the image \
              (tracked files and untracked files that are not ignored), but `git` could not \
              be run: {e}. Install git and make sure it is on PATH.",
-            dir.display()
-        ),
-    })
+                dir.display()
+            ),
+        })
 }
 
 /// A path as a comparison key: NFC-normalised when it is UTF-8 (as Dallinger
@@ -85,12 +103,14 @@ pub(crate) fn listed_files(
 
 /// HEAD and the origin URL, for the labels. `None` when there is no commit yet.
 pub(crate) fn info(dir: &Path, env: GitEnv<'_>) -> Result<Option<GitInfo>, ExperimentError> {
-    let head = run(dir, env, &["rev-parse", "--verify", "-q", "HEAD^{commit}"])?;
+    // Both at once: each is a process start, which is most of their time.
+    let head = start(dir, env, &["rev-parse", "--verify", "-q", "HEAD^{commit}"]);
+    let origin = start(dir, env, &["config", "--get", "remote.origin.url"]);
+    let (head, origin) = (finish(dir, head)?, finish(dir, origin)?);
     if !head.status.success() {
         return Ok(None);
     }
     let revision = String::from_utf8_lossy(&head.stdout).trim().to_string();
-    let origin = run(dir, env, &["config", "--get", "remote.origin.url"])?;
     let source = if origin.status.success() {
         public_url(String::from_utf8_lossy(&origin.stdout).trim())
     } else {

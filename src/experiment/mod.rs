@@ -132,7 +132,17 @@ impl Experiment {
             _ => config::Config::default(),
         };
 
-        let files::Collected { mut files, links } = files::collect(&root, git_env)?;
+        // git's facts for the labels are asked while the files are listed.
+        let in_git = git::find_work_tree(&root).is_some();
+        let (collected, git) = std::thread::scope(|scope| {
+            let info = scope.spawn(|| match in_git {
+                true => git::info(&root, git_env),
+                false => Ok(None),
+            });
+            let collected = files::collect(&root, git_env);
+            (collected, info.join())
+        });
+        let files::Collected { mut files, links } = collected?;
         generated::apply(&root, &mut files, &experiment_config)?;
         files.sort_by(|a, b| a.rel.as_bytes().cmp(b.rel.as_bytes()));
 
@@ -173,10 +183,8 @@ impl Experiment {
             }
         }
 
-        let git = match git::find_work_tree(&root) {
-            Some(_) => git::info(&root, git_env)?,
-            None => None,
-        };
+        // Its errors come after those of the files, as when it ran after them.
+        let git = git.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
         Ok(Experiment {
             dir: root,
             files,

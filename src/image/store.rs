@@ -167,6 +167,8 @@ pub enum Bucket {
     WheelsUnpacked,
     /// Pinned Debian files: `sha256/HEX/NAME`.
     Debian,
+    /// What package indexes said about exact pins (`PROJECT-HEX`).
+    IndexAnswers,
 }
 
 impl Bucket {
@@ -190,6 +192,7 @@ impl Bucket {
             Bucket::Wheels => "wheels",
             Bucket::WheelsUnpacked => "wheels-unpacked",
             Bucket::Debian => "debian",
+            Bucket::IndexAnswers => "index-answers",
         }
     }
 

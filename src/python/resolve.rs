@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 
-use super::index::{self, Candidate, IndexConfig, SelectError};
+use super::index::{self, Candidate, IndexAnswers, IndexConfig, LazyClient, SelectError};
 use super::install::{WheelArchive, WheelFilename};
 use super::source::git::{self as git_source, GitUrl};
 use super::source::{BuiltWheel, SdistBuilder};
@@ -17,7 +17,7 @@ use super::spec::{
     same_version, Dependency, MarkerEnv, PackageName, PinnedPackage,
 };
 use super::target::{file_priority, TagIndex, Target};
-use crate::image::store::sha256_file;
+use crate::image::store::{sha256_file, BlobStore};
 use crate::plan::{Hashes, Lock, LockInputs, LockedFile, LockedPackage, LockedVcs};
 
 /// A wheel chosen, fetched and verified.
@@ -75,6 +75,11 @@ pub struct ResolveRequest<'a> {
     /// Wheels built from local source trees (`--dallinger-src`): they
     /// replace the pins of their names, and are never locked.
     pub local_wheels: &'a [ResolvedWheel],
+    /// The cache: what the indexes said about exact pins before (see
+    /// `index::answers`), and the wheels' metadata.
+    pub store: &'a BlobStore,
+    /// Ask the indexes again instead of using what they said before.
+    pub refresh: bool,
 }
 
 pub fn resolve(request: &ResolveRequest) -> Result<Resolution> {
@@ -103,7 +108,7 @@ pub fn resolve(request: &ResolveRequest) -> Result<Resolution> {
                 wheels.extend(request.local_wheels.iter().cloned());
                 wheels.sort_by(|a, b| a.normalised.cmp(&b.normalised));
                 let pins = with_built_versions(&pins, &wheels);
-                check_pin_set(&pins, &wheels, request.target, &env)?;
+                check_pin_set(request.store, &pins, &wheels, request.target, &env)?;
                 return Ok(Resolution {
                     lock: lock.clone(),
                     wheels,
@@ -140,7 +145,8 @@ pub fn resolve(request: &ResolveRequest) -> Result<Resolution> {
             pin.text()
         );
     }
-    let client = index::http_client()?;
+    let client = LazyClient::default();
+    let answers = IndexAnswers::new(request.store, request.refresh)?;
     let tags = TagIndex::for_target(request.target);
     let priority = |filename: &str| file_priority(filename, &tags);
     // List and choose per package, a few at a time.
@@ -152,7 +158,7 @@ pub fn resolve(request: &ResolveRequest) -> Result<Resolution> {
             scope.spawn(|| loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let Some(pin) = pinned.get(i) else { return };
-                let result = choose(pin, request, &client, &priority);
+                let result = choose(pin, request, &client, &answers, &priority);
                 *chosen[i].lock().unwrap() = Some(result);
             });
         }
@@ -161,7 +167,7 @@ pub fn resolve(request: &ResolveRequest) -> Result<Resolution> {
         .into_iter()
         .map(|slot| slot.into_inner().unwrap().expect("every pin was tried"))
         .collect::<Result<_>>()?;
-    let paths = index::fetch_all(&items, request.index, &client, request.parallel.max(1))?;
+    let paths = index::fetch_all_lazy(&items, request.index, &client, request.parallel.max(1))?;
     let mut wheels = Vec::new();
     for ((pin, (candidate, _)), path) in pinned.iter().zip(&items).zip(paths) {
         let sha256 = match &candidate.sha256 {
@@ -197,7 +203,7 @@ pub fn resolve(request: &ResolveRequest) -> Result<Resolution> {
     wheels.extend(request.local_wheels.iter().cloned());
     wheels.sort_by(|a, b| a.normalised.cmp(&b.normalised));
     let pins = with_built_versions(&pins, &wheels);
-    check_pin_set(&pins, &wheels, request.target, &env)?;
+    check_pin_set(request.store, &pins, &wheels, request.target, &env)?;
     Ok(Resolution {
         lock: fresh_lock(&wheels),
         wheels,
@@ -236,7 +242,8 @@ fn split_by_base(
 fn choose(
     pin: &PinnedPackage,
     request: &ResolveRequest,
-    client: &reqwest::blocking::Client,
+    client: &LazyClient,
+    answers: &IndexAnswers,
     priority: &dyn Fn(&str) -> Option<usize>,
 ) -> Result<(Candidate, Option<String>)> {
     let place = format!("{}:{}", pin.file.display(), pin.line);
@@ -264,38 +271,26 @@ fn choose(
         };
         return Ok((candidate, sha));
     }
-    let files = index::list_files(&pin.name, request.index, client)
+    // What the indexes said before, when it leads to a file in the wheel
+    // cache; else (or when it has no file for this target) they are asked.
+    let mut ask = false;
+    let candidate = loop {
+        let listing = index::list_pin_files(
+            &pin.name,
+            &pin.version,
+            request.index,
+            &|| client.get(),
+            Some(answers),
+            ask,
+        )
         .with_context(|| format!("{place}: {}=={}", pin.name, pin.version))?;
-    if files.is_empty() {
-        if request.index.offline {
-            bail!(
-                "{place}: {}=={} is neither in the wheel cache nor in --find-links, and --offline allows no network:                  build once with network (or run `dallinger-oci lock`) to fill the cache",
-                pin.name,
-                pin.version
-            );
+        match choose_file(&listing.files, pin, request, &place, priority) {
+            Ok(candidate) if listing.remembered && !in_wheel_cache(&candidate, request.index) => {
+                ask = true
+            }
+            Err(_) if listing.remembered => ask = true,
+            chosen => break chosen?,
         }
-        bail!(
-            "{place}: no files of {} are published on {}",
-            pin.name,
-            request.index.indexes().collect::<Vec<_>>().join(", ")
-        );
-    }
-    let selected = index::select(
-        &files,
-        &pin.version,
-        priority,
-        request.target.python_version,
-        true,
-    );
-    let candidate = match selected {
-        Ok(wheel) => wheel.clone(),
-        // No wheel fits: build one from the sdist when asked to.
-        Err(SelectError::SdistOnly { .. } | SelectError::NoWheel { .. })
-            if request.sdists.is_some() && index::select_sdist(&files, &pin.version).is_some() =>
-        {
-            index::select_sdist(&files, &pin.version).unwrap().clone()
-        }
-        Err(e) => bail!("{place}: {e} (target: {})", describe_target(request.target)),
     };
     // A pin with hashes accepts only those files, as pip's hash checking does.
     let expected = if pin.hashes.is_empty() {
@@ -312,6 +307,56 @@ fn choose(
         }
     };
     Ok((candidate, expected))
+}
+
+/// The file of `pin` to fetch from `files`: its best wheel for the
+/// target, else (with --build-sdists) its sdist.
+fn choose_file(
+    files: &[Candidate],
+    pin: &PinnedPackage,
+    request: &ResolveRequest,
+    place: &str,
+    priority: &dyn Fn(&str) -> Option<usize>,
+) -> Result<Candidate> {
+    if files.is_empty() {
+        if request.index.offline {
+            bail!(
+                "{place}: {}=={} is neither in the wheel cache nor in --find-links, and --offline allows no network:                  build once with network (or run `dallinger-oci lock`) to fill the cache",
+                pin.name,
+                pin.version
+            );
+        }
+        bail!(
+            "{place}: no files of {} are published on {}",
+            pin.name,
+            request.index.indexes().collect::<Vec<_>>().join(", ")
+        );
+    }
+    let selected = index::select(
+        files,
+        &pin.version,
+        priority,
+        request.target.python_version,
+        true,
+    );
+    Ok(match selected {
+        Ok(wheel) => wheel.clone(),
+        // No wheel fits: build one from the sdist when asked to.
+        Err(SelectError::SdistOnly { .. } | SelectError::NoWheel { .. })
+            if request.sdists.is_some() && index::select_sdist(files, &pin.version).is_some() =>
+        {
+            index::select_sdist(files, &pin.version).unwrap().clone()
+        }
+        Err(e) => bail!("{place}: {e} (target: {})", describe_target(request.target)),
+    })
+}
+
+/// Whether `candidate` is in the wheel cache already (no download).
+fn in_wheel_cache(candidate: &Candidate, config: &IndexConfig) -> bool {
+    candidate.sha256.as_ref().is_some_and(|hex| {
+        std::fs::metadata(config.cache_path(hex, &candidate.filename))
+            .is_ok_and(|m| m.is_file() && candidate.size.is_none_or(|s| s == m.len()))
+    })
 }
 
 /// The wheel built from the fetched sdist `fetched` (whose fields describe
@@ -474,6 +519,7 @@ pub(crate) fn source_built_wheel(
 
 /// Every dependency of every pin (on this target) must be pinned or in the base.
 fn check_pin_set(
+    store: &BlobStore,
     pins: &BTreeMap<PackageName, PinnedPackage>,
     wheels: &[ResolvedWheel],
     target: &Target,
@@ -481,10 +527,7 @@ fn check_pin_set(
 ) -> Result<()> {
     let mut requires: BTreeMap<PackageName, Vec<String>> = BTreeMap::new();
     for wheel in wheels {
-        let info = WheelArchive::open(&wheel.path)
-            .and_then(|mut archive| archive.dist_info())
-            .with_context(|| format!("reading the metadata of {}", wheel.filename))?;
-        requires.insert(wheel.normalised.clone(), info.metadata.requires_dist);
+        requires.insert(wheel.normalised.clone(), requires_dist(store, wheel)?);
     }
     // Packages the base provides count as pinned; their own dependencies are
     // the base's business.
@@ -509,6 +552,18 @@ fn check_pin_set(
     };
     check_closed(&all, &deps_of, target.python_version)?;
     Ok(())
+}
+
+/// A wheel's `Requires-Dist`, read from its metadata once and then
+/// remembered under its sha256 (which the wheel cache verified).
+fn requires_dist(store: &BlobStore, wheel: &ResolvedWheel) -> Result<Vec<String>> {
+    let key = format!("requires-dist/1\n{}\n{}", wheel.sha256, wheel.filename);
+    crate::image::memoised(store, "requires", &key, || {
+        let info = WheelArchive::open(&wheel.path)
+            .and_then(|mut archive| archive.dist_info())
+            .with_context(|| format!("reading the metadata of {}", wheel.filename))?;
+        Ok(info.metadata.requires_dist)
+    })
 }
 
 fn stale_reason(
@@ -584,7 +639,7 @@ fn fetch_locked(
     for p in from_git {
         wheels.push(locked_git_wheel(p, request, needed)?);
     }
-    let client = index::http_client()?;
+    let client = LazyClient::default();
     // Per package: what to fetch (the wheel, or the sdist to build it
     // again), and the locked wheel.
     let mut items: Vec<(Candidate, Option<String>)> = Vec::new();
@@ -636,7 +691,7 @@ fn fetch_locked(
             Some(from.hashes.sha256.clone()),
         ));
     }
-    let paths = index::fetch_all(&items, request.index, &client, request.parallel.max(1))?;
+    let paths = index::fetch_all_lazy(&items, request.index, &client, request.parallel.max(1))?;
     for (((p, (c, _)), path), rebuild) in regular.iter().zip(items).zip(paths).zip(rebuild) {
         let fetched = ResolvedWheel {
             name: p.name.clone(),

@@ -292,6 +292,23 @@ pub fn http_client() -> anyhow::Result<Client> {
     Ok(http::client(http::Patience::Download)?)
 }
 
+/// The HTTP client, made when first asked for: a build that finds every
+/// answer and file in the cache makes none (setting up TLS costs more
+/// than the rest of such a rebuild).
+#[derive(Default)]
+pub struct LazyClient(std::sync::OnceLock<Client>);
+
+impl LazyClient {
+    pub fn get(&self) -> Result<Client, IndexError> {
+        if let Some(client) = self.0.get() {
+            return Ok(client.clone());
+        }
+        let made = http_client()
+            .map_err(|e| IndexError::Invalid(format!("cannot set up the HTTP client: {e:#}")))?;
+        Ok(self.0.get_or_init(|| made).clone())
+    }
+}
+
 // ---------------------------------------------------------------------------
 // File names
 
@@ -599,7 +616,7 @@ pub fn list_files(
     Ok(out)
 }
 
-fn list_index(
+pub(super) fn list_index(
     index: &str,
     name: &str,
     client: &Client,
@@ -712,7 +729,7 @@ fn list_index(
     Ok(out)
 }
 
-fn list_find_links(dir: &Path, name: &str) -> Result<Vec<Candidate>, IndexError> {
+pub(super) fn list_find_links(dir: &Path, name: &str) -> Result<Vec<Candidate>, IndexError> {
     let entries = fs::read_dir(dir).map_err(io_error(format!(
         "cannot read the --find-links directory {}",
         dir.display()
@@ -750,7 +767,7 @@ fn list_find_links(dir: &Path, name: &str) -> Result<Vec<Candidate>, IndexError>
 
 /// The cached files of project `name`, with what the index said of them
 /// when they were fetched.
-fn list_cache(name: &str, config: &IndexConfig) -> Result<Vec<Candidate>, IndexError> {
+pub(super) fn list_cache(name: &str, config: &IndexConfig) -> Result<Vec<Candidate>, IndexError> {
     let root = config.cache_dir.join("sha256");
     let Ok(dirs) = fs::read_dir(&root) else {
         return Ok(Vec::new());
@@ -798,6 +815,18 @@ fn list_cache(name: &str, config: &IndexConfig) -> Result<Vec<Candidate>, IndexE
     Ok(out)
 }
 
+/// The files of `files` whose names give `version` (what an answer about
+/// an exact pin keeps).
+pub(super) fn of_version(files: &[Candidate], version: &str) -> Vec<Candidate> {
+    files
+        .iter()
+        .filter(|c| {
+            parse_filename(&c.filename).is_some_and(|f| is_file_version(&f.version, version))
+        })
+        .cloned()
+        .collect()
+}
+
 fn sidecar_name(filename: &str) -> String {
     format!(".{filename}.json")
 }
@@ -819,6 +848,16 @@ pub fn fetch(
     expected_sha256: Option<&str>,
     config: &IndexConfig,
     client: &Client,
+) -> Result<PathBuf, IndexError> {
+    fetch_via(candidate, expected_sha256, config, &|| Ok(client.clone()))
+}
+
+/// [`fetch`], with the client made only if a download is needed.
+fn fetch_via(
+    candidate: &Candidate,
+    expected_sha256: Option<&str>,
+    config: &IndexConfig,
+    client: &dyn Fn() -> Result<Client, IndexError>,
 ) -> Result<PathBuf, IndexError> {
     let filename = candidate.filename.as_str();
     if !safe_filename(filename) {
@@ -883,7 +922,7 @@ pub fn fetch(
             cache: config.cache_dir.display().to_string(),
         });
     }
-    download(candidate, &checks, config, client)
+    download(candidate, &checks, config, &client()?)
 }
 
 /// Fetches several candidates, `parallel` at a time. Results come in input
@@ -893,6 +932,25 @@ pub fn fetch_all(
     items: &[(Candidate, Option<String>)],
     config: &IndexConfig,
     client: &Client,
+    parallel: usize,
+) -> Result<Vec<PathBuf>, IndexError> {
+    fetch_all_via(items, config, &|| Ok(client.clone()), parallel)
+}
+
+/// [`fetch_all`] with a client made on first use (see [`LazyClient`]).
+pub fn fetch_all_lazy(
+    items: &[(Candidate, Option<String>)],
+    config: &IndexConfig,
+    client: &LazyClient,
+    parallel: usize,
+) -> Result<Vec<PathBuf>, IndexError> {
+    fetch_all_via(items, config, &|| client.get(), parallel)
+}
+
+fn fetch_all_via(
+    items: &[(Candidate, Option<String>)],
+    config: &IndexConfig,
+    client: &(dyn Fn() -> Result<Client, IndexError> + Sync),
     parallel: usize,
 ) -> Result<Vec<PathBuf>, IndexError> {
     let results: Vec<Mutex<Option<Result<PathBuf, IndexError>>>> =
@@ -910,7 +968,7 @@ pub fn fetch_all(
                 let Some((candidate, expected)) = items.get(i) else {
                     break;
                 };
-                let result = fetch(candidate, expected.as_deref(), config, client);
+                let result = fetch_via(candidate, expected.as_deref(), config, client);
                 if result.is_err() {
                     failed.store(true, Ordering::SeqCst);
                 }

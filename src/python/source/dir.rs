@@ -12,13 +12,14 @@ use fs_err::{self as fs, File};
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use dallinger_oci_layers::{Codec, Content, LayerTree, WriteOptions};
 
 use super::sdist::SdistBuilder;
 use crate::experiment::git;
-use crate::image::store::sha256_file;
+use crate::image::store::{sha256_file, BlobStore};
 use crate::python::index::IndexConfig;
 use crate::python::resolve::{source_built_wheel, ResolvedWheel};
 use crate::python::target::Target;
@@ -97,22 +98,104 @@ if url.get('dir_info', {}).get('editable') and url.get('url', '').startswith('fi
 /// editable mode: Dallinger would build its image from that checkout, we
 /// build from the pin unless told (`--dallinger-src`), so that an image
 /// never depends on the machine it is built on; but never silently.
-pub fn warn_about_editable_dallinger() {
-    let Ok(out) = std::process::Command::new("python3")
-        .args(["-c", EDITABLE_DALLINGER])
-        .stdin(std::process::Stdio::null())
-        .output()
-    else {
-        return;
+///
+/// Asking takes a Python start (0.05-0.3 s, more behind pyenv shims), so
+/// the answer is remembered in `store` for a day, by everything that
+/// chooses the `python3` and what it imports (see [`python_environment`]).
+pub fn warn_about_editable_dallinger(store: &BlobStore) {
+    let memo = store.memo_path("editable-dallinger", &python_environment());
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let remembered = fs::read(&memo)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<EditableAnswer>(&b).ok())
+        .filter(|a| a.asked <= now && now - a.asked < EDITABLE_ANSWER_AGE);
+    let path = match remembered {
+        Some(answer) => answer.path,
+        None => {
+            let Ok(out) = std::process::Command::new("python3")
+                .args(["-c", EDITABLE_DALLINGER])
+                .stdin(std::process::Stdio::null())
+                .output()
+            else {
+                return;
+            };
+            let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            let path = if out.status.success() {
+                path
+            } else {
+                String::new()
+            };
+            let answer = EditableAnswer { asked: now, path };
+            if let Ok(bytes) = serde_json::to_vec(&answer) {
+                let _ = store.write_entry(&memo, &bytes);
+            }
+            answer.path
+        }
     };
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if out.status.success() && !path.is_empty() {
+    if !path.is_empty() {
         eprintln!(
             "warning: this machine's python3 has Dallinger installed in editable mode from \
              {path}; the image gets the pinned Dallinger, not that checkout: pass \
              --dallinger-src {path} to build from it"
         );
     }
+}
+
+/// How long the host's answer is remembered: a day.
+const EDITABLE_ANSWER_AGE: u64 = 24 * 60 * 60;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct EditableAnswer {
+    /// When python3 was asked (seconds since 1970).
+    asked: u64,
+    /// The editable checkout, empty for none.
+    path: String,
+}
+
+/// What decides which `python3` runs and what it imports: the variables
+/// of virtualenvs, conda, pyenv and Python itself, the working directory
+/// (pyenv's `.python-version`), and every `PATH` directory's identity and
+/// change time (installing Dallinger, editable or not, writes its
+/// `dallinger` script next to the `python3` it is installed for, and
+/// pyenv's shims are rewritten).
+fn python_environment() -> String {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut key = String::from("editable-dallinger/1\n");
+    for var in [
+        "PATH",
+        "VIRTUAL_ENV",
+        "CONDA_PREFIX",
+        "PYENV_VERSION",
+        "PYENV_ROOT",
+        "PYTHONPATH",
+        "PYTHONHOME",
+        "PYTHONUSERBASE",
+        "PYTHONNOUSERSITE",
+        "HOME",
+    ] {
+        let value = std::env::var_os(var).unwrap_or_default();
+        key.push_str(&format!("{var}={}\n", value.to_string_lossy()));
+    }
+    let cwd = std::env::current_dir().unwrap_or_default();
+    key.push_str(&format!("cwd={}\n", cwd.display()));
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        if let Ok(m) = std::fs::metadata(&dir) {
+            key.push_str(&format!(
+                "{} {} {} {}.{} {}.{}\n",
+                dir.display(),
+                m.dev(),
+                m.ino(),
+                m.mtime(),
+                m.mtime_nsec(),
+                m.ctime(),
+                m.ctime_nsec()
+            ));
+        }
+    }
+    key
 }
 
 /// A source tarball written for one build.

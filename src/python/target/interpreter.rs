@@ -57,10 +57,19 @@ pub fn detect(
     }
     key_text.push_str(&serde_json::to_string(&config.get("architecture"))?);
     key_text.push_str(&serde_json::to_string(&config.pointer("/config/Env"))?);
-    let files = crate::image::memoised(store, "target", &key_text, || {
-        scan_layers(&crate::image::layer_files(store, layers)?)
-    })?;
-    target_from(&files, config, overrides)
+    // The target itself is remembered too, by the base and the overrides:
+    // a rebuild reads it back instead of working it out of the base's
+    // files (its dpkg status, every RECORD) again.
+    let target_key = format!(
+        "target-of/1\n{key_text}\n{}\n{overrides:?}",
+        serde_json::to_string(config)?
+    );
+    crate::image::memoised(store, "target-of", &target_key, || {
+        let files = crate::image::memoised(store, "target", &key_text, || {
+            scan_layers(&crate::image::layer_files(store, layers)?)
+        })?;
+        target_from(&files, config, overrides)
+    })
 }
 
 /// Overrides for the rare base whose Python cannot be read from its files.

@@ -1031,3 +1031,97 @@ fn index_credentials_and_url_signatures_never_appear_in_messages() {
         );
     }
 }
+
+/// `build` of `exp` from the package index `index_url` alone, plus `args`.
+fn rebuild_from_index(sandbox: &Sandbox, exp: &Path, index_url: &str, args: &[&str]) -> String {
+    let mut cmd = sandbox.cmd();
+    cmd.env_remove("DALLINGER_OCI_NO_DEPS")
+        .arg("build")
+        .arg(exp)
+        .args(["--base", &python_base_layout(), "--tag", "t"])
+        .args(["--index-url", index_url])
+        .args(args);
+    printed_digest(&succeeds(run(&mut cmd)).0)
+}
+
+/// What the index said about an exact pin is remembered: a rebuild after
+/// an edit asks it nothing and gives the digest a fresh build gives;
+/// `--refresh` asks again; a corrupt answer is ignored and written again.
+/// The index URL's credentials are never stored.
+#[test]
+fn an_unlocked_rebuild_asks_the_index_nothing() {
+    const USER: &str = "answers-user-3b8e";
+    const PASSWORD: &str = "answers-password-91c4";
+    let sandbox = Sandbox::new();
+    let index = scripted_index(&sandbox.path("links"), "", &[200], &[200]);
+    let url = format!("http://{USER}:{PASSWORD}@{}/simple/", index.host());
+    let exp = experiment(&sandbox, "app", "tinypkg");
+    rebuild_from_index(&sandbox, &exp, &url, &[]);
+    assert_eq!(gets(&index, INDEX_PAGE), 1);
+    assert_eq!(gets(&index, INDEX_WHEEL), 1);
+
+    // A one-line edit: nothing asked, nothing downloaded.
+    let mut code = fs::read_to_string(exp.join("experiment.py")).unwrap();
+    code.push_str("\nEDITED = True\n");
+    fs::write(exp.join("experiment.py"), &code).unwrap();
+    let edited = rebuild_from_index(&sandbox, &exp, &url, &[]);
+    assert_eq!(gets(&index, INDEX_PAGE), 1, "the rebuild asked the index");
+    assert_eq!(gets(&index, INDEX_WHEEL), 1);
+
+    // The same digest as a fresh build of the edited experiment.
+    let fresh = Sandbox::new();
+    let other = experiment(&fresh, "elsewhere/app", "tinypkg");
+    fs::write(other.join("experiment.py"), &code).unwrap();
+    assert_eq!(rebuild_from_index(&fresh, &other, &url, &[]), edited);
+    assert_eq!(gets(&index, INDEX_PAGE), 2);
+
+    // --refresh asks again, and gives the same image.
+    assert_eq!(
+        rebuild_from_index(&sandbox, &exp, &url, &["--refresh"]),
+        edited
+    );
+    assert_eq!(gets(&index, INDEX_PAGE), 3);
+
+    // A corrupt answer is no answer: asked again, and written again.
+    let answers = sandbox.path("cache/index-answers");
+    let entries: Vec<PathBuf> = fs::read_dir(&answers)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    fs::write(
+        &entries[0],
+        b"{\"format\": \"dallinger-oci-index-answer/1\", \"fil",
+    )
+    .unwrap();
+    assert_eq!(rebuild_from_index(&sandbox, &exp, &url, &[]), edited);
+    assert_eq!(gets(&index, INDEX_PAGE), 4);
+    let rewritten = fs::read(&entries[0]).unwrap();
+    assert!(
+        serde_json::from_slice::<serde_json::Value>(&rewritten).is_ok(),
+        "{}",
+        String::from_utf8_lossy(&rewritten)
+    );
+    assert_eq!(rebuild_from_index(&sandbox, &exp, &url, &[]), edited);
+    assert_eq!(gets(&index, INDEX_PAGE), 4);
+
+    // An answer leading to a wheel that is gone from the cache: the build
+    // downloads it, and asks first.
+    fs::remove_dir_all(sandbox.path("cache/wheels")).unwrap();
+    assert_eq!(rebuild_from_index(&sandbox, &exp, &url, &[]), edited);
+    assert_eq!(gets(&index, INDEX_PAGE), 5);
+    assert_eq!(gets(&index, INDEX_WHEEL), 3);
+
+    // No credential where the index's answers and files are kept.
+    let kept = |s: &Sandbox| ["index-answers", "wheels", "files"].map(|d| s.path("cache").join(d));
+    for dir in kept(&sandbox).into_iter().chain(kept(&fresh)) {
+        for (file, bytes) in files_under(&dir) {
+            for secret in [USER, PASSWORD] {
+                assert!(
+                    !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                    "the cache's {file} holds {secret}"
+                );
+            }
+        }
+    }
+}
