@@ -49,6 +49,12 @@ enum Command {
         #[command(flatten)]
         build: BuildArgs,
     },
+    /// Print the manifest digest the inputs give, from the lock and the
+    /// experiment code, without making the other layers.
+    Digest {
+        #[command(flatten)]
+        build: BuildArgs,
+    },
     /// Build the experiment's image and push it to {docker_image_base_name}:{tag}.
     Push {
         #[command(flatten)]
@@ -255,6 +261,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Digest { build } => digest_command(&build),
         Command::Lock { build } => {
             build_command(&build, PushOptions::default(), false, true)?;
             Ok(())
@@ -335,6 +342,28 @@ fn build_command(
     pushes_image: bool,
     write_lock: bool,
 ) -> Result<(BuildRequest, BuildResult)> {
+    request_and_build(args, push, pushes_image, write_lock, false)
+}
+
+/// `digest`: the image added up from the lock (`--locked`) and the code
+/// layer; prints its digest as `build` does.
+fn digest_command(args: &BuildArgs) -> Result<()> {
+    let (_, result) = request_and_build(args, PushOptions::default(), false, false, true)?;
+    let digest = &result.image.manifest_digest;
+    if let Some(path) = &args.digest_file {
+        build::write_digest_file(path, digest)?;
+    }
+    println!("{digest}");
+    Ok(())
+}
+
+fn request_and_build(
+    args: &BuildArgs,
+    push: PushOptions,
+    pushes_image: bool,
+    write_lock: bool,
+    adding_up: bool,
+) -> Result<(BuildRequest, BuildResult)> {
     let outputs = args
         .outputs
         .iter()
@@ -353,7 +382,7 @@ fn build_command(
         .cache_dir
         .clone()
         .unwrap_or_else(build::default_cache_dir);
-    let request = BuildRequest {
+    let mut request = BuildRequest {
         experiment_dir: args.experiment_dir.clone(),
         base: args.base.clone(),
         outputs,
@@ -374,6 +403,7 @@ fn build_command(
             refresh_base: args.pull,
             push_registry: Default::default(),
         },
+        adding_up,
         customisation: build::Customisation {
             run_prepare: args.run_prepare,
             prepare_network: args.prepare_network,
@@ -384,6 +414,13 @@ fn build_command(
                 .transpose()?,
         },
     };
+    if adding_up {
+        if let Some(python) = &mut request.python {
+            python.locked = true;
+        }
+        let result = build::build(&request)?;
+        return Ok((request, result));
+    }
     let result = build::build(&request)?;
     let digest = &result.image.manifest_digest;
     if let Some(path) = &args.digest_file {

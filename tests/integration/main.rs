@@ -25,6 +25,7 @@ mod errors;
 mod fuzz;
 mod git_requirements;
 mod hostile;
+mod lock_remote;
 mod prepare_script;
 mod python_build;
 mod python_index;
