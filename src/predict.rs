@@ -68,7 +68,7 @@ pub struct Lookup<'a> {
     /// The repositories the image is pushed to: the first is asked.
     pub targets: &'a [Reference],
     /// `digest`: every up-to-date entry counts, in a registry or not, and
-    /// a registry that cannot be asked is no error.
+    /// no registry is asked.
     pub adding_up: bool,
 }
 
@@ -95,42 +95,49 @@ pub fn predictions(
         .filter(|e| store.cached_layer(&e.key).is_none())
         .collect();
     let mut layers = BTreeMap::new();
-    if !usable.is_empty() && (lookup.adding_up || !lookup.targets.is_empty()) {
-        let found = match lookup.targets.first() {
-            Some(target) => match in_registry(&usable, store, base, lookup.registry, target) {
-                Ok(found) => found,
-                Err(_) if lookup.adding_up => vec![None; usable.len()],
-                Err(err) => return Err(err),
-            },
-            None => vec![None; usable.len()],
-        };
-        for (entry, remote) in usable.into_iter().zip(found) {
-            if remote.is_none() && !lookup.adding_up {
-                continue;
-            }
-            if let Some(remote) = &remote {
-                eprintln!(
-                    "layer {:?} ({}): in {}/{}, as {} predicts: not built",
-                    entry.created_by,
-                    entry.digest,
-                    remote.registry,
-                    remote.repository,
-                    crate::plan::LOCK_FILE
-                );
-            }
-            let blob = crate::image::store::StoredLayer {
-                diff_id: entry.diff_id.clone(),
-                digest: entry.digest.clone(),
-                size: entry.size,
-                media_type: entry.media_type.clone(),
-            };
-            layers.insert(entry.key.clone(), PredictedLayer { blob, remote });
+    let found = match lookup.targets.first() {
+        // `digest` asks no registry: a layer is fetched from the image's
+        // only if its bytes are needed (Dallinger's files).
+        Some(target) if lookup.adding_up => vec![Some(remote_in(target)); usable.len()],
+        Some(target) if !usable.is_empty() => {
+            in_registry(&usable, store, base, lookup.registry, target)?
         }
+        _ => vec![None; usable.len()],
+    };
+    for (entry, remote) in usable.into_iter().zip(found) {
+        if remote.is_none() && !lookup.adding_up {
+            continue;
+        }
+        if let Some(remote) = remote.as_ref().filter(|_| !lookup.adding_up) {
+            eprintln!(
+                "layer {:?} ({}): in {}/{}, as {} predicts: not built",
+                entry.created_by,
+                entry.digest,
+                remote.registry,
+                remote.repository,
+                crate::plan::LOCK_FILE
+            );
+        }
+        let blob = crate::image::store::StoredLayer {
+            diff_id: entry.diff_id.clone(),
+            digest: entry.digest.clone(),
+            size: entry.size,
+            media_type: entry.media_type.clone(),
+        };
+        layers.insert(entry.key.clone(), PredictedLayer { blob, remote });
     }
     Ok(Predictions {
         layers,
         entries: entries.clone(),
     })
+}
+
+/// The target's repository, as a place a blob is.
+fn remote_in(target: &Reference) -> RemoteBlob {
+    RemoteBlob {
+        registry: target.registry.clone(),
+        repository: target.repository.clone(),
+    }
 }
 
 /// For each entry, the repository of `target`'s registry that has its
@@ -145,8 +152,8 @@ fn in_registry(
 ) -> Result<Vec<Option<RemoteBlob>>> {
     let client = registry.client(target)?;
     let here = |repository: &str| RemoteBlob {
-        registry: target.registry.clone(),
         repository: repository.to_string(),
+        ..remote_in(target)
     };
     let base_repository = base
         .layers
