@@ -219,18 +219,23 @@ fn jq_runs_is_known_to_dpkg_and_builds_reproducibly() {
     assert_eq!(lines.last(), Some(&"audit-clean"), "{out}");
 }
 
-#[test]
-fn the_lock_pins_every_deb_and_needs_no_network_then_a_tampered_deb_is_refused() {
-    let sandbox = Sandbox::new();
-    let exp = experiment(&sandbox, "jqexp", "jq");
+/// `lock` on the Python base with the shared downloads; the lock's text.
+fn lock(sandbox: &Sandbox, exp: &Path) -> String {
     copy_downloads(&shared_downloads(), &sandbox.path("cache/debian/sha256"));
     let mut lock = sandbox.cmd();
     lock.env_remove("DALLINGER_OCI_NO_DEPS")
         .arg("lock")
-        .arg(&exp)
+        .arg(exp)
         .args(["--base", &python_base_layout()]);
     ok(&mut lock);
-    let text = fs::read_to_string(exp.join("pylock.dallinger-oci.toml")).unwrap();
+    fs::read_to_string(exp.join("pylock.dallinger-oci.toml")).unwrap()
+}
+
+#[test]
+fn the_lock_pins_every_deb_and_needs_no_network_then_a_tampered_deb_is_refused() {
+    let sandbox = Sandbox::new();
+    let exp = experiment(&sandbox, "jqexp", "jq");
+    let text = lock(&sandbox, &exp);
     assert!(text.contains("[tool.dallinger-oci.debian]"), "{text}");
     assert!(text.contains("system-packages = \"jq\""), "{text}");
     for name in ["jq", "libjq1", "libonig5"] {
@@ -301,14 +306,7 @@ fn digest(sandbox: &Sandbox, exp: &Path, cache: &str) -> Output {
 fn digest_predicts_a_system_packages_build_and_refuses_a_stale_lock() {
     let sandbox = Sandbox::new();
     let exp = experiment(&sandbox, "jqdigest", "jq");
-    copy_downloads(&shared_downloads(), &sandbox.path("cache/debian/sha256"));
-    let mut lock = sandbox.cmd();
-    lock.env_remove("DALLINGER_OCI_NO_DEPS")
-        .arg("lock")
-        .arg(&exp)
-        .args(["--base", &python_base_layout()]);
-    ok(&mut lock);
-    let text = fs::read_to_string(exp.join("pylock.dallinger-oci.toml")).unwrap();
+    let text = lock(&sandbox, &exp);
     assert!(text.contains("kind = \"debian\""), "{text}");
 
     let (stdout, _) = succeeds(digest(&sandbox, &exp, "empty-1"));
