@@ -315,6 +315,9 @@ fn python_stage(
                         target.python_version.2,
                         wheels.len()
                     );
+                    if let Some(check) = editable_check {
+                        let _ = check.join();
+                    }
                     return Ok(PythonStage {
                         layers,
                         dallinger_mount: None,

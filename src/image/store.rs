@@ -68,10 +68,19 @@ pub struct Predictions {
 }
 
 impl Predictions {
-    /// Why the lock's entries do not give the layer of `kind` made by
-    /// `created_by` with `format` and `compressor`, when it has entries of
-    /// that kind.
-    fn stale_reason(&self, kind: &str, created_by: &str, format: (&str, &str)) -> Option<String> {
+    /// Why the lock's entries do not give the layer `key` of `kind` made by
+    /// `created_by` with `format` (tar format and compressor ids), when it
+    /// has entries of that kind and none for `key`.
+    fn stale_reason(
+        &self,
+        key: &str,
+        kind: &str,
+        created_by: &str,
+        format: (&str, &str),
+    ) -> Option<String> {
+        if self.entries.iter().any(|e| e.key == key) {
+            return None;
+        }
         let same_kind: Vec<_> = self.entries.iter().filter(|e| e.kind == kind).collect();
         let entry = same_kind
             .iter()
@@ -401,6 +410,7 @@ impl BlobStore {
                 None => {
                     let format = self.layer_format();
                     let why = self.predicted.stale_reason(
+                        &key,
                         description.kind,
                         &description.created_by,
                         format,
@@ -1050,7 +1060,7 @@ mod tests {
             .unwrap_err();
         assert!(refused.is::<NotPredicted>(), "{refused}");
         assert!(refused.to_string().contains("\"a test layer\""));
-        let predicting = store.predicting(Predictions {
+        let predicting = store.clone().predicting(Predictions {
             layers: [(
                 made.key.clone(),
                 PredictedLayer {
@@ -1072,6 +1082,39 @@ mod tests {
         assert_eq!(predicted.layer.annotations, made.layer.annotations);
         assert_eq!(predicted.layer.remote, Some(remote));
         assert!(!predicting.has_blob(&made.layer.blob.digest, made.layer.blob.size));
+
+        // An entry for the key is never stale; one of the kind by another
+        // compressor, format or inputs is, saying which.
+        let entry = |key: &str, format: &str, compressor: &str| crate::plan::LockedLayer {
+            kind: "test".into(),
+            created_by: "a test layer".into(),
+            key: key.into(),
+            format: format.into(),
+            compressor: compressor.into(),
+            media_type: made.layer.blob.media_type.clone(),
+            diff_id: made.layer.blob.diff_id.clone(),
+            digest: made.layer.blob.digest.clone(),
+            size: made.layer.blob.size,
+        };
+        let (tar, gzip) = store.layer_format();
+        let reason = |entries: Vec<crate::plan::LockedLayer>| {
+            let predictions = Predictions {
+                layers: Default::default(),
+                entries,
+            };
+            predictions.stale_reason(&made.key, "test", "a test layer", (tar, gzip))
+        };
+        assert_eq!(reason(vec![entry(&made.key, tar, gzip)]), None);
+        assert_eq!(reason(vec![]), None);
+        let other = reason(vec![entry("test-other", tar, "zstd-x")]).unwrap();
+        assert!(
+            other.contains("compressor zstd-x, this build uses gzip"),
+            "{other}"
+        );
+        let format = reason(vec![entry("test-other", "layers/0", gzip)]).unwrap();
+        assert!(format.contains("layer format layers/0"), "{format}");
+        let inputs = reason(vec![entry("test-other", tar, gzip)]).unwrap();
+        assert_eq!(inputs, "no entry describes it as its inputs are now");
     }
 
     #[test]
