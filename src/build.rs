@@ -12,7 +12,9 @@ use crate::base::{self, BaseRef};
 use crate::experiment::{Experiment, FileKind, LoadOptions};
 use crate::http::RetryPolicy;
 use crate::image::metadata::ImageMetadata;
-use crate::image::store::{sha256_digest, BlobFetcher, BlobStore, LayerDescription, ProducedLayer};
+use crate::image::store::{
+    sha256_digest, sha256_file, BlobFetcher, BlobStore, LayerDescription, ProducedLayer,
+};
 use crate::image::{self, ConfigChanges, Image, ImageLayer, RemoteBlob};
 use crate::plan::{Lock, LockInputs};
 use crate::prepare;
@@ -134,6 +136,10 @@ pub struct BuildRequest {
     pub python: Option<PythonOptions>,
     /// What to do with the experiment's own prepare script and Dockerfile.
     pub customisation: Customisation,
+    /// `digest`: add the image up from the lock and the code layer, making
+    /// no other layer and writing no output; a layer the lock cannot
+    /// predict is an error naming it.
+    pub adding_up: bool,
 }
 
 /// How far the build may go with an experiment that customises its image.
@@ -174,6 +180,10 @@ struct PythonStage {
     dallinger_mount: Option<SourceMount>,
     /// The wheels installed, for the SBOM and provenance.
     wheels: Vec<crate::python::ResolvedWheel>,
+    /// The target, as the lock records it.
+    target: crate::plan::LockedTarget,
+    /// Holds Dallinger's files when they came from its layer.
+    _dallinger_files: Option<tempfile::TempDir>,
 }
 
 /// Target, pins, wheels and the dependency layers.
@@ -187,10 +197,21 @@ fn python_stage(
     request: &BuildRequest,
     python: &PythonOptions,
 ) -> Result<PythonStage> {
-    // Reading the target needs the base layers' bytes.
-    store.fetch_missing(&base.layers)?;
-    let target = target::detect(store, &base.layers, &base.config, &python.overrides)
-        .map_err(|e| e.context("reading the base image's Python (use --no-deps to build without Python dependencies)"))?;
+    let lock = Lock::read(&experiment.dir)?;
+    let base_identity = crate::predict::base_identity(base);
+    let target = match lock
+        .as_ref()
+        .and_then(|l| crate::predict::locked_target(l, &base_identity, &python.overrides))
+    {
+        // Read from this very base before: none of its bytes are needed.
+        Some(target) => target,
+        None => {
+            // Reading the target needs the base layers' bytes.
+            store.fetch_missing(&base.layers)?;
+            target::detect(store, &base.layers, &base.config, &python.overrides)
+                .map_err(|e| e.context("reading the base image's Python (use --no-deps to build without Python dependencies)"))?
+        }
+    };
     let requirements = ["constraints.txt", "requirements.txt"]
         .iter()
         .map(|f| experiment.dir.join(f))
@@ -210,6 +231,8 @@ fn python_stage(
         builder: None,
         builder_digest: None,
         debian: None,
+        target: None,
+        layers: Vec::new(),
     };
     let builder = (python.build_sdists || python.dallinger_src.is_some())
         .then(|| sdist_builder(base, base_text, platform, store, request, python));
@@ -232,12 +255,12 @@ fn python_stage(
             (Vec::new(), None)
         }
     };
-    let resolution = resolve(&ResolveRequest {
+    let resolve_request = ResolveRequest {
         requirements: &requirements,
         target: &target,
         index: &python.index,
         inputs,
-        lock: Lock::read(&experiment.dir)?,
+        lock,
         locked: python.locked,
         parallel: python.parallel,
         // git requirements and sdists are built only with --build-sdists.
@@ -245,7 +268,83 @@ fn python_stage(
         local_wheels: &local_wheels,
         store,
         refresh: python.refresh,
-    })?;
+    };
+    let requested_of = |resolution: &crate::python::Resolution| -> Result<BTreeSet<PackageName>> {
+        requested_packages(experiment, &requirements, resolution)
+    };
+    let clock_on = experiment.get("clock_on").is_some_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "true" | "1" | "yes" | "on"
+        )
+    });
+    let compiler = python
+        .compile_bytecode
+        .then(|| BytecodeCompiler::new(store, &base.layers, &base.config));
+    let locked_target = crate::plan::LockedTarget {
+        base_digest: base_identity.clone(),
+        overrides: crate::predict::overrides_text(&python.overrides),
+        python: target.clone(),
+    };
+    // When the lock predicts layers (or `digest` adds them up), its wheels
+    // are fetched only if a layer must be made after all.
+    if (store.predicts() || request.adding_up) && !python.write_lock {
+        if let Some(resolution) = crate::python::locked_unfetched(&resolve_request)? {
+            let requested = requested_of(&resolution)?;
+            let mut wheels = resolution.wheels.clone();
+            // A wheel at hand gives Dallinger's files only when it is the
+            // locked one.
+            for wheel in wheels.iter_mut().filter(|w| w.normalised == "dallinger") {
+                let verified = wheel.path.is_file()
+                    && sha256_file(&wheel.path)?.trim_start_matches("sha256:") == wheel.sha256;
+                if !verified {
+                    wheel.path = PathBuf::new();
+                }
+            }
+            match python_layers(
+                &store.known_only(),
+                &target,
+                &wheels,
+                &requested,
+                clock_on,
+                compiler.as_ref(),
+            ) {
+                Ok(mut layers) => {
+                    let mut files_dir = None;
+                    let dallinger = wheels.iter().any(|w| w.normalised == "dallinger");
+                    if dallinger && layers.experiment_files.is_empty() {
+                        let layer = &layers.layers.last().context("no Dallinger layer")?.layer;
+                        let (dir, files) = crate::predict::dallinger_files_from_layer(
+                            store, layer, &target, clock_on,
+                        )?;
+                        layers.experiment_files = files;
+                        files_dir = Some(dir);
+                    }
+                    eprintln!(
+                        "Python {}.{}.{} in the base: {} wheels from the lock, none fetched: the lock predicts their layers",
+                        target.python_version.0,
+                        target.python_version.1,
+                        target.python_version.2,
+                        wheels.len()
+                    );
+                    if let Some(check) = editable_check {
+                        let _ = check.join();
+                    }
+                    return Ok(PythonStage {
+                        layers,
+                        wheels,
+                        dallinger_mount: None,
+                        target: locked_target,
+                        _dallinger_files: files_dir,
+                    });
+                }
+                Err(err) if request.adding_up => return Err(err),
+                Err(err) if err.is::<crate::image::store::NotPredicted>() => {}
+                Err(err) => return Err(err),
+            }
+        }
+    }
+    let resolution = resolve(&resolve_request)?;
     eprintln!(
         "Python {}.{}.{} in the base: {} wheels to install{}{}",
         target.python_version.0,
@@ -267,31 +366,7 @@ fn python_stage(
         let path = resolution.lock.write(&experiment.dir)?;
         eprintln!("Wrote {}", path.display());
     }
-    // REQUESTED marks what the experiment asked for itself: its
-    // requirements.txt when it has one, else every pin.
-    let top_level = experiment.dir.join("requirements.txt");
-    let requested: BTreeSet<PackageName> = if top_level.is_file() && requirements != top_level {
-        parse_file(&top_level)?
-            .requirements
-            .iter()
-            .map(|r| r.normalised.clone())
-            .collect()
-    } else {
-        resolution
-            .wheels
-            .iter()
-            .map(|w| w.normalised.clone())
-            .collect()
-    };
-    let clock_on = experiment.get("clock_on").is_some_and(|v| {
-        matches!(
-            v.trim().to_ascii_lowercase().as_str(),
-            "true" | "1" | "yes" | "on"
-        )
-    });
-    let compiler = python
-        .compile_bytecode
-        .then(|| BytecodeCompiler::new(store, &base.layers, &base.config));
+    let requested = requested_of(&resolution)?;
     let layers = python_layers(
         store,
         &target,
@@ -307,6 +382,31 @@ fn python_stage(
         layers,
         dallinger_mount,
         wheels: resolution.wheels,
+        target: locked_target,
+        _dallinger_files: None,
+    })
+}
+
+/// REQUESTED marks what the experiment asked for itself: its
+/// requirements.txt when it has one, else every pin.
+fn requested_packages(
+    experiment: &Experiment,
+    requirements: &Path,
+    resolution: &crate::python::Resolution,
+) -> Result<BTreeSet<PackageName>> {
+    let top_level = experiment.dir.join("requirements.txt");
+    Ok(if top_level.is_file() && requirements != top_level {
+        parse_file(&top_level)?
+            .requirements
+            .iter()
+            .map(|r| r.normalised.clone())
+            .collect()
+    } else {
+        resolution
+            .wheels
+            .iter()
+            .map(|w| w.normalised.clone())
+            .collect()
     })
 }
 
@@ -392,6 +492,12 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
         from_dockerfile: dockerfile_engine.is_some(),
         ..Default::default()
     };
+    if request.adding_up && sources.experiment.has_dockerfile() {
+        bail!(
+            "{}: an image built from the experiment's own Dockerfile cannot be predicted: build it to know its digest",
+            sources.experiment.dir.join("Dockerfile").display()
+        );
+    }
     let (image, layer_reused, dallinger_mount) = match dockerfile_engine {
         Some(engine) => (
             dockerfile_image(&sources, &store, engine, &request.metadata)?,
@@ -400,6 +506,18 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
         ),
         None => {
             let base = resolve_base(&sources.base_ref, &store, &sources.platform, request)?;
+            // The layers the lock predicts and the registry already has
+            // are taken as made (see `predict`).
+            let store = store.clone().predicting(crate::predict::predictions(
+                Lock::read(&sources.experiment.dir)?.as_ref(),
+                &store,
+                &base,
+                &crate::predict::Lookup {
+                    registry: &request.registry,
+                    targets: &request.push_targets(&sources.image_name),
+                    adding_up: request.adding_up,
+                },
+            )?);
 
             // The layers on the base, each described by its stage and
             // produced by the store.
@@ -432,7 +550,9 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
     };
 
     // The outputs.
-    write_outputs(request, &store, &image, &sources)?;
+    if !request.adding_up {
+        write_outputs(request, &store, &image, &sources)?;
+    }
     Ok(BuildResult {
         store,
         image_name: sources.image_name,
@@ -591,13 +711,19 @@ fn new_layers(
     store: &BlobStore,
 ) -> Result<NewLayers> {
     let experiment = &sources.experiment;
+    // `digest` makes no layer but the code layer.
+    let known = if request.adding_up {
+        store.known_only()
+    } else {
+        store.clone()
+    };
     // Debian packages sit right on the base: system libraries change less
     // often than Python pins, and wheels may load them.
     let debian = crate::debian::debian_layer(
         experiment,
         &base.layers,
         &sources.platform,
-        store,
+        &known,
         request.python.as_ref().is_some_and(|p| p.locked),
         request.registry.retry,
     )?;
@@ -621,24 +747,29 @@ fn new_layers(
         .map(|d| d.lock.packages.clone())
         .unwrap_or_default();
     let mut layers: Vec<ProducedLayer> = debian.map(|d| d.produced).into_iter().collect();
-    let (experiment_files, dallinger_mount, wheels) = match python {
+    let (experiment_files, dallinger_mount, wheels, target, _dallinger_files) = match python {
         Some(python) => {
             layers.extend(python.layers.layers);
             (
                 python.layers.experiment_files,
                 python.dallinger_mount,
                 python.wheels,
+                Some(python.target),
+                python._dallinger_files,
             )
         }
-        None => (BTreeMap::new(), None, Vec::new()),
+        None => (BTreeMap::new(), None, Vec::new(), None, None),
     };
     let prepare_script = match experiment.custom_prepare_script() {
+        Some(_) if request.adding_up && request.customisation.prepare_network => bail!(
+            "{}: a prepare script run with --prepare-network gives a layer no lock predicts: build the image to know its digest",
+            experiment.dir.join("prepare_docker_image.sh").display()
+        ),
         Some(script) => {
             let mut so_far = base.layers.clone();
             so_far.extend(layers.iter().map(|l| l.layer.clone()));
-            store.fetch_missing(&so_far)?;
             let produced = prepare::prepare_layer(
-                store,
+                &known,
                 &prepare::PrepareRequest {
                     script,
                     requirements: experiment.generated("requirements.txt").unwrap_or_default(),
@@ -661,6 +792,13 @@ fn new_layers(
         }
         None => None,
     };
+    if request.python.as_ref().is_some_and(|p| p.write_lock) {
+        let predictable: Vec<&ProducedLayer> = layers
+            .iter()
+            .filter(|l| l.kind != "prepare" || !request.customisation.prepare_network)
+            .collect();
+        crate::predict::record_in_lock(&experiment.dir, store, target, &predictable)?;
+    }
     let mut tree = experiment_tree(experiment)?;
     // Dallinger's files go in where the experiment has none, as its
     // assembly copies the experiment first and skips what exists.
@@ -749,6 +887,23 @@ impl BuildRequest {
     /// `sink::claim_push_target`), once the image's name is known.
     fn claim_push_target(&self, image_name: &str) -> Result<()> {
         sink::claim_push_target(&self.registry, &self.outputs, image_name, self.pushes_image)
+    }
+
+    /// The registry repositories the image is pushed to: the `docker://`
+    /// outputs', and its own name's when it is pushed there (`push`).
+    /// For `digest`, the name's when it names a registry.
+    fn push_targets(&self, image_name: &str) -> Vec<Reference> {
+        let mut targets: Vec<Reference> = self
+            .outputs
+            .iter()
+            .filter_map(|o| o.sink().push_target().cloned())
+            .collect();
+        if self.pushes_image || self.adding_up {
+            if let Ok(target) = crate::registry::push::image_target(image_name) {
+                targets.push(target);
+            }
+        }
+        targets
     }
 
     /// What sinks need of the request.
@@ -955,7 +1110,7 @@ fn image_repository(
     request: &BuildRequest,
     tagged: bool,
 ) -> Result<String> {
-    if tagged || !request.outputs.is_empty() {
+    if tagged || !request.outputs.is_empty() || request.adding_up {
         return Ok(sanitise_repository(&experiment.dir_name()));
     }
     bail!(

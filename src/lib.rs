@@ -11,6 +11,7 @@ pub mod fsutil;
 pub mod http;
 pub mod image;
 pub mod plan;
+pub mod predict;
 pub mod prepare;
 pub mod python;
 pub mod registry;

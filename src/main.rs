@@ -55,6 +55,12 @@ enum Command {
         #[command(flatten)]
         build: BuildArgs,
     },
+    /// Print the manifest digest the inputs give, from the lock and the
+    /// experiment code, without making the other layers.
+    Digest {
+        #[command(flatten)]
+        build: BuildArgs,
+    },
     /// Build the experiment's image and push it to {docker_image_base_name}:{tag}.
     Push {
         #[command(flatten)]
@@ -466,6 +472,7 @@ fn run(cli: Cli) -> Result<()> {
             attest.attach(&request, &result, push, sbom)?;
             report_metadata(&build, &request, &result)
         }
+        Command::Digest { build } => digest_command(&build),
         Command::Lock { build } => {
             build_command(&build, PushOptions::default(), false, true)?;
             Ok(())
@@ -557,6 +564,32 @@ fn build_request(
     pushes_image: bool,
     write_lock: bool,
 ) -> Result<BuildRequest> {
+    build_request_adding_up(args, push, pushes_image, write_lock, false)
+}
+
+/// `digest`: the image added up from the lock (`--locked`) and the code
+/// layer; prints its digest as `build` does.
+fn digest_command(args: &BuildArgs) -> Result<()> {
+    let mut request = build_request_adding_up(args, PushOptions::default(), false, false, true)?;
+    if let Some(python) = &mut request.python {
+        python.locked = true;
+    }
+    let result = build::build(&request)?;
+    let digest = &result.image.manifest_digest;
+    if let Some(path) = &args.digest_file {
+        build::write_digest_file(path, digest)?;
+    }
+    println!("{digest}");
+    Ok(())
+}
+
+fn build_request_adding_up(
+    args: &BuildArgs,
+    push: PushOptions,
+    pushes_image: bool,
+    write_lock: bool,
+    adding_up: bool,
+) -> Result<BuildRequest> {
     let outputs = args
         .outputs
         .iter()
@@ -597,6 +630,7 @@ fn build_request(
             refresh_base: args.pull,
             push_registry: Default::default(),
         },
+        adding_up,
         customisation: build::Customisation {
             run_prepare: args.run_prepare,
             prepare_network: args.prepare_network,

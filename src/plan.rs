@@ -52,6 +52,47 @@ pub struct LockInputs {
     /// The Debian packages of `system_packages` (src/debian).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub debian: Option<DebianLock>,
+    /// The target read from the base, so a `--locked` build needs none of
+    /// the base's layer bytes to know it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<LockedTarget>,
+    /// The layers the lock predicts (Debian packages, Python dependencies,
+    /// Dallinger, a prepare script without network): what a registry that
+    /// holds them need not be sent again, and what `digest` adds up.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<LockedLayer>,
+}
+
+/// `[tool.dallinger-oci.target]`: the Python of the base whose manifest
+/// digest is `base-digest`, as read with `overrides` (`--python-version`,
+/// `--python`, `--site-packages`; empty when none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct LockedTarget {
+    pub base_digest: String,
+    #[serde(default)]
+    pub overrides: String,
+    pub python: crate::python::Target,
+}
+
+/// `[[tool.dallinger-oci.layers]]`: one layer as the build that wrote the
+/// lock made it. `key` is what the store looks the layer up by (its inputs,
+/// the tar format, the compressor, the epoch); `format` and `compressor`
+/// are written out too, so a lock from another format or compressor is
+/// named as such.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct LockedLayer {
+    /// `debian`, `python` or `prepare`.
+    pub kind: String,
+    pub created_by: String,
+    pub key: String,
+    pub format: String,
+    pub compressor: String,
+    pub media_type: String,
+    pub diff_id: String,
+    pub digest: String,
+    pub size: u64,
 }
 
 /// `[tool.dallinger-oci.debian]`: every `.deb` of the system packages
@@ -161,6 +202,10 @@ impl Lock {
         for (what, digest) in [
             ("base-digest", Some(&ours.base_digest)),
             ("builder-digest", ours.builder_digest.as_ref()),
+            (
+                "target's base-digest",
+                ours.target.as_ref().map(|t| &t.base_digest),
+            ),
         ] {
             if let Some(d) = digest.filter(|d| d.as_str() != "none") {
                 if crate::image::store::hex_of(d).is_err() {
@@ -189,6 +234,41 @@ impl Lock {
                     return Err(format!(
                         "package {} has commit-id {c:?}, not a hex commit id",
                         p.name
+                    ));
+                }
+            }
+        }
+        if let Some(locked) = &ours.target {
+            let t = &locked.python;
+            for (what, path) in [
+                ("purelib", &t.purelib),
+                ("platlib", &t.platlib),
+                ("scripts", &t.scripts),
+                ("headers", &t.headers),
+                ("data", &t.data),
+            ]
+            .into_iter()
+            .chain(t.installed.values().map(|d| ("dist-info", &d.dist_info)))
+            {
+                if !is_image_path(path) {
+                    return Err(format!(
+                        "the target's {what} {path:?} is not a relative image path"
+                    ));
+                }
+            }
+            if !t.interpreter.starts_with('/') || t.interpreter.contains(['\n', '\0']) {
+                return Err(format!(
+                    "the target's interpreter {:?} is not an absolute path",
+                    t.interpreter
+                ));
+            }
+        }
+        for layer in &ours.layers {
+            for (what, d) in [("diff-id", &layer.diff_id), ("digest", &layer.digest)] {
+                if crate::image::store::hex_of(d).is_err() {
+                    return Err(format!(
+                        "layer {:?} has {what} {d:?}, not sha256:<64 hex digits>",
+                        layer.created_by
                     ));
                 }
             }
@@ -229,6 +309,17 @@ pub fn is_sha256_hex(text: &str) -> bool {
     text.len() == 64 && text.bytes().all(is_lower_hex)
 }
 
+/// An image path as the target has them: relative, no `.` or `..` (or
+/// none at all).
+fn is_image_path(path: &str) -> bool {
+    path.is_empty()
+        || !path.starts_with('/')
+            && !path.contains('\0')
+            && path
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
 /// One path component that names a file: no `/`, not `.` or `..`.
 fn is_file_name(name: &str) -> bool {
     !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
@@ -237,6 +328,77 @@ fn is_file_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The target and the layer entries round-trip, and a target path
+    /// that leaves the image refuses the lock.
+    #[test]
+    fn target_and_layers_round_trip_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = crate::python::Target {
+            arch: "x86_64".into(),
+            python_version: (3, 11, 2),
+            interpreter: "/usr/bin/python3".into(),
+            purelib: "usr/local/lib/python3.11/dist-packages".into(),
+            platlib: "usr/local/lib/python3.11/dist-packages".into(),
+            scripts: "usr/local/bin".into(),
+            headers: "usr/local/include/python3.11".into(),
+            data: "usr/local".into(),
+            glibc: None,
+            installed: [(
+                crate::python::spec::PackageName::new("pip"),
+                crate::python::InstalledDist {
+                    name: "pip".into(),
+                    version: "23.0.1".into(),
+                    dist_info: "usr/lib/python3/dist-packages/pip-23.0.1.dist-info".into(),
+                    files: vec!["usr/lib/python3/dist-packages/pip/__init__.py".into()],
+                },
+            )]
+            .into(),
+        };
+        let mut lock = Lock {
+            lock_version: "1.0".into(),
+            created_by: "dallinger-oci".into(),
+            requires_python: "==3.11.2".into(),
+            packages: vec![],
+            tool: ToolSection {
+                ours: LockInputs {
+                    base: "oci:base".into(),
+                    base_digest: format!("sha256:{}", "cd".repeat(32)),
+                    platform: "linux/amd64".into(),
+                    requirements_sha256: "ef".repeat(32),
+                    builder: None,
+                    builder_digest: None,
+                    debian: None,
+                    target: Some(LockedTarget {
+                        base_digest: format!("sha256:{}", "cd".repeat(32)),
+                        overrides: String::new(),
+                        python: target,
+                    }),
+                    layers: vec![LockedLayer {
+                        kind: "python".into(),
+                        created_by: "dallinger-oci: dallinger==12.3.0".into(),
+                        key: format!("python-{}", "12".repeat(32)),
+                        format: "dallinger-oci-layers/1".into(),
+                        compressor: "gzip".into(),
+                        media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+                        diff_id: format!("sha256:{}", "34".repeat(32)),
+                        digest: format!("sha256:{}", "56".repeat(32)),
+                        size: 1234,
+                    }],
+                },
+            },
+        };
+        lock.write(dir.path()).unwrap();
+        assert_eq!(Lock::read(dir.path()).unwrap().unwrap(), lock);
+        let python = &mut lock.tool.ours.target.as_mut().unwrap().python;
+        python.purelib = "usr/../../etc".into();
+        lock.write(dir.path()).unwrap();
+        let err = Lock::read(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("the target's purelib \"usr/../../etc\""),
+            "{err}"
+        );
+    }
 
     #[test]
     fn round_trips_and_sorts() {
@@ -321,6 +483,8 @@ mod tests {
                             size: 64920,
                         }],
                     }),
+                    target: None,
+                    layers: vec![],
                 },
             },
         };

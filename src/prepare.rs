@@ -69,6 +69,8 @@ pub fn prepare_layer(store: &BlobStore, request: &PrepareRequest) -> Result<Prod
         key,
         created_by: format!("dallinger-oci: ran prepare_docker_image.sh ({script}) in a sandbox"),
         fill: Box::new(|writer| {
+            // Layers the lock predicted may be only in a registry.
+            store.fetch_missing(request.layers)?;
             let epoch = writer.epoch();
             let (tree, _scratch) = run_script(store, request, epoch)?;
             writer.tree(&tree)

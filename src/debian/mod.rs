@@ -63,7 +63,6 @@ pub fn debian_layer(
         })
         .collect::<Vec<_>>()
         .join(" ");
-    store.fetch_missing(base_layers)?;
     let base_key = sha256_digest(
         base_layers
             .iter()
@@ -98,6 +97,7 @@ pub fn debian_layer(
                     "warning: {why}; resolving again (run `dallinger-oci lock` to update it)"
                 );
             }
+            store.fetch_missing(base_layers)?;
             let debian = base::DebianBase::read(store, base_layers)?;
             let index = index::load(&fetcher, &store.bucket(Bucket::Debian)?, &debian, arch)?;
             let chosen = resolve::resolve(&requests, &debian, &index)?;
@@ -156,6 +156,8 @@ fn write_layer(
     base_layers: &[ImageLayer],
     lock: &DebianLock,
 ) -> Result<WrittenLayer> {
+    // A locked build reads the base only when it makes the layer.
+    store.fetch_missing(base_layers)?;
     let debian = base::DebianBase::read(store, base_layers)?;
     let scratch = store.scratch_dir("debian-unpack-")?;
     let mut debs = Vec::new();

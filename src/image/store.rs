@@ -48,6 +48,74 @@ pub struct BlobStore {
     /// How produced layers are written.
     layers: WriteOptions,
     fetcher: Option<Arc<dyn BlobFetcher>>,
+    /// Layers known by their key without being in the cache (the lock's,
+    /// see [`BlobStore::predicting`]).
+    predicted: Arc<Predictions>,
+    /// Refuse to make a layer that is neither cached nor predicted
+    /// ([`BlobStore::known_only`]).
+    known_only: bool,
+}
+
+/// Layers a build need not make: the lock says what their inputs give, by
+/// their store key, and where a registry holds the blob (none for
+/// `digest`, which only adds them up).
+#[derive(Debug, Default)]
+pub struct Predictions {
+    pub layers: std::collections::BTreeMap<String, PredictedLayer>,
+    /// Every entry of the lock, up to date or not: a layer of a kind they
+    /// have whose key matches none is named as stale when it is made.
+    pub entries: Vec<crate::plan::LockedLayer>,
+}
+
+impl Predictions {
+    /// Why the lock's entries do not give the layer `key` of `kind` made by
+    /// `created_by` with `format` (tar format and compressor ids), when it
+    /// has entries of that kind and none for `key`.
+    fn stale_reason(
+        &self,
+        key: &str,
+        kind: &str,
+        created_by: &str,
+        format: (&str, &str),
+    ) -> Option<String> {
+        if self.entries.iter().any(|e| e.key == key) {
+            return None;
+        }
+        let same_kind: Vec<_> = self.entries.iter().filter(|e| e.kind == kind).collect();
+        let entry = same_kind
+            .iter()
+            .find(|e| e.created_by == created_by)
+            .or(same_kind.first())?;
+        let (tar, compressor) = format;
+        Some(if entry.compressor != compressor {
+            format!(
+                "its entry was written with compressor {}, this build uses {compressor}",
+                entry.compressor
+            )
+        } else if entry.format != tar {
+            format!(
+                "its entry was written in layer format {}, this build writes {tar}",
+                entry.format
+            )
+        } else {
+            "no entry describes it as its inputs are now".into()
+        })
+    }
+}
+
+/// A layer the lock predicts, and the registry repository that has it.
+#[derive(Debug, Clone)]
+pub struct PredictedLayer {
+    pub blob: StoredLayer,
+    pub remote: Option<RemoteBlob>,
+}
+
+/// A layer that [`BlobStore::known_only`] would have had to make: the
+/// lock has no entry for it (as it is now), and the cache does not have it.
+#[derive(Debug, thiserror::Error)]
+#[error("layer {created_by:?}: not in the cache, and {} has no up-to-date entry for it: run `dallinger-oci lock`", crate::plan::LOCK_FILE)]
+pub struct NotPredicted {
+    pub created_by: String,
 }
 
 impl std::fmt::Debug for BlobStore {
@@ -92,8 +160,13 @@ pub struct LayerDescription<'a> {
 pub struct ProducedLayer {
     pub layer: ImageLayer,
     pub created_by: String,
-    /// Whether it came from the cache.
+    /// Whether it came from the cache (or the lock's prediction).
     pub reused: bool,
+    /// What the store knows it by (see [`BlobStore::produce`]): the lock
+    /// records it.
+    pub key: String,
+    /// Its stage's kind.
+    pub kind: &'static str,
 }
 
 /// Writes one layer into the store, with the store's codec, mtime and
@@ -223,6 +296,8 @@ impl BlobStore {
                 codec: Codec::Gzip,
             },
             fetcher: None,
+            predicted: Arc::default(),
+            known_only: false,
         };
         for bucket in Bucket::OPENED {
             fs::create_dir_all(store.dir(bucket)).map_err(|e| store.write_error(e.into()))?;
@@ -241,6 +316,33 @@ impl BlobStore {
     pub fn fetching_with(mut self, fetcher: Arc<dyn BlobFetcher>) -> BlobStore {
         self.fetcher = Some(fetcher);
         self
+    }
+
+    /// The store, taking the layers of `predictions` as made when their
+    /// key comes up and the cache lacks them.
+    pub fn predicting(mut self, predictions: Predictions) -> BlobStore {
+        self.predicted = Arc::new(predictions);
+        self
+    }
+
+    /// Whether it was told of layers it lacks ([`BlobStore::predicting`]).
+    pub fn predicts(&self) -> bool {
+        !self.predicted.layers.is_empty()
+    }
+
+    /// The store, failing with [`NotPredicted`] instead of making a layer
+    /// it neither has nor is told of.
+    pub fn known_only(&self) -> BlobStore {
+        BlobStore {
+            known_only: true,
+            ..self.clone()
+        }
+    }
+
+    /// The format and compressor ids of the layers it produces, as the
+    /// lock records them.
+    pub fn layer_format(&self) -> (&'static str, &'static str) {
+        (FORMAT_VERSION, self.layers.codec.compressor_id())
     }
 
     /// The codec of the layers it produces.
@@ -301,18 +403,42 @@ impl BlobStore {
     /// its media type and compressor annotation) and remembered.
     pub fn produce(&self, description: LayerDescription) -> Result<ProducedLayer> {
         let key = self.layer_key(description.kind, &description.key);
-        let (blob, reused) = match self.cached_layer(&key) {
-            Some(layer) => (layer, true),
-            None => {
-                let WrittenLayer(layer) = (description.fill)(LayerWriter { store: self })?;
-                self.remember_layer(&key, &layer)?;
-                (layer, false)
-            }
+        let (blob, reused, remote) = match self.cached_layer(&key) {
+            Some(layer) => (layer, true, None),
+            None => match self.predicted.layers.get(&key) {
+                Some(predicted) => (predicted.blob.clone(), true, predicted.remote.clone()),
+                None if self.known_only => bail!(NotPredicted {
+                    created_by: description.created_by
+                }),
+                None => {
+                    let format = self.layer_format();
+                    let why = self.predicted.stale_reason(
+                        &key,
+                        description.kind,
+                        &description.created_by,
+                        format,
+                    );
+                    if let Some(why) = why {
+                        eprintln!(
+                            "warning: layer {:?}: {} is stale for it ({why}): building it (run `dallinger-oci lock` to record it again)",
+                            description.created_by,
+                            crate::plan::LOCK_FILE
+                        );
+                    }
+                    let WrittenLayer(layer) = (description.fill)(LayerWriter { store: self })?;
+                    self.remember_layer(&key, &layer)?;
+                    (layer, false, None)
+                }
+            },
         };
+        let mut layer = ImageLayer::written(blob);
+        layer.remote = remote;
         Ok(ProducedLayer {
-            layer: ImageLayer::written(blob),
+            layer,
             created_by: description.created_by,
             reused,
+            key,
+            kind: description.kind,
         })
     }
 
@@ -909,6 +1035,89 @@ mod tests {
         assert_ne!(later.layer.blob.diff_id, gzip.layer.blob.diff_id);
         let records = fs::read_dir(dir.path().join("layers")).unwrap().count();
         assert_eq!(records, 3);
+    }
+
+    /// A predicted layer is taken as made (from where the registry has it),
+    /// never filled; `known_only` refuses to make any other, naming it.
+    #[test]
+    fn predicted_layers_are_not_made_and_known_only_makes_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tree = LayerTree::new();
+        tree.add_file("a.txt", Content::Bytes(b"a".to_vec()), false)
+            .unwrap();
+        let fills = std::cell::Cell::new(0);
+        let made = {
+            let other = tempfile::tempdir().unwrap();
+            let store = BlobStore::open(other.path()).unwrap();
+            store.produce(description(&tree, &fills)).unwrap()
+        };
+        assert_eq!(fills.get(), 1);
+        let remote = RemoteBlob {
+            registry: "127.0.0.1:5000".into(),
+            repository: "lab/app".into(),
+        };
+        let store = BlobStore::open(dir.path()).unwrap();
+        let refused = store
+            .known_only()
+            .produce(description(&tree, &fills))
+            .unwrap_err();
+        assert!(refused.is::<NotPredicted>(), "{refused}");
+        assert!(refused.to_string().contains("\"a test layer\""));
+        let predicting = store.clone().predicting(Predictions {
+            layers: [(
+                made.key.clone(),
+                PredictedLayer {
+                    blob: made.layer.blob.clone(),
+                    remote: Some(remote.clone()),
+                },
+            )]
+            .into(),
+            entries: vec![],
+        });
+        assert!(predicting.predicts());
+        let predicted = predicting
+            .known_only()
+            .produce(description(&tree, &fills))
+            .unwrap();
+        assert_eq!(fills.get(), 1);
+        assert!(predicted.reused);
+        assert_eq!(predicted.layer.blob, made.layer.blob);
+        assert_eq!(predicted.layer.annotations, made.layer.annotations);
+        assert_eq!(predicted.layer.remote, Some(remote));
+        assert!(!predicting.has_blob(&made.layer.blob.digest, made.layer.blob.size));
+
+        // An entry for the key is never stale; one of the kind by another
+        // compressor, format or inputs is, saying which.
+        let entry = |key: &str, format: &str, compressor: &str| crate::plan::LockedLayer {
+            kind: "test".into(),
+            created_by: "a test layer".into(),
+            key: key.into(),
+            format: format.into(),
+            compressor: compressor.into(),
+            media_type: made.layer.blob.media_type.clone(),
+            diff_id: made.layer.blob.diff_id.clone(),
+            digest: made.layer.blob.digest.clone(),
+            size: made.layer.blob.size,
+        };
+        let (tar, gzip) = store.layer_format();
+        let reason = |entries: Vec<crate::plan::LockedLayer>| {
+            let predictions = Predictions {
+                layers: Default::default(),
+                entries,
+            };
+            predictions.stale_reason(&made.key, "test", "a test layer", (tar, gzip))
+        };
+        assert_eq!(reason(vec![entry(&made.key, tar, gzip)]), None);
+        assert_eq!(reason(vec![]), None);
+        let other = reason(vec![entry("test-other", tar, "zstd-x")]).unwrap();
+        assert!(
+            other.contains("compressor zstd-x, this build uses gzip"),
+            "{other}"
+        );
+        let format = reason(vec![entry("test-other", "layers/0", gzip)]).unwrap();
+        assert!(format.contains("layer format layers/0"), "{format}");
+        let inputs = reason(vec![entry("test-other", tar, gzip)]).unwrap();
+        assert_eq!(inputs, "no entry describes it as its inputs are now");
     }
 
     #[test]

@@ -67,9 +67,11 @@ pub fn python_layers(
         )?;
         layers.push(store.produce(description)?);
     }
+    // A build from the lock's predictions may not have the wheel: the
+    // caller takes the files from the Dallinger layer instead.
     let experiment_files = match dallinger.first() {
-        Some(wheel) => dallinger_files(&unpack_cache, wheel, clock_on)?,
-        None => BTreeMap::new(),
+        Some(wheel) if wheel.path.is_file() => dallinger_files(&unpack_cache, wheel, clock_on)?,
+        _ => BTreeMap::new(),
     };
     Ok(PythonLayers {
         layers,

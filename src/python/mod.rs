@@ -18,6 +18,6 @@ pub mod target;
 
 pub use index::IndexConfig;
 pub(crate) use layers::{python_layers, PythonLayers};
-pub(crate) use resolve::{resolve, ResolveRequest};
+pub(crate) use resolve::{locked_unfetched, resolve, Resolution, ResolveRequest};
 pub use resolve::{ResolvedWheel, SdistSource};
 pub use target::{InstalledDist, Target, TargetOverrides};

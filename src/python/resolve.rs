@@ -212,6 +212,59 @@ pub fn resolve(request: &ResolveRequest) -> Result<Resolution> {
     })
 }
 
+/// The wheels of an up-to-date lock as [`resolve`] would give them, but
+/// none fetched: each `path` is where the wheel is (`--find-links`, the
+/// cache) or would be. For a build whose layers the lock predicts (see
+/// `BlobStore::predicting`), which opens no wheel. `None` when there is no
+/// lock, it is out of date, or it has local (`--dallinger-src`) wheels.
+pub fn locked_unfetched(request: &ResolveRequest) -> Result<Option<Resolution>> {
+    let Some(lock) = &request.lock else {
+        return Ok(None);
+    };
+    if !request.local_wheels.is_empty() {
+        return Ok(None);
+    }
+    let parsed = parse_file(request.requirements)?;
+    let env = MarkerEnv::for_target(request.target);
+    let pins = pins_for_target(&parsed, &env)?;
+    let local = BTreeSet::new();
+    let (needed, already_in_base) = split_by_base(&pins, request.target, &local);
+    if stale_reason(lock, &request.inputs, &needed, &local).is_some() {
+        return Ok(None);
+    }
+    let mut wheels = Vec::new();
+    for p in &lock.packages {
+        let wheel = p
+            .wheels
+            .first()
+            .with_context(|| format!("{} lists no wheel for {}", crate::plan::LOCK_FILE, p.name))?;
+        let sha256 = &wheel.hashes.sha256;
+        wheels.push(ResolvedWheel {
+            name: p.name.clone(),
+            normalised: PackageName::new(&p.name),
+            version: p.version.clone(),
+            filename: wheel.name.clone(),
+            url: wheel.url.clone(),
+            sha256: sha256.clone(),
+            path: locked_local_path(&wheel.name, sha256, request)
+                .unwrap_or_else(|| request.index.cache_path(sha256, &wheel.name)),
+            sdist: p.sdist.as_ref().map(|s| SdistSource {
+                filename: s.name.clone(),
+                url: s.url.clone(),
+                sha256: s.hashes.sha256.clone(),
+            }),
+            vcs: p.vcs.clone(),
+        });
+    }
+    wheels.sort_by(|a, b| a.normalised.cmp(&b.normalised));
+    Ok(Some(Resolution {
+        lock: lock.clone(),
+        wheels,
+        already_in_base,
+        from_lock: true,
+    }))
+}
+
 /// Pins the base lacks (or has at another version), and those it has;
 /// those built from `local` sources in neither.
 fn split_by_base(

@@ -450,6 +450,16 @@ pub fn locked_build_and_run_python(
     (printed_digest(&stdout), stderr, printed)
 }
 
+/// The layer digests a manifest lists, in order.
+pub fn manifest_layers(manifest: &serde_json::Value) -> Vec<String> {
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// An OCI image manifest of `config` (JSON bytes) and one gzip layer.
 pub fn one_layer_manifest(
     config: &[u8],

@@ -219,18 +219,23 @@ fn jq_runs_is_known_to_dpkg_and_builds_reproducibly() {
     assert_eq!(lines.last(), Some(&"audit-clean"), "{out}");
 }
 
-#[test]
-fn the_lock_pins_every_deb_and_needs_no_network_then_a_tampered_deb_is_refused() {
-    let sandbox = Sandbox::new();
-    let exp = experiment(&sandbox, "jqexp", "jq");
+/// `lock` on the Python base with the shared downloads; the lock's text.
+fn lock(sandbox: &Sandbox, exp: &Path) -> String {
     copy_downloads(&shared_downloads(), &sandbox.path("cache/debian/sha256"));
     let mut lock = sandbox.cmd();
     lock.env_remove("DALLINGER_OCI_NO_DEPS")
         .arg("lock")
-        .arg(&exp)
+        .arg(exp)
         .args(["--base", &python_base_layout()]);
     ok(&mut lock);
-    let text = fs::read_to_string(exp.join("pylock.dallinger-oci.toml")).unwrap();
+    fs::read_to_string(exp.join("pylock.dallinger-oci.toml")).unwrap()
+}
+
+#[test]
+fn the_lock_pins_every_deb_and_needs_no_network_then_a_tampered_deb_is_refused() {
+    let sandbox = Sandbox::new();
+    let exp = experiment(&sandbox, "jqexp", "jq");
+    let text = lock(&sandbox, &exp);
     assert!(text.contains("[tool.dallinger-oci.debian]"), "{text}");
     assert!(text.contains("system-packages = \"jq\""), "{text}");
     for name in ["jq", "libjq1", "libonig5"] {
@@ -288,6 +293,66 @@ fn the_lock_pins_every_deb_and_needs_no_network_then_a_tampered_deb_is_refused()
     fs::write(&onig, &bytes).unwrap();
     let (again, _) = build_ok(&sandbox, &exp, &["--tag", "t", "--locked"], &offline);
     assert_eq!(locked, again);
+}
+
+/// `dallinger-oci digest` with an empty cache directory each time.
+fn digest(sandbox: &Sandbox, exp: &Path, cache: &str) -> Output {
+    let mut cmd = sandbox.cmd();
+    cmd.env_remove("DALLINGER_OCI_NO_DEPS")
+        .arg("digest")
+        .arg(exp)
+        .args(["--base", &python_base_layout(), "--tag", "t", "--cache-dir"])
+        .arg(sandbox.path(cache));
+    run(&mut cmd)
+}
+
+/// `digest` adds up an image with `system_packages` from the lock and the
+/// code layer, making no other layer: the digest `build` then prints,
+/// before and after an edit; a lock for other packages is refused in one
+/// line naming the way out.
+#[test]
+fn digest_predicts_a_system_packages_build_and_refuses_a_stale_lock() {
+    let sandbox = Sandbox::new();
+    let exp = experiment(&sandbox, "jqdigest", "jq");
+    let text = lock(&sandbox, &exp);
+    assert!(text.contains("kind = \"debian\""), "{text}");
+
+    let (stdout, _) = succeeds(digest(&sandbox, &exp, "empty-1"));
+    assert!(files_named(&sandbox.path("empty-1"), ".deb").is_empty());
+    let (built, _) = build_ok(&sandbox, &exp, &["--tag", "t", "--locked"], &[]);
+    assert_eq!(stdout, format!("{built}\n"));
+
+    let script = exp.join("experiment.py");
+    let text = fs::read_to_string(&script).unwrap();
+    fs::write(&script, format!("{text}\n# an edit\n")).unwrap();
+    let (stdout, _) = succeeds(digest(&sandbox, &exp, "empty-2"));
+    let (edited, _) = build_ok(&sandbox, &exp, &["--tag", "t", "--locked"], &[]);
+    assert_ne!(edited, built);
+    assert_eq!(stdout, format!("{edited}\n"));
+
+    let config = fs::read_to_string(exp.join("config.txt")).unwrap();
+    fs::write(
+        exp.join("config.txt"),
+        config.replace("system_packages = jq\n", "system_packages = jq curl\n"),
+    )
+    .unwrap();
+    let out = digest(&sandbox, &exp, "empty-3");
+    assert_eq!(out.status.code(), Some(1));
+    let line = one_line_error(&out);
+    assert!(
+        line.contains("\"jq curl\"") && line.contains("run `dallinger-oci lock`"),
+        "{line}"
+    );
+}
+
+/// Files under `dir` whose name ends with `suffix`.
+fn files_named(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .map(|e| e.into_path())
+        .filter(|p| p.to_string_lossy().ends_with(suffix))
+        .collect()
 }
 
 #[test]

@@ -28,6 +28,7 @@ mod git_requirements;
 mod github_action;
 mod hostile;
 mod image_metadata;
+mod lock_remote;
 mod prepare_script;
 mod python_build;
 mod python_index;

@@ -359,12 +359,7 @@ fn corrupt_in_place(path: &Path) {
 /// The digests of the layers of the single image in `layout`.
 fn layer_digests(layout: &Path) -> Vec<String> {
     let (_, manifest, _) = layout_image(layout);
-    manifest["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["digest"].as_str().unwrap().to_string())
-        .collect()
+    manifest_layers(&manifest)
 }
 
 #[test]
