@@ -317,7 +317,10 @@ fn python_stage(
                         let (dir, files) = crate::predict::dallinger_files_from_layer(
                             store, layer, &target, clock_on,
                         )?;
-                        layers.experiment_files = files;
+                        layers.experiment_files = files
+                            .into_iter()
+                            .map(|(rel, path)| (rel, Content::File(path)))
+                            .collect();
                         files_dir = Some(dir);
                     }
                     eprintln!(
@@ -802,10 +805,10 @@ fn new_layers(
     let mut tree = experiment_tree(experiment)?;
     // Dallinger's files go in where the experiment has none, as its
     // assembly copies the experiment first and skips what exists.
-    for (rel, source) in &experiment_files {
+    for (rel, content) in experiment_files {
         let path = format!("experiment/{rel}");
         if tree.get(&path).is_none() {
-            tree.add_file(&path, Content::File(source.clone()), false)?;
+            tree.add_file(&path, content, false)?;
         }
     }
     layers.push(store.produce(code_layer(tree)?)?);

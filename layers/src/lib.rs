@@ -9,6 +9,7 @@ mod encoder;
 mod gzip;
 mod import;
 mod key;
+mod member;
 mod tree;
 mod zstd;
 
@@ -20,7 +21,8 @@ pub use digest::{Algorithm, BadDigest, Digest, HashingWriter, LayerDigests};
 pub use encoder::Encoder;
 pub use import::compress_existing_tar;
 pub use key::KeyHasher;
-pub use tree::{Content, LayerTree, Node, WriteOptions, FORMAT_VERSION};
+pub use member::{BadMember, MemberReader, ZipArchiveFile, ZipMember, ZipMethod};
+pub use tree::{Content, ContentReader, LayerTree, Node, WriteOptions, FORMAT_VERSION};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {
@@ -34,6 +36,9 @@ pub enum LayerError {
     Changed { path: PathBuf },
     #[error("{0}")]
     BadTar(String),
+    /// A zip member whose bytes are not what its archive declares.
+    #[error("{0}")]
+    BadMember(BadMember),
     #[error(
         "media type {0:?} is not a layer type this tool can read (plain tar, gzip or zstd): \
          use another base image"

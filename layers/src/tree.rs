@@ -6,14 +6,120 @@ use std::io::{self, Read, Write};
 use std::path::PathBuf;
 
 use crate::digest::{HashingWriter, LayerDigests};
+use crate::member::{BadMember, ZipMember};
 use crate::{Codec, Digest, KeyHasher, LayerError};
 
-/// Where a regular file's bytes come from.
+/// Where a regular file's bytes come from. Read them with
+/// [`Content::open`] (or [`Content::copy_to`]), whichever the variant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Content {
     Bytes(Vec<u8>),
     /// Read when the layer is written; its length must not change meanwhile.
     File(PathBuf),
+    /// A member of a zip archive (a wheel), inflated and checked against
+    /// its sha256 as it is read (see [`ZipMember::open`]).
+    ZipMember(Box<ZipMember>),
+}
+
+/// An opened [`Content`]: its length, and a reader of exactly that many
+/// bytes (a read fails rather than give more, fewer or wrong ones).
+pub struct ContentReader<'a> {
+    len: u64,
+    inner: ReaderKind<'a>,
+}
+
+enum ReaderKind<'a> {
+    Bytes(&'a [u8]),
+    File(ExactReader<io::Take<File>>),
+    Member(crate::member::MemberReader<'a>),
+}
+
+impl ContentReader<'_> {
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Read for ContentReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.inner {
+            ReaderKind::Bytes(b) => b.read(buf),
+            ReaderKind::File(f) => f.read(buf),
+            ReaderKind::Member(m) => m.read(buf),
+        }
+    }
+}
+
+impl Content {
+    /// Opens the content for reading. Every reader of a tree's file
+    /// contents goes through this (the layer writer, the key, a stage that
+    /// copies sources out), so each variant is read one way, with its checks.
+    pub fn open(&self) -> Result<ContentReader<'_>, LayerError> {
+        Ok(match self {
+            Content::Bytes(bytes) => ContentReader {
+                len: bytes.len() as u64,
+                inner: ReaderKind::Bytes(bytes),
+            },
+            Content::File(source) => {
+                let file = open(source)?;
+                let len = file
+                    .metadata()
+                    .map_err(|e| LayerError::read(source, e))?
+                    .len();
+                ContentReader {
+                    len,
+                    inner: ReaderKind::File(ExactReader {
+                        inner: file.take(len),
+                        remaining: len,
+                        source: source.clone(),
+                    }),
+                }
+            }
+            Content::ZipMember(member) => ContentReader {
+                len: member.size,
+                inner: ReaderKind::Member(member.open()),
+            },
+        })
+    }
+
+    /// Copies the whole content to `out`, checked as [`Content::open`]
+    /// reads it; returns its length.
+    pub fn copy_to(&self, out: &mut impl Write) -> Result<u64, LayerError> {
+        let mut reader = self.open()?;
+        let mut buf = [0u8; 64 << 10];
+        let mut total = 0;
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => return Ok(total),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.read_error(e)),
+            };
+            out.write_all(&buf[..n]).map_err(LayerError::Write)?;
+            total += n as u64;
+        }
+    }
+
+    /// The error of a failed read of this content's reader.
+    pub fn read_error(&self, e: io::Error) -> LayerError {
+        if e.get_ref().is_some_and(|i| i.is::<BadMember>()) {
+            let bad = e.into_inner().expect("checked").downcast::<BadMember>();
+            return LayerError::BadMember(*bad.expect("checked"));
+        }
+        match self {
+            Content::File(source) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                LayerError::Changed {
+                    path: source.clone(),
+                }
+            }
+            Content::File(source) => LayerError::read(source, e),
+            _ => LayerError::Write(e),
+        }
+    }
 }
 
 /// One entry of a layer. Modes are not stored: they are normalised when
@@ -176,21 +282,11 @@ impl LayerTree {
                     key.str(if *executable { "x" } else { "f" });
                     match content {
                         Content::Bytes(bytes) => key.bytes(bytes),
-                        Content::File(source) => {
-                            let file = open(source)?;
-                            let len = file
-                                .metadata()
-                                .map_err(|e| LayerError::read(source, e))?
-                                .len();
-                            key.stream(len, file).map_err(|e| {
-                                if e.kind() == io::ErrorKind::UnexpectedEof {
-                                    LayerError::Changed {
-                                        path: source.clone(),
-                                    }
-                                } else {
-                                    LayerError::read(source, e)
-                                }
-                            })?
+                        // A file and a member stand by their bytes alike.
+                        _ => {
+                            let reader = content.open()?;
+                            let len = reader.len();
+                            key.stream(len, reader).map_err(|e| content.read_error(e))?
                         }
                     }
                 }
@@ -274,38 +370,20 @@ impl LayerTree {
             } => {
                 header.set_entry_type(tar::EntryType::Regular);
                 header.set_mode(if *executable { 0o755 } else { 0o644 });
-                match content {
-                    Content::Bytes(bytes) => {
-                        header.set_size(bytes.len() as u64);
-                        write_pax(tar, &pax)?;
-                        header.set_cksum();
-                        tar.append(&header, &bytes[..]).map_err(LayerError::Write)?;
-                    }
-                    Content::File(source) => {
-                        let file = open(source)?;
-                        let len = file
-                            .metadata()
-                            .map_err(|e| LayerError::read(source, e))?
-                            .len();
-                        header.set_size(len);
-                        write_pax(tar, &pax)?;
-                        header.set_cksum();
-                        let mut reader = ExactReader {
-                            inner: file.take(len),
-                            remaining: len,
-                            source: source.clone(),
-                        };
-                        tar.append(&header, &mut reader).map_err(|e| {
-                            if e.kind() == io::ErrorKind::UnexpectedEof {
-                                LayerError::Changed {
-                                    path: source.clone(),
-                                }
-                            } else {
-                                LayerError::Write(e)
-                            }
-                        })?;
-                    }
-                }
+                let mut reader = content.open()?;
+                header.set_size(reader.len());
+                write_pax(tar, &pax)?;
+                header.set_cksum();
+                tar.append(&header, &mut reader)
+                    .map_err(|e| match content {
+                        Content::Bytes(_) => LayerError::Write(e),
+                        // A read error of a file other than its shrinking
+                        // stays a write error, as before.
+                        Content::File(_) if e.kind() != io::ErrorKind::UnexpectedEof => {
+                            LayerError::Write(e)
+                        }
+                        _ => content.read_error(e),
+                    })?;
             }
         }
         Ok(())

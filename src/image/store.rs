@@ -236,8 +236,6 @@ pub enum Bucket {
     Rootfs,
     /// The package index's downloads and sdist builds (its own layout).
     Wheels,
-    /// Wheels unpacked once for installing.
-    WheelsUnpacked,
     /// Pinned Debian files: `sha256/HEX/NAME`.
     Debian,
     /// What package indexes said about exact pins (`PROJECT-HEX`).
@@ -263,7 +261,6 @@ impl Bucket {
             Bucket::Tmp => "tmp",
             Bucket::Rootfs => "rootfs",
             Bucket::Wheels => "wheels",
-            Bucket::WheelsUnpacked => "wheels-unpacked",
             Bucket::Debian => "debian",
             Bucket::IndexAnswers => "index-answers",
         }

@@ -1,20 +1,20 @@
 //! The Python layers of an image: third-party wheels in one layer and
 //! Dallinger in another, each keyed by the wheels' digests and the target so
 //! identical pins give identical layers across experiments; and Dallinger's
-//! own files (`frontend/`, `Procfile`) for `/experiment`.
+//! own files (`frontend/`, `Procfile`) for `/experiment`. Every file comes
+//! straight from its wheel's zip member when the layer is written: nothing
+//! is unpacked on the way.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use std::path::{Path, PathBuf};
+use anyhow::{Context, Result};
+use dallinger_oci_layers::{Content, KeyHasher, LayerTree};
 
-use anyhow::Result;
-use dallinger_oci_layers::{KeyHasher, LayerTree};
-
-use super::install::{install_wheel, unpack_wheel, unpack_wheels, BytecodeCompiler, Compiled};
+use super::install::{install_wheel, read_members, BytecodeCompiler, Compiled};
 use super::resolve::ResolvedWheel;
 use super::spec::PackageName;
 use super::target::Target;
-use crate::image::store::{BlobStore, Bucket, LayerDescription, ProducedLayer};
+use crate::image::store::{BlobStore, LayerDescription, ProducedLayer};
 
 /// Bumped when installed trees change for the same wheels.
 const INSTALL_FORMAT: &str = "dallinger-oci-python-layers/1";
@@ -22,9 +22,10 @@ const INSTALL_FORMAT: &str = "dallinger-oci-python-layers/1";
 /// The Python part of an image.
 pub struct PythonLayers {
     pub layers: Vec<ProducedLayer>,
-    /// Files Dallinger provides for `/experiment` (relative path → file),
-    /// which the experiment's own files override.
-    pub experiment_files: BTreeMap<String, PathBuf>,
+    /// Files Dallinger provides for `/experiment` (relative path → its
+    /// bytes, members of the Dallinger wheel), which the experiment's own
+    /// files override.
+    pub experiment_files: BTreeMap<String, Content>,
 }
 
 /// Builds (or takes from the cache) the dependency and Dallinger layers.
@@ -37,40 +38,47 @@ pub fn python_layers(
     clock_on: bool,
     bytecode: Option<&BytecodeCompiler>,
 ) -> Result<PythonLayers> {
-    let unpack_cache = store.bucket(Bucket::WheelsUnpacked)?;
     let (dallinger, third_party): (Vec<&ResolvedWheel>, Vec<&ResolvedWheel>) =
         wheels.iter().partition(|w| w.normalised == "dallinger");
-    let mut layers = Vec::new();
-    for (group, what) in [
+    let groups: Vec<(Vec<&ResolvedWheel>, &str)> = [
         (third_party, "Python dependencies"),
         (dallinger.clone(), "Dallinger"),
-    ] {
-        if group.is_empty() {
-            continue;
-        }
-        let names: Vec<String> = group
+    ]
+    .into_iter()
+    .filter(|(group, _)| !group.is_empty())
+    .collect();
+    // The layers do not depend on each other: each is produced on its own
+    // thread (reading and inflating the wheels), beside the other's
+    // compression.
+    let produced: Vec<Result<ProducedLayer>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = groups
             .iter()
-            .map(|w| format!("{}=={}", w.name, w.version))
+            .map(|(group, what)| {
+                scope.spawn(move || -> Result<ProducedLayer> {
+                    let names: Vec<String> = group
+                        .iter()
+                        .map(|w| format!("{}=={}", w.name, w.version))
+                        .collect();
+                    let created_by = if *what == "Dallinger" {
+                        format!("dallinger-oci: {}", names.join(" "))
+                    } else {
+                        format!("dallinger-oci: {what} ({} wheels)", group.len())
+                    };
+                    let description = layer_for(target, group, requested, bytecode, created_by)?;
+                    store.produce(description)
+                })
+            })
             .collect();
-        let created_by = if what == "Dallinger" {
-            format!("dallinger-oci: {}", names.join(" "))
-        } else {
-            format!("dallinger-oci: {what} ({} wheels)", group.len())
-        };
-        let description = layer_for(
-            target,
-            &group,
-            requested,
-            &unpack_cache,
-            bytecode,
-            created_by,
-        )?;
-        layers.push(store.produce(description)?);
-    }
-    // A build from the lock's predictions may not have the wheel: the
-    // caller takes the files from the Dallinger layer instead.
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a layer's thread panicked"))
+            .collect()
+    });
+    let layers = produced.into_iter().collect::<Result<Vec<_>>>()?;
     let experiment_files = match dallinger.first() {
-        Some(wheel) if wheel.path.is_file() => dallinger_files(&unpack_cache, wheel, clock_on)?,
+        // A build from the lock's predictions may not have the wheel: the
+        // caller takes the files from the Dallinger layer instead.
+        Some(wheel) if wheel.path.is_file() => dallinger_files(wheel, clock_on)?,
         _ => BTreeMap::new(),
     };
     Ok(PythonLayers {
@@ -85,7 +93,6 @@ fn layer_for<'a>(
     target: &'a Target,
     wheels: &[&'a ResolvedWheel],
     requested: &'a BTreeSet<PackageName>,
-    unpack_cache: &'a Path,
     bytecode: Option<&'a BytecodeCompiler>,
     created_by: String,
 ) -> Result<LayerDescription<'a>> {
@@ -105,7 +112,7 @@ fn layer_for<'a>(
         key,
         created_by,
         fill: Box::new(move |writer| {
-            let (tree, _compiled) = install(target, &sorted, requested, unpack_cache, bytecode)?;
+            let (tree, _compiled) = install(target, &sorted, requested, bytecode)?;
             writer.tree(&tree)
         }),
     })
@@ -117,15 +124,12 @@ fn install(
     target: &Target,
     sorted: &[&ResolvedWheel],
     requested: &BTreeSet<PackageName>,
-    unpack_cache: &Path,
     bytecode: Option<&BytecodeCompiler>,
 ) -> Result<(LayerTree, Option<Compiled>)> {
-    unpack_in_parallel(sorted, unpack_cache)?;
     let mut tree = LayerTree::new();
     for wheel in sorted {
         let installed = install_wheel(
             &wheel.path,
-            unpack_cache,
             target,
             requested.contains(&wheel.normalised),
             &mut tree,
@@ -156,48 +160,24 @@ fn install(
     Ok((tree, compiled))
 }
 
-/// Unpacks the wheels into the unpack cache, one per core at a time: in a
-/// cold build, inflating and creating files is most of the work, and each
-/// wheel is independent. The installer then finds them unpacked.
-fn unpack_in_parallel(wheels: &[&ResolvedWheel], unpack_cache: &Path) -> Result<()> {
-    let paths: Vec<&Path> = wheels.iter().map(|w| w.path.as_path()).collect();
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    Ok(unpack_wheels(&paths, unpack_cache, workers)?)
-}
-
 /// Dallinger's `frontend/` (static files, templates) and the Procfile, as
-/// Dallinger's assembly puts them into the experiment directory.
-fn dallinger_files(
-    unpack_cache: &Path,
-    wheel: &ResolvedWheel,
-    clock_on: bool,
-) -> Result<BTreeMap<String, PathBuf>> {
-    let root = unpack_wheel(&wheel.path, unpack_cache)?;
-    let mut files = BTreeMap::new();
-    let frontend = root.join("dallinger/frontend");
-    if frontend.is_dir() {
-        for entry in walkdir::WalkDir::new(&frontend)
-            .sort_by_file_name()
-            .follow_links(false)
-        {
-            let entry = entry?;
-            if entry.file_type().is_file() {
-                let rel = entry
-                    .path()
-                    .strip_prefix(&frontend)?
-                    .to_string_lossy()
-                    .into_owned();
-                files.insert(rel, entry.path().to_path_buf());
-            }
-        }
-    }
-    let procfile = root.join(if clock_on {
+/// Dallinger's assembly puts them into the experiment directory: members
+/// of its wheel (a purelib wheel, so the names are the package's paths).
+fn dallinger_files(wheel: &ResolvedWheel, clock_on: bool) -> Result<BTreeMap<String, Content>> {
+    let (_, members) = read_members(&wheel.path)
+        .with_context(|| format!("reading Dallinger's files from {}", wheel.filename))?;
+    let procfile = if clock_on {
         "dallinger/heroku/Procfile"
     } else {
         "dallinger/heroku/Procfile_no_clock"
-    });
-    if procfile.is_file() {
-        files.insert("Procfile".into(), procfile);
+    };
+    let mut files = BTreeMap::new();
+    for member in members {
+        if let Some(rel) = member.name.strip_prefix("dallinger/frontend/") {
+            files.insert(rel.to_string(), member.content);
+        } else if member.name == procfile {
+            files.insert("Procfile".into(), member.content);
+        }
     }
     if files.is_empty() {
         eprintln!(

@@ -93,12 +93,7 @@ impl<'a> BytecodeCompiler<'a> {
                 // Copies, never links: the interpreter is the base's and may
                 // write to whatever it is given; the layer keeps reading the
                 // sources from the unpack cache, which it never sees.
-                match content {
-                    Content::File(source) => {
-                        fs::copy(source, &dest)?;
-                    }
-                    Content::Bytes(bytes) => fs::write(&dest, bytes)?,
-                }
+                content.copy_to(&mut fs::File::create(&dest)?)?;
                 sources.insert(rel);
             }
             if sources.is_empty() {

@@ -2,10 +2,10 @@
 //! into a prefix (`pip install --no-deps --no-compile --prefix`), but with
 //! image paths and the image's interpreter.
 //!
-//! The wheel is unpacked once into a cache keyed by its sha256 (every file
-//! checked against RECORD on the way, the entry fingerprinted so that a
-//! later change to it is seen) and the layer streams the files from there.
-//! What differs from pip, on purpose:
+//! Nothing is unpacked: the tree's files are the wheel's zip members, read
+//! (inflated, bounded by their declared sizes and checked against RECORD's
+//! sha256 as they stream) when the layer is written. What differs from pip,
+//! on purpose:
 //!
 //! * `INSTALLER` is `dallinger-oci\n`, not `pip\n`;
 //! * RECORD has LF line ends (pip's csv writer uses CRLF); its rows are sorted
@@ -23,9 +23,8 @@
 //! Like pip (and unlike pypa/installer), `__pycache__` files shipped inside
 //! a wheel are installed as they are.
 
-use fs_err::{self as fs, File};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use dallinger_oci_layers::{Content, LayerError, LayerTree, Node};
@@ -33,9 +32,8 @@ use sha2::{Digest as _, Sha256};
 
 use super::wheel::{
     record_hash, write_record, DistInfo, RecordRow, ScriptEntry, WheelArchive, WheelError,
-    WheelFilename, MAX_METADATA_FILE,
+    WheelMember,
 };
-use crate::image::store::sha256_stream;
 use crate::python::target::Target;
 
 /// What `INSTALLER` says.
@@ -62,12 +60,6 @@ pub enum InstallError {
     Read { wheel: PathBuf, source: io::Error },
     #[error("wheel {}: {source}", wheel.display())]
     Wheel { wheel: PathBuf, source: WheelError },
-    #[error("cannot unpack wheel {} into {}: {source}", wheel.display(), dir.display())]
-    Cache {
-        wheel: PathBuf,
-        dir: PathBuf,
-        source: io::Error,
-    },
     /// A file of the wheel that has no valid place to go.
     #[error("wheel {}: {path:?}: {reason}", wheel.display())]
     Layout {
@@ -87,46 +79,33 @@ pub enum InstallError {
     Layer { wheel: PathBuf, source: LayerError },
 }
 
-/// Installs `wheel` into `tree` for `target`. The wheel is unpacked (and
-/// checked against its RECORD) once into `unpack_cache/<sha256 of the
-/// wheel>/unpacked/`, and the tree refers to the files there, so that
-/// directory must stay until the layer is written. `requested` writes
-/// `REQUESTED` (a top-level requirement). On error, `tree` is unchanged.
+/// Installs `wheel` into `tree` for `target`. The tree's files are the
+/// wheel's members, read from the wheel when the layer is written (and
+/// checked then against RECORD: a mismatch fails the layer), so the wheel
+/// must stay until then. `requested` writes `REQUESTED` (a top-level
+/// requirement). On error, `tree` is unchanged.
 pub fn install_wheel(
     wheel: &Path,
-    unpack_cache: &Path,
     target: &Target,
     requested: bool,
     tree: &mut LayerTree,
 ) -> Result<InstalledWheel, InstallError> {
-    let wheel_err = |source: WheelError| InstallError::Wheel {
-        wheel: wheel.to_path_buf(),
-        source,
-    };
-    let filename = wheel.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
-        wheel_err(WheelError::Filename {
-            filename: wheel.display().to_string(),
-            reason: "not a UTF-8 file name".into(),
-        })
-    })?;
-    let filename = WheelFilename::parse(filename).map_err(wheel_err)?;
     let scheme = Scheme::new(target).map_err(|reason| InstallError::Target {
         wheel: wheel.to_path_buf(),
         reason,
     })?;
-    let (unpacked, stats) = unpack_checked(wheel, unpack_cache)?;
-    let files = unpacked_files(&stats);
-    let info = read_dist_info(wheel, &filename, &unpacked, &files)?;
-    let plan = plan(wheel, &unpacked, &files, &info, &scheme, requested)?;
+    let (info, members) = read_members(wheel)?;
+    let plan = plan(wheel, members, &info, &scheme, requested)?;
     check_free(wheel, tree, &plan.files)?;
-    for f in &plan.files {
-        tree.add_file(&f.dest, f.content.clone(), f.executable)
+    let mut installed: Vec<String> = Vec::with_capacity(plan.files.len());
+    for f in plan.files {
+        tree.add_file(&f.dest, f.content, f.executable)
             .map_err(|source| InstallError::Layer {
                 wheel: wheel.to_path_buf(),
                 source,
             })?;
+        installed.push(f.dest);
     }
-    let mut installed: Vec<String> = plan.files.into_iter().map(|f| f.dest).collect();
     installed.sort();
     Ok(InstalledWheel {
         name: info.metadata.name,
@@ -138,163 +117,10 @@ pub fn install_wheel(
     })
 }
 
-/// Where an entry of the unpack cache keeps the wheel's files.
-const UNPACKED_DIR: &str = "unpacked";
-/// Where an entry keeps the fingerprint of those files, beside them.
-const FINGERPRINT_FILE: &str = "fingerprint";
-const FINGERPRINT_FORMAT: &str = "dallinger-oci-unpacked/1";
-/// A fingerprint larger than this is not read (a wheel of a million files
-/// gives under 100 MiB).
-const MAX_FINGERPRINT: u64 = 256 << 20;
-
-/// Unpacks `wheel` into `unpack_cache/<sha256 of the wheel file>/unpacked/`
-/// unless it is there already, and returns that directory.
-///
-/// Files are checked against RECORD while they are written into a temporary
-/// directory, which is renamed into place only when the whole wheel is good
-/// and on disk: a bad wheel leaves nothing. Beside the files the entry keeps
-/// their fingerprint (inode, size, mode and change time of each, taken once
-/// they are written). An entry is reused only while every file still has
-/// its fingerprint: no write, truncation, `chmod`, replacement, addition or
-/// removal can keep the change time, which only the kernel sets (no system
-/// call sets it back), so a changed entry (by anything: the sandbox never
-/// sees these files) is unpacked again. This costs a `stat` per file, not a
-/// read.
-pub fn unpack_wheel(wheel: &Path, unpack_cache: &Path) -> Result<PathBuf, InstallError> {
-    Ok(unpack_checked(wheel, unpack_cache)?.0)
-}
-
-/// Unpacks every wheel not in the cache yet, `workers` at a time, and puts
-/// them in place together (one `syncfs` for all): `unpack_wheel` for each,
-/// at the cost of one flush instead of one per wheel.
-pub fn unpack_wheels(
-    wheels: &[&Path],
-    unpack_cache: &Path,
-    workers: usize,
-) -> Result<(), InstallError> {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use std::sync::Mutex;
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let extracted: Mutex<Vec<Extracted>> = Mutex::new(Vec::new());
-    let results: Vec<Result<(), InstallError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..workers.clamp(1, wheels.len().max(1)))
-            .map(|_| {
-                scope.spawn(|| -> Result<(), InstallError> {
-                    while !failed.load(Ordering::SeqCst) {
-                        let Some(wheel) = wheels.get(next.fetch_add(1, Ordering::SeqCst)) else {
-                            break;
-                        };
-                        match extract(wheel, unpack_cache) {
-                            Ok(Found::Extracted(x)) => {
-                                extracted.lock().unwrap_or_else(|e| e.into_inner()).push(x)
-                            }
-                            Ok(Found::Cached(..)) => {}
-                            Err(e) => {
-                                failed.store(true, Ordering::SeqCst);
-                                return Err(e);
-                            }
-                        }
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("an unpacking thread panicked"))
-            .collect()
-    });
-    results.into_iter().collect::<Result<(), _>>()?;
-    publish(extracted.into_inner().unwrap_or_else(|e| e.into_inner()))?;
-    Ok(())
-}
-
-/// One file of an unpacked wheel as its fingerprint records it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-struct FileStat {
-    /// The archive path.
-    name: String,
-    inode: u64,
-    size: u64,
-    /// Permission bits.
-    mode: u32,
-    ctime: i64,
-    ctime_nsec: i64,
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Fingerprint {
-    format: String,
-    files: Vec<FileStat>,
-}
-
-/// A wheel extracted and checked into a temporary directory of the cache,
-/// not yet on disk nor in place (dropping it removes it).
-struct Extracted {
-    wheel: PathBuf,
-    tmp: tempfile::TempDir,
-    entry: PathBuf,
-    files: Vec<FileStat>,
-}
-
-enum Found {
-    /// The checked entry's files directory and files.
-    Cached(PathBuf, Vec<FileStat>),
-    Extracted(Extracted),
-}
-
-/// `unpack_wheel`, also returning every file of the entry (sorted by name).
-fn unpack_checked(
-    wheel: &Path,
-    unpack_cache: &Path,
-) -> Result<(PathBuf, Vec<FileStat>), InstallError> {
-    match extract(wheel, unpack_cache)? {
-        Found::Cached(dir, files) => Ok((dir, files)),
-        Found::Extracted(x) => Ok(publish(vec![x])?.remove(0)),
-    }
-}
-
-/// The checked cache entry of `wheel`, else the wheel extracted (every
-/// file checked against RECORD) into a temporary directory beside it.
-fn extract(wheel: &Path, unpack_cache: &Path) -> Result<Found, InstallError> {
-    let read_err = |source: io::Error| InstallError::Read {
-        wheel: wheel.to_path_buf(),
-        source,
-    };
-    let cache_err = |dir: &Path, source: io::Error| InstallError::Cache {
-        wheel: wheel.to_path_buf(),
-        dir: dir.to_path_buf(),
-        source,
-    };
-    let file = File::open(wheel).map_err(read_err)?;
-    let sha = hex::encode(sha256_stream(file).map_err(read_err)?.0);
-    let unpack_cache = std::path::absolute(unpack_cache).map_err(|e| cache_err(unpack_cache, e))?;
-    let entry = unpack_cache.join(&sha);
-    match check_entry(&entry) {
-        Ok(files) => return Ok(Found::Cached(entry.join(UNPACKED_DIR), files)),
-        Err(Stale::Absent) => {}
-        // No fingerprint: an entry of an older version, or one a crash
-        // left before it was complete.
-        Err(Stale::Incomplete) => fs::remove_dir_all(&entry).map_err(|e| cache_err(&entry, e))?,
-        Err(Stale::Changed(what)) => {
-            eprintln!(
-                "warning: the unpacked copy of {} in {} was changed after it was checked \
-                 ({what}); unpacking the wheel again",
-                wheel.display(),
-                entry.display()
-            );
-            fs::remove_dir_all(&entry).map_err(|e| cache_err(&entry, e))?;
-        }
-    }
-    fs::create_dir_all(&unpack_cache).map_err(|e| cache_err(&unpack_cache, e))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".tmp-{sha}-"))
-        .tempdir_in(&unpack_cache)
-        .map_err(|e| cache_err(&unpack_cache, e))?;
-    let files_dir = tmp.path().join(UNPACKED_DIR);
-    fs::create_dir(&files_dir).map_err(|e| cache_err(&files_dir, e))?;
-    let mut archive = WheelArchive::open(wheel).map_err(|source| match source {
+/// The metadata and members of `wheel` (see [`WheelArchive::read_members`]),
+/// with the wheel named in errors.
+pub(crate) fn read_members(wheel: &Path) -> Result<(DistInfo, Vec<WheelMember>), InstallError> {
+    WheelArchive::read_members(wheel).map_err(|source| match source {
         WheelError::Zip(zip::result::ZipError::Io(e)) => InstallError::Read {
             wheel: wheel.to_path_buf(),
             source: e,
@@ -303,291 +129,6 @@ fn extract(wheel: &Path, unpack_cache: &Path) -> Result<Found, InstallError> {
             wheel: wheel.to_path_buf(),
             source,
         },
-    })?;
-    archive
-        .extract_verified(&files_dir)
-        .map_err(|source| InstallError::Wheel {
-            wheel: wheel.to_path_buf(),
-            source,
-        })?;
-    let files = stat_files(&files_dir)
-        .map_err(|e| cache_err(&files_dir, e))?
-        .map_err(|what| cache_err(&files_dir, io::Error::other(what)))?;
-    Ok(Found::Extracted(Extracted {
-        wheel: wheel.to_path_buf(),
-        tmp,
-        entry,
-        files,
-    }))
-}
-
-/// Puts extracted wheels on disk (one `syncfs`: a fingerprint is never on
-/// disk before the files it vouches for), then writes each one's
-/// fingerprint and renames it into place. Returns their files directories
-/// and files, in order.
-fn publish(extracted: Vec<Extracted>) -> Result<Vec<(PathBuf, Vec<FileStat>)>, InstallError> {
-    let cache_err = |x: &Extracted, dir: &Path, source: io::Error| InstallError::Cache {
-        wheel: x.wheel.clone(),
-        dir: dir.to_path_buf(),
-        source,
-    };
-    let Some(first) = extracted.first() else {
-        return Ok(Vec::new());
-    };
-    sync_file_system(first.tmp.path()).map_err(|e| cache_err(first, first.tmp.path(), e))?;
-    let mut out = Vec::new();
-    let mut parents: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
-    for x in extracted {
-        write_fingerprint(x.tmp.path(), &x.files).map_err(|e| cache_err(&x, x.tmp.path(), e))?;
-        let parent = x
-            .entry
-            .parent()
-            .expect("an entry is in the cache")
-            .to_path_buf();
-        let tmp = x.tmp.path().to_path_buf();
-        if let Err(e) = fs::rename(&tmp, &x.entry) {
-            // Another process may have unpacked the same wheel meanwhile
-            // (our copy goes when `x.tmp` is dropped).
-            match check_entry(&x.entry) {
-                Ok(files) => out.push((x.entry.join(UNPACKED_DIR), files)),
-                Err(_) => return Err(cache_err(&x, &x.entry, e)),
-            }
-            continue;
-        }
-        // Renamed: nothing left to remove.
-        let _ = x.tmp.keep();
-        out.push((x.entry.join(UNPACKED_DIR), x.files));
-        parents.insert(parent, x.wheel);
-    }
-    for (parent, wheel) in parents {
-        sync_dir(&parent).map_err(|source| InstallError::Cache {
-            wheel,
-            dir: parent,
-            source,
-        })?;
-    }
-    Ok(out)
-}
-
-/// Why a cache entry cannot be used.
-enum Stale {
-    Absent,
-    Incomplete,
-    /// What differs from the fingerprint.
-    Changed(String),
-}
-
-/// The files of `entry` if they are exactly those its fingerprint lists,
-/// each with the inode, size, mode and change time recorded.
-fn check_entry(entry: &Path) -> Result<Vec<FileStat>, Stale> {
-    match fs::symlink_metadata(entry) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Stale::Absent),
-        Err(e) => return Err(Stale::Changed(format!("cannot stat it: {e}"))),
-        Ok(m) if !m.is_dir() => return Err(Stale::Changed("it is not a directory".into())),
-        Ok(_) => {}
-    }
-    let path = entry.join(FINGERPRINT_FILE);
-    let Ok(file) = File::open(&path) else {
-        return Err(Stale::Incomplete);
-    };
-    let mut text = Vec::new();
-    if file
-        .take(MAX_FINGERPRINT + 1)
-        .read_to_end(&mut text)
-        .is_err()
-        || text.len() as u64 > MAX_FINGERPRINT
-    {
-        return Err(Stale::Incomplete);
-    }
-    let recorded = match serde_json::from_slice::<Fingerprint>(&text) {
-        Ok(f) if f.format == FINGERPRINT_FORMAT => f.files,
-        _ => return Err(Stale::Incomplete),
-    };
-    let found = match stat_files(&entry.join(UNPACKED_DIR)) {
-        Ok(Ok(found)) => found,
-        Ok(Err(what)) => return Err(Stale::Changed(what)),
-        Err(e) => return Err(Stale::Changed(e.to_string())),
-    };
-    if found == recorded {
-        return Ok(found);
-    }
-    let by_name: BTreeMap<&str, &FileStat> =
-        recorded.iter().map(|f| (f.name.as_str(), f)).collect();
-    let what = match found
-        .iter()
-        .find(|f| by_name.get(f.name.as_str()) != Some(f))
-    {
-        Some(f) if by_name.contains_key(f.name.as_str()) => format!("{} was altered", f.name),
-        Some(f) => format!("{} was added", f.name),
-        None => {
-            let found_names: BTreeSet<&str> = found.iter().map(|f| f.name.as_str()).collect();
-            match recorded
-                .iter()
-                .find(|f| !found_names.contains(f.name.as_str()))
-            {
-                Some(f) => format!("{} was removed", f.name),
-                None => "its file list differs".to_string(),
-            }
-        }
-    };
-    Err(Stale::Changed(what))
-}
-
-/// Every regular file under `dir` with its stat, sorted by name; the inner
-/// error names an entry that is neither a directory nor a regular file.
-fn stat_files(dir: &Path) -> io::Result<Result<Vec<FileStat>, String>> {
-    use std::os::unix::fs::MetadataExt;
-    let mut files = Vec::new();
-    let walk = walkdir::WalkDir::new(dir)
-        .follow_links(false)
-        .follow_root_links(false)
-        .sort_by_file_name();
-    for item in walk {
-        let item = item.map_err(io::Error::from)?;
-        let kind = item.file_type();
-        if item.depth() == 0 && !kind.is_dir() {
-            return Ok(Err(format!("{} is not a directory", dir.display())));
-        }
-        if kind.is_dir() {
-            continue;
-        }
-        let rel = item.path().strip_prefix(dir).expect("walkdir stays inside");
-        let Some(name) = rel.to_str() else {
-            return Ok(Err(format!("{} is not UTF-8", rel.display())));
-        };
-        if !kind.is_file() {
-            return Ok(Err(format!("{name} is not a regular file")));
-        }
-        let meta = item.metadata().map_err(io::Error::from)?;
-        files.push(FileStat {
-            name: name.to_string(),
-            inode: meta.ino(),
-            size: meta.size(),
-            mode: meta.mode() & 0o7777,
-            ctime: meta.ctime(),
-            ctime_nsec: meta.ctime_nsec(),
-        });
-    }
-    files.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(Ok(files))
-}
-
-/// Writes the fingerprint of `files` into `dir` (the files must be on disk
-/// already). It returns only once the file system's clock has passed every
-/// change time recorded (file times are coarse, a few milliseconds or a
-/// second), so that any later change gives a later time.
-fn write_fingerprint(dir: &Path, files: &[FileStat]) -> io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let fingerprint = Fingerprint {
-        format: FINGERPRINT_FORMAT.to_string(),
-        files: files.to_vec(),
-    };
-    let mut out = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(dir.join(FINGERPRINT_FILE))?;
-    out.write_all(&serde_json::to_vec(&fingerprint).map_err(io::Error::other)?)?;
-    let latest = files
-        .iter()
-        .map(|f| (f.ctime, f.ctime_nsec))
-        .max()
-        .unwrap_or_default();
-    // At most two seconds (file systems with one-second times).
-    for _ in 0..2000 {
-        let meta = out.metadata()?;
-        if (meta.ctime(), meta.ctime_nsec()) > latest {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(1));
-        out.set_modified(std::time::SystemTime::now())?;
-    }
-    out.sync_all()?;
-    sync_dir(dir)
-}
-
-/// Flushes every file written under `dir`'s file system (one `syncfs`
-/// instead of an `fsync` per file of every wheel).
-fn sync_file_system(dir: &Path) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let handle = File::open(dir)?;
-    // SAFETY: syncfs only reads the descriptor, which `handle` keeps open.
-    if unsafe { libc::syncfs(handle.as_raw_fd()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// A file of the unpacked wheel: its archive path and exec bit.
-struct UnpackedFile {
-    name: String,
-    executable: bool,
-}
-
-/// The files of a checked cache entry, as the installer lists them.
-fn unpacked_files(files: &[FileStat]) -> Vec<UnpackedFile> {
-    files
-        .iter()
-        .map(|f| UnpackedFile {
-            name: f.name.clone(),
-            executable: f.mode & 0o111 != 0,
-        })
-        .collect()
-}
-
-fn read_dist_info(
-    wheel: &Path,
-    filename: &WheelFilename,
-    dir: &Path,
-    files: &[UnpackedFile],
-) -> Result<DistInfo, InstallError> {
-    let tops: BTreeSet<&str> = files
-        .iter()
-        .map(|f| f.name.split('/').next().unwrap())
-        .filter(|t| t.ends_with(".dist-info"))
-        .collect();
-    let [dist_info] = tops.into_iter().collect::<Vec<_>>()[..] else {
-        return Err(InstallError::Wheel {
-            wheel: wheel.to_path_buf(),
-            source: WheelError::Invalid("it needs exactly one .dist-info directory".into()),
-        });
-    };
-    let read = |name: &str| -> Result<Option<Vec<u8>>, InstallError> {
-        let path = dir.join(dist_info).join(name);
-        let cache_err = |source: io::Error| InstallError::Cache {
-            wheel: wheel.to_path_buf(),
-            dir: path.clone(),
-            source,
-        };
-        let file = match File::open(&path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(cache_err(e)),
-        };
-        // The archive refused larger metadata files; the cache is checked.
-        let mut bytes = Vec::new();
-        file.take(MAX_METADATA_FILE + 1)
-            .read_to_end(&mut bytes)
-            .map_err(cache_err)?;
-        if bytes.len() as u64 > MAX_METADATA_FILE {
-            return Err(cache_err(io::Error::other("too large for a metadata file")));
-        }
-        Ok(Some(bytes))
-    };
-    DistInfo::parse(
-        filename,
-        dist_info,
-        read("WHEEL")?.as_deref(),
-        read("METADATA")?.as_deref(),
-        read("entry_points.txt")?.as_deref(),
-        read("RECORD")?.as_deref(),
-    )
-    .map_err(|source| InstallError::Wheel {
-        wheel: wheel.to_path_buf(),
-        source,
     })
 }
 
@@ -673,8 +214,7 @@ struct Plan {
 
 fn plan(
     wheel: &Path,
-    dir: &Path,
-    files: &[UnpackedFile],
+    files: Vec<WheelMember>,
     info: &DistInfo,
     scheme: &Scheme,
     requested: bool,
@@ -684,9 +224,8 @@ fn plan(
         path: path.to_string(),
         reason,
     };
-    let cache_err = |path: PathBuf, source: io::Error| InstallError::Cache {
+    let read_err = |source: LayerError| InstallError::Layer {
         wheel: wheel.to_path_buf(),
-        dir: path,
         source,
     };
     let lib_dir = if info.wheel.root_is_purelib {
@@ -696,11 +235,6 @@ fn plan(
     };
     let dist_info = join(lib_dir, &info.dir);
     let record_in_wheel = format!("{}/RECORD", info.dir);
-    let hashes: BTreeMap<&str, &str> = info
-        .record
-        .iter()
-        .map(|r| (r.path.as_str(), r.hash.as_str()))
-        .collect();
     let scripts = generated_scripts(info, scheme).map_err(|r| layout("entry_points.txt", r))?;
 
     let mut planned = Vec::new();
@@ -708,7 +242,6 @@ fn plan(
         if file.name == record_in_wheel {
             continue;
         }
-        let source = dir.join(&file.name);
         let top = file.name.split('/').next().unwrap();
         let (dest, is_script) = if top.ends_with(".data") {
             let parts: Vec<&str> = file.name.splitn(3, '/').collect();
@@ -753,13 +286,9 @@ fn plan(
             // pip skips scripts that setuptools generated for an entry point.
             continue;
         }
-        let size = fs::metadata(&source)
-            .map_err(|e| cache_err(source.clone(), e))?
-            .len();
-        if is_script
-            && starts_with_python_shebang(&source).map_err(|e| cache_err(source.clone(), e))?
-        {
-            let bytes = fs::read(&source).map_err(|e| cache_err(source.clone(), e))?;
+        if is_script && starts_with_python_shebang(&file.content).map_err(read_err)? {
+            let mut bytes = Vec::new();
+            file.content.copy_to(&mut bytes).map_err(read_err)?;
             let rest = match bytes.iter().position(|&b| b == b'\n') {
                 Some(i) => &bytes[i + 1..],
                 None => &[][..],
@@ -769,16 +298,12 @@ fn plan(
             planned.push(generated(dest, fixed, true));
             continue;
         }
-        let hash = match hashes.get(file.name.as_str()) {
-            Some(h) if is_canonical_sha256(h) => h.to_string(),
-            _ => hash_file(&source).map_err(|e| cache_err(source.clone(), e))?,
-        };
         planned.push(PlannedFile {
             dest,
-            content: Content::File(source),
+            content: file.content,
             executable: file.executable,
-            hash,
-            size,
+            hash: record_hash(&file.sha256),
+            size: file.size,
         });
     }
     for (name, bytes) in scripts {
@@ -844,31 +369,18 @@ fn generated(dest: String, bytes: Vec<u8>, executable: bool) -> PlannedFile {
     }
 }
 
-/// RECORD's hash in the form we write: `sha256=` and 43 urlsafe base64
-/// characters. The wheel's RECORD was checked against the files when it was
-/// unpacked, so such a hash can be reused without reading the file again.
-fn is_canonical_sha256(hash: &str) -> bool {
-    hash.strip_prefix("sha256=").is_some_and(|d| {
-        d.len() == 43
-            && d.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    })
-}
-
-fn hash_file(path: &Path) -> io::Result<String> {
-    Ok(record_hash(&File::open(path).and_then(sha256_stream)?.0))
-}
-
 /// pip's `fix_script` rule: the first line starts with exactly `#!python`
 /// (which `#!pythonw` does too).
-fn starts_with_python_shebang(path: &Path) -> io::Result<bool> {
+fn starts_with_python_shebang(content: &Content) -> Result<bool, LayerError> {
     let mut head = [0u8; 8];
-    let mut file = File::open(path)?;
+    let mut reader = content.open()?;
     let mut n = 0;
     while n < head.len() {
-        match file.read(&mut head[n..])? {
-            0 => break,
-            k => n += k,
+        match reader.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(content.read_error(e)),
         }
     }
     Ok(&head[..n] == b"#!python")
@@ -1033,6 +545,8 @@ mod tests {
     use super::*;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine as _;
+    use fs_err::{self as fs, File};
+    use std::io::Write;
     use zip::write::SimpleFileOptions;
 
     fn target() -> Target {
@@ -1169,14 +683,11 @@ mod tests {
 
     fn bytes_of(tree: &LayerTree, path: &str) -> Vec<u8> {
         match tree.get(path) {
-            Some(Node::File {
-                content: Content::Bytes(b),
-                ..
-            }) => b.clone(),
-            Some(Node::File {
-                content: Content::File(p),
-                ..
-            }) => fs::read(p).unwrap(),
+            Some(Node::File { content, .. }) => {
+                let mut out = Vec::new();
+                content.copy_to(&mut out).unwrap();
+                out
+            }
             other => panic!("{path}: {other:?}"),
         }
     }
@@ -1195,26 +706,11 @@ mod tests {
             .collect()
     }
 
-    /// Nothing but complete unpacked wheels in the cache.
-    fn cache_entries(cache: &Path) -> Vec<String> {
-        match fs::read_dir(cache) {
-            Err(_) => Vec::new(),
-            Ok(rd) => {
-                let mut v: Vec<String> = rd
-                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                    .collect();
-                v.sort();
-                v
-            }
-        }
-    }
-
     const SP: &str = "usr/lib/python3/dist-packages";
 
     #[test]
     fn purelib_wheel() {
         let tmp = tempfile::tempdir().unwrap();
-        let cache = tmp.path().join("cache");
         let spec = Spec::new(
             "Demo.Pkg",
             vec![
@@ -1225,7 +721,7 @@ mod tests {
         );
         let wheel = spec.build(tmp.path());
         let mut tree = LayerTree::new();
-        let got = install_wheel(&wheel, &cache, &target(), true, &mut tree).unwrap();
+        let got = install_wheel(&wheel, &target(), true, &mut tree).unwrap();
         let di = format!("{SP}/Demo_Pkg-1.0.dist-info");
         assert_eq!(got.name, "Demo.Pkg");
         assert_eq!(got.version, "1.0");
@@ -1259,13 +755,13 @@ mod tests {
             b"dallinger-oci\n"
         );
         assert_eq!(bytes_of(&tree, &format!("{di}/REQUESTED")), b"");
-        // The layer streams the wheel's files from the unpack cache.
+        // The layer streams the wheel's files from the wheel itself.
         assert!(matches!(
             tree.get(&format!("{SP}/demo/__init__.py")),
             Some(Node::File {
-                content: Content::File(p),
+                content: Content::ZipMember(m),
                 ..
-            }) if p.starts_with(&cache)
+            }) if m.archive.path() == wheel && m.name == "demo/__init__.py"
         ));
         let record = String::from_utf8(bytes_of(&tree, &format!("{di}/RECORD"))).unwrap();
         let (members, _) = spec.members();
@@ -1292,7 +788,7 @@ mod tests {
 
         // Not requested: no REQUESTED.
         let mut tree = LayerTree::new();
-        let got = install_wheel(&wheel, &cache, &target(), false, &mut tree).unwrap();
+        let got = install_wheel(&wheel, &target(), false, &mut tree).unwrap();
         assert!(!got.files.iter().any(|f| f.ends_with("REQUESTED")));
         let record = String::from_utf8(bytes_of(&tree, &format!("{di}/RECORD"))).unwrap();
         assert!(!record.contains("REQUESTED"));
@@ -1301,7 +797,6 @@ mod tests {
     #[test]
     fn platlib_wheel_with_scripts() {
         let tmp = tempfile::tempdir().unwrap();
-        let cache = tmp.path().join("cache");
         let mut spec = Spec::new(
             "plat",
             vec![
@@ -1327,7 +822,7 @@ mod tests {
         let wheel = spec.build(tmp.path());
         let mut tree = LayerTree::new();
         let t = target();
-        let got = install_wheel(&wheel, &cache, &t, false, &mut tree).unwrap();
+        let got = install_wheel(&wheel, &t, false, &mut tree).unwrap();
         let plat = "usr/lib/python3/plat-packages";
         assert_eq!(got.dist_info, format!("{plat}/plat-1.0.dist-info"));
         assert!(executable(&tree, &format!("{plat}/plat/_ext.so")));
@@ -1369,7 +864,6 @@ mod tests {
     #[test]
     fn headers_and_data() {
         let tmp = tempfile::tempdir().unwrap();
-        let cache = tmp.path().join("cache");
         let spec = Spec::new(
             "Head_Er",
             vec![
@@ -1381,7 +875,7 @@ mod tests {
         );
         let wheel = spec.build(tmp.path());
         let mut tree = LayerTree::new();
-        install_wheel(&wheel, &cache, &target(), false, &mut tree).unwrap();
+        install_wheel(&wheel, &target(), false, &mut tree).unwrap();
         assert_eq!(
             bytes_of(&tree, "usr/include/python3.11/Head_Er/head.h"),
             b"#pragma once\n"
@@ -1400,12 +894,12 @@ mod tests {
         let mut t = target();
         t.data = String::new();
         let mut tree = LayerTree::new();
-        install_wheel(&wheel, &cache, &t, false, &mut tree).unwrap();
+        install_wheel(&wheel, &t, false, &mut tree).unwrap();
         assert_eq!(bytes_of(&tree, "share/head/readme.txt"), b"hi");
 
         // An unknown .data key is refused.
         let bad = Spec::new("odd", vec![("odd-1.0.data/lib/x", b"", 0o644)]).build(tmp.path());
-        let err = install_wheel(&bad, &cache, &target(), false, &mut LayerTree::new())
+        let err = install_wheel(&bad, &target(), false, &mut LayerTree::new())
             .unwrap_err()
             .to_string();
         assert!(err.contains("odd-1.0-py3-none-any.whl") && err.contains("odd-1.0.data/lib/x"));
@@ -1415,7 +909,6 @@ mod tests {
     #[test]
     fn entry_points_become_scripts() {
         let tmp = tempfile::tempdir().unwrap();
-        let cache = tmp.path().join("cache");
         let mut spec = Spec::new(
             "ep",
             vec![
@@ -1435,7 +928,7 @@ mod tests {
         );
         let wheel = spec.build(tmp.path());
         let mut tree = LayerTree::new();
-        let got = install_wheel(&wheel, &cache, &target(), false, &mut tree).unwrap();
+        let got = install_wheel(&wheel, &target(), false, &mut tree).unwrap();
         let template = |module: &str, import: &str, func: &str| {
             format!(
                 "#!/usr/bin/python3\n# -*- coding: utf-8 -*-\nimport re\nimport sys\n\
@@ -1475,7 +968,7 @@ mod tests {
         );
         let wheel = pip.build(tmp.path());
         let mut tree = LayerTree::new();
-        install_wheel(&wheel, &cache, &target(), false, &mut tree).unwrap();
+        install_wheel(&wheel, &target(), false, &mut tree).unwrap();
         let scripts: Vec<String> = files_of(&tree)
             .into_iter()
             .filter(|f| f.starts_with("usr/bin/"))
@@ -1505,7 +998,7 @@ mod tests {
         let mut bad = Spec::new("bad", vec![("bad/__init__.py", b"", 0o644)]);
         bad.entry_points = Some("[console_scripts]\nbad = bad.cli\n");
         let wheel = bad.build(tmp.path());
-        let err = install_wheel(&wheel, &cache, &target(), false, &mut LayerTree::new())
+        let err = install_wheel(&wheel, &target(), false, &mut LayerTree::new())
             .unwrap_err()
             .to_string();
         assert!(
@@ -1517,7 +1010,6 @@ mod tests {
     #[test]
     fn namespace_packages_and_pth_files_merge() {
         let tmp = tempfile::tempdir().unwrap();
-        let cache = tmp.path().join("cache");
         let a = Spec::new(
             "zope.a",
             vec![
@@ -1535,8 +1027,8 @@ mod tests {
         )
         .build(tmp.path());
         let mut tree = LayerTree::new();
-        install_wheel(&a, &cache, &target(), true, &mut tree).unwrap();
-        install_wheel(&b, &cache, &target(), true, &mut tree).unwrap();
+        install_wheel(&a, &target(), true, &mut tree).unwrap();
+        install_wheel(&b, &target(), true, &mut tree).unwrap();
         assert_eq!(tree.get(&format!("{SP}/zope")), Some(&Node::Dir));
         assert!(tree.get(&format!("{SP}/zope/__init__.py")).is_none());
         assert_eq!(bytes_of(&tree, &format!("{SP}/zope/a/__init__.py")), b"A\n");
@@ -1554,7 +1046,7 @@ mod tests {
         let clash =
             Spec::new("clash", vec![("zope/a/__init__.py", b"C\n", 0o644)]).build(tmp.path());
         let before = files_of(&tree);
-        let err = install_wheel(&clash, &cache, &target(), false, &mut tree)
+        let err = install_wheel(&clash, &target(), false, &mut tree)
             .unwrap_err()
             .to_string();
         assert!(err.contains("clash-1.0-py3-none-any.whl"), "{err}");
@@ -1565,22 +1057,32 @@ mod tests {
         assert_eq!(files_of(&tree), before);
     }
 
-    fn assert_refused(wheel: &Path, cache: &Path, needles: &[&str]) {
-        let err = install_wheel(wheel, cache, &target(), false, &mut LayerTree::new())
-            .unwrap_err()
-            .to_string();
+    /// Refused when it is installed, or else when its layer is written
+    /// (the bytes are checked as they stream): one line naming the wheel.
+    fn assert_refused(wheel: &Path, needles: &[&str]) {
+        let mut tree = LayerTree::new();
+        let err = match install_wheel(wheel, &target(), false, &mut tree) {
+            Err(e) => e.to_string(),
+            Ok(_) => {
+                let options = dallinger_oci_layers::WriteOptions {
+                    mtime: 0,
+                    workers: 1,
+                    codec: dallinger_oci_layers::Codec::Gzip,
+                };
+                tree.write(&options, io::sink()).err().unwrap().to_string()
+            }
+        };
         let name = wheel.file_name().unwrap().to_str().unwrap();
         assert!(err.contains(name), "{err}");
+        assert!(!err.contains('\n'), "{err}");
         for n in needles {
             assert!(err.contains(n), "{err:?} lacks {n:?}");
         }
-        assert_eq!(cache_entries(cache), Vec::<String>::new(), "{err}");
     }
 
     #[test]
     fn record_mismatch_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
-        let cache = tmp.path().join("cache");
         let files = vec![
             ("m/__init__.py", &b"print('hi')\n"[..], 0o644),
             ("m/big.bin", &[7u8; 100_000][..], 0o644),
@@ -1593,14 +1095,26 @@ mod tests {
         ));
         assert_refused(
             &spec.build(tmp.path()),
-            &cache,
             &["m/__init__.py", "hash does not match RECORD"],
+        );
+
+        // The same size, other bytes: the zip and RECORD agree, so the
+        // member fails as its layer is written.
+        let mut spec = Spec::new("m", files.clone());
+        let (_, record) = spec.members();
+        spec.record = Some(record.replace(
+            &record_row("m/__init__.py", b"print('hi')\n"),
+            &record_row("m/__init__.py", b"print('ho')\n"),
+        ));
+        assert_refused(
+            &spec.build(tmp.path()),
+            &["\"m/__init__.py\": its hash does not match RECORD"],
         );
 
         let mut spec = Spec::new("m", files.clone());
         let (_, record) = spec.members();
         spec.record = Some(record.replace(",100000\n", ",10\n"));
-        assert_refused(&spec.build(tmp.path()), &cache, &["m/big.bin", "larger"]);
+        assert_refused(&spec.build(tmp.path()), &["m/big.bin", "larger"]);
 
         let mut spec = Spec::new("m", files.clone());
         let (_, record) = spec.members();
@@ -1613,18 +1127,13 @@ mod tests {
         );
         assert_refused(
             &spec.build(tmp.path()),
-            &cache,
             &["m/big.bin", "not listed in RECORD"],
         );
 
         let mut spec = Spec::new("m", files.clone());
         let (_, record) = spec.members();
         spec.record = Some(format!("{record}m/ghost.py,sha256=AAAA,1\n"));
-        assert_refused(
-            &spec.build(tmp.path()),
-            &cache,
-            &["m/ghost.py", "not in the wheel"],
-        );
+        assert_refused(&spec.build(tmp.path()), &["m/ghost.py", "not in the wheel"]);
 
         let mut spec = Spec::new("m", files);
         let (_, record) = spec.members();
@@ -1632,7 +1141,7 @@ mod tests {
             &record_row("m/__init__.py", b"print('hi')\n"),
             "m/__init__.py,md5=abc,12\n",
         ));
-        assert_refused(&spec.build(tmp.path()), &cache, &["m/__init__.py", "md5"]);
+        assert_refused(&spec.build(tmp.path()), &["m/__init__.py", "md5"]);
     }
 
     /// A valid wheel whose member `placeholder` is renamed to `name` (same
@@ -1664,7 +1173,6 @@ mod tests {
     #[test]
     fn bad_member_paths_are_refused() {
         let tmp = tempfile::tempdir().unwrap();
-        let cache = tmp.path().join("cache");
         for (placeholder, name, needle) in [
             ("evil/aa/x.py", "evil/../x.py", "'..'"),
             ("xxxx/passwd", "/etc/passwd", "absolute"),
@@ -1675,95 +1183,8 @@ mod tests {
         ] {
             let wheel = wheel_with_renamed_member(tmp.path(), placeholder, name);
             let shown = format!("{name:?}");
-            assert_refused(&wheel, &cache, &[&shown[1..shown.len() - 1], needle]);
+            assert_refused(&wheel, &[&shown[1..shown.len() - 1], needle]);
         }
-    }
-
-    #[test]
-    fn unpack_cache_is_reused_while_unchanged() {
-        use std::os::unix::fs::PermissionsExt;
-        let tmp = tempfile::tempdir().unwrap();
-        let cache = tmp.path().join("cache");
-        let wheel = Spec::new(
-            "r",
-            vec![
-                ("r/__init__.py", b"R = 1\n", 0o644),
-                ("r/data.txt", b"d", 0o644),
-            ],
-        )
-        .build(tmp.path());
-        let first = unpack_wheel(&wheel, &cache).unwrap();
-        assert_eq!(cache_entries(&cache).len(), 1);
-        let sha = hex::encode(Sha256::digest(fs::read(&wheel).unwrap()));
-        let entry = std::path::absolute(&cache).unwrap().join(sha);
-        assert_eq!(first, entry.join("unpacked"));
-        assert!(entry.join("fingerprint").is_file());
-        let init = first.join("r/__init__.py");
-        let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
-        let before = inode(&init);
-        // Unchanged: reused as it is.
-        assert_eq!(unpack_wheel(&wheel, &cache).unwrap(), first);
-        assert_eq!(inode(&init), before);
-        // Any change is seen and the wheel unpacked again: contents of the
-        // same size, a truncation (a crash before the data reached the
-        // disk), a mode, a replaced or an added file, a removed one.
-        let changes: Vec<Box<dyn Fn()>> = vec![
-            Box::new(|| fs::write(&init, b"R = 2\n").unwrap()),
-            Box::new(|| fs::write(&init, b"").unwrap()),
-            Box::new(|| {
-                fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755)).unwrap()
-            }),
-            Box::new(|| {
-                let other = first.join("r/other");
-                fs::write(&other, b"R = 1\n").unwrap();
-                fs::rename(&other, &init).unwrap();
-            }),
-            Box::new(|| fs::write(first.join("r/extra.py"), b"").unwrap()),
-            Box::new(|| fs::remove_file(first.join("r/data.txt")).unwrap()),
-            Box::new(|| fs::remove_file(entry.join("fingerprint")).unwrap()),
-        ];
-        for change in changes {
-            change();
-            let mut tree = LayerTree::new();
-            install_wheel(&wheel, &cache, &target(), false, &mut tree).unwrap();
-            assert_eq!(bytes_of(&tree, &format!("{SP}/r/__init__.py")), b"R = 1\n");
-            assert!(tree.get(&format!("{SP}/r/extra.py")).is_none());
-            assert!(!executable(&tree, &format!("{SP}/r/__init__.py")));
-            assert_eq!(fs::read(&init).unwrap(), b"R = 1\n");
-            assert_eq!(cache_entries(&cache).len(), 1);
-        }
-        // An entry of the older layout (files at the top, no fingerprint).
-        fs::remove_dir_all(&entry).unwrap();
-        fs::create_dir_all(entry.join("r")).unwrap();
-        fs::write(entry.join("r/__init__.py"), b"R = 3\n").unwrap();
-        assert_eq!(unpack_wheel(&wheel, &cache).unwrap(), first);
-        assert_eq!(fs::read(&init).unwrap(), b"R = 1\n");
-        assert!(!entry.join("r").exists());
-    }
-
-    #[test]
-    fn wheels_unpacked_together_are_cached_alike() {
-        let tmp = tempfile::tempdir().unwrap();
-        let cache = tmp.path().join("cache");
-        let a = Spec::new("a", vec![("a/__init__.py", b"A\n", 0o644)]).build(tmp.path());
-        let b = Spec::new("b", vec![("b/__init__.py", b"B\n", 0o644)]).build(tmp.path());
-        unpack_wheels(&[a.as_path(), b.as_path(), a.as_path()], &cache, 2).unwrap();
-        assert_eq!(cache_entries(&cache).len(), 2);
-        for (wheel, name) in [(&a, "a"), (&b, "b")] {
-            let entry = check_entry(unpack_wheel(wheel, &cache).unwrap().parent().unwrap());
-            assert!(entry.is_ok_and(|files| files
-                .iter()
-                .any(|f| f.name == format!("{name}/__init__.py"))));
-        }
-        let mut bad = Spec::new("c", vec![("c/__init__.py", b"", 0o644)]);
-        let (_, record) = bad.members();
-        bad.record = Some(record.replace("sha256=", "sha256=A"));
-        let bad = bad.build(tmp.path());
-        let err = unpack_wheels(&[bad.as_path()], &cache, 2)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("c-1.0-py3-none-any.whl"), "{err}");
-        assert_eq!(cache_entries(&cache).len(), 2);
     }
 
     #[test]
@@ -1786,9 +1207,9 @@ mod tests {
             ],
         );
         let wheel = spec.build(tmp.path());
-        let layer = |cache: &str| {
+        let layer = || {
             let mut tree = LayerTree::new();
-            install_wheel(&wheel, &tmp.path().join(cache), &target(), true, &mut tree).unwrap();
+            install_wheel(&wheel, &target(), true, &mut tree).unwrap();
             let options = dallinger_oci_layers::WriteOptions {
                 mtime: 0,
                 workers: 1,
@@ -1796,8 +1217,8 @@ mod tests {
             };
             tree.write(&options, Vec::new()).unwrap().1
         };
-        let one = layer("c1");
-        assert_eq!(one, layer("c2"));
+        let one = layer();
+        assert_eq!(one, layer());
         let host = tmp.path().to_str().unwrap().as_bytes();
         let mut tar = Vec::new();
         flate2::read::GzDecoder::new(&one[..])

@@ -6,9 +6,9 @@ mod installer;
 mod wheel;
 
 pub(crate) use bytecode::{BytecodeCompiler, Compiled};
+pub(crate) use installer::read_members;
 pub use installer::{install_wheel, InstallError, InstalledWheel};
-pub(crate) use installer::{unpack_wheel, unpack_wheels};
 pub use wheel::{
     parse_record, write_record, CoreMetadata, RecordRow, WheelArchive, WheelError, WheelFilename,
-    WheelInfo,
+    WheelInfo, WheelMember,
 };

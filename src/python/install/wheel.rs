@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use dallinger_oci_layers::{Content, ZipArchiveFile, ZipMember, ZipMethod};
 use sha2::{Digest as _, Sha256, Sha384, Sha512};
+use std::sync::Arc;
 
 use crate::python::spec::{
     header, headers_all, normalise_name, parse_headers, same_version, PackageName,
@@ -554,6 +556,9 @@ pub struct ArchiveFile {
     /// Any exec bit in the zip entry's unix mode of a regular file (pip's
     /// `zip_item_is_executable`).
     pub executable: bool,
+    /// Where its data starts, its compressed size and how it is stored;
+    /// `None` for a compression method other than stored or deflated.
+    data: Option<(u64, u64, ZipMethod)>,
 }
 
 /// The `.dist-info` metadata of a wheel.
@@ -685,6 +690,27 @@ pub struct WheelArchive<R> {
 
 impl WheelArchive<File> {
     pub fn open(path: &Path) -> Result<WheelArchive<File>, WheelError> {
+        let filename = Self::filename_of(path)?;
+        let file = File::open(path).map_err(|e| WheelError::Zip(e.into()))?;
+        WheelArchive::new(filename, file)
+    }
+
+    /// The metadata and regular files of the wheel at `path`, the files'
+    /// bytes to be read from the wheel when the layer is written (see
+    /// [`WheelArchive::members`]). The archive is opened once: its listing
+    /// and its members' bytes come from the same open file.
+    pub fn read_members(path: &Path) -> Result<(DistInfo, Vec<WheelMember>), WheelError> {
+        let filename = Self::filename_of(path)?;
+        let archive = ZipArchiveFile::open(path).map_err(|e| WheelError::Zip(e.into()))?;
+        let shared = archive
+            .file()
+            .try_clone()
+            .map_err(|e| WheelError::Zip(e.into()))?;
+        let mut wheel = WheelArchive::new(filename, File::from_parts(shared, path))?;
+        wheel.members(&archive)
+    }
+
+    fn filename_of(path: &Path) -> Result<WheelFilename, WheelError> {
         let filename =
             path.file_name()
                 .and_then(|n| n.to_str())
@@ -692,9 +718,7 @@ impl WheelArchive<File> {
                     filename: path.display().to_string(),
                     reason: "not a UTF-8 file name".into(),
                 })?;
-        let filename = WheelFilename::parse(filename)?;
-        let file = File::open(path).map_err(|e| WheelError::Zip(e.into()))?;
-        WheelArchive::new(filename, file)
+        WheelFilename::parse(filename)
     }
 }
 
@@ -752,11 +776,24 @@ impl<R: Read + Seek> WheelArchive<R> {
             }
             // pip: mode and stat.S_ISREG(mode) and mode & 0o111
             let mode = entry.external_attributes() >> 16;
+            let method = match entry.compression() {
+                zip::CompressionMethod::Stored => Some(ZipMethod::Stored),
+                zip::CompressionMethod::Deflated => Some(ZipMethod::Deflated),
+                _ => None,
+            };
+            // The raw entry has read its local header, so its data start
+            // is known.
+            let data = method.and_then(|m| {
+                entry
+                    .data_start()
+                    .map(|start| (start, entry.compressed_size(), m))
+            });
             files.push(ArchiveFile {
                 name,
                 index,
                 declared_size,
                 executable: mode & 0o170000 == 0o100000 && mode & 0o111 != 0,
+                data,
             });
         }
         if let Some(f) = files.iter().find(|f| dirs.contains(&f.name)) {
@@ -855,14 +892,13 @@ impl<R: Read + Seek> WheelArchive<R> {
         )
     }
 
-    /// Writes every regular file under `dest` (mode 0644, or 0755 for
-    /// executable members), checking each against RECORD as it streams:
-    /// every file but RECORD and its signatures must be listed with a
-    /// matching hash (sha256, sha384 or sha512) and size, and every row of
-    /// RECORD must name a file of the archive. Returns the parsed metadata.
-    /// On error `dest` may hold some files: the caller discards it.
-    pub fn extract_verified(&mut self, dest: &Path) -> Result<DistInfo, WheelError> {
-        let info = self.dist_info()?;
+    /// What RECORD says of each regular file (in [`WheelArchive::files`]'s
+    /// order), checked against the archive's listing: every file but
+    /// RECORD and its signatures must be listed with a hash (sha256, sha384
+    /// or sha512) and a valid size, no path listed twice differently, and
+    /// every row must name a file of the archive. `None` for the files
+    /// RECORD need not list. The bytes are checked as they are read.
+    fn record_expectations(&self, info: &DistInfo) -> Result<Vec<Option<Expected>>, WheelError> {
         let record_file = format!("{}/RECORD", info.dir);
         let unlisted_ok = [
             record_file.clone(),
@@ -891,9 +927,9 @@ impl<R: Read + Seek> WheelArchive<R> {
                 format!("it lists {:?}, which is not in the wheel", row.path),
             ));
         }
-        let mut buf = vec![0u8; 256 << 10];
+        let mut out = Vec::with_capacity(self.files.len());
         for file in &self.files {
-            let expected = match listed.get(file.name.as_str()) {
+            out.push(match listed.get(file.name.as_str()) {
                 _ if unlisted_ok.contains(&file.name) => None,
                 None => return Err(member(&file.name, "it is not listed in RECORD")),
                 Some(row) if row.hash.is_empty() => {
@@ -908,9 +944,97 @@ impl<R: Read + Seek> WheelArchive<R> {
                             member(&file.name, format!("in RECORD: size {s:?} is not a number"))
                         })?),
                     };
-                    Some((algorithm, digest, size))
+                    Some(Expected {
+                        algorithm,
+                        digest,
+                        size,
+                    })
                 }
+            });
+        }
+        Ok(out)
+    }
+
+    /// Streams member `file` to `out` through the zip reader, never past
+    /// its declared size nor RECORD's, checking its hash against `expected`.
+    /// Returns its sha256.
+    fn stream_member(
+        &mut self,
+        file: &ArchiveFile,
+        expected: Option<&Expected>,
+        out: &mut dyn Write,
+        write_err: &dyn Fn(io::Error) -> WheelError,
+    ) -> Result<[u8; 32], WheelError> {
+        let mut buf = vec![0u8; 256 << 10];
+        let mut entry = self.zip.by_index(file.index)?;
+        let mut hasher = RecordHasher::new(expected.map(|e| e.algorithm));
+        // Never write more than RECORD promises, nor than the zip's
+        // header declares (a zip bomb stops here).
+        let record_limit = expected.and_then(|e| e.size);
+        let declared = file.declared_size;
+        loop {
+            let n = entry
+                .read(&mut buf)
+                .map_err(|e| member(&file.name, format!("cannot be decompressed: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            if let Some(limit) = record_limit.filter(|l| hasher.size > *l) {
+                return Err(member(
+                    &file.name,
+                    format!("it is larger than the {limit} bytes RECORD gives"),
+                ));
+            }
+            if hasher.size > declared {
+                return Err(member(
+                    &file.name,
+                    format!("it inflates past the {declared} bytes its zip header declares"),
+                ));
+            }
+            out.write_all(&buf[..n]).map_err(write_err)?;
+        }
+        drop(entry);
+        if hasher.size != declared {
+            return Err(member(
+                &file.name,
+                format!(
+                    "it inflates to {} bytes, not the {declared} its zip header declares",
+                    hasher.size
+                ),
+            ));
+        }
+        let size = hasher.size;
+        let sha256: [u8; 32] = hasher.sha256.clone().finalize().into();
+        if let Some(expected) = expected {
+            let actual = match (expected.algorithm, hasher.other) {
+                (HashAlgorithm::Sha256, _) | (_, None) => sha256.to_vec(),
+                (_, Some(mut other)) => other.finalize_reset().to_vec(),
             };
+            if actual != expected.digest {
+                return Err(member(&file.name, "its hash does not match RECORD"));
+            }
+            if let Some(record_size) = expected.size {
+                if record_size != size {
+                    return Err(member(
+                        &file.name,
+                        format!("it has {size} bytes but RECORD says {record_size}"),
+                    ));
+                }
+            }
+        }
+        Ok(sha256)
+    }
+
+    /// Writes every regular file under `dest` (mode 0644, or 0755 for
+    /// executable members), checking each against RECORD as it streams
+    /// (see [`WheelArchive::record_expectations`]). Returns the parsed
+    /// metadata. On error `dest` may hold some files: the caller discards it.
+    pub fn extract_verified(&mut self, dest: &Path) -> Result<DistInfo, WheelError> {
+        let info = self.dist_info()?;
+        let expectations = self.record_expectations(&info)?;
+        let files = self.files.clone();
+        for (file, expected) in files.iter().zip(&expectations) {
             let path = dest.join(&file.name);
             if let Some(parent) = path.parent() {
                 fs::create_dir_all(parent).map_err(|e| WheelError::Write {
@@ -927,65 +1051,97 @@ impl<R: Read + Seek> WheelArchive<R> {
                 .create_new(true)
                 .open(&path)
                 .map_err(write_err)?;
-            let mut entry = self.zip.by_index(file.index)?;
-            let mut hasher = RecordHasher::new(expected.as_ref().map(|e| e.0));
-            // Never write more than RECORD promises, nor than the zip's
-            // header declares (a zip bomb stops here).
-            let record_limit = expected.as_ref().and_then(|e| e.2);
-            let declared = file.declared_size;
-            loop {
-                let n = entry
-                    .read(&mut buf)
-                    .map_err(|e| member(&file.name, format!("cannot be decompressed: {e}")))?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                if let Some(limit) = record_limit.filter(|l| hasher.size > *l) {
-                    return Err(member(
-                        &file.name,
-                        format!("it is larger than the {limit} bytes RECORD gives"),
-                    ));
-                }
-                if hasher.size > declared {
-                    return Err(member(
-                        &file.name,
-                        format!("it inflates past the {declared} bytes its zip header declares"),
-                    ));
-                }
-                out.write_all(&buf[..n]).map_err(write_err)?;
-            }
-            drop(entry);
-            if hasher.size != declared {
-                return Err(member(
-                    &file.name,
-                    format!(
-                        "it inflates to {} bytes, not the {declared} its zip header declares",
-                        hasher.size
-                    ),
-                ));
-            }
+            self.stream_member(file, expected.as_ref(), &mut out, &write_err)?;
             let mode = if file.executable { 0o755 } else { 0o644 };
             set_mode(&out, mode).map_err(write_err)?;
-            if let Some((algorithm, digest, size)) = expected {
-                let actual = match (algorithm, hasher.other) {
-                    (HashAlgorithm::Sha256, _) | (_, None) => hasher.sha256.finalize().to_vec(),
-                    (_, Some(mut other)) => other.finalize_reset().to_vec(),
-                };
-                if actual != digest {
-                    return Err(member(&file.name, "its hash does not match RECORD"));
-                }
-                if let Some(size) = size {
-                    if size != hasher.size {
-                        return Err(member(
-                            &file.name,
-                            format!("it has {} bytes but RECORD says {size}", hasher.size),
-                        ));
-                    }
-                }
-            }
         }
         Ok(info)
+    }
+}
+
+/// What RECORD says one file must be.
+struct Expected {
+    algorithm: HashAlgorithm,
+    digest: Vec<u8>,
+    size: Option<u64>,
+}
+
+/// A regular file of a wheel whose bytes are read from the wheel itself
+/// when the layer is written (see [`WheelArchive::members`]).
+pub struct WheelMember {
+    pub name: String,
+    pub executable: bool,
+    /// Its bytes: a zip member checked against its sha256 as it is read.
+    pub content: Content,
+    /// The sha256 its bytes have (RECORD's, or computed when RECORD gives
+    /// another algorithm or need not list it).
+    pub sha256: [u8; 32],
+    pub size: u64,
+}
+
+impl WheelArchive<File> {
+    /// The wheel's metadata and every regular file as a member read from
+    /// `archive` (the same file, opened once) when the layer is written:
+    /// nothing is unpacked. All of RECORD's checks that need no bytes are
+    /// made here (see [`WheelArchive::record_expectations`]); a member whose
+    /// RECORD hash is sha256 is hashed and size-checked while it streams
+    /// into the layer, the others (other algorithms, RECORD's signatures)
+    /// are read and checked here once, to learn their sha256.
+    fn members(
+        &mut self,
+        archive: &Arc<ZipArchiveFile>,
+    ) -> Result<(DistInfo, Vec<WheelMember>), WheelError> {
+        let info = self.dist_info()?;
+        let expectations = self.record_expectations(&info)?;
+        let files = self.files.clone();
+        let mut out = Vec::with_capacity(files.len());
+        for (file, expected) in files.iter().zip(&expectations) {
+            let Some((data_start, compressed_size, method)) = file.data else {
+                return Err(member(
+                    &file.name,
+                    "its compression method is not supported (stored or deflated)",
+                ));
+            };
+            let sha256 = match expected {
+                Some(e) if e.algorithm == HashAlgorithm::Sha256 => {
+                    if e.size.is_some_and(|size| size != file.declared_size) {
+                        // RECORD and the zip disagree: read it now, so the
+                        // refusal is the one streaming it gives (the hash
+                        // first, then the sizes).
+                        self.stream_member(file, Some(e), &mut io::sink(), &|e| {
+                            member(&file.name, e.to_string())
+                        })?;
+                        return Err(member(
+                            &file.name,
+                            "its zip header's size differs from RECORD's",
+                        ));
+                    }
+                    e.digest
+                        .as_slice()
+                        .try_into()
+                        .expect("a sha256 is 32 bytes")
+                }
+                other => self.stream_member(file, other.as_ref(), &mut io::sink(), &|e| {
+                    member(&file.name, e.to_string())
+                })?,
+            };
+            out.push(WheelMember {
+                name: file.name.clone(),
+                executable: file.executable,
+                content: Content::ZipMember(Box::new(ZipMember {
+                    archive: archive.clone(),
+                    name: file.name.clone(),
+                    data_start,
+                    compressed_size,
+                    method,
+                    size: file.declared_size,
+                    sha256,
+                })),
+                sha256,
+                size: file.declared_size,
+            });
+        }
+        Ok((info, out))
     }
 }
 
