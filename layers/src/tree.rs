@@ -16,6 +16,17 @@ pub enum Content {
     File(PathBuf),
 }
 
+impl Content {
+    /// Opens the bytes for reading: the one way to read a content, whatever
+    /// its kind.
+    pub fn open(&self) -> Result<Box<dyn Read + '_>, LayerError> {
+        match self {
+            Content::Bytes(bytes) => Ok(Box::new(&bytes[..])),
+            Content::File(source) => Ok(Box::new(open(source)?)),
+        }
+    }
+}
+
 /// One entry of a layer. Modes are not stored: they are normalised when
 /// written (directories 0755, files 0644 or 0755, symlinks 0777).
 #[derive(Debug, Clone, PartialEq, Eq)]
