@@ -167,6 +167,9 @@ pub enum Bucket {
     WheelsUnpacked,
     /// Pinned Debian files: `sha256/HEX/NAME`.
     Debian,
+    /// The `.pyc` files compiled for one wheel's sources by one base's
+    /// interpreter: a directory per key (see `python::install::bytecode`).
+    Bytecode,
 }
 
 impl Bucket {
@@ -190,6 +193,7 @@ impl Bucket {
             Bucket::Wheels => "wheels",
             Bucket::WheelsUnpacked => "wheels-unpacked",
             Bucket::Debian => "debian",
+            Bucket::Bytecode => "bytecode",
         }
     }
 

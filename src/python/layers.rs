@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use dallinger_oci_layers::{KeyHasher, LayerTree};
 
-use super::install::{install_wheel, unpack_wheel, unpack_wheels, BytecodeCompiler, Compiled};
+use super::install::{
+    install_wheel, unpack_wheel, unpack_wheels, BytecodeCompiler, Compiled, WheelFiles,
+};
 use super::resolve::ResolvedWheel;
 use super::spec::PackageName;
 use super::target::Target;
@@ -120,6 +122,7 @@ fn install(
 ) -> Result<(LayerTree, Option<Compiled>)> {
     unpack_in_parallel(sorted, unpack_cache)?;
     let mut tree = LayerTree::new();
+    let mut installed_files = Vec::with_capacity(sorted.len());
     for wheel in sorted {
         let installed = install_wheel(
             &wheel.path,
@@ -146,9 +149,19 @@ fn install(
                 tree.add_whiteout(path)?;
             }
         }
+        installed_files.push((wheel, installed.files));
     }
     let compiled = match bytecode {
-        Some(compiler) => Some(compiler.compile(&mut tree, target)?),
+        Some(compiler) => {
+            let wheels: Vec<WheelFiles> = installed_files
+                .iter()
+                .map(|(wheel, files)| WheelFiles {
+                    sha256: &wheel.sha256,
+                    files,
+                })
+                .collect();
+            Some(compiler.compile(&mut tree, target, &wheels)?)
+        }
         None => None,
     };
     Ok((tree, compiled))

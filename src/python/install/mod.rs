@@ -5,7 +5,7 @@ mod bytecode;
 mod installer;
 mod wheel;
 
-pub(crate) use bytecode::{BytecodeCompiler, Compiled};
+pub(crate) use bytecode::{BytecodeCompiler, Compiled, WheelFiles};
 pub use installer::{install_wheel, InstallError, InstalledWheel};
 pub(crate) use installer::{unpack_wheel, unpack_wheels};
 pub use wheel::{
