@@ -240,6 +240,9 @@ pub enum Bucket {
     Debian,
     /// What package indexes said about exact pins (`PROJECT-HEX`).
     IndexAnswers,
+    /// The `.pyc` files compiled for one wheel's sources by one base's
+    /// interpreter: a directory per key (see `python::install::bytecode`).
+    Bytecode,
 }
 
 impl Bucket {
@@ -263,6 +266,7 @@ impl Bucket {
             Bucket::Wheels => "wheels",
             Bucket::Debian => "debian",
             Bucket::IndexAnswers => "index-answers",
+            Bucket::Bytecode => "bytecode",
         }
     }
 

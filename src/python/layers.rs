@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::{Context, Result};
 use dallinger_oci_layers::{Content, KeyHasher, LayerTree};
 
-use super::install::{install_wheel, read_members, BytecodeCompiler, Compiled};
+use super::install::{install_wheel, read_members, BytecodeCompiler, Compiled, WheelFiles};
 use super::resolve::ResolvedWheel;
 use super::spec::PackageName;
 use super::target::Target;
@@ -127,6 +127,7 @@ fn install(
     bytecode: Option<&BytecodeCompiler>,
 ) -> Result<(LayerTree, Option<Compiled>)> {
     let mut tree = LayerTree::new();
+    let mut installed_files = Vec::with_capacity(sorted.len());
     for wheel in sorted {
         let installed = install_wheel(
             &wheel.path,
@@ -152,9 +153,19 @@ fn install(
                 tree.add_whiteout(path)?;
             }
         }
+        installed_files.push((wheel, installed.files));
     }
     let compiled = match bytecode {
-        Some(compiler) => Some(compiler.compile(&mut tree, target)?),
+        Some(compiler) => {
+            let wheels: Vec<WheelFiles> = installed_files
+                .iter()
+                .map(|(wheel, files)| WheelFiles {
+                    sha256: &wheel.sha256,
+                    files,
+                })
+                .collect();
+            Some(compiler.compile(&mut tree, target, &wheels)?)
+        }
         None => None,
     };
     Ok((tree, compiled))

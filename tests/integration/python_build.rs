@@ -311,3 +311,116 @@ fn bytecode_is_compiled_by_the_target_and_reproducible() {
         "True 1\n/usr/local/lib/python3.11/dist-packages/flask/app.py\n"
     );
 }
+
+/// The bytecode cache's entries (one per wheel and base): name → the inode
+/// of its manifest, which changes only when the entry is written again.
+fn bytecode_entries(sandbox: &Sandbox) -> std::collections::BTreeMap<String, u64> {
+    use std::os::unix::fs::MetadataExt;
+    let bucket = sandbox.path("cache/bytecode");
+    fs::read_dir(&bucket)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let manifest = fs::metadata(e.path().join("manifest.json")).unwrap();
+            (e.file_name().to_string_lossy().into_owned(), manifest.ino())
+        })
+        .collect()
+}
+
+/// The cached layers and the unpacked base gone: the next build makes its
+/// layers again, and unpacks the base only if it has something to compile.
+fn forget_layers_and_base_root(sandbox: &Sandbox) {
+    fs::remove_dir_all(sandbox.path("cache/layers")).unwrap();
+    let root = sandbox.path("cache/rootfs");
+    if root.exists() {
+        fs::remove_dir_all(root).unwrap();
+    }
+}
+
+/// `--compile-bytecode` keeps each wheel's `.pyc` set, by wheel and base:
+/// another pin set compiles only the wheels not seen before; with the
+/// layers gone a rebuild compiles nothing (the base is not even unpacked)
+/// and gives the same digest; a damaged entry is noticed, compiled again
+/// and replaced, the digest unchanged.
+#[test]
+fn bytecode_is_cached_per_wheel_and_checked_when_read() {
+    let s = Sandbox::new();
+    let click = s.experiment("golden", "click");
+    fs::write(click.join("requirements.txt"), "click\n").unwrap();
+    fs::write(click.join("constraints.txt"), "click==8.1.7\n").unwrap();
+    build_ok(&s, &click, &["--compile-bytecode", "--tag", "t"]);
+    let only_click = bytecode_entries(&s);
+    assert_eq!(only_click.len(), 1, "{only_click:?}");
+
+    let exp = experiment(&s, "flaskapp", FLASK_CLOSURE);
+    let digest = build_ok(&s, &exp, &["--compile-bytecode", "--tag", "t"]);
+    let all = bytecode_entries(&s);
+    assert_eq!(all.len(), 7, "one per wheel: {all:?}");
+    for (name, inode) in &only_click {
+        assert_eq!(all.get(name), Some(inode), "click's set was compiled again");
+    }
+
+    forget_layers_and_base_root(&s);
+    assert_eq!(
+        build_ok(&s, &exp, &["--compile-bytecode", "--tag", "t"]),
+        digest
+    );
+    assert!(
+        !s.path("cache/rootfs").exists(),
+        "the base was unpacked to compile again"
+    );
+    assert_eq!(bytecode_entries(&s), all);
+
+    // One byte of flask's app.pyc changed, its size kept.
+    let flask = all
+        .keys()
+        .find(|name| {
+            fs::read_to_string(s.path(&format!("cache/bytecode/{name}/manifest.json")))
+                .unwrap()
+                .contains("flask/__pycache__/app.cpython-311.pyc")
+        })
+        .unwrap()
+        .clone();
+    let manifest =
+        fs::read_to_string(s.path(&format!("cache/bytecode/{flask}/manifest.json"))).unwrap();
+    let index = manifest
+        .split("{\"site\"")
+        .skip(1)
+        .position(|f| f.contains("flask/__pycache__/app.cpython-311.pyc"))
+        .unwrap();
+    let app = s.path(&format!("cache/bytecode/{flask}/{index}"));
+    let good = fs::read(&app).unwrap();
+    let mut bytes = good.clone();
+    *bytes.last_mut().unwrap() ^= 0xff;
+    fs::write(&app, bytes).unwrap();
+    forget_layers_and_base_root(&s);
+    let out = build(&s, &exp, &["--compile-bytecode", "--tag", "t"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        printed_digest(&String::from_utf8_lossy(&out.stdout)),
+        digest
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: the cached bytecode ")
+            && stderr.contains(&format!(
+                "{flask} is damaged (flask/__pycache__/app.cpython-311.pyc does not match its \
+                 manifest); compiling it again"
+            )),
+        "{stderr}"
+    );
+    assert_eq!(
+        fs::read(&app).unwrap(),
+        good,
+        "the entry was not made again"
+    );
+    let after = bytecode_entries(&s);
+    assert_eq!(after.len(), 7);
+    for (name, inode) in all.iter().filter(|(name, _)| **name != flask) {
+        assert_eq!(after.get(name), Some(inode), "{name} was compiled again");
+    }
+}

@@ -5,7 +5,7 @@ mod bytecode;
 mod installer;
 mod wheel;
 
-pub(crate) use bytecode::{BytecodeCompiler, Compiled};
+pub(crate) use bytecode::{BytecodeCompiler, Compiled, WheelFiles};
 pub(crate) use installer::read_members;
 pub use installer::{install_wheel, InstallError, InstalledWheel};
 pub use wheel::{
