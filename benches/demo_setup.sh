@@ -1,4 +1,4 @@
-# Set-up of the demo benchmarks (demo_vs_podman.sh);
+# Set-up shared by the demo benchmarks (demo_vs_podman.sh, cold_builds.sh);
 # sourced, not run. Nothing here is timed.
 #
 # After `demo_setup_init`: $work (a temporary directory, removed on exit with
@@ -6,7 +6,7 @@
 # under $work, runc from fixtures/containers.conf), $bin (the release binary,
 # built here), $base (the mmdebstrap bookworm Python tarball of
 # scripts/python-base.sh) and $builder (the same plus a compiler and headers).
-# A script that needs more on exit adds a command to $demo_cleanup_extra.
+# Scripts that need more on exit add a command to $demo_cleanup_extra.
 #
 # `demo_wheelhouse BASE_REF` locks demo/stroop against BASE_REF with
 # `dallinger-oci lock --build-sdists` (psycopg2 built once from its sdist in
