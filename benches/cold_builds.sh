@@ -9,8 +9,10 @@
 # asserts; a command this dallinger-oci does not support (yet) is reported in
 # its row as "fails: <its error line>" and the script goes on.
 #
-# Environment: BENCH_RUNS (hyperfine runs per row, default 3). Run it on a quiet
-# machine: every figure is wall time. DALLINGER_OCI_JOBS is passed through
+# Environment: BENCH_RUNS (hyperfine runs per row, default 3); BENCH_PREFILL
+# (see benches/demo_setup.sh: the set-up's lock starts from a copy of that
+# cache; the lock-warmed rows below then start from what the lock left). Run
+# it on a quiet machine: every figure is wall time. DALLINGER_OCI_JOBS is passed through
 # (compression threads; unset: one per core); the other DALLINGER_OCI_*
 # settings that change what is built are unset, the flags below say it all.
 #
@@ -52,7 +54,8 @@
 # - "push": to a local `docker-registry` (127.0.0.1, storage in the work
 #   directory, access log on), the image named for it in config.txt. "cold
 #   push": empty cache and empty registry storage before every run, wheels
-#   from the wheel directory, `--locked`. "fresh-runner push": an empty cache
+#   from the wheel directory, no lock (as the cold builds; a locked build
+#   takes no wheel from --find-links). "fresh-runner push": an empty cache
 #   directory, the one-line edit, `push --locked --offline` and no wheel
 #   directory (a fresh CI runner with the repository checked out), the
 #   registry holding the previous push (the cold push's last run, then each
@@ -104,7 +107,7 @@ first_error() {
   grep -m1 '^error' "$1" || head -n1 "$1" | grep . || echo "no message on stderr"
 }
 
-# The rows, in the order they are printed; each one's files are $work/row-ID.*.
+# The rows run; each one's files are $work/row-ID.*.
 ids=()
 # row ID WHAT PREPARE COMMAND [CHECK]: PREPARE, one untimed run of COMMAND
 # under /usr/bin/time -v (its stdout, stderr and the registry's access log
@@ -138,19 +141,10 @@ row() {
 
 : >"$work/registry.log" # the pushes' registry writes here (started below)
 
-# ---- cold builds -----------------------------------------------------------
-exp cold
-cold_prep="rm -rf $work/cache $work/out && sync"
-cold="$bin build $work/cold --cache-dir $work/cache --base $base_ref --find-links $wh --offline --output oci:$work/out"
-row cold-gzip "cold build, gzip: empty cache and output, wheels from the wheel directory, oci: base" "$cold_prep" "$cold --compression gzip"
-row cold-zstd "cold build, zstd: as cold-gzip, --compression zstd" "$cold_prep" "$cold --compression zstd"
-row cold-pyc "cold build, gzip, --compile-bytecode (the .pyc pip writes): as cold-gzip" "$cold_prep" "$cold --compression gzip --compile-bytecode"
-demo_podman_setup
-row podman-cold "podman build of Dallinger's Dockerfile, cold: every step runs (pip from the wheel directory, .pyc as by default)" "sh $work/podman-wipe.sh" "$podman_build"
-
+# The rows run fastest first (each resets its own state; podman-edit needs
+# podman-cold's storage, push-fresh push-cold's registry); they are printed in
+# the order of the table's "order" list.
 # ---- rebuilds after a one-line edit -----------------------------------------
-row podman-edit "podman build after the edit: its cache warm, COPY . /experiment and the steps after it run" "$edit $ctx" "$podman_build"
-
 exp nolock
 rebuild="$bin build $work/nolock --cache-dir $work/warm --base $base_ref --find-links $wh --offline --output oci:$work/warm-out"
 nice $rebuild >/dev/null 2>&1 || true
@@ -194,33 +188,56 @@ demo_cleanup_extra='kill $registry_pid 2>/dev/null'
 for _ in $(seq 50); do curl -fs "http://$host/v2/" >/dev/null && break; sleep 0.1; done
 curl -fs "http://$host/v2/" >/dev/null || { echo "docker-registry did not start: $(tail -n3 "$work/registry.log")" >&2; exit 1; }
 
+# The same experiment twice, named for the registry: without the lock for the
+# cold push (as the cold builds: a locked build does not take its wheels from
+# --find-links), with it for the fresh runner. The lock is not in the image.
+exp push-cold
 exp push lock
-sed -i "s|^docker_image_base_name = .*|docker_image_base_name = $host/bench/stroop|" "$work/push/config.txt"
-row push-cold "cold push: empty cache and registry, --locked, wheels from the wheel directory (--find-links --offline)" \
+for d in push-cold push; do
+  sed -i "s|^docker_image_base_name = .*|docker_image_base_name = $host/bench/stroop|" "$work/$d/config.txt"
+done
+row push-cold "cold push: empty cache and registry, wheels from the wheel directory (--find-links --offline), no lock" \
   "rm -rf $work/push-cache $work/storage/docker && sync" \
-  "$bin push $work/push --cache-dir $work/push-cache --base $base_ref --locked --find-links $wh --offline"
+  "$bin push $work/push-cold --cache-dir $work/push-cache --base $base_ref --find-links $wh --offline"
 row push-fresh "fresh-runner push after the edit: empty cache, no wheel directory, --locked --offline, the registry holding the previous push" \
   "rm -rf $work/fresh-cache && $edit $work/push && sync" \
   "$bin push $work/push --cache-dir $work/fresh-cache --base $base_ref --locked --offline" \
-  "$bin build $work/push --cache-dir $work/push-cache --base $base_ref --locked --find-links $wh --offline"
+  "$bin build $work/push --cache-dir $work/warm-locked $locked_args"
+
+# ---- cold builds -----------------------------------------------------------
+exp cold
+cold_prep="rm -rf $work/cache $work/out && sync"
+cold="$bin build $work/cold --cache-dir $work/cache --base $base_ref --find-links $wh --offline --output oci:$work/out"
+row cold-gzip "cold build, gzip: empty cache and output, wheels from the wheel directory, oci: base" "$cold_prep" "$cold --compression gzip"
+row cold-zstd "cold build, zstd: as cold-gzip, --compression zstd" "$cold_prep" "$cold --compression zstd"
+row cold-pyc "cold build, gzip, --compile-bytecode (the .pyc pip writes): as cold-gzip" "$cold_prep" "$cold --compression gzip --compile-bytecode"
+demo_podman_setup
+row podman-cold "podman build of Dallinger's Dockerfile, cold: every step runs (pip from the wheel directory, .pyc as by default)" "sh $work/podman-wipe.sh" "$podman_build"
+row podman-edit "podman build after the edit: its cache warm, COPY . /experiment and the steps after it run" "$edit $ctx" "$podman_build"
 
 # ---- the table ---------------------------------------------------------------
 python3 - "$work" "$runs" "$wheels" "$(nproc)" "$("$bin" --version) (commit $(git describe --always --dirty 2>/dev/null || echo unknown))" "${ids[@]}" <<'PY'
 import json, math, os, re, sys
 work, runs, wheels, cpus, version, ids = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6:]
+order = ["cold-gzip", "cold-zstd", "cold-pyc", "podman-cold", "edit-nolock", "edit-locked", "edit-index",
+         "podman-edit", "digest-warm", "digest-empty", "push-cold", "push-fresh"]
+ids.sort(key=lambda id: order.index(id) if id in order else len(order))
 def read(id, ext):
     try:
         return open(f"{work}/row-{id}.{ext}").read()
     except FileNotFoundError:
         return None
 def short(text):
-    return text.strip().replace(work, "$work").replace("|", "\\|")
+    return text.strip().replace(work, "$work").replace(os.getcwd() + "/", "").replace("|", "\\|")
 def timing(id):
     text = read(id, "json")
     if text is None or read(id, "fail") is not None:
         return None
-    r = json.loads(text)["results"][0]
-    return r["mean"], r["stddev"] or 0.0, len(r["times"])
+    try:
+        r = json.loads(text)["results"][0]
+    except (ValueError, LookupError):
+        return None
+    return r["mean"], r["stddev"] or 0.0, len(r["times"]), r["user"], r["system"]
 def rss(id):
     text = read(id, "time")
     m = text and re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
@@ -229,10 +246,11 @@ def digest(text):
     m = text and re.search(r"sha256:[0-9a-f]{64}", text)
     return m.group(0) if m else None
 def fmt_time(t):
-    mean, sd, n = t
+    mean, sd, n = t[:3]
     unit, scale = ("ms", 1e3) if mean < 1 else ("s", 1)
-    sd_s = f"{sd * scale:.{0 if unit == 'ms' else 2}f}" if n > 1 else "-"
-    return f"{mean * scale:.{0 if unit == 'ms' else 2}f} ± {sd_s} {unit}"
+    digits = 0 if unit == "ms" else 2
+    sd_s = f" ± {sd * scale:.{digits}f}" if n > 1 else ""
+    return f"{mean * scale:.{digits}f}{sd_s} {unit}"
 def uploads(id):
     """Blobs whose upload completed in the untimed run, from the access log."""
     text = read(id, "access")
@@ -278,17 +296,18 @@ against = {
     "push-fresh": [("push-cold", "cold push")],
 }
 print(f"\n## demo/stroop ({wheels} wheels), {version}, {cpus} CPUs, BENCH_RUNS={runs}\n")
-print("| row | what | wall (mean ± sd) | runs | peak RSS | against | notes |")
-print("|---|---|---|---|---|---|---|")
+print("| row | what | wall (mean ± sd) | runs | CPU user + sys | peak RSS | against | notes |")
+print("|---|---|---|---|---|---|---|---|")
 for id in ids:
     what = short(read(id, "what"))
     fail = read(id, "fail")
     peak = rss(id)
     notes = []
     if fail is not None:
-        wall, n = f"fails: {short(fail)}", ""
+        wall, n, cpu = f"fails: {short(fail)}", "", ""
     else:
         wall, n = fmt_time(t[id]), str(t[id][2])
+        cpu = f"{t[id][3]:.2f} + {t[id][4]:.2f} s"
     up = uploads(id) if id.startswith("push") and fail is None else None
     if up:
         notes.append(f"uploaded {up[0]} blobs, {up[1] / 1e6:.1f} MB (access log), {up[2]} manifest PUTs, "
@@ -302,8 +321,9 @@ for id in ids:
         notes.append(f"its warm build fails: {short(read(id, 'check-fail'))}")
     vs = "; ".join(filter(None, (ratio(id, to, label) for to, label in against.get(id, []))))
     peak_s = f"{peak:.0f} MB" if peak is not None and fail is None else "-"
-    print(f"| {id} | {what} | {wall} | {n} | {peak_s} | {vs} | {'; '.join(notes)} |")
-print("\nwall: hyperfine, each run after the row's prepare (not timed); peak RSS: /usr/bin/time -v of one untimed run,")
+    print(f"| {id} | {what} | {wall} | {n} | {cpu} | {peak_s} | {vs} | {'; '.join(notes)} |")
+print("\nwall: hyperfine, each run after the row's prepare (not timed); CPU: hyperfine's mean user and system time of")
+print("the command's process tree (processes it does not wait for, such as podman's conmon, not counted); peak RSS: /usr/bin/time -v of one untimed run,")
 print("the largest single process; against: ratio of the means. The commands ($work: the script's temporary directory):\n")
 for id in ids:
     print(f"- {id}: `{short(read(id, 'cmd'))}`; prepare: `{short(read(id, 'prep'))}`")

@@ -13,6 +13,9 @@
 # $builder), with network, into $work/lock-exp (its lock beside config.txt),
 # and fills $work/wheelhouse with the 82 pinned wheels (checked against the pin
 # count) and $work/pip with pip's own wheel ($pip_whl: its file name).
+# BENCH_PREFILL=DIR starts that lock from a copy of DIR (the $work/prefill of
+# an earlier run, kept by hand), so its downloads, the built psycopg2 and the
+# unpacked builder are not made again; DIR itself is never changed.
 #
 # `demo_podman_setup` imports $base into podman's storage, writes the build
 # context of Dallinger's generated Dockerfile into $ctx (see below for what is
@@ -71,6 +74,7 @@ demo_wheelhouse() {
   local base_ref=$1 pins
   # The wheel directory both sides read: what a lock fetches and builds.
   cp -r demo/stroop "$work/lock-exp"
+  if [ -n "${BENCH_PREFILL:-}" ]; then cp -a "$BENCH_PREFILL" "$work/prefill"; fi
   DALLINGER_OCI_CACHE=$work/prefill nice "$bin" lock "$work/lock-exp" --base "$base_ref" \
     --build-sdists --builder-base "rootfs:$builder" >/dev/null
   mkdir "$work/wheelhouse" "$work/pip"
