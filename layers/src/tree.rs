@@ -31,7 +31,7 @@ pub struct ContentReader<'a> {
 enum ReaderKind<'a> {
     Bytes(&'a [u8]),
     File(ExactReader<io::Take<File>>),
-    Member(crate::member::MemberReader<'a>),
+    Member(Box<crate::member::MemberReader<'a>>),
 }
 
 impl ContentReader<'_> {
@@ -81,7 +81,7 @@ impl Content {
             }
             Content::ZipMember(member) => ContentReader {
                 len: member.size,
-                inner: ReaderKind::Member(member.open()),
+                inner: ReaderKind::Member(Box::new(member.open())),
             },
         })
     }
