@@ -697,6 +697,7 @@ fn fetch_locked(
     // again), and the locked wheel.
     let mut items: Vec<(Candidate, Option<String>)> = Vec::new();
     let mut rebuild: Vec<bool> = Vec::new();
+    let mut recorded_urls: Vec<String> = Vec::new();
     for p in &regular {
         let wheel = p
             .wheels
@@ -722,15 +723,27 @@ fn fetch_locked(
                 wheel
             }
         };
-        // A file locked by name only comes from --find-links or the cache.
-        let url = if from.url.starts_with("http://") || from.url.starts_with("https://") {
+        // A file locked by name only comes from --find-links or the cache;
+        // one locked with its index URL is taken from there too when they
+        // hold it (its sha256 is checked as it is copied), so a locked
+        // offline build can be fed a wheel directory. The lock's URL is
+        // what the build records.
+        let remote = from.url.starts_with("http://") || from.url.starts_with("https://");
+        let at_hand = locked_local_path(&from.name, &from.hashes.sha256, request);
+        let url = match at_hand {
+            Some(path) => path.to_string_lossy().into_owned(),
+            None if remote => from.url.clone(),
+            None => request
+                .index
+                .cache_path(&from.hashes.sha256, &from.name)
+                .to_string_lossy()
+                .into_owned(),
+        };
+        recorded_urls.push(if remote {
             from.url.clone()
         } else {
-            locked_local_path(&from.name, &from.hashes.sha256, request)
-                .unwrap_or_else(|| request.index.cache_path(&from.hashes.sha256, &from.name))
-                .to_string_lossy()
-                .into_owned()
-        };
+            url.clone()
+        });
         items.push((
             Candidate {
                 filename: from.name.clone(),
@@ -745,13 +758,19 @@ fn fetch_locked(
         ));
     }
     let paths = index::fetch_all_lazy(&items, request.index, &client, request.parallel.max(1))?;
-    for (((p, (c, _)), path), rebuild) in regular.iter().zip(items).zip(paths).zip(rebuild) {
+    for ((((p, (c, _)), path), rebuild), url) in regular
+        .iter()
+        .zip(items)
+        .zip(paths)
+        .zip(rebuild)
+        .zip(recorded_urls)
+    {
         let fetched = ResolvedWheel {
             name: p.name.clone(),
             normalised: PackageName::new(&p.name),
             version: p.version.clone(),
             filename: c.filename,
-            url: c.url,
+            url,
             sha256: c.sha256.unwrap_or_default(),
             path,
             sdist: p.sdist.as_ref().map(|s| SdistSource {

@@ -156,6 +156,39 @@ fn the_lock_pins_everything_and_then_needs_no_network() {
         ],
     );
     assert_eq!(locked, unlocked);
+    // A fresh cache fed the same wheels through --find-links, though the
+    // lock names their index URLs: the same image, offline.
+    let links = sandbox.path("wheelhouse");
+    fs::create_dir_all(&links).unwrap();
+    let mut copied = 0;
+    for entry in walkdir::WalkDir::new(sandbox.dir.path()) {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if entry.file_type().is_file()
+            && name.ends_with(".whl")
+            && !entry.path().starts_with(&links)
+        {
+            fs::copy(entry.path(), links.join(&name)).unwrap();
+            copied += 1;
+        }
+    }
+    assert!(copied >= 5, "{copied} wheels in the cache");
+    let fresh = sandbox.path("fresh-cache");
+    let from_links = build_ok(
+        &sandbox,
+        &exp,
+        &[
+            "--tag",
+            "t",
+            "--locked",
+            "--offline",
+            "--cache-dir",
+            fresh.to_str().unwrap(),
+            "--find-links",
+            links.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(from_links, unlocked);
     // A changed pin set makes the lock stale.
     fs::write(
         exp.join("constraints.txt"),
