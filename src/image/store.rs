@@ -78,15 +78,20 @@ impl Predictions {
         created_by: &str,
         format: (&str, &str),
     ) -> Option<String> {
-        if self.entries.iter().any(|e| e.key == key) {
+        let (tar, compressor) = format;
+        // An entry that describes this layer as this build makes it is not
+        // stale (the registry may just lack the blob); one with this key
+        // but another recorded format or compressor is.
+        let current = |e: &&crate::plan::LockedLayer| e.compressor == compressor && e.format == tar;
+        if self.entries.iter().filter(current).any(|e| e.key == key) {
             return None;
         }
         let same_kind: Vec<_> = self.entries.iter().filter(|e| e.kind == kind).collect();
         let entry = same_kind
             .iter()
-            .find(|e| e.created_by == created_by)
+            .find(|e| e.key == key)
+            .or_else(|| same_kind.iter().find(|e| e.created_by == created_by))
             .or(same_kind.first())?;
-        let (tar, compressor) = format;
         Some(if entry.compressor != compressor {
             format!(
                 "its entry was written with compressor {}, this build uses {compressor}",
