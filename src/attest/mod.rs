@@ -244,6 +244,6 @@ mod tests {
     #[test]
     fn only_public_urls_are_told() {
         assert_eq!(public_url("https://x/y.whl"), Some("https://x/y.whl"));
-        assert_eq!(public_url("/root/.cache/wheels/y.whl"), None);
+        assert_eq!(public_url("/var/cache/lab/wheels/y.whl"), None);
     }
 }

@@ -12,6 +12,19 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// Flask and its whole closure for the bookworm base's CPython 3.11
+/// (MarkupSafe is a manylinux wheel, so tag selection matters; flask has a
+/// console script).
+pub const FLASK_CLOSURE: &str = "\
+blinker==1.8.2
+click==8.1.7
+flask==3.0.3
+itsdangerous==2.2.0
+jinja2==3.1.4
+markupsafe==2.1.5
+werkzeug==3.0.3
+";
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

@@ -14,17 +14,6 @@ use common::registry::{http_request, Registry, RegistryAuth};
 use common::*;
 use serde_json::Value;
 
-/// Flask's closure for the bookworm base's CPython 3.11.
-const FLASK_CLOSURE: &str = "\
-blinker==1.8.2
-click==8.1.7
-flask==3.0.3
-itsdangerous==2.2.0
-jinja2==3.1.4
-markupsafe==2.1.5
-werkzeug==3.0.3
-";
-
 fn experiment(sandbox: &Sandbox, dir: &str, image: &str) -> PathBuf {
     let exp = sandbox.experiment("golden", dir);
     sandbox.name_image(&exp, image);

@@ -9,18 +9,6 @@ use std::process::Output;
 
 use common::*;
 
-/// Flask and its whole closure for CPython 3.11 (MarkupSafe is a manylinux
-/// wheel, so tag selection matters; flask has a console script).
-const FLASK_CLOSURE: &str = "\
-blinker==1.8.2
-click==8.1.7
-flask==3.0.3
-itsdangerous==2.2.0
-jinja2==3.1.4
-markupsafe==2.1.5
-werkzeug==3.0.3
-";
-
 fn experiment(sandbox: &Sandbox, dir: &str, constraints: &str) -> std::path::PathBuf {
     let exp = sandbox.experiment("golden", dir);
     fs::write(exp.join("requirements.txt"), "flask\n").unwrap();
