@@ -795,6 +795,7 @@ fn new_layers(
         }
         None => None,
     };
+    let interpreter = target.as_ref().map(|t| t.python.interpreter.clone());
     if request.python.as_ref().is_some_and(|p| p.write_lock) {
         let predictable: Vec<&ProducedLayer> = layers
             .iter()
@@ -803,8 +804,23 @@ fn new_layers(
         crate::predict::record_in_lock(&experiment.dir, store, target, &predictable)?;
     }
     let mut tree = experiment_tree(experiment)?;
-    // Dallinger's files go in where the experiment has none, as its
+    // The experiment's extra_files(), evaluated on the image so far; then
+    // Dallinger's files: each goes in where nothing is yet, as Dallinger's
     // assembly copies the experiment first and skips what exists.
+    let mut so_far = base.layers.clone();
+    so_far.extend(layers.iter().map(|l| l.layer.clone()));
+    let installed: Vec<String> = wheels.iter().map(|w| w.normalised.to_string()).collect();
+    let hook = crate::experiment::extra_files::HookRequest {
+        experiment,
+        tree: &tree,
+        layers: &so_far,
+        config: &base.config,
+        interpreter: interpreter.as_deref(),
+        installed: &installed,
+        adding_up: request.adding_up,
+    };
+    let extras = crate::experiment::extra_files::extra_files(store, &hook)?;
+    add_extra_files(&mut tree, experiment, extras)?;
     for (rel, content) in experiment_files {
         let path = format!("experiment/{rel}");
         if tree.get(&path).is_none() {
@@ -1171,6 +1187,29 @@ fn experiment_tree(experiment: &Experiment) -> Result<LayerTree> {
         }
     }
     Ok(tree)
+}
+
+/// Adds the files the experiment's `extra_files()` names to its tree,
+/// where the experiment has none (see `experiment::extra_files`).
+fn add_extra_files(
+    tree: &mut LayerTree,
+    experiment: &Experiment,
+    extras: Vec<crate::experiment::extra_files::ExtraFile>,
+) -> Result<()> {
+    for extra in extras {
+        let path = format!("experiment/{}", extra.rel);
+        if tree.get(&path).is_none() {
+            tree.add_file(&path, extra.content, false)
+                .with_context(|| {
+                    format!(
+                        "{}: extra_files(): cannot put {} at /{path}",
+                        experiment.dir.join("experiment.py").display(),
+                        extra.source
+                    )
+                })?;
+        }
+    }
+    Ok(())
 }
 
 /// The experiment-code layer: keyed by the tree itself (every file is read

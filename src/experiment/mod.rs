@@ -59,6 +59,7 @@ pub struct Experiment {
 }
 
 pub mod config;
+pub mod extra_files;
 mod files;
 mod generated;
 pub(crate) mod git;

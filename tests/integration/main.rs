@@ -23,6 +23,7 @@ mod dallinger_image;
 mod dallinger_src;
 mod debian_packages;
 mod errors;
+mod extra_files;
 mod fuzz;
 mod git_requirements;
 mod github_action;
