@@ -108,12 +108,16 @@ fn build(sandbox: &Sandbox, exp: &Path, links: &Path, cache: Option<&Path>) -> C
 
 /// A copy of the cache at `from` made of hard links, without its
 /// evaluations of extra_files() (`files/extra-files-*`): another cache
-/// that must evaluate the hook again.
+/// that must evaluate the hook again. Its blobs, layer records, memos,
+/// index answers and wheels only: unpacked trees are fingerprinted with
+/// their ctimes, which a hard link changes.
 fn cache_without_evaluations(from: &Path, to: &Path) {
+    const COPIED: [&str; 5] = ["blobs", "layers", "files", "index-answers", "wheels"];
     for entry in walkdir::WalkDir::new(from).sort_by_file_name() {
         let entry = entry.unwrap();
         let rel = entry.path().strip_prefix(from).unwrap();
-        if rel.starts_with("tmp") || rel.to_string_lossy().starts_with("files/extra-files-") {
+        let copied = rel.as_os_str().is_empty() || COPIED.iter().any(|d| rel.starts_with(d));
+        if !copied || rel.to_string_lossy().starts_with("files/extra-files-") {
             continue;
         }
         let dest = to.join(rel);
@@ -136,7 +140,9 @@ fn a_package_s_file_and_directory_reach_the_experiment_reproducibly() {
     let salt = salt();
     let exp = experiment(&sandbox, "one/demo", HOOK, &salt);
 
+    let started = std::time::Instant::now();
     let (stdout, stderr) = succeeds(build(&sandbox, &exp, &links, None).output().unwrap());
+    eprintln!("first build: {:.1?}", started.elapsed());
     let digest = printed_digest(&stdout);
     assert!(
         stderr.contains("Evaluating the experiment's extra_files() in the sandbox")
@@ -147,10 +153,12 @@ fn a_package_s_file_and_directory_reach_the_experiment_reproducibly() {
     // The files, byte for byte, where the hook put them; the experiment's
     // own templates are still there.
     let bundle = sandbox.path("bundle");
+    let started = std::time::Instant::now();
     ok(Command::new(&umoci)
         .args(["unpack", "--image"])
         .arg(format!("{}:extra-files", sandbox.path("layout").display()))
         .arg(&bundle));
+    eprintln!("umoci unpack: {:.1?}", started.elapsed());
     let root = bundle.join("rootfs/experiment");
     let read = |p: &str| fs::read(root.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
     assert_eq!(read("static/images/logo.svg"), LOGO);
@@ -173,11 +181,13 @@ fn a_package_s_file_and_directory_reach_the_experiment_reproducibly() {
     copy_tree(&exp, &other_exp);
     let other_cache = other.path("other-cache");
     cache_without_evaluations(&test_cache_dir().join("dallinger-demo-cache"), &other_cache);
+    let started = std::time::Instant::now();
     let (stdout, stderr) = succeeds(
         build(&other, &other_exp, &other_links, Some(&other_cache))
             .output()
             .unwrap(),
     );
+    eprintln!("build in another cache: {:.1?}", started.elapsed());
     assert!(
         stderr.contains("Evaluating the experiment's extra_files()"),
         "{stderr}"
@@ -185,13 +195,47 @@ fn a_package_s_file_and_directory_reach_the_experiment_reproducibly() {
     assert_eq!(printed_digest(&stdout), digest);
 
     // Again, nothing changed: no Python runs, the same image.
+    let started = std::time::Instant::now();
     let (stdout, stderr) = succeeds(build(&sandbox, &exp, &links, None).output().unwrap());
+    eprintln!("rebuild: {:.1?}", started.elapsed());
     assert!(
         !stderr.contains("Evaluating the experiment's extra_files()")
             && stderr.contains("extra_files(): 3 files, as evaluated before"),
         "{stderr}"
     );
     assert_eq!(printed_digest(&stdout), digest);
+
+    // `digest` predicts the experiment layer from the cached evaluation;
+    // a cache without it says in one line that it cannot.
+    let started = std::time::Instant::now();
+    ok(dallinger_demo_command(&sandbox, "lock", &exp)
+        .arg("--find-links")
+        .arg(&links));
+    eprintln!("lock: {:.1?}", started.elapsed());
+    let said = ok(dallinger_demo_command(&sandbox, "digest", &exp)
+        .arg("--find-links")
+        .arg(&links));
+    assert_eq!(said.trim(), digest);
+    let bare_cache = other.path("bare-cache");
+    cache_without_evaluations(&test_cache_dir().join("dallinger-demo-cache"), &bare_cache);
+    let mut cmd = sandbox.cmd();
+    cmd.env_remove("DALLINGER_OCI_NO_DEPS")
+        .arg("digest")
+        .arg(&exp)
+        .args(["--base", &python_base_layout()])
+        .args(sdist_build_args())
+        .arg("--cache-dir")
+        .arg(&bare_cache)
+        .arg("--find-links")
+        .arg(&links);
+    let line = one_line_error(&cmd.output().unwrap());
+    assert_eq!(
+        line,
+        format!(
+            "error: {}: the experiment's extra_files() was not evaluated for these layers in this cache, so the experiment layer cannot be predicted: build the image once (with this cache) to know its digest",
+            exp.join("experiment.py").display()
+        )
+    );
 }
 
 #[test]
