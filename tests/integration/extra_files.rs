@@ -259,4 +259,35 @@ fn an_exception_in_the_hook_stops_the_build_in_one_line() {
         )
     );
     assert!(!sandbox.path("layout").exists());
+
+    // Sources are the image's and destinations the experiment's: anything
+    // else is one line naming it.
+    let raising = fs::read_to_string(exp.join("experiment.py")).unwrap();
+    let hook_of = |pairs: &str| {
+        format!("    @classmethod\n    def extra_files(cls):\n        return [{pairs}]\n\n")
+    };
+    let file = exp.join("experiment.py").display().to_string();
+    for (pairs, expected) in [
+        (
+            "(\"/proc/self/status\", \"static/status.txt\")",
+            format!("error: {file}: extra_files(): the source /proc/self/status is /proc/"),
+        ),
+        (
+            "(\"/srv/nothing-here.svg\", \"static/logo.svg\")",
+            format!("error: {file}: extra_files(): the source /srv/nothing-here.svg of ('/srv/nothing-here.svg', 'static/logo.svg') does not exist in the image"),
+        ),
+        (
+            "(\"/etc/os-release\", \"../outside.txt\")",
+            format!("error: {file}: extra_files(): the destination of /etc/os-release is \"../outside.txt\", outside the experiment directory /experiment"),
+        ),
+    ] {
+        fs::write(
+            exp.join("experiment.py"),
+            raising.replacen(RAISING_HOOK, &hook_of(pairs), 1),
+        )
+        .unwrap();
+        let out = build(&sandbox, &exp, &links, None).output().unwrap();
+        let line = one_line_error(&out);
+        assert!(line.starts_with(&expected), "{line}\nnot {expected}");
+    }
 }
