@@ -1,0 +1,146 @@
+//! `dallinger-oci files`: what goes into `/experiment`, generated files
+//! marked, and what was left out by which rule. `--json` has the keys of
+//! Dallinger 12.4's `dallinger deployment-files list --json`
+//! (`destinations`, `file_count`, `total_size`: the files copied from the
+//! experiment) and ours beside them.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+
+use dallinger_oci::experiment::{Experiment, FileKind, LoadOptions, Selection};
+
+#[derive(clap::Args)]
+pub struct FilesArgs {
+    /// The experiment directory (holding config.txt and experiment.py).
+    #[arg(default_value = ".")]
+    experiment_dir: PathBuf,
+    /// Print JSON: `destinations`, `file_count` and `total_size` as
+    /// `dallinger deployment-files list --json` has them, with `entries`
+    /// (everything in /experiment), `generated`, `excluded` and `selection`.
+    #[arg(long)]
+    json: bool,
+}
+
+struct Entry<'a> {
+    destination: &'a str,
+    kind: &'static str,
+    size: u64,
+    executable: bool,
+    target: Option<&'a str>,
+}
+
+pub fn run(args: FilesArgs) -> Result<()> {
+    let experiment = Experiment::load(
+        &args.experiment_dir,
+        &LoadOptions {
+            home_config: dirs::home_dir().map(|h| h.join(".dallingerconfig")),
+        },
+    )?;
+    let listing = &experiment.listing;
+    let generated = |rel: &str| listing.generated.iter().any(|g| g == rel);
+    let mut entries = Vec::new();
+    for file in &experiment.files {
+        let entry = match &file.kind {
+            FileKind::Generated { bytes, executable } => Entry {
+                destination: &file.rel,
+                kind: if generated(&file.rel) {
+                    "generated"
+                } else {
+                    "file"
+                },
+                size: bytes.len() as u64,
+                executable: *executable,
+                target: None,
+            },
+            FileKind::File { source, executable } => Entry {
+                destination: &file.rel,
+                kind: "file",
+                size: fs_err::metadata(source)
+                    .with_context(|| format!("cannot list {}", file.rel))?
+                    .len(),
+                executable: *executable,
+                target: None,
+            },
+            FileKind::Symlink { target } => Entry {
+                destination: &file.rel,
+                kind: "symlink",
+                size: 0,
+                executable: false,
+                target: Some(target),
+            },
+        };
+        entries.push(entry);
+    }
+    let copied: Vec<&Entry> = entries.iter().filter(|e| e.kind != "generated").collect();
+    let total_size: u64 = copied.iter().map(|e| e.size).sum();
+    let selection = match listing.selection {
+        Selection::DeployToml => "deploy.toml",
+        Selection::Dallinger => "dallinger",
+    };
+
+    if args.json {
+        let value = json!({
+            "destinations": copied.iter().map(|e| e.destination).collect::<Vec<_>>(),
+            "file_count": copied.len(),
+            "total_size": total_size,
+            "selection": selection,
+            "generated": listing.generated,
+            "entries": entries.iter().map(|e| {
+                let mut entry = json!({
+                    "destination": e.destination,
+                    "kind": e.kind,
+                    "size": e.size,
+                    "executable": e.executable,
+                });
+                if let Some(target) = e.target {
+                    entry["target"] = json!(target);
+                }
+                entry
+            }).collect::<Vec<_>>(),
+            "excluded": listing.excluded.iter().map(|x| json!({
+                "path": x.path,
+                "directory": x.directory,
+                "rule": x.rule,
+                "value": x.value,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+
+    match listing.selection {
+        Selection::DeployToml => println!("Selected by deploy.toml (Dallinger 12.4 rules)"),
+        Selection::Dallinger => {
+            println!("Selected by Dallinger's exclusion list, git and .dallingerignore")
+        }
+    }
+    for e in &entries {
+        match (e.kind, e.target) {
+            ("generated", _) => println!("{}  (generated)", e.destination),
+            (_, Some(target)) => println!("{} -> {target}", e.destination),
+            _ => println!("{}", e.destination),
+        }
+    }
+    if !listing.excluded.is_empty() {
+        println!("Excluded:");
+        for x in &listing.excluded {
+            let slash = if x.directory { "/" } else { "" };
+            match &x.value {
+                Some(value) => println!("  {}{slash}  {} {value:?}", x.path, x.rule),
+                None => println!("  {}{slash}  {}", x.path, x.rule),
+            }
+        }
+    }
+    let count = |n: usize| match n {
+        1 => "1 file".to_string(),
+        n => format!("{n} files"),
+    };
+    println!(
+        "Summary: {}, {total_size} bytes from the experiment; {} generated",
+        count(copied.len()),
+        count(entries.len() - copied.len())
+    );
+    Ok(())
+}
