@@ -194,6 +194,14 @@ impl Experiment {
             links,
             mut excluded,
         } = collected?;
+        if selection == Selection::DeployToml && root.join(files::IGNORE_FILE).exists() {
+            eprintln!(
+                "warning: {} has no effect beside {}, which alone decides the file set (the \
+                 file itself goes into the image); move its patterns to [exclude] there",
+                root.join(files::IGNORE_FILE).display(),
+                deploy_toml::POLICY_FILE
+            );
+        }
         // Dallinger restores the authored requirements and constraints
         // outside a deploy.toml's plan, which always omits them.
         let inputs = match selection {

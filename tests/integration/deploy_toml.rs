@@ -263,7 +263,14 @@ fn file_set_is_dallinger_12_4s_and_the_image_holds_it() {
     assert_eq!(excluded, expected);
 
     // The text form marks the generated files and names the rules.
-    let text = ok(sandbox.cmd().arg("files").arg(&exp));
+    let out = run(sandbox.cmd().arg("files").arg(&exp));
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains(".dallingerignore has no effect beside deploy.toml"),
+        "{stderr}"
+    );
     assert!(text.contains("\nconfig.txt  (generated)\n"), "{text}");
     assert!(
         text.contains("\n  data/  exclude.paths \"data\"\n"),
