@@ -4,6 +4,7 @@
 //! (`destinations`, `file_count`, `total_size`: the files copied from the
 //! experiment) and ours beside them.
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -106,30 +107,31 @@ pub fn run(args: FilesArgs) -> Result<()> {
                 "value": x.value,
             })).collect::<Vec<_>>(),
         });
-        println!("{}", serde_json::to_string_pretty(&value)?);
-        return Ok(());
+        return print(serde_json::to_string_pretty(&value)? + "\n");
     }
 
+    let mut out = String::new();
     match listing.selection {
-        Selection::DeployToml => println!("Selected by deploy.toml (Dallinger 12.4 rules)"),
-        Selection::Dallinger => {
-            println!("Selected by Dallinger's exclusion list, git and .dallingerignore")
-        }
+        Selection::DeployToml => writeln!(out, "Selected by deploy.toml (Dallinger 12.4 rules)")?,
+        Selection::Dallinger => writeln!(
+            out,
+            "Selected by Dallinger's exclusion list, git and .dallingerignore"
+        )?,
     }
     for e in &entries {
         match (e.kind, e.target) {
-            ("generated", _) => println!("{}  (generated)", e.destination),
-            (_, Some(target)) => println!("{} -> {target}", e.destination),
-            _ => println!("{}", e.destination),
+            ("generated", _) => writeln!(out, "{}  (generated)", e.destination)?,
+            (_, Some(target)) => writeln!(out, "{} -> {target}", e.destination)?,
+            _ => writeln!(out, "{}", e.destination)?,
         }
     }
     if !listing.excluded.is_empty() {
-        println!("Excluded:");
+        writeln!(out, "Excluded:")?;
         for x in &listing.excluded {
             let slash = if x.directory { "/" } else { "" };
             match &x.value {
-                Some(value) => println!("  {}{slash}  {} {value:?}", x.path, x.rule),
-                None => println!("  {}{slash}  {}", x.path, x.rule),
+                Some(value) => writeln!(out, "  {}{slash}  {} {value:?}", x.path, x.rule)?,
+                None => writeln!(out, "  {}{slash}  {}", x.path, x.rule)?,
             }
         }
     }
@@ -137,10 +139,20 @@ pub fn run(args: FilesArgs) -> Result<()> {
         1 => "1 file".to_string(),
         n => format!("{n} files"),
     };
-    println!(
+    writeln!(
+        out,
         "Summary: {}, {total_size} bytes from the experiment; {} generated",
         count(copied.len()),
         count(entries.len() - copied.len())
-    );
-    Ok(())
+    )?;
+    print(out)
+}
+
+/// Prints `text` whole; a reader that stops early (`| head`) is no error.
+fn print(text: String) -> Result<()> {
+    use std::io::Write as _;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("cannot write the listing to standard output"),
+    }
 }
