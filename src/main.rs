@@ -1,5 +1,6 @@
 //! The `dallinger-oci` command line: parse, call the library, print.
 
+mod cli_files;
 mod cli_runtime;
 mod cli_verify;
 
@@ -82,6 +83,11 @@ enum Command {
          source and revision labels name, cloned)"
     )))]
     Verify(cli_verify::VerifyArgs),
+
+    /// List what goes into /experiment (generated files marked) and, for each
+    /// path left out, the rule that left it out (deploy.toml, or Dallinger's
+    /// exclusion list, git and .dallingerignore).
+    Files(cli_files::FilesArgs),
 
     // Commands that run containers (src/cli_runtime.rs).
     #[command(flatten)]
@@ -490,6 +496,7 @@ fn run(cli: Cli) -> Result<()> {
             report_metadata(&build, &request, &result)
         }
         Command::Runtime(command) => cli_runtime::run(command),
+        Command::Files(args) => cli_files::run(args),
         Command::Verify(_) => unreachable!("main runs verify"),
     }
 }

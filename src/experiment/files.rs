@@ -22,7 +22,7 @@ use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use walkdir::WalkDir;
 
 use super::git::{self, GitEnv};
-use super::{ExperimentError, ExperimentFile, FileKind};
+use super::{Exclusion, ExperimentError, ExperimentFile, FileKind};
 
 /// Dallinger's `EXP_MAX_SIZE_MB`.
 pub(crate) const MAX_SIZE_BYTES: u64 = 256 * 1024 * 1024;
@@ -44,12 +44,17 @@ const EXCLUDED_NAMES: &[&str] = &[
 /// The `*.db` and `*.dmg` patterns (fnmatch `*` also matches a leading dot).
 const EXCLUDED_SUFFIXES: &[&str] = &[".db", ".dmg"];
 
-fn excluded_name(name: &OsStr) -> bool {
+/// The entry of Dallinger's exclusion list that leaves `name` out, as
+/// Dallinger writes it (`*.db` for a suffix).
+fn excluded_name(name: &OsStr) -> Option<String> {
     let name = name.as_bytes();
-    EXCLUDED_NAMES.iter().any(|n| n.as_bytes() == name)
-        || EXCLUDED_SUFFIXES
-            .iter()
-            .any(|s| name.ends_with(s.as_bytes()))
+    if let Some(n) = EXCLUDED_NAMES.iter().find(|n| n.as_bytes() == name) {
+        return Some(n.to_string());
+    }
+    EXCLUDED_SUFFIXES
+        .iter()
+        .find(|s| name.ends_with(s.as_bytes()))
+        .map(|s| format!("*{s}"))
 }
 
 /// A kept symlink and what it resolves to, for the check that the target is
@@ -65,6 +70,8 @@ pub(crate) struct LinkCheck {
 pub(crate) struct Collected {
     pub files: Vec<ExperimentFile>,
     pub links: Vec<LinkCheck>,
+    /// What was left out and by which rule, sorted by path.
+    pub excluded: Vec<Exclusion>,
 }
 
 fn invalid(message: String) -> ExperimentError {
@@ -98,6 +105,17 @@ pub(crate) fn collect(root: &Path, git_env: GitEnv<'_>) -> Result<Collected, Exp
     };
     let ignore = load_ignore_file(root)?;
     let rel_of = |path: &Path| path.strip_prefix(root).unwrap_or(path).to_path_buf();
+    // Filled by the walk's filter too, hence the cell.
+    let excluded = std::cell::RefCell::new(Vec::new());
+    let exclude = |path: &Path, directory: bool, rule: &'static str, value: Option<String>| {
+        excluded.borrow_mut().push(Exclusion {
+            path: rel_of(path).to_string_lossy().into_owned(),
+            directory,
+            rule,
+            value,
+        });
+    };
+    let mut git_excluded: Vec<String> = Vec::new();
 
     let walker = WalkDir::new(root)
         .min_depth(1)
@@ -105,14 +123,21 @@ pub(crate) fn collect(root: &Path, git_env: GitEnv<'_>) -> Result<Collected, Exp
         .sort_by_file_name()
         .into_iter()
         .filter_entry(|entry| {
-            if excluded_name(entry.file_name()) {
+            let is_dir = entry.file_type().is_dir();
+            if let Some(rule) = excluded_name(entry.file_name()) {
+                exclude(entry.path(), is_dir, "dallinger", Some(rule));
                 return false;
             }
             // Pruning ignored directories gives git's rule that a file
             // cannot be re-included when its directory is ignored.
             match &ignore {
-                Some(ignore) if entry.file_type().is_dir() => {
-                    !ignore.matched(rel_of(entry.path()), true).is_ignore()
+                Some(ignore) if is_dir => {
+                    let matched = ignore.matched(rel_of(entry.path()), true);
+                    if let ignore::Match::Ignore(glob) = &matched {
+                        let pattern = glob.original().to_string();
+                        exclude(entry.path(), true, IGNORE_FILE, Some(pattern));
+                    }
+                    !matched.is_ignore()
                 }
                 _ => true,
             }
@@ -137,15 +162,18 @@ pub(crate) fn collect(root: &Path, git_env: GitEnv<'_>) -> Result<Collected, Exp
         let rel_path = rel_of(path);
         let rel_bytes = rel_path.as_os_str().as_bytes();
         if rel_bytes == IGNORE_FILE.as_bytes() {
+            exclude(path, false, IGNORE_FILE, None);
             continue;
         }
         if let Some(git_files) = &git_files {
             if !git_files.contains(&git::path_key(rel_bytes)) {
+                git_excluded.push(rel_path.to_string_lossy().into_owned());
                 continue;
             }
         }
         if let Some(ignore) = &ignore {
-            if ignore.matched(&rel_path, false).is_ignore() {
+            if let ignore::Match::Ignore(glob) = ignore.matched(&rel_path, false) {
+                exclude(path, false, IGNORE_FILE, Some(glob.original().to_string()));
                 continue;
             }
         }
@@ -207,7 +235,53 @@ pub(crate) fn collect(root: &Path, git_env: GitEnv<'_>) -> Result<Collected, Exp
         )));
     }
     files.sort_by(|a, b| a.rel.as_bytes().cmp(b.rel.as_bytes()));
-    Ok(Collected { files, links })
+    let mut excluded = excluded.into_inner();
+    let elsewhere: Vec<&str> = files
+        .iter()
+        .map(|f| f.rel.as_str())
+        .chain(excluded.iter().map(|e| e.path.as_str()))
+        .collect();
+    let by_git = collapse(&git_excluded, &elsewhere);
+    excluded.extend(by_git.into_iter().map(|(path, directory)| Exclusion {
+        path,
+        directory,
+        rule: "git",
+        value: None,
+    }));
+    excluded.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+    Ok(Collected {
+        files,
+        links,
+        excluded,
+    })
+}
+
+/// The files git leaves out, as few paths as say the same: a directory
+/// whose every file git leaves out (nothing below it kept or left out by
+/// another rule) stands for all of them. Gives (path, is a directory).
+fn collapse(git_excluded: &[String], elsewhere: &[&str]) -> Vec<(String, bool)> {
+    let mut mixed: HashSet<&str> = HashSet::new();
+    for path in elsewhere {
+        for (i, _) in path.match_indices('/') {
+            mixed.insert(&path[..i]);
+        }
+    }
+    let mut out: Vec<(String, bool)> = Vec::new();
+    let mut seen: HashSet<&str> = HashSet::new();
+    for path in git_excluded {
+        let top = path
+            .match_indices('/')
+            .map(|(i, _)| &path[..i])
+            .find(|dir| !mixed.contains(dir));
+        let (shown, directory) = match top {
+            Some(dir) => (dir, true),
+            None => (path.as_str(), false),
+        };
+        if seen.insert(shown) {
+            out.push((shown.to_string(), directory));
+        }
+    }
+    out
 }
 
 fn check_symlink(root: &Path, rel: &str, path: &Path) -> Result<LinkCheck, ExperimentError> {

@@ -94,13 +94,34 @@ pub(crate) fn config_txt(experiment_config: &Config) -> Vec<u8> {
     out.into_bytes()
 }
 
+/// Which of the authored root files Dallinger turns into the image's
+/// `requirements.txt` the experiment has.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RootInputs {
+    pub constraints: bool,
+    pub requirements: bool,
+}
+
+impl RootInputs {
+    /// Those of the file set (without a deploy.toml, as today).
+    pub(crate) fn of(files: &[ExperimentFile]) -> RootInputs {
+        let has = |rel: &str| files.iter().any(|f| f.rel == rel);
+        RootInputs {
+            constraints: has("constraints.txt"),
+            requirements: has("requirements.txt"),
+        }
+    }
+}
+
 /// Replaces the top-level files Dallinger generates or renames. `files` is
 /// the filtered file set of the experiment directory (without the
-/// experiment's `config.txt`, which the exclusion list removes).
+/// experiment's `config.txt`, which the exclusion list removes); `inputs`
+/// says where `requirements.txt` comes from.
 pub(crate) fn apply(
     root: &Path,
     files: &mut Vec<ExperimentFile>,
     experiment_config: &Config,
+    inputs: RootInputs,
 ) -> Result<(), ExperimentError> {
     let read = |rel: &str| -> Result<Vec<u8>, ExperimentError> {
         let path = root.join(rel);
@@ -115,9 +136,9 @@ pub(crate) fn apply(
         DEFAULT_PREPARE_SCRIPT.as_bytes().to_vec()
     };
     // `constraints.txt` is renamed over `requirements.txt`.
-    let requirements = if has(files, "constraints.txt") {
+    let requirements = if inputs.constraints {
         read("constraints.txt")?
-    } else if has(files, "requirements.txt") {
+    } else if inputs.requirements {
         read("requirements.txt")?
     } else {
         DEFAULT_REQUIREMENTS.as_bytes().to_vec()

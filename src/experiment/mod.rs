@@ -41,6 +41,43 @@ pub enum FileKind {
     Symlink { target: String },
 }
 
+/// What decided the experiment's file set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selection {
+    /// The experiment's `deploy.toml` (Dallinger 12.4's exclude-only policy).
+    DeployToml,
+    /// Dallinger's exclusion list, git's view and `.dallingerignore`.
+    Dallinger,
+}
+
+/// A path of the experiment directory left out of `/experiment`, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exclusion {
+    /// Relative to the experiment directory, `/` separators.
+    pub path: String,
+    /// A directory, left out with everything below it.
+    pub directory: bool,
+    /// The rule: `exclude.paths`, `exclude.names`, `exclude.suffixes`, or
+    /// an always-omitted kind (`vcs`, `configuration`, `generated`,
+    /// `backend-ignore`) under a deploy.toml; `dallinger` (its exclusion
+    /// list), `git` (untracked or ignored), `.dallingerignore` without one.
+    pub rule: &'static str,
+    /// The entry or pattern of the rule that matched, where it has one.
+    pub value: Option<String>,
+}
+
+/// How the file set was chosen, for `dallinger-oci files`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    pub selection: Selection,
+    /// Sorted by path.
+    pub excluded: Vec<Exclusion>,
+    /// The `rel`s of [`Experiment::files`] that Dallinger generates rather
+    /// than copies from the experiment (`config.txt`, `requirements.txt`,
+    /// and its default `prepare_docker_image.sh`), sorted.
+    pub generated: Vec<String>,
+}
+
 /// Git facts for the image labels.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GitInfo {
@@ -55,10 +92,13 @@ pub struct Experiment {
     pub dir: PathBuf,
     pub files: Vec<ExperimentFile>,
     pub git: Option<GitInfo>,
+    /// How `files` was chosen and what was left out.
+    pub listing: Listing,
     config: config::Config,
 }
 
 pub mod config;
+mod deploy_toml;
 pub mod extra_files;
 mod files;
 mod generated;
@@ -133,6 +173,10 @@ impl Experiment {
             _ => config::Config::default(),
         };
 
+        let selection = match deploy_toml::present(&root) {
+            true => Selection::DeployToml,
+            false => Selection::Dallinger,
+        };
         // git's facts for the labels are asked while the files are listed.
         let in_git = git::find_work_tree(&root).is_some();
         let (collected, git) = std::thread::scope(|scope| {
@@ -140,23 +184,69 @@ impl Experiment {
                 true => git::info(&root, git_env),
                 false => Ok(None),
             });
-            let collected = files::collect(&root, git_env);
+            let collected = match selection {
+                Selection::DeployToml => deploy_toml::collect(&root),
+                Selection::Dallinger => files::collect(&root, git_env),
+            };
             (collected, info.join())
         });
-        let files::Collected { mut files, links } = collected?;
-        generated::apply(&root, &mut files, &experiment_config)?;
+        let files::Collected {
+            mut files,
+            links,
+            mut excluded,
+        } = collected?;
+        if selection == Selection::DeployToml && root.join(files::IGNORE_FILE).exists() {
+            eprintln!(
+                "warning: {} has no effect beside {}, which alone decides the file set (the \
+                 file itself goes into the image); move its patterns to [exclude] there",
+                root.join(files::IGNORE_FILE).display(),
+                deploy_toml::POLICY_FILE
+            );
+        }
+        // Dallinger restores the authored requirements and constraints
+        // outside a deploy.toml's plan, which always omits them.
+        let inputs = match selection {
+            Selection::DeployToml => generated::RootInputs {
+                constraints: deploy_toml::root_input(&root, "constraints.txt")?,
+                requirements: deploy_toml::root_input(&root, "requirements.txt")?,
+            },
+            Selection::Dallinger => generated::RootInputs::of(&files),
+        };
+        if selection == Selection::Dallinger && inputs.constraints {
+            excluded.push(Exclusion {
+                path: "constraints.txt".into(),
+                directory: false,
+                rule: "generated",
+                value: None,
+            });
+            excluded.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+        }
+        let copied_prepare = files.iter().any(|f| f.rel == "prepare_docker_image.sh");
+        generated::apply(&root, &mut files, &experiment_config, inputs)?;
         files.sort_by(|a, b| a.rel.as_bytes().cmp(b.rel.as_bytes()));
+        let mut generated = vec!["config.txt".to_string(), "requirements.txt".to_string()];
+        if !copied_prepare {
+            generated.push("prepare_docker_image.sh".into());
+        }
+        generated.sort();
 
         if !files.iter().any(|f| f.rel == "experiment.py") {
-            return Err(ExperimentError::Invalid {
-                message: format!(
+            let message = match selection {
+                Selection::DeployToml => format!(
+                    "{}: experiment.py is excluded by {}; it must be included (remove the \
+                     entry of [exclude] that matches it)",
+                    root.display(),
+                    root.join(deploy_toml::POLICY_FILE).display()
+                ),
+                Selection::Dallinger => format!(
                     "{}: experiment.py is left out of the image by git ignore rules or \
                      {}; it must be included (add it with `git add experiment.py`, or fix \
                      the ignore rules)",
                     root.display(),
                     files::IGNORE_FILE
                 ),
-            });
+            };
+            return Err(ExperimentError::Invalid { message });
         }
         for link in &links {
             let present = if link.resolved_is_dir {
@@ -190,6 +280,11 @@ impl Experiment {
             dir: root,
             files,
             git,
+            listing: Listing {
+                selection,
+                excluded,
+                generated,
+            },
             config: config::Config::layered(home_config, experiment_config),
         })
     }

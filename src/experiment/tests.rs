@@ -563,3 +563,245 @@ fn dir_name_and_tag() {
     assert_eq!(exp.default_tag(), "a1e72654");
     assert_eq!(exp.get("anything"), None);
 }
+
+const POLICY: &str = "version = 1\n[exclude]\npaths = [\"data\", \"static/big\"]\n\
+                      names = [\"__pycache__\", \".venv\"]\nsuffixes = [\".db\"]\n";
+
+fn excluded(exp: &Experiment) -> Vec<(String, &'static str, Option<String>)> {
+    exp.listing
+        .excluded
+        .iter()
+        .map(|x| {
+            let slash = if x.directory { "/" } else { "" };
+            (format!("{}{slash}", x.path), x.rule, x.value.clone())
+        })
+        .collect()
+}
+
+#[test]
+fn deploy_toml_decides_the_file_set() {
+    let git = Git::new();
+    let dir = experiment();
+    let root = dir.path();
+    write(root, "deploy.toml", POLICY);
+    for rel in [
+        "data/raw.csv",
+        "static/data/keep.csv",
+        "static/big/video.mp4",
+        "static/bigger.txt",
+        "pkg/__pycache__/m.pyc",
+        "__pycache__/n.pyc",
+        ".venv/pyvenv.cfg",
+        "results.db",
+        "pkg/db.sqlite",
+        "server.log",
+        "snapshots/s.zip",
+        "node_modules/x.js",
+        ".dockerignore",
+        "static/.dockerignore",
+        ".slugignore",
+        ".dallingerignore",
+        "constraints.txt",
+        "requirements.txt",
+        "runtime.txt",
+        "experiment_id.txt",
+        "untracked.py",
+        "ignored.txt",
+        "sub/deploy.toml",
+        "sub/config.txt",
+    ] {
+        write(root, rel, "x\n");
+    }
+    write(root, ".gitignore", "ignored.txt\n");
+    write(root, ".dallingerignore", "static/\n");
+    fs::write(root.join("constraints.txt"), "pin==1\n").unwrap();
+    git.run(root, &["init", "-q"]);
+    git.run(root, &["add", "experiment.py", "config.txt"]);
+    git.run(root, &["commit", "-qm", "first"]);
+    let exp = git.load(root).unwrap();
+    assert_eq!(exp.listing.selection, Selection::DeployToml);
+    assert_eq!(
+        rels(&exp),
+        [
+            ".dallingerignore",
+            ".gitignore",
+            "config.txt",
+            "deploy.toml",
+            "experiment.py",
+            "ignored.txt",
+            "node_modules/x.js",
+            "pkg/db.sqlite",
+            "prepare_docker_image.sh",
+            "requirements.txt",
+            "server.log",
+            "snapshots/s.zip",
+            "static/bigger.txt",
+            "static/data/keep.csv",
+            "sub/config.txt",
+            "sub/deploy.toml",
+            "untracked.py",
+        ]
+    );
+    // constraints.txt, restored outside the plan, is the requirements.
+    assert_eq!(generated(&exp, "requirements.txt").0, b"pin==1\n");
+    assert_eq!(
+        exp.listing.generated,
+        ["config.txt", "prepare_docker_image.sh", "requirements.txt"]
+    );
+    let s = |v: &str| Some(v.to_string());
+    assert_eq!(
+        excluded(&exp),
+        [
+            (".dockerignore".into(), "backend-ignore", None),
+            (".git/".into(), "vcs", None),
+            (".slugignore".into(), "backend-ignore", None),
+            (".venv/".into(), "exclude.names", s(".venv")),
+            ("__pycache__/".into(), "exclude.names", s("__pycache__")),
+            ("config.txt".into(), "configuration", None),
+            ("constraints.txt".into(), "generated", None),
+            ("data/".into(), "exclude.paths", s("data")),
+            ("experiment_id.txt".into(), "generated", None),
+            ("pkg/__pycache__/".into(), "exclude.names", s("__pycache__")),
+            ("requirements.txt".into(), "generated", None),
+            ("results.db".into(), "exclude.suffixes", s(".db")),
+            ("runtime.txt".into(), "generated", None),
+            ("static/.dockerignore".into(), "backend-ignore", None),
+            ("static/big/".into(), "exclude.paths", s("static/big")),
+        ]
+    );
+    assert!(exp.git.is_some(), "git still gives the labels");
+
+    // The experiment's prepare script is copied, not generated.
+    write(
+        root,
+        "prepare_docker_image.sh",
+        "#!/bin/sh\napt-get install -y ffmpeg\n",
+    );
+    let exp = git.load(root).unwrap();
+    assert_eq!(exp.listing.generated, ["config.txt", "requirements.txt"]);
+    assert!(exp.custom_prepare_script().is_some());
+}
+
+#[test]
+fn deploy_toml_errors_name_the_path() {
+    let dir = experiment();
+    let root = dir.path();
+    let canonical = fs::canonicalize(root).unwrap();
+    write(root, "deploy.toml", POLICY);
+
+    symlink("experiment.py", root.join("link.py")).unwrap();
+    assert_eq!(
+        error(root),
+        format!(
+            "Symbolic links are unsupported deployment sources: {}/link.py. Exclude the link \
+             or replace it with a regular file or directory.",
+            canonical.display()
+        )
+    );
+    // An excluded one is fine, as is anything below an excluded directory.
+    fs::create_dir_all(root.join("data")).unwrap();
+    fs::rename(root.join("link.py"), root.join("data/link.py")).unwrap();
+    load(root).unwrap();
+
+    let status = Command::new("mkfifo")
+        .arg(root.join("pipe"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(error(root).starts_with(&format!(
+        "Unsupported FIFO deployment source: {}/pipe.",
+        canonical.display()
+    )));
+    fs::remove_file(root.join("pipe")).unwrap();
+
+    write(root, "vendor/lib/.git/HEAD", "ref: refs/heads/main\n");
+    assert!(error(root).starts_with(&format!(
+        "Nested repository or submodule metadata is unsupported: {}/vendor/lib/.git.",
+        canonical.display()
+    )));
+    write(
+        root,
+        "deploy.toml",
+        &format!("{POLICY}# vendored\n").replace("\"data\"", "\"data\", \"vendor/lib\""),
+    );
+    load(root).unwrap();
+
+    // Two names that are one destination after NFC.
+    write(root, "a\u{30a}.txt", "1");
+    write(root, "\u{e5}.txt", "2");
+    assert!(error(root)
+        .starts_with("Source paths normalize to the same deployment destination '\u{e5}.txt'"));
+    fs::remove_file(root.join("\u{e5}.txt")).unwrap();
+    let exp = load(root).unwrap();
+    assert!(rels(&exp).contains(&"\u{e5}.txt"));
+
+    fs::remove_dir_all(root.join("vendor")).unwrap();
+    fs::remove_dir_all(root.join("data")).unwrap();
+    write(
+        root,
+        "deploy.toml",
+        "version = 1\n[exclude]\nnames = [\"experiment.py\"]\n",
+    );
+    assert!(error(root).contains("experiment.py is excluded by"));
+
+    write(
+        root,
+        "deploy.toml",
+        "version = 1\n\n[exclude]\nsuffixes = [\"*.db\"]\n",
+    );
+    assert_eq!(
+        error(root),
+        format!(
+            "{}/deploy.toml:4: exclude.suffixes: Glob syntax is unsupported in \
+             exclude.suffixes: '*.db'.",
+            canonical.display()
+        )
+    );
+
+    fs::remove_file(root.join("deploy.toml")).unwrap();
+    symlink("elsewhere.toml", root.join("deploy.toml")).unwrap();
+    assert!(error(root).ends_with("deploy.toml must not be a symbolic link."));
+}
+
+#[test]
+fn legacy_listing_names_each_rule() {
+    let git = Git::new();
+    let dir = experiment();
+    let root = dir.path();
+    for rel in [
+        "data/x",
+        "a.db",
+        "venv/lib/a.py",
+        "venv/lib/b.py",
+        "notes/keep.md",
+        "notes/draft.md",
+        "scratch.txt",
+        "constraints.txt",
+    ] {
+        write(root, rel, "x\n");
+    }
+    write(root, ".gitignore", "venv/\nscratch.txt\n");
+    write(root, ".dallingerignore", "notes/draft.md\n");
+    git.run(root, &["init", "-q"]);
+    let exp = git.load(root).unwrap();
+    assert_eq!(exp.listing.selection, Selection::Dallinger);
+    let s = |v: &str| Some(v.to_string());
+    assert_eq!(
+        excluded(&exp),
+        [
+            (".dallingerignore".into(), ".dallingerignore", None),
+            (".git/".into(), "dallinger", s(".git")),
+            ("a.db".into(), "dallinger", s("*.db")),
+            ("config.txt".into(), "dallinger", s("config.txt")),
+            ("constraints.txt".into(), "generated", None),
+            ("data/".into(), "dallinger", s("data")),
+            (
+                "notes/draft.md".into(),
+                ".dallingerignore",
+                s("notes/draft.md")
+            ),
+            ("scratch.txt".into(), "git", None),
+            ("venv/".into(), "git", None),
+        ]
+    );
+}

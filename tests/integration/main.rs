@@ -22,6 +22,7 @@ mod compression;
 mod dallinger_image;
 mod dallinger_src;
 mod debian_packages;
+mod deploy_toml;
 mod errors;
 mod extra_files;
 mod fuzz;
