@@ -22,6 +22,7 @@ mod compression;
 mod dallinger_image;
 mod dallinger_src;
 mod debian_packages;
+mod dockerfile_native;
 mod errors;
 mod fuzz;
 mod git_requirements;
