@@ -1817,3 +1817,65 @@ fn extract_into<W: Write>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requirement_installs_are_recognised_and_nothing_else() {
+        for yes in [
+            "pip install -r requirements.txt",
+            "pip3 install --no-cache-dir -r requirements.txt",
+            "python -m pip install -r constraints.txt",
+            "python3.12 -m pip install --requirement=requirements.txt -q",
+            "/usr/local/bin/python3 -m pip install -r /experiment/requirements.txt",
+            "uv pip install -r constraints.txt --system",
+            "uv pip install --system -r requirements.txt -c constraints.txt",
+        ] {
+            assert!(installs_requirements(yes), "{yes}");
+        }
+        for no in [
+            "pip install flask",
+            "pip install -r requirements.txt && rm -rf /x",
+            "pip install -r other.txt",
+            "pip install -e .",
+            "pip install --index-url http://x -r requirements.txt",
+            "uv pip install --system",
+            "apt-get install -y ffmpeg",
+            "pip install -r $REQS",
+        ] {
+            assert!(!installs_requirements(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn paths_resolve_inside_the_root_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("usr/lib")).unwrap();
+        fs::write(root.join("usr/lib/f"), "x").unwrap();
+        std::os::unix::fs::symlink("/usr/lib", root.join("lib")).unwrap();
+        std::os::unix::fs::symlink("../../../../etc", root.join("up")).unwrap();
+        assert_eq!(in_root(root, "lib/f"), Some(root.join("usr/lib/f")));
+        assert_eq!(
+            in_root(root, "/usr/../usr/lib/f"),
+            Some(root.join("usr/lib/f"))
+        );
+        // A link never leads out: `..` stops at the root.
+        assert_eq!(in_root(root, "up/passwd"), None);
+        assert!(in_root(root, "missing").is_none());
+        // The last component is not followed.
+        assert_eq!(in_root(root, "lib"), Some(root.join("lib")));
+    }
+
+    #[test]
+    fn destinations_are_absolute_and_clean() {
+        assert_eq!(absolute("/app", "."), "/app");
+        assert_eq!(absolute("/app", "sub/../x.txt"), "/app/x.txt");
+        assert_eq!(absolute("/app", "/etc/"), "/etc");
+        assert_eq!(absolute("/", "../.."), "/");
+        assert_eq!(clean_rel("./static/"), "static");
+        assert_eq!(clean_rel("."), "");
+    }
+}

@@ -361,3 +361,36 @@ fn native_python_replaces_the_pip_install_and_is_reproducible() {
         "{history:?}"
     );
 }
+
+/// `FROM` a registry reference goes through the base resolution (here a
+/// local registry, `--insecure-registry`): the same image as from the
+/// layout the registry was filled from.
+#[test]
+fn from_a_registry_gives_the_image_from_the_layout() {
+    let skopeo = require_tool("skopeo");
+    let registry = common::registry::Registry::start(common::registry::RegistryAuth::None);
+    let host = registry.host();
+    let sandbox = Sandbox::new();
+    let base = base_layout(&sandbox.path("base"));
+    ok(Command::new(&skopeo)
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(&base)
+        .arg(format!("docker://{host}/lab/busybox:1")));
+    let exp = sandbox.experiment("golden", "from-registry");
+    fs::write(
+        exp.join("Dockerfile"),
+        "ARG BASE\nFROM $BASE\nCOPY config.txt /etc/experiment.txt\nRUN cat /etc/experiment.txt > /copied.txt\n",
+    )
+    .unwrap();
+    let from_layout = digest_of(&build(&sandbox, &exp, &base, &[]));
+    let other = Sandbox::new();
+    let exp2 = other.experiment("golden", "from-registry");
+    fs::copy(exp.join("Dockerfile"), exp2.join("Dockerfile")).unwrap();
+    let out = build(
+        &other,
+        &exp2,
+        &format!("{host}/lab/busybox:1"),
+        &["--insecure-registry", &host],
+    );
+    assert_eq!(digest_of(&out), from_layout);
+}
