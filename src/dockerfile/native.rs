@@ -180,22 +180,23 @@ struct Builder<'a> {
     building: BTreeSet<usize>,
     /// Which build args an ARG declared.
     used_args: BTreeSet<String>,
-    context: Context2,
+    context: BuildContext,
 }
 
 /// The build context: the experiment's file set, by path.
-struct Context2 {
+struct BuildContext {
     files: BTreeMap<String, FileKind>,
     dirs: BTreeSet<String>,
 }
 
-impl Context2 {
-    fn of(experiment: &Experiment) -> Context2 {
+impl BuildContext {
+    fn of(experiment: &Experiment) -> Result<BuildContext> {
+        let ignore = DockerIgnore::of(experiment)?;
         let mut files = BTreeMap::new();
         let mut dirs = BTreeSet::new();
         dirs.insert(String::new());
         for file in &experiment.files {
-            if file.rel == crate::plan::LOCK_FILE {
+            if file.rel == crate::plan::LOCK_FILE || ignore.excludes(&file.rel) {
                 continue;
             }
             let mut parent = Path::new(&file.rel).parent();
@@ -205,7 +206,77 @@ impl Context2 {
             }
             files.insert(file.rel.clone(), file.kind.clone());
         }
-        Context2 { files, dirs }
+        Ok(BuildContext { files, dirs })
+    }
+}
+
+/// The context's `.dockerignore`, as docker reads it (moby's
+/// patternmatcher): one pattern a line, `#` comments, `!` exceptions, the
+/// last matching pattern deciding, a pattern that matches a directory
+/// excluding what is below it, `**` any number of directories. With a
+/// `deploy.toml` (Dallinger 12.4) it has no effect, as there.
+struct DockerIgnore {
+    patterns: Vec<(globset::GlobMatcher, bool)>,
+}
+
+impl DockerIgnore {
+    fn of(experiment: &Experiment) -> Result<DockerIgnore> {
+        let file = experiment.files.iter().find(|f| f.rel == ".dockerignore");
+        let Some(file) = file.filter(|_| !experiment.dir.join("deploy.toml").is_file()) else {
+            return Ok(DockerIgnore {
+                patterns: Vec::new(),
+            });
+        };
+        let name = experiment.dir.join(".dockerignore");
+        let (content, _) = source_content(&file.kind);
+        let mut text = String::new();
+        content.open()?.read_to_string(&mut text)?;
+        DockerIgnore::parse(&name.display().to_string(), &text)
+    }
+
+    fn parse(name: &str, text: &str) -> Result<DockerIgnore> {
+        let mut patterns = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (exception, pattern) = match line.strip_prefix('!') {
+                Some(rest) => (true, rest.trim()),
+                None => (false, line),
+            };
+            let pattern = clean_rel(pattern);
+            if pattern.is_empty() {
+                continue;
+            }
+            let glob = globset::GlobBuilder::new(&pattern)
+                .literal_separator(true)
+                .backslash_escape(true)
+                .build()
+                .with_context(|| format!("{name}:{}: {line:?} is not a pattern", n + 1))?;
+            patterns.push((glob.compile_matcher(), exception));
+        }
+        Ok(DockerIgnore { patterns })
+    }
+
+    fn excludes(&self, rel: &str) -> bool {
+        let mut excluded = false;
+        for (matcher, exception) in &self.patterns {
+            // The path or one of its parent directories.
+            let mut candidate = Some(rel);
+            let mut matched = false;
+            while let Some(path) = candidate {
+                if matcher.is_match(path) {
+                    matched = true;
+                    break;
+                }
+                candidate = path.rsplit_once('/').map(|(parent, _)| parent);
+            }
+            if matched {
+                excluded = !exception;
+            }
+        }
+        excluded
     }
 }
 
@@ -220,7 +291,7 @@ impl<'a> Builder<'a> {
             built: BTreeMap::new(),
             building: BTreeSet::new(),
             used_args: BTreeSet::new(),
-            context: Context2::of(request.experiment),
+            context: BuildContext::of(request.experiment)?,
         };
         let mut instructions = parsed.instructions.into_iter().peekable();
         // ARGs before the first FROM are in scope for the FROMs.
@@ -994,6 +1065,7 @@ impl<'a> Builder<'a> {
             || dest_text == "."
             || dest == "/"
             || stage.dirs.contains(&dest)
+            || STANDARD_DIRS.contains(&dest.as_str())
             || matches!(&picked[0], Picked::Dir(..));
         if picked.len() > 1 && !dest_text.ends_with('/') && dest_text != "." {
             bail!(
@@ -1193,6 +1265,36 @@ impl<'a> Builder<'a> {
             .collect()
     }
 }
+
+/// Directories every Linux image has: a file copied to one of them goes
+/// inside it, as docker copies into an existing directory (other existing
+/// directories are known when this Dockerfile made or named them; name
+/// any other with a trailing `/`).
+const STANDARD_DIRS: [&str; 23] = [
+    "/bin",
+    "/etc",
+    "/home",
+    "/lib",
+    "/mnt",
+    "/opt",
+    "/root",
+    "/run",
+    "/sbin",
+    "/srv",
+    "/tmp",
+    "/usr",
+    "/usr/bin",
+    "/usr/lib",
+    "/usr/local",
+    "/usr/local/bin",
+    "/usr/local/lib",
+    "/usr/local/sbin",
+    "/usr/local/share",
+    "/usr/sbin",
+    "/usr/share",
+    "/var",
+    "/var/tmp",
+];
 
 /// A source a COPY picked.
 enum Picked {
@@ -1867,6 +1969,20 @@ mod tests {
         assert!(in_root(root, "missing").is_none());
         // The last component is not followed.
         assert_eq!(in_root(root, "lib"), Some(root.join("lib")));
+    }
+
+    #[test]
+    fn dockerignore_patterns_as_docker_reads_them() {
+        let ignore = |text: &str| DockerIgnore::parse(".dockerignore", text).unwrap();
+        let i = ignore("# comment\n*.log\n/build\n**/cache\n!keep.log\ndocs/*.md\n");
+        assert!(i.excludes("a.log"));
+        assert!(!i.excludes("keep.log"));
+        assert!(!i.excludes("sub/a.log"));
+        assert!(i.excludes("build/x/y.txt"));
+        assert!(i.excludes("deep/er/cache/file"));
+        assert!(i.excludes("docs/readme.md"));
+        assert!(!i.excludes("docs/sub/readme.md"));
+        assert!(!i.excludes("experiment.py"));
     }
 
     #[test]

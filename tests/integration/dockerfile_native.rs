@@ -93,6 +93,7 @@ COPY *constraints.txt constraints.txt
 COPY static/ /srv/static/
 COPY --from=tools /tool.txt /notes/heredoc.txt /from-tools/
 ADD bundle.tar /unpacked/
+COPY . /context/
 RUN <<SCRIPT
 echo "$GREETING, $FALLBACK, $FLAVOUR" > /app/run-output.txt
 id -u >> /app/run-output.txt
@@ -110,6 +111,9 @@ fn experiment(sandbox: &Sandbox, rel: &str) -> PathBuf {
     let exp = sandbox.experiment("golden", rel);
     fs::write(exp.join("Dockerfile"), DOCKERFILE).unwrap();
     fs::write(exp.join("my-constraints.txt"), "pinned==1\n").unwrap();
+    // .dockerignore applies to the context, as with docker.
+    fs::write(exp.join(".dockerignore"), "*.log\n").unwrap();
+    fs::write(exp.join("debug.log"), "not in the image\n").unwrap();
     // A tar ADD extracts.
     let content = sandbox.path(&format!("{rel}-bundle"));
     fs::create_dir_all(content.join("inner")).unwrap();
@@ -193,10 +197,10 @@ fn a_dockerfile_builds_without_an_engine_and_runs_under_podman() {
     );
     // ARGs are not kept in the image.
     assert!(!env.iter().any(|e| e.as_str().unwrap().starts_with("WHO=")));
-    // base + 4 COPY/ADD + 2 RUN
+    // base + 6 COPY/ADD + 2 RUN
     assert_eq!(
         manifest["layers"].as_array().unwrap().len(),
-        8,
+        9,
         "{manifest}"
     );
     let history = created_by(&config);
@@ -234,6 +238,12 @@ fn a_dockerfile_builds_without_an_engine_and_runs_under_podman() {
         "made in the tools stage\nfrom a heredoc: has a base\n"
     );
     assert_eq!(shell("cat /unpacked/inner/packed.txt"), "from the tar\n");
+    assert_eq!(
+        shell(
+            "for f in debug.log experiment.py Dockerfile; do [ -e /context/$f ] && echo $f; done"
+        ),
+        "experiment.py\nDockerfile\n"
+    );
     assert_eq!(
         shell("ls /srv/static"),
         String::from_utf8_lossy(
