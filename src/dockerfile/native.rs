@@ -807,7 +807,7 @@ impl<'a> Builder<'a> {
                 store.fetch_missing(&layers)?;
                 let rootfs = unpack::cached_rootfs(store, &layers)?;
                 // WORKDIR makes its directory, owned by the user.
-                let mkdirs = match in_root(&rootfs, &dir) {
+                let mkdirs = match followed_in_root(&rootfs, &dir) {
                     Some(p) if p.is_dir() => Vec::new(),
                     _ => vec![dir.trim_start_matches('/').to_string()],
                 };
@@ -912,7 +912,7 @@ impl<'a> Builder<'a> {
                 store.fetch_missing(layers)?;
                 let root = unpack::cached_rootfs(store, layers)?;
                 let read = |rel: &str| {
-                    in_root(&root, rel)
+                    followed_in_root(&root, rel)
                         .and_then(|p| fs::read_to_string(p).ok())
                         .unwrap_or_default()
                 };
@@ -1323,7 +1323,7 @@ fn root_sources(root: &Path, pattern: &str) -> Vec<Picked> {
         })
     };
     let pick = |rel: &str| -> Option<Picked> {
-        let path = in_root(root, rel)?;
+        let path = followed_in_root(root, rel)?;
         let meta = path.symlink_metadata().ok()?;
         if meta.is_dir() {
             let mut contents = Vec::new();
@@ -1364,7 +1364,7 @@ fn root_sources(root: &Path, pattern: &str) -> Vec<Picked> {
         return Vec::new();
     };
     let matcher = glob.compile_matcher();
-    let Some(dir_path) = in_root(root, dir) else {
+    let Some(dir_path) = followed_in_root(root, dir) else {
         return Vec::new();
     };
     let mut names: Vec<String> = fs::read_dir(dir_path)
@@ -1391,6 +1391,16 @@ fn root_sources(root: &Path, pattern: &str) -> Vec<Picked> {
 /// out of it); `None` when it does not exist. The last component is not
 /// followed when it is a symlink.
 fn in_root(root: &Path, rel: &str) -> Option<PathBuf> {
+    resolve_in_root(root, rel, false)
+}
+
+/// [`in_root`], a symlink at the end followed too (inside the root): what
+/// is read or entered through the path, never a host file.
+fn followed_in_root(root: &Path, rel: &str) -> Option<PathBuf> {
+    resolve_in_root(root, rel, true)
+}
+
+fn resolve_in_root(root: &Path, rel: &str, follow_last: bool) -> Option<PathBuf> {
     let mut parts: Vec<String> = Vec::new();
     let mut pending: Vec<String> = rel
         .split('/')
@@ -1412,7 +1422,7 @@ fn in_root(root: &Path, rel: &str) -> Option<PathBuf> {
         candidate.extend(&parts);
         candidate.push(&part);
         let meta = candidate.symlink_metadata().ok()?;
-        if meta.file_type().is_symlink() && !pending.is_empty() {
+        if meta.file_type().is_symlink() && (follow_last || !pending.is_empty()) {
             hops += 1;
             if hops > 40 {
                 return None;
@@ -1967,8 +1977,11 @@ mod tests {
         // A link never leads out: `..` stops at the root.
         assert_eq!(in_root(root, "up/passwd"), None);
         assert!(in_root(root, "missing").is_none());
-        // The last component is not followed.
+        // The last component is not followed, unless asked.
         assert_eq!(in_root(root, "lib"), Some(root.join("lib")));
+        assert_eq!(followed_in_root(root, "lib"), Some(root.join("usr/lib")));
+        std::os::unix::fs::symlink("/etc/passwd", root.join("passwd")).unwrap();
+        assert_eq!(followed_in_root(root, "passwd"), None);
     }
 
     #[test]
