@@ -151,6 +151,15 @@ pub struct Customisation {
     pub prepare_network: bool,
     /// Build the experiment's own Dockerfile with this engine.
     pub dockerfile_engine: Option<crate::dockerfile::DockerfileEngine>,
+    /// The Dockerfile's `--build-arg NAME=VALUE`s (native build).
+    pub build_args: Vec<(String, String)>,
+    /// Give the Dockerfile's `RUN`s the host's network.
+    pub build_network: bool,
+    /// Replace a `RUN` that only pip-installs the requirements by our
+    /// locked Python layers.
+    pub native_python: bool,
+    /// The Dockerfile stage to build (default: the last).
+    pub dockerfile_target: Option<String>,
 }
 
 /// Settings of the Python stage.
@@ -492,7 +501,7 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
             }),
         lock_sha256: crate::attest::lock_sha256(&sources.experiment.dir)?,
         parameters: byte_changing_options(request, &sources),
-        from_dockerfile: dockerfile_engine.is_some(),
+        from_dockerfile: sources.experiment.has_dockerfile(),
         ..Default::default()
     };
     if request.adding_up && sources.experiment.has_dockerfile() {
@@ -507,6 +516,10 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
             false,
             None,
         ),
+        None if sources.experiment.has_dockerfile() => {
+            let (image, reused) = native_dockerfile_image(request, &sources, &store)?;
+            (image, reused, None)
+        }
         None => {
             let base = resolve_base(&sources.base_ref, &store, &sources.platform, request)?;
             // The layers the lock predicts and the registry already has
@@ -576,7 +589,7 @@ fn byte_changing_options(
     use serde_json::json;
     let python = request.python.as_ref();
     let custom = &request.customisation;
-    BTreeMap::from([
+    let mut options = BTreeMap::from([
         ("base".into(), json!(portable_base_name(&sources.base_text))),
         ("platform".into(), json!(sources.platform)),
         ("source_date_epoch".into(), json!(request.epoch)),
@@ -600,7 +613,15 @@ fn byte_changing_options(
             "dockerfile".into(),
             json!(custom.dockerfile_engine.is_some()),
         ),
-    ])
+    ]);
+    if sources.experiment.has_dockerfile() {
+        // Build args by name only: a value may be a secret.
+        let names: Vec<&str> = custom.build_args.iter().map(|(k, _)| k.as_str()).collect();
+        options.insert("build_args".into(), json!(names));
+        options.insert("build_network".into(), json!(custom.build_network));
+        options.insert("native_python".into(), json!(custom.native_python));
+    }
+    options
 }
 
 /// What a build starts from: the experiment, its image's name and tag,
@@ -647,6 +668,8 @@ impl Sources {
         let base_text = match (&request.base, experiment.get("docker_base_image")) {
             (Some(b), _) => b.clone(),
             (None, Some(b)) => b.to_string(),
+            // A Dockerfile names its own bases.
+            (None, None) if experiment.has_dockerfile() => "scratch".to_string(),
             (None, None) => {
                 let (base, why) = default_base(&experiment.dir);
                 eprintln!("No base image configured: using {base} ({why}); set docker_base_image under [Docker] or pass --base to choose");
@@ -691,6 +714,68 @@ fn dockerfile_image(
     )?;
     image::add_labels(&mut built.config, &metadata.labels)?;
     Image::assemble_annotated(store, &built.config, built.layers, &metadata.annotations)
+}
+
+/// The experiment's own Dockerfile, built without an engine (see
+/// `dockerfile::native`): bases resolved as `--base` is, a pip install of
+/// the requirements replaced by our Python layers with `--native-python`.
+fn native_dockerfile_image(
+    request: &BuildRequest,
+    sources: &Sources,
+    store: &BlobStore,
+) -> Result<(Image, bool)> {
+    let custom = &request.customisation;
+    let resolve = |text: &str| -> Result<base::BaseImage> {
+        resolve_base(&BaseRef::parse(text)?, store, &sources.platform, request)
+    };
+    let python_layers =
+        |config: &serde_json::Value, layers: &[ImageLayer]| -> Result<Vec<ProducedLayer>> {
+            let python = request.python.as_ref().context(
+                "--native-python installs the requirements with the Python stage: drop --no-deps",
+            )?;
+            let so_far = base::BaseImage {
+                config: config.clone(),
+                layers: layers.to_vec(),
+                name: None,
+                digest: None,
+            };
+            let stage = python_stage(
+                &sources.experiment,
+                &so_far,
+                "Dockerfile",
+                &sources.platform,
+                store,
+                request,
+                python,
+            )?;
+            Ok(stage.layers.layers)
+        };
+    let native_python: Option<crate::dockerfile::native::PythonLayers> = match custom.native_python
+    {
+        true => Some(&python_layers),
+        false => None,
+    };
+    let built = crate::dockerfile::native::build(&crate::dockerfile::native::NativeRequest {
+        experiment: &sources.experiment,
+        store,
+        platform: &sources.platform,
+        epoch: request.epoch,
+        build_args: &custom.build_args,
+        network: custom.build_network,
+        target: custom.dockerfile_target.as_deref(),
+        resolve_image: &resolve,
+        native_python,
+    })?;
+    if !built.reproducible {
+        eprintln!(
+            "warning: a RUN of the Dockerfile had the host's network (--build-network): this image's digest is not reproducible"
+        );
+    }
+    let mut config = built.config;
+    image::add_labels(&mut config, &request.metadata.labels)?;
+    let image =
+        Image::assemble_annotated(store, &config, built.layers, &request.metadata.annotations)?;
+    Ok((image, built.last_reused))
 }
 
 /// The layers a build adds to its base, in order, and what they leave for
@@ -955,15 +1040,18 @@ fn refuse_unrequested_customisation(
     experiment: &Experiment,
     customisation: &Customisation,
 ) -> Result<()> {
-    if experiment.has_dockerfile() && customisation.dockerfile_engine.is_none() {
+    // A Dockerfile is built natively (or by the engine named): it decides
+    // what runs, prepare script included.
+    if experiment.has_dockerfile() {
+        if customisation.dockerfile_engine.is_none() {
+            crate::dockerfile::native::check(experiment)?;
+        }
+        return Ok(());
+    }
+    if customisation.native_python || customisation.build_network {
         bail!(
-            "{}: the experiment has its own Dockerfile, which Dallinger builds instead of its \
-             generated one; a Dockerfile needs a container engine, so dallinger-oci does not \
-             build it: pass --dockerfile-engine podman|docker|buildah to build it with that engine (dallinger-oci \
-             then writes and pushes the result), or remove it (declare \
-             Debian packages with `system_packages` under [Docker] and put other steps in \
-             prepare_docker_image.sh) to build without a daemon",
-            experiment.dir.join("Dockerfile").display()
+            "{}: --native-python and --build-network apply to an experiment's own Dockerfile, and this experiment has none",
+            experiment.dir.display()
         );
     }
     if experiment.custom_prepare_script().is_some() && !customisation.run_prepare {

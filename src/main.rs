@@ -151,9 +151,51 @@ struct BuildArgs {
     #[arg(long, requires = "run_prepare")]
     prepare_network: bool,
     /// Build the experiment's own Dockerfile with this container engine
-    /// (podman, docker or buildah), then write and push its result.
+    /// (podman, docker or buildah), then write and push its result; without
+    /// it a Dockerfile is built natively, without an engine.
     #[arg(long, value_name = "ENGINE")]
     dockerfile_engine: Option<String>,
+    /// A Dockerfile ARG's value (repeatable); a bare NAME takes the
+    /// variable's value from the environment, as docker does.
+    #[arg(long = "build-arg", value_name = "NAME[=VALUE]")]
+    build_args: Vec<String>,
+    /// Give the Dockerfile's RUN steps the host's network (the image's
+    /// digest is then not reproducible).
+    #[arg(long)]
+    build_network: bool,
+    /// Replace a Dockerfile RUN that only installs the experiment's
+    /// requirements (pip install -r requirements.txt, uv pip install -r
+    /// constraints.txt --system) by dallinger-oci's locked Python layers,
+    /// which makes such a Dockerfile reproducible.
+    #[arg(long)]
+    native_python: bool,
+    /// The Dockerfile stage to build (FROM … AS NAME; default: the last).
+    #[arg(long, value_name = "STAGE")]
+    target: Option<String>,
+}
+
+/// `--build-arg NAME=VALUE`, or `NAME` with the environment's value (none:
+/// the ARG's default applies, as with docker).
+fn build_args(args: &[String]) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for arg in args {
+        let (name, value) = match arg.split_once('=') {
+            Some((name, value)) => (name.to_string(), Some(value.to_string())),
+            None => (arg.clone(), std::env::var(arg).ok()),
+        };
+        let valid = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            bail!("--build-arg {arg:?}: give NAME=VALUE, NAME a letter or _ then letters, digits or _");
+        }
+        if let Some(value) = value {
+            out.push((name, value));
+        }
+    }
+    Ok(out)
 }
 
 /// The image's tags, labels and annotations, and where its metadata goes.
@@ -646,6 +688,10 @@ fn build_request_adding_up(
                 .as_deref()
                 .map(dallinger_oci::dockerfile::DockerfileEngine::parse)
                 .transpose()?,
+            build_args: build_args(&args.build_args)?,
+            build_network: args.build_network,
+            native_python: args.native_python,
+            dockerfile_target: args.target.clone(),
         },
     };
     Ok(request)
@@ -665,7 +711,13 @@ fn build_command(
         build::write_digest_file(path, digest)?;
     }
     eprintln!(
-        "Experiment layer: {} ({})",
+        "{}: {} ({})",
+        // A Dockerfile's last step need not be the experiment's code.
+        if result.inventory.from_dockerfile {
+            "Last layer"
+        } else {
+            "Experiment layer"
+        },
         result
             .image
             .layers

@@ -61,6 +61,8 @@ pub struct Sandbox {
     hostname: String,
     /// Writable root: an overlay whose changes land in `upper`.
     overlay: Option<Overlay>,
+    /// The user and group the program runs as (a Dockerfile's `USER`).
+    user: (u32, u32),
 }
 
 /// Where an overlay root keeps its changes (both empty directories on the
@@ -117,6 +119,7 @@ impl Sandbox {
             network: false,
             hostname: "dallinger-oci".into(),
             overlay: None,
+            user: (0, 0),
         }
     }
 
@@ -146,6 +149,15 @@ impl Sandbox {
 
     pub fn workdir(mut self, dir: &str) -> Sandbox {
         self.workdir = dir.to_string();
+        self
+    }
+
+    /// Runs the program as `uid`:`gid` (root by default), as a
+    /// Dockerfile's `USER` does: the innermost user namespace maps that
+    /// user (and only it) to the caller, so every file of the root is
+    /// that user's and the program holds no capability after its exec.
+    pub fn user(mut self, uid: u32, gid: u32) -> Sandbox {
+        self.user = (uid, gid);
         self
     }
 
@@ -371,6 +383,8 @@ impl Sandbox {
             flags,
             uid_map: format!("0 {uid} 1\n").into_bytes(),
             gid_map: format!("0 {gid} 1\n").into_bytes(),
+            inner_uid_map: format!("{} 0 1\n", self.user.0).into_bytes(),
+            inner_gid_map: format!("{} 0 1\n", self.user.1).into_bytes(),
             overlay,
             dev_links: DEV_LINKS
                 .iter()
@@ -506,6 +520,9 @@ struct ChildPlan {
     flags: libc::c_int,
     uid_map: Vec<u8>,
     gid_map: Vec<u8>,
+    /// The mount-locking namespace's maps: the program's user to ours.
+    inner_uid_map: Vec<u8>,
+    inner_gid_map: Vec<u8>,
     root: CString,
     /// Overlay mount options, when the root is writable.
     overlay: Option<CString>,
@@ -956,11 +973,12 @@ unsafe fn child_main(plan: &ChildPlan, stdin: i32, log: i32, report: i32) -> ! {
         fail(report, 13);
     }
     // Locks the mounts: a user namespace that owns neither the mount
-    // namespace nor its mounts, root (the same user) inside.
+    // namespace nor its mounts, root (the same user) inside unless a
+    // user was asked for.
     if libc::unshare(libc::CLONE_NEWUSER) != 0
         || !write_file(b"/proc/self/setgroups\0", b"deny")
-        || !write_file(b"/proc/self/uid_map\0", b"0 0 1\n")
-        || !write_file(b"/proc/self/gid_map\0", b"0 0 1\n")
+        || !write_file(b"/proc/self/uid_map\0", &plan.inner_uid_map)
+        || !write_file(b"/proc/self/gid_map\0", &plan.inner_gid_map)
     {
         fail(report, STEP_LOCK);
     }

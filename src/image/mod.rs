@@ -267,21 +267,7 @@ pub fn derive_config(
     let history = history
         .as_array_mut()
         .context("the base image's history is not a list")?;
-    // Tools that pair history with layers need one non-empty entry per base
-    // layer; a base without history gets placeholders.
-    let non_empty = history
-        .iter()
-        .filter(|h| {
-            !h.get("empty_layer")
-                .and_then(Value::as_bool)
-                .unwrap_or(false)
-        })
-        .count();
-    if non_empty < base_layer_count {
-        for _ in non_empty..base_layer_count {
-            history.push(json!({"created": created, "created_by": "base image layer"}));
-        }
-    }
+    pad_history(history, base_layer_count, &created);
     for (_, created_by) in new_layers {
         history.push(json!({
             "created": created,
@@ -291,6 +277,22 @@ pub fn derive_config(
     }
     add_labels(&mut config, &changes.labels)?;
     Ok(config)
+}
+
+/// Tools that pair history with layers need one non-empty entry per base
+/// layer: a base with fewer (none, say) gets placeholders.
+pub fn pad_history(history: &mut Vec<Value>, base_layers: usize, created: &str) {
+    let non_empty = history
+        .iter()
+        .filter(|h| {
+            !h.get("empty_layer")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+        })
+        .count();
+    for _ in non_empty..base_layers {
+        history.push(json!({"created": created, "created_by": "base image layer"}));
+    }
 }
 
 /// Sets `labels` in a config's `config.Labels`, over what it holds (none:

@@ -23,6 +23,7 @@ mod dallinger_image;
 mod dallinger_src;
 mod debian_packages;
 mod deploy_toml;
+mod dockerfile_native;
 mod errors;
 mod extra_files;
 mod fuzz;

@@ -1,7 +1,8 @@
 //! An experiment's own prepare_docker_image.sh: never ignored. Without
 //! --run-prepare the build stops; with it the script runs in the sandbox on
 //! the image so far and its changes become one reproducible layer, deletions
-//! as whiteouts that umoci honours. A Dockerfile stops the build.
+//! as whiteouts that umoci honours. A Dockerfile with an instruction the
+//! native build does not support stops the build before any work.
 
 use crate::common;
 
@@ -171,21 +172,21 @@ fn a_failing_prepare_script_fails_the_build() {
 }
 
 #[test]
-fn a_dockerfile_stops_the_build_and_nothing_is_written() {
+fn an_unsupported_dockerfile_stops_the_build_and_nothing_is_written() {
     let sandbox = Sandbox::new();
     let base = base(&sandbox.path("base"));
     let exp = sandbox.experiment("golden", "with-dockerfile");
     fs::write(
         exp.join("Dockerfile"),
-        "FROM python:3.11\nRUN apt-get install -y ffmpeg\n",
+        "FROM python:3.11\nRUN apt-get install -y ffmpeg\nHEALTHCHECK CMD true\n",
     )
     .unwrap();
     let out = build(&sandbox, &exp, &base, &["--run-prepare"]);
     let err = one_line_error(&out);
     assert!(
         err.starts_with("error: ")
-            && err.contains("with-dockerfile/Dockerfile: the experiment has its own Dockerfile")
-            && err.contains("a Dockerfile needs a container engine"),
+            && err.contains("with-dockerfile/Dockerfile:3: HEALTHCHECK is not supported by the native Dockerfile build")
+            && err.contains("pass --dockerfile-engine podman|docker|buildah"),
         "{err}"
     );
     assert!(!sandbox.path("layout").exists());

@@ -15,6 +15,9 @@ use crate::experiment::{Experiment, FileKind};
 use crate::image::store::BlobStore;
 pub use crate::runtime::DockerfileEngine;
 
+pub mod native;
+pub mod parse;
+
 /// Builds the experiment's Dockerfile with `engine` as `image_name` and
 /// returns the result, its blobs imported into `store`.
 pub fn build_with_engine(
