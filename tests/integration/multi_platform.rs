@@ -292,7 +292,8 @@ fn a_foreign_sdist_without_binfmt_is_one_line_and_a_wheel_in_find_links_builds()
     let out = build(&links, "oci:refused");
     assert_eq!(
         one_line_error(&out),
-        "error: tinyext 1.0 has no wheel for linux/arm64, and building its sdist runs the \
+        format!("error: {}:1: ", exp.join("constraints.txt").display())
+            + "tinyext 1.0 has no wheel for linux/arm64, and building its sdist runs the \
          linux/arm64 builder's compiler, which this machine cannot run (no binfmt_misc entry \
          runs linux/arm64 programs on this linux/amd64 machine): put a linux/arm64 wheel of it \
          in a --find-links directory, or register qemu-user-static's interpreters with \
