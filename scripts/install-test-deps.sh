@@ -10,6 +10,7 @@ packages=(
   aardvark-dns   # container name resolution for podman networks
   busybox-static # a tiny runnable base for run tests
   mmdebstrap     # the Python base root filesystem
+  qemu-user-static arch-test # arm64 bases, sdists and runs under emulation (multi_platform)
   docker-registry apache2-utils
   hyperfine time # benchmarks
   util-linux     # setpriv, to test unreadable files as another user

@@ -10,9 +10,12 @@ variant=${BASE_VARIANT:-apt}
 packages=${BASE_PACKAGES:-python3,libpq5,libstdc++6}
 mirror=${BASE_MIRROR:-http://deb.debian.org/debian}
 epoch=${BASE_SOURCE_DATE_EPOCH:-946684800}
+# A Debian architecture (amd64, arm64); a foreign one is made under
+# qemu-user-static through binfmt_misc (mmdebstrap's foreign mode).
+arch=${BASE_ARCH:-}
 
 cache=${DALLINGER_OCI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dallinger-oci}
-key=$(printf '%s\n' "$suite" "$variant" "$packages" "$mirror" "$epoch" | sha256sum | cut -c1-16)
+key=$(printf '%s\n' "$suite" "$variant" "$packages" "$mirror" "$epoch" ${arch:+"$arch"} | sha256sum | cut -c1-16)
 out="$cache/bases/$suite-python-$key.tar"
 
 if [ ! -s "$out" ]; then
@@ -31,7 +34,7 @@ if [ ! -s "$out" ]; then
   trap 'rm -f "$tmp"' EXIT
   echo "making the $suite Python base with mmdebstrap (about 30 s)" >&2
   SOURCE_DATE_EPOCH=$epoch mmdebstrap --quiet --variant="$variant" --include="$packages" \
-    --mode=root --format=tar "$suite" "$tmp" "$mirror" >&2
+    ${arch:+--architectures="$arch"} --mode=root --format=tar "$suite" "$tmp" "$mirror" >&2
   mv "$tmp" "$out"
 fi
 echo "$out"

@@ -12,6 +12,7 @@ use crate::base::{self, BaseRef};
 use crate::experiment::{Experiment, FileKind, LoadOptions};
 use crate::http::RetryPolicy;
 use crate::image::metadata::ImageMetadata;
+use crate::image::platform::{Platform, Platforms};
 use crate::image::store::{
     sha256_digest, sha256_file, BlobFetcher, BlobStore, LayerDescription, ProducedLayer,
 };
@@ -287,6 +288,17 @@ fn python_stage(
             "true" | "1" | "yes" | "on"
         )
     });
+    if python.compile_bytecode {
+        let wanted = Platform::parse(platform)?;
+        crate::image::platform::can_run(&wanted).map_err(|why| {
+            anyhow::anyhow!(
+                "--compile-bytecode for {wanted} runs the base's {wanted} Python, which this \
+                 machine cannot run ({why}): register qemu-user-static's interpreters with \
+                 binfmt_misc (Debian: apt install qemu-user-static), or build {wanted} without \
+                 --compile-bytecode"
+            )
+        })?;
+    }
     let compiler = python
         .compile_bytecode
         .then(|| BytecodeCompiler::new(store, &base.layers, &base.config));
@@ -476,8 +488,9 @@ pub fn compression_jobs() -> Result<usize> {
 }
 
 pub fn build(request: &BuildRequest) -> Result<BuildResult> {
-    // Sources: the experiment, the image's name, the base.
-    let sources = Sources::read(request)?;
+    // Sources: the experiment, the image's name, the base, the platforms.
+    let mut sources = Sources::read(request)?;
+    let platforms = sources.resolve_platforms(request)?;
     request.metadata.warn_about_wall_clock_times(request.epoch);
     let store = BlobStore::open(&request.cache_dir)?
         .producing(WriteOptions {
@@ -521,47 +534,33 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
             (image, reused, None)
         }
         None => {
-            let base = resolve_base(&sources.base_ref, &store, &sources.platform, request)?;
-            // The layers the lock predicts and the registry already has
-            // are taken as made (see `predict`).
-            let store = store.clone().predicting(crate::predict::predictions(
-                Lock::read(&sources.experiment.dir)?.as_ref(),
-                &store,
-                &base,
-                &crate::predict::Lookup {
-                    registry: &request.registry,
-                    targets: &request.push_targets(&sources.image_name),
-                    adding_up: request.adding_up,
-                },
-            )?);
-
-            // The layers on the base, each described by its stage and
-            // produced by the store.
-            let stages = new_layers(request, &sources, &base, &store)?;
-            inventory.base = (base.digest.is_some() || !base.layers.is_empty()).then(|| {
-                crate::attest::BaseEntry {
-                    reference: portable_base_name(&sources.base_text),
-                    name: base.name.clone(),
-                    digest: base.digest.clone(),
+            // One image per platform, each the whole pipeline on its own
+            // base manifest, then an index over them; one platform is its
+            // image alone, as before.
+            let mut images = Vec::new();
+            let mut layer_reused = true;
+            let mut dallinger_mount = None;
+            for platform in &platforms {
+                sources.platform = platform.clone();
+                if platforms.len() > 1 {
+                    eprintln!("Building for {platform}");
                 }
-            });
-            inventory.wheels = stages.wheels.clone();
-            inventory.debs = stages.debs.clone();
-            let layer_reused = stages.layers.last().is_some_and(|l| l.reused);
-
-            // The image.
-            let changes = config_changes(request, &sources.experiment, &base, &stages);
-            let history: Vec<(&ImageLayer, &str)> = stages
-                .layers
-                .iter()
-                .map(|l| (&l.layer, l.created_by.as_str()))
-                .collect();
-            let config = image::derive_config(&base.config, &changes, &history)?;
-            let mut layers = base.layers;
-            layers.extend(stages.layers.into_iter().map(|l| l.layer));
-            let image =
-                Image::assemble_annotated(&store, &config, layers, &request.metadata.annotations)?;
-            (image, layer_reused, stages.dallinger_mount)
+                // The lock's record of this platform is the one read and written.
+                let _lock_record = crate::plan::for_platform(platform);
+                let built = platform_image(request, &sources, &store, &mut inventory)?;
+                layer_reused &= built.1;
+                dallinger_mount = dallinger_mount.or(built.2);
+                images.push((Platform::parse(platform)?, built.0));
+            }
+            sources.platform = platforms[0].clone();
+            if request.python.as_ref().is_some_and(|p| p.write_lock) {
+                crate::plan::Lock::retain_platforms(&sources.experiment.dir, &platforms)?;
+            }
+            let image = match images.len() {
+                1 => images.remove(0).1,
+                _ => Image::index(&store, images, &request.metadata.annotations)?,
+            };
+            (image, layer_reused, dallinger_mount)
         }
     };
 
@@ -581,6 +580,68 @@ pub fn build(request: &BuildRequest) -> Result<BuildResult> {
     })
 }
 
+/// The image for `sources.platform`: its base manifest, the layers on it
+/// (each stage for this platform), its config; whether the experiment
+/// layer came from the cache, and `--dallinger-src`'s mount. The
+/// inventory gets this platform's base, wheels and Debian packages.
+fn platform_image(
+    request: &BuildRequest,
+    sources: &Sources,
+    store: &BlobStore,
+    inventory: &mut crate::attest::Inventory,
+) -> Result<(Image, bool, Option<SourceMount>)> {
+    let base = resolve_base(&sources.base_ref, store, &sources.platform, request)?;
+    // The layers the lock predicts and the registry already has
+    // are taken as made (see `predict`).
+    let store = store.clone().predicting(crate::predict::predictions(
+        Lock::read(&sources.experiment.dir)?.as_ref(),
+        store,
+        &base,
+        &crate::predict::Lookup {
+            registry: &request.registry,
+            targets: &request.push_targets(&sources.image_name),
+            adding_up: request.adding_up,
+        },
+    )?);
+
+    // The layers on the base, each described by its stage and
+    // produced by the store.
+    let stages = new_layers(request, sources, &base, &store)?;
+    if inventory.base.is_none() {
+        inventory.base =
+            (base.digest.is_some() || !base.layers.is_empty()).then(|| crate::attest::BaseEntry {
+                reference: portable_base_name(&sources.base_text),
+                name: base.name.clone(),
+                digest: base.digest.clone(),
+            });
+    }
+    // Each platform's files once (a pure-Python wheel is every platform's).
+    for wheel in &stages.wheels {
+        if !inventory.wheels.iter().any(|w| w.sha256 == wheel.sha256) {
+            inventory.wheels.push(wheel.clone());
+        }
+    }
+    for deb in &stages.debs {
+        if !inventory.debs.contains(deb) {
+            inventory.debs.push(deb.clone());
+        }
+    }
+    let layer_reused = stages.layers.last().is_some_and(|l| l.reused);
+
+    // The image.
+    let changes = config_changes(request, &sources.experiment, &base, &stages);
+    let history: Vec<(&ImageLayer, &str)> = stages
+        .layers
+        .iter()
+        .map(|l| (&l.layer, l.created_by.as_str()))
+        .collect();
+    let config = image::derive_config(&base.config, &changes, &history)?;
+    let mut layers = base.layers;
+    layers.extend(stages.layers.into_iter().map(|l| l.layer));
+    let image = Image::assemble_annotated(&store, &config, layers, &request.metadata.annotations)?;
+    Ok((image, layer_reused, stages.dallinger_mount))
+}
+
 /// The options that change the image's bytes, as provenance records them.
 fn byte_changing_options(
     request: &BuildRequest,
@@ -591,7 +652,7 @@ fn byte_changing_options(
     let custom = &request.customisation;
     let mut options = BTreeMap::from([
         ("base".into(), json!(portable_base_name(&sources.base_text))),
-        ("platform".into(), json!(sources.platform)),
+        ("platform".into(), json!(platforms_text(&sources.platforms))),
         ("source_date_epoch".into(), json!(request.epoch)),
         ("compression".into(), json!(request.compression.to_string())),
         ("no_deps".into(), json!(python.is_none())),
@@ -624,6 +685,18 @@ fn byte_changing_options(
     options
 }
 
+/// The platforms as provenance records them: `linux/amd64`, or several
+/// joined by commas as `--platform` takes them.
+fn platforms_text(platforms: &Platforms) -> String {
+    match platforms {
+        Platforms::Listed(listed) => {
+            let texts: Vec<String> = listed.iter().map(Platform::to_string).collect();
+            texts.join(",")
+        }
+        Platforms::All => "all".into(),
+    }
+}
+
 /// What a build starts from: the experiment, its image's name and tag,
 /// the base it names and the platform.
 struct Sources {
@@ -635,7 +708,12 @@ struct Sources {
     image_name: String,
     base_text: String,
     base_ref: BaseRef,
+    /// The platform being built (the first of `platforms` until the
+    /// per-platform loop sets each in turn).
     platform: String,
+    /// `--platform`: every platform the image is built for, in order
+    /// (`all` is resolved against the base by [`Sources::resolve_platforms`]).
+    platforms: Platforms,
 }
 
 impl Sources {
@@ -678,13 +756,16 @@ impl Sources {
         };
         let base_ref = BaseRef::parse(&base_text)?;
         // Parsed once: everything below gets the canonical `os/arch[/variant]`.
-        let platform = crate::image::platform::Platform::parse(
+        let platforms = Platforms::parse(
             request
                 .platform
                 .as_deref()
                 .unwrap_or(base::DEFAULT_PLATFORM),
-        )?
-        .to_string();
+        )?;
+        let platform = match &platforms {
+            Platforms::Listed(listed) => listed[0].to_string(),
+            Platforms::All => String::new(),
+        };
         Ok(Sources {
             experiment,
             tag,
@@ -693,7 +774,78 @@ impl Sources {
             base_text,
             base_ref,
             platform,
+            platforms,
         })
+    }
+
+    /// The platforms to build, `all` read from the base's index; refuses
+    /// several for an output that holds one platform (a docker-archive)
+    /// or a build that makes one (the experiment's Dockerfile).
+    fn resolve_platforms(&mut self, request: &BuildRequest) -> Result<Vec<String>> {
+        let platforms: Vec<String> = match &self.platforms {
+            Platforms::Listed(listed) => listed.iter().map(Platform::to_string).collect(),
+            Platforms::All => base_platforms(&self.base_ref, &self.base_text, request)?
+                .iter()
+                .map(Platform::to_string)
+                .collect(),
+        };
+        if platforms.len() > 1 {
+            let one = request
+                .outputs
+                .iter()
+                .find_map(|o| o.sink().one_platform())
+                .or(request
+                    .customisation
+                    .dockerfile_engine
+                    .filter(|_| self.experiment.has_dockerfile())
+                    .map(|_| "the experiment's Dockerfile, built by --dockerfile-engine,"));
+            if let Some(output) = one {
+                bail!(
+                    "{}",
+                    crate::image::archive::one_platform_only(output, &platforms)
+                );
+            }
+        }
+        self.platform = platforms[0].clone();
+        self.platforms = Platforms::Listed(
+            platforms
+                .iter()
+                .map(|p| Platform::parse(p))
+                .collect::<Result<_, _>>()?,
+        );
+        Ok(platforms)
+    }
+}
+
+/// `--platform all`: the platforms of the base's image index.
+fn base_platforms(
+    base_ref: &BaseRef,
+    base_text: &str,
+    request: &BuildRequest,
+) -> Result<Vec<Platform>> {
+    let found = match base_ref {
+        BaseRef::Registry(reference) => {
+            let client = request.registry.client(reference)?;
+            let (bytes, _, _) = client
+                .get_manifest(&reference.repository, reference.manifest_ref())
+                .with_context(|| format!("base {reference}"))?;
+            let parsed: serde_json::Value = serde_json::from_slice(&bytes)
+                .with_context(|| format!("the manifest of {reference} is not JSON"))?;
+            parsed
+                .get("manifests")
+                .and_then(serde_json::Value::as_array)
+                .map(|m| crate::image::platform::index_platforms(m))
+        }
+        BaseRef::OciLayout { dir, tag } => image::layout::index_platforms(dir, tag.as_deref())?,
+        BaseRef::Scratch | BaseRef::Rootfs { .. } => None,
+    };
+    match found {
+        Some(platforms) if !platforms.is_empty() => Ok(platforms),
+        _ => bail!(
+            "--platform all builds every platform of the base's image index, and the base {} \
+             is a single image: name the platforms, e.g. --platform linux/amd64,linux/arm64",
+            portable_base_name(base_text)
+        ),
     }
 }
 
@@ -1128,6 +1280,7 @@ fn sdist_builder<'a>(
         request.epoch,
         Box::new(resolve),
     )
+    .for_platform(Platform::parse(platform).ok())
 }
 
 /// Python used by the default base when the experiment does not say.

@@ -137,7 +137,7 @@ fn services_config() -> Option<dallinger_oci::experiment::config::Config> {
 pub fn run(command: RuntimeCommand) -> Result<()> {
     match command {
         RuntimeCommand::Debug {
-            build,
+            mut build,
             engine,
             port,
             no_browsers,
@@ -146,6 +146,8 @@ pub fn run(command: RuntimeCommand) -> Result<()> {
         } => {
             // Before the build: without an engine there is nothing to debug on.
             let found = engine.engine()?;
+            // debug runs the image here: this machine's platform, one.
+            build.platform = Some(crate::debug_platform(build.platform.as_deref())?);
             let (request, result) = build_command(&build, Default::default(), false, false)?;
             let experiment = Experiment::load(
                 &build.experiment_dir,

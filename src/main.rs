@@ -115,8 +115,10 @@ struct BuildArgs {
     /// Layer cache and blob store.
     #[arg(long, env = "DALLINGER_OCI_CACHE")]
     cache_dir: Option<PathBuf>,
-    /// Platform (os/arch) of scratch and rootfs bases, and the one chosen from an index.
-    #[arg(long)]
+    /// Platform (os/arch[/variant]) of scratch and rootfs bases, and the one
+    /// chosen from an index; several (linux/amd64,linux/arm64) or `all` (the
+    /// base index's) build an image for each and an image index over them.
+    #[arg(long, value_name = "OS/ARCH[,...]|all")]
     platform: Option<String>,
     /// Resolve a registry base's tag again instead of using the digest recorded earlier.
     #[arg(long)]
@@ -427,7 +429,7 @@ impl AttestArgs {
                 &referrers::SubjectImage {
                     digest: &image.manifest_digest,
                     size: image.manifest_size(),
-                    media_type: dallinger_oci::image::MEDIA_TYPE_MANIFEST,
+                    media_type: image.media_type(),
                 },
                 &referrers::Artifact {
                     artifact_type: format.media_type(),
@@ -734,6 +736,21 @@ fn build_command(
     Ok((request, result))
 }
 
+/// The platform `debug` builds: one it can run, this machine's unless
+/// `--platform` names another (run under emulation by the engine).
+fn debug_platform(flag: Option<&str>) -> Result<String> {
+    use dallinger_oci::image::platform::{Platform, Platforms};
+    match flag.map(Platforms::parse).transpose()? {
+        None => Ok(Platform::host().to_string()),
+        Some(Platforms::Listed(listed)) if listed.len() == 1 => Ok(listed[0].to_string()),
+        Some(_) => bail!(
+            "debug runs the image on this machine: give --platform one platform (default: this \
+             machine's, {})",
+            Platform::host()
+        ),
+    }
+}
+
 /// `push` and `build --push`: the image to its own name, ending as
 /// Dallinger does.
 fn push_command(request: &BuildRequest, result: &BuildResult) -> Result<()> {
@@ -757,19 +774,25 @@ fn report_metadata(args: &BuildArgs, request: &BuildRequest, result: &BuildResul
     };
     let image = &result.image;
     let mut descriptor = serde_json::json!({
-        "mediaType": dallinger_oci::image::MEDIA_TYPE_MANIFEST,
+        "mediaType": image.media_type(),
         "digest": image.manifest_digest,
         "size": image.manifest_size(),
     });
     if !request.metadata.annotations.is_empty() {
         descriptor["annotations"] = serde_json::json!(request.metadata.annotations);
     }
-    let metadata = serde_json::json!({
+    let mut metadata = serde_json::json!({
         "containerimage.config.digest": image.config_digest,
         "containerimage.descriptor": descriptor,
         "containerimage.digest": image.manifest_digest,
         "image.name": result.built(request.epoch).names().join(","),
     });
+    // An index has no config of its own (buildx writes none for one).
+    if image.is_index() {
+        metadata
+            .as_object_mut()
+            .map(|m| m.remove("containerimage.config.digest"));
+    }
     let mut json = dallinger_oci::image::canonical_json(&metadata);
     json.push(b'\n');
     dallinger_oci::fsutil::write(path, &json, 0o644)

@@ -30,6 +30,52 @@ pub struct Lock {
 pub struct ToolSection {
     #[serde(rename = "dallinger-oci")]
     pub ours: LockInputs,
+    /// `[[tool.dallinger-oci-platforms]]`: the lock of each further
+    /// platform of a multi-platform build (the first platform's is the
+    /// lock's own, so a lock for one platform reads as it always did).
+    /// Empty in the lock [`Lock::read`] gives: that is one platform's.
+    #[serde(
+        rename = "dallinger-oci-platforms",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub platforms: Vec<PlatformLock>,
+}
+
+/// One further platform's lock: its pins' wheels and its inputs (base
+/// manifest, target, Debian packages, layers), `platform` naming it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct PlatformLock {
+    pub requires_python: String,
+    #[serde(default)]
+    pub packages: Vec<LockedPackage>,
+    #[serde(rename = "dallinger-oci")]
+    pub ours: LockInputs,
+}
+
+thread_local! {
+    /// The platform whose lock [`Lock::read`] gives on this thread (see
+    /// [`for_platform`]); none: the lock's own.
+    static PLATFORM: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// While the guard lives, [`Lock::read`] on this thread gives the lock of
+/// `platform` (`os/arch[/variant]`, canonical): the build of each platform
+/// of a multi-platform image reads and writes its own record.
+pub fn for_platform(platform: &str) -> PlatformGuard {
+    let previous = PLATFORM.with(|p| p.replace(Some(platform.to_string())));
+    PlatformGuard(previous)
+}
+
+/// Restores the platform [`Lock::read`] chose before [`for_platform`].
+pub struct PlatformGuard(Option<String>);
+
+impl Drop for PlatformGuard {
+    fn drop(&mut self) {
+        let previous = self.0.take();
+        PLATFORM.with(|p| *p.borrow_mut() = previous);
+    }
 }
 
 /// What the lock was made from: when any of it changes, the lock is stale.
@@ -171,8 +217,91 @@ impl Lock {
         experiment_dir.join(LOCK_FILE)
     }
 
-    /// The lock next to `config.txt`, if there is one.
+    /// The lock next to `config.txt`, if there is one: the record of the
+    /// platform being built ([`for_platform`]) when the file has one, else
+    /// the file's own (whose other platform then makes it stale).
     pub fn read(experiment_dir: &Path) -> Result<Option<Lock>> {
+        let Some(file) = Lock::read_file(experiment_dir)? else {
+            return Ok(None);
+        };
+        let wanted = PLATFORM.with(|p| p.borrow().clone());
+        let record = wanted.and_then(|wanted| {
+            (file.tool.ours.platform != wanted)
+                .then(|| {
+                    file.tool
+                        .platforms
+                        .iter()
+                        .find(|r| r.ours.platform == wanted)
+                })
+                .flatten()
+                .cloned()
+        });
+        Ok(Some(match record {
+            Some(record) => file.of_record(record),
+            None => Lock {
+                tool: ToolSection {
+                    platforms: Vec::new(),
+                    ..file.tool
+                },
+                ..file
+            },
+        }))
+    }
+
+    /// The platforms the lock file records, its own first.
+    pub fn platforms(experiment_dir: &Path) -> Result<Vec<String>> {
+        Ok(Lock::read_file(experiment_dir)?
+            .map(|file| {
+                std::iter::once(file.tool.ours.platform)
+                    .chain(file.tool.platforms.into_iter().map(|r| r.ours.platform))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Keeps only the records of `platforms` (`lock` records exactly the
+    /// platforms it was asked for), the first of them the lock's own.
+    pub fn retain_platforms(experiment_dir: &Path, platforms: &[String]) -> Result<()> {
+        let Some(file) = Lock::read_file(experiment_dir)? else {
+            return Ok(());
+        };
+        let mut records: Vec<Lock> = std::iter::once(file.clone())
+            .chain(
+                file.tool
+                    .platforms
+                    .iter()
+                    .map(|r| file.of_record(r.clone())),
+            )
+            .filter(|l| platforms.contains(&l.tool.ours.platform))
+            .collect();
+        records.sort_by_key(|l| platforms.iter().position(|p| *p == l.tool.ours.platform));
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut own = records.remove(0);
+        own.tool.platforms = records.into_iter().map(PlatformLock::from).collect();
+        if own != file {
+            own.write_file(experiment_dir)?;
+        }
+        Ok(())
+    }
+
+    /// The lock of one further platform's `record` of this file.
+    fn of_record(&self, record: PlatformLock) -> Lock {
+        Lock {
+            lock_version: self.lock_version.clone(),
+            created_by: self.created_by.clone(),
+            requires_python: record.requires_python,
+            packages: record.packages,
+            tool: ToolSection {
+                ours: record.ours,
+                platforms: Vec::new(),
+            },
+        }
+    }
+
+    /// The lock file as written: its own record and the other platforms'.
+    fn read_file(experiment_dir: &Path) -> Result<Option<Lock>> {
         let path = Lock::path(experiment_dir);
         let text = match fs::read_to_string(&path) {
             Ok(text) => text,
@@ -185,12 +314,20 @@ impl Lock {
                 path.display()
             )
         })?;
-        lock.check().map_err(|why| {
-            anyhow::anyhow!(
+        lock.check()
+            .and_then(|()| {
+                lock.tool.platforms.iter().try_for_each(|r| {
+                    lock.of_record(r.clone())
+                        .check()
+                        .map_err(|why| format!("the {} record: {why}", r.ours.platform))
+                })
+            })
+            .map_err(|why| {
+                anyhow::anyhow!(
                 "{}: {why}; refusing the lock (fix it, or delete it and run `dallinger-oci lock`)",
                 path.display()
             )
-        })?;
+            })?;
         Ok(Some(lock))
     }
 
@@ -286,10 +423,47 @@ impl Lock {
         Ok(())
     }
 
-    /// Writes the lock atomically; packages sorted by name so the file is stable.
+    /// Writes the lock of its platform atomically: the file's own record
+    /// when the file has none or is for this platform, else this
+    /// platform's record beside it; the other platforms' records kept.
     pub fn write(&self, experiment_dir: &Path) -> Result<PathBuf> {
+        let platform = &self.tool.ours.platform;
+        let mut file = match Lock::read_file(experiment_dir)? {
+            Some(file) if file.tool.ours.platform != *platform => file,
+            Some(file) => Lock {
+                tool: ToolSection {
+                    platforms: file.tool.platforms,
+                    ..self.tool.clone()
+                },
+                ..self.clone()
+            },
+            None => self.clone(),
+        };
+        if file.tool.ours.platform == *platform {
+            file.tool.platforms.retain(|r| r.ours.platform != *platform);
+        } else {
+            let record = PlatformLock::from(self.clone());
+            match file
+                .tool
+                .platforms
+                .iter_mut()
+                .find(|r| r.ours.platform == *platform)
+            {
+                Some(slot) => *slot = record,
+                None => file.tool.platforms.push(record),
+            }
+        }
+        file.write_file(experiment_dir)
+    }
+
+    /// Writes this, the whole file, atomically; packages sorted by name so
+    /// the file is stable.
+    fn write_file(&self, experiment_dir: &Path) -> Result<PathBuf> {
         let mut lock = self.clone();
         lock.packages.sort_by(|a, b| a.name.cmp(&b.name));
+        for record in &mut lock.tool.platforms {
+            record.packages.sort_by(|a, b| a.name.cmp(&b.name));
+        }
         let text = format!(
             "# Written by `dallinger-oci lock`: every input of the image's Python and Debian layers.\n{}",
             toml::to_string(&lock)?
@@ -297,6 +471,16 @@ impl Lock {
         let path = Lock::path(experiment_dir);
         crate::fsutil::write(&path, text.as_bytes(), 0o644)?;
         Ok(path)
+    }
+}
+
+impl From<Lock> for PlatformLock {
+    fn from(lock: Lock) -> PlatformLock {
+        PlatformLock {
+            requires_python: lock.requires_python,
+            packages: lock.packages,
+            ours: lock.tool.ours,
+        }
     }
 }
 
@@ -361,6 +545,7 @@ mod tests {
             requires_python: "==3.11.2".into(),
             packages: vec![],
             tool: ToolSection {
+                platforms: Vec::new(),
                 ours: LockInputs {
                     base: "oci:base".into(),
                     base_digest: format!("sha256:{}", "cd".repeat(32)),
@@ -398,6 +583,99 @@ mod tests {
             err.contains("the target's purelib \"usr/../../etc\""),
             "{err}"
         );
+    }
+
+    /// A small lock of `platform` whose one wheel is `wheel`.
+    fn platform_lock(platform: &str, wheel: &str) -> Lock {
+        Lock {
+            lock_version: "1.0".into(),
+            created_by: "dallinger-oci".into(),
+            requires_python: "==3.11.2".into(),
+            packages: vec![LockedPackage {
+                name: "greenlet".into(),
+                version: "3.5.5".into(),
+                sdist: None,
+                vcs: None,
+                wheels: vec![LockedFile {
+                    name: wheel.into(),
+                    url: format!("https://example.test/{wheel}"),
+                    hashes: Hashes {
+                        sha256: "ab".repeat(32),
+                    },
+                }],
+            }],
+            tool: ToolSection {
+                ours: LockInputs {
+                    base: "oci:base:base".into(),
+                    base_digest: format!("sha256:{}", "cd".repeat(32)),
+                    platform: platform.into(),
+                    requirements_sha256: "ef".repeat(32),
+                    builder: None,
+                    builder_digest: None,
+                    debian: None,
+                    target: None,
+                    layers: Vec::new(),
+                },
+                platforms: Vec::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn each_platform_has_its_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let amd64 = platform_lock(
+            "linux/amd64",
+            "greenlet-3.5.5-cp311-cp311-manylinux_2_24_x86_64.whl",
+        );
+        let arm64 = platform_lock(
+            "linux/arm64",
+            "greenlet-3.5.5-cp311-cp311-manylinux_2_24_aarch64.whl",
+        );
+        amd64.write(dir.path()).unwrap();
+        let one_platform = fs::read_to_string(Lock::path(dir.path())).unwrap();
+        assert!(
+            !one_platform.contains("dallinger-oci-platforms"),
+            "{one_platform}"
+        );
+        arm64.write(dir.path()).unwrap();
+        let text = fs::read_to_string(Lock::path(dir.path())).unwrap();
+        assert!(text.contains("[[tool.dallinger-oci-platforms]]"), "{text}");
+        assert_eq!(
+            Lock::platforms(dir.path()).unwrap(),
+            ["linux/amd64", "linux/arm64"]
+        );
+        // Without a platform, and for the file's own, the lock is as written.
+        assert_eq!(Lock::read(dir.path()).unwrap().unwrap(), amd64);
+        {
+            let _amd64 = for_platform("linux/amd64");
+            assert_eq!(Lock::read(dir.path()).unwrap().unwrap(), amd64);
+        }
+        {
+            let _arm64 = for_platform("linux/arm64");
+            assert_eq!(Lock::read(dir.path()).unwrap().unwrap(), arm64);
+            // A platform the file has no record of gets the file's own,
+            // whose platform makes it stale.
+            let _s390x = for_platform("linux/s390x");
+            assert_eq!(
+                Lock::read(dir.path()).unwrap().unwrap().tool.ours.platform,
+                "linux/amd64"
+            );
+        }
+        // Writing one platform's lock again keeps the other's record.
+        let mut newer = arm64.clone();
+        newer.requires_python = "==3.11.9".into();
+        newer.write(dir.path()).unwrap();
+        assert_eq!(Lock::read(dir.path()).unwrap().unwrap(), amd64);
+        let _arm64 = for_platform("linux/arm64");
+        assert_eq!(Lock::read(dir.path()).unwrap().unwrap(), newer);
+        // `lock` for arm64 alone: its record becomes the file's own.
+        Lock::retain_platforms(dir.path(), &["linux/arm64".into()]).unwrap();
+        assert_eq!(Lock::platforms(dir.path()).unwrap(), ["linux/arm64"]);
+        let text = fs::read_to_string(Lock::path(dir.path())).unwrap();
+        assert!(!text.contains("dallinger-oci-platforms"), "{text}");
+        drop(_arm64);
+        assert_eq!(Lock::read(dir.path()).unwrap().unwrap(), newer);
     }
 
     #[test]
@@ -462,6 +740,7 @@ mod tests {
                 },
             ],
             tool: ToolSection {
+                platforms: Vec::new(),
                 ours: LockInputs {
                     base: "rootfs:base.tar".into(),
                     base_digest: format!("sha256:{}", "cd".repeat(32)),

@@ -29,6 +29,7 @@ pub fn write_named(
     names: &[String],
     epoch: u64,
 ) -> Result<()> {
+    refuse_index(image)?;
     if path.is_dir() {
         anyhow::bail!(
             "{} is a directory; docker-archive:FILE needs a file path",
@@ -57,6 +58,27 @@ pub fn write_named(
     Ok(())
 }
 
+/// A docker-archive (and what `docker load` reads) holds one image: an
+/// index of several platforms is refused, naming the flag that picks one.
+pub fn refuse_index(image: &Image) -> Result<()> {
+    if image.is_index() {
+        let platforms: Vec<String> = image.platforms.iter().map(|(p, _)| p.to_string()).collect();
+        anyhow::bail!("{}", one_platform_only("a docker-archive", &platforms));
+    }
+    Ok(())
+}
+
+/// The line refusing several platforms for an output that takes one.
+pub fn one_platform_only(output: &str, platforms: &[String]) -> String {
+    format!(
+        "{output} holds the image of one platform, and this build is for {} ({}): pick one \
+         with --platform {} (an oci: or docker:// output holds them all, as an image index)",
+        platforms.len(),
+        platforms.join(", "),
+        platforms.first().map_or("OS/ARCH", String::as_str),
+    )
+}
+
 /// Writes the archive of `image` named `name` to `out`: the same bytes as
 /// [`write`], streamed (into `podman load`, say) without a file.
 pub fn write_to(
@@ -77,6 +99,7 @@ pub fn write_named_to(
     names: &[String],
     epoch: u64,
 ) -> Result<()> {
+    refuse_index(image)?;
     let mut tar = tar::Builder::new(out);
 
     let blob_name =

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use super::store::{hex_of, BlobStore};
-use super::{canonical_json, Image, ANNOTATION_REF_NAME, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST};
+use super::{canonical_json, Image, ANNOTATION_REF_NAME, MEDIA_TYPE_INDEX};
 use crate::fsutil::{self, FileLock, TempFile};
 
 const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
@@ -108,7 +108,7 @@ fn set_dir_modes(dir: &Path) -> Result<()> {
 
 fn descriptor(image: &Image, tag: &str) -> Value {
     json!({
-        "mediaType": MEDIA_TYPE_MANIFEST,
+        "mediaType": image.media_type(),
         "digest": image.manifest_digest,
         "size": image.manifest_size(),
         "annotations": { ANNOTATION_REF_NAME: tag },
@@ -143,8 +143,14 @@ fn copy_blobs(store: &BlobStore, image: &Image, dir: &Path) -> Result<()> {
         .iter()
         .map(|l| (l.blob.digest.as_str(), l.blob.size))
         .collect();
-    all.push((&image.config_digest, image.config_size));
-    all.push((&image.manifest_digest, image.manifest_size()));
+    // Each image's config and manifest, then an index's own bytes.
+    for manifest in image.manifests() {
+        all.push((&manifest.config_digest, manifest.config_size));
+        all.push((&manifest.manifest_digest, manifest.manifest_size()));
+    }
+    if image.is_index() {
+        all.push((&image.manifest_digest, image.manifest_size()));
+    }
     for (digest, size) in all {
         let dest = blobs.join(hex_of(digest)?);
         if fs::symlink_metadata(&dest).is_ok_and(|m| m.is_file() && m.len() == size) {
@@ -185,6 +191,50 @@ pub struct LayoutManifest {
 /// Finds the manifest named `tag` (or the only one) in the layout at `dir`,
 /// resolving an image index to the manifest for `platform` (`os/arch[/variant]`).
 pub fn find_manifest(dir: &Path, tag: Option<&str>, platform: &str) -> Result<LayoutManifest> {
+    let chosen = tagged_descriptor(dir, tag)?;
+    let ref_name = ref_name_of(&chosen);
+    let (digest, bytes) = resolve_descriptor(
+        &chosen,
+        &|digest| read_verified(dir, digest),
+        platform,
+        &dir.display().to_string(),
+    )?;
+    Ok(LayoutManifest {
+        digest,
+        bytes,
+        ref_name,
+    })
+}
+
+/// The platforms of the image index named `tag` (or the only image) in
+/// the layout at `dir`, in its order (see `platform::index_platforms`);
+/// `None` when that image is a single manifest.
+pub fn index_platforms(
+    dir: &Path,
+    tag: Option<&str>,
+) -> Result<Option<Vec<super::platform::Platform>>> {
+    let chosen = tagged_descriptor(dir, tag)?;
+    let digest = chosen
+        .get("digest")
+        .and_then(Value::as_str)
+        .context("a descriptor in index.json has no digest")?;
+    let parsed: Value = serde_json::from_slice(&read_verified(dir, digest)?)
+        .with_context(|| format!("blob {digest} in {} is not JSON", dir.display()))?;
+    Ok(parsed
+        .get("manifests")
+        .and_then(Value::as_array)
+        .map(|m| super::platform::index_platforms(m)))
+}
+
+fn ref_name_of(descriptor: &Value) -> Option<String> {
+    descriptor
+        .pointer("/annotations/org.opencontainers.image.ref.name")
+        .and_then(Value::as_str)
+        .map(String::from)
+}
+
+/// The descriptor in the layout's `index.json` named `tag`, or its only one.
+fn tagged_descriptor(dir: &Path, tag: Option<&str>) -> Result<Value> {
     if !is_layout(dir) {
         bail!(
             "{} is not an OCI image layout (no oci-layout file)",
@@ -200,17 +250,12 @@ pub fn find_manifest(dir: &Path, tag: Option<&str>, platform: &str) -> Result<La
         .get("manifests")
         .and_then(Value::as_array)
         .with_context(|| format!("{} has no manifests list", index_path.display()))?;
-    let name_of = |m: &Value| {
-        m.pointer("/annotations/org.opencontainers.image.ref.name")
-            .and_then(Value::as_str)
-            .map(String::from)
-    };
     let chosen = match tag {
         Some(tag) => manifests
             .iter()
-            .find(|m| name_of(m).as_deref() == Some(tag))
+            .find(|m| ref_name_of(m).as_deref() == Some(tag))
             .with_context(|| {
-                let names: Vec<String> = manifests.iter().filter_map(name_of).collect();
+                let names: Vec<String> = manifests.iter().filter_map(ref_name_of).collect();
                 format!(
                     "{} has no image named {tag:?} (it has: {})",
                     dir.display(),
@@ -229,18 +274,7 @@ pub fn find_manifest(dir: &Path, tag: Option<&str>, platform: &str) -> Result<La
             dir.display()
         ),
     };
-    let ref_name = name_of(chosen);
-    let (digest, bytes) = resolve_descriptor(
-        chosen,
-        &|digest| read_verified(dir, digest),
-        platform,
-        &dir.display().to_string(),
-    )?;
-    Ok(LayoutManifest {
-        digest,
-        bytes,
-        ref_name,
-    })
+    Ok(chosen.clone())
 }
 
 /// The manifest (digest, bytes) `descriptor` names, an image index

@@ -111,19 +111,97 @@ pub struct RemoteBlob {
     pub repository: String,
 }
 
-/// A finished image, every blob of it in the store.
+/// A finished image, every blob of it in the store: one manifest, or an
+/// image index over one image per platform (see [`Image::index`]).
 #[derive(Debug, Clone)]
 pub struct Image {
+    /// Every layer (an index's: each platform's, each blob once).
     pub layers: Vec<ImageLayer>,
+    /// The config (an index has none: empty, and the size 0).
     pub config_digest: String,
     pub config_size: u64,
+    /// The manifest's bytes, or the index's.
     pub manifest_bytes: Vec<u8>,
     pub manifest_digest: String,
+    /// An index's images, in its order, each with its platform; empty for
+    /// a single manifest.
+    pub platforms: Vec<(platform::Platform, Image)>,
 }
 
 impl Image {
     pub fn manifest_size(&self) -> u64 {
         self.manifest_bytes.len() as u64
+    }
+
+    /// Whether this is an image index (several platforms).
+    pub fn is_index(&self) -> bool {
+        !self.platforms.is_empty()
+    }
+
+    /// The media type of [`Image::manifest_bytes`].
+    pub fn media_type(&self) -> &'static str {
+        if self.is_index() {
+            MEDIA_TYPE_INDEX
+        } else {
+            MEDIA_TYPE_MANIFEST
+        }
+    }
+
+    /// The single manifests under this image, in order: the image itself,
+    /// or each platform's.
+    pub fn manifests(&self) -> Vec<&Image> {
+        if self.is_index() {
+            self.platforms.iter().map(|(_, i)| i).collect()
+        } else {
+            vec![self]
+        }
+    }
+
+    /// Stores an OCI image index over `images` (one per platform, in this
+    /// order), each descriptor with its `platform`, carrying `annotations`
+    /// as each manifest does. A layer several platforms share is one blob.
+    pub fn index(
+        store: &BlobStore,
+        images: Vec<(platform::Platform, Image)>,
+        annotations: &BTreeMap<String, String>,
+    ) -> Result<Image> {
+        let descriptors: Vec<Value> = images
+            .iter()
+            .map(|(platform, image)| {
+                json!({
+                    "mediaType": MEDIA_TYPE_MANIFEST,
+                    "digest": image.manifest_digest,
+                    "size": image.manifest_size(),
+                    "platform": platform,
+                })
+            })
+            .collect();
+        let mut index = json!({
+            "schemaVersion": 2,
+            "mediaType": MEDIA_TYPE_INDEX,
+            "manifests": descriptors,
+        });
+        if !annotations.is_empty() {
+            index["annotations"] = json!(annotations);
+        }
+        let bytes = canonical_json(&index);
+        let digest = store.put_bytes(&bytes)?;
+        let mut layers: Vec<ImageLayer> = Vec::new();
+        for (_, image) in &images {
+            for layer in &image.layers {
+                if !layers.iter().any(|l| l.blob.digest == layer.blob.digest) {
+                    layers.push(layer.clone());
+                }
+            }
+        }
+        Ok(Image {
+            layers,
+            config_digest: String::new(),
+            config_size: 0,
+            manifest_bytes: bytes,
+            manifest_digest: digest,
+            platforms: images,
+        })
     }
 
     /// Stores `config` and the manifest over it and `layers`.
@@ -176,6 +254,7 @@ impl Image {
             config_size: config_bytes.len() as u64,
             manifest_bytes,
             manifest_digest,
+            platforms: Vec::new(),
         })
     }
 }

@@ -3,7 +3,9 @@
 //! `--platform` or read (serde) from an index entry or an image config, and
 //! normalised as containerd does, so `linux/arm64/v8`, `linux/aarch64` and
 //! `linux/arm64` are one platform. [`choose_manifest`] picks an index's
-//! manifest for one.
+//! manifest for one; [`Platforms::parse`] reads `--platform A,B` and
+//! `--platform all`; [`can_run`] says whether this machine runs a
+//! platform's programs (natively, or under qemu-user through binfmt_misc).
 
 use std::fmt;
 
@@ -117,6 +119,158 @@ impl Platform {
             (arch, _) => arch.to_string(),
         }
     }
+}
+
+impl Platform {
+    /// The platform of this machine (what `debug` builds and runs).
+    pub fn host() -> Platform {
+        Platform::new("linux", std::env::consts::ARCH, None)
+    }
+
+    /// The ELF `e_machine` of this architecture's programs and whether
+    /// they are big-endian, for architectures qemu-user emulates.
+    fn elf_machine(&self) -> Option<(u16, bool)> {
+        Some(match self.architecture.as_str() {
+            "amd64" => (0x3e, false),
+            "arm64" => (0xb7, false),
+            "386" => (0x03, false),
+            "arm" => (0x28, false),
+            "ppc64le" => (0x15, false),
+            "s390x" => (0x16, true),
+            "riscv64" => (0xf3, false),
+            "mips64le" => (0x08, false),
+            "loong64" => (0x102, false),
+            _ => return None,
+        })
+    }
+}
+
+/// What `--platform` asks for: platforms in order, or every one the base
+/// offers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Platforms {
+    Listed(Vec<Platform>),
+    /// `all`: every platform of the base's index (see [`index_platforms`]).
+    All,
+}
+
+impl Platforms {
+    /// `OS/ARCH[/VARIANT]`, several joined by commas (each once, in the
+    /// order given), or `all`.
+    pub fn parse(text: &str) -> Result<Platforms, PlatformError> {
+        if text.trim() == "all" {
+            return Ok(Platforms::All);
+        }
+        let mut listed: Vec<Platform> = Vec::new();
+        for part in text.split(',') {
+            let platform = Platform::parse(part)?;
+            if !listed.contains(&platform) {
+                listed.push(platform);
+            }
+        }
+        Ok(Platforms::Listed(listed))
+    }
+}
+
+/// The platforms of an index's `manifests` an image can be built for, in
+/// its order, each once: entries without a platform and attestation
+/// entries (`unknown/unknown`) are left out.
+pub fn index_platforms(manifests: &[Value]) -> Vec<Platform> {
+    let mut found: Vec<Platform> = Vec::new();
+    for platform in manifests.iter().filter_map(platform_of) {
+        if platform.os != "unknown"
+            && platform.architecture != "unknown"
+            && !found.contains(&platform)
+        {
+            found.push(platform);
+        }
+    }
+    found
+}
+
+/// Where the kernel's binfmt_misc entries are: `DALLINGER_OCI_BINFMT_MISC`
+/// when set (tests point it at an empty directory to see a machine
+/// without emulation), else `/proc/sys/fs/binfmt_misc`.
+fn binfmt_dir() -> std::path::PathBuf {
+    std::env::var_os("DALLINGER_OCI_BINFMT_MISC")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/proc/sys/fs/binfmt_misc".into())
+}
+
+/// Whether this machine runs `platform`'s programs inside a sandbox root:
+/// natively, or through an enabled binfmt_misc entry for its ELF machine
+/// registered with the F (fix-binary) flag, as Debian's qemu-user-static
+/// registers its interpreters (the interpreter is opened when registered,
+/// so it need not be inside the image). The error says why not.
+pub fn can_run(platform: &Platform) -> Result<(), String> {
+    let host = Platform::host();
+    if platform.architecture == host.architecture {
+        return Ok(());
+    }
+    let Some((machine, big_endian)) = platform.elf_machine() else {
+        return Err(format!("no emulator is known for {platform}"));
+    };
+    let dir = binfmt_dir();
+    let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+    if status.trim() != "enabled" {
+        return Err(format!(
+            "binfmt_misc is not mounted and enabled at {} (mount -t binfmt_misc binfmt_misc {})",
+            dir.display(),
+            dir.display()
+        ));
+    }
+    let mut without_f = None;
+    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == "status" || name == "register" {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        if binfmt_entry_machine(&text) != Some((machine, big_endian)) {
+            continue;
+        }
+        let enabled = text.lines().next() == Some("enabled");
+        let fixed = text
+            .lines()
+            .find_map(|l| l.strip_prefix("flags: "))
+            .is_some_and(|f| f.contains('F'));
+        if enabled && fixed {
+            return Ok(());
+        }
+        without_f.get_or_insert(name);
+    }
+    Err(match without_f {
+        Some(name) => format!(
+            "the binfmt_misc entry {name} for {platform} is disabled or lacks the F (fix-binary) flag, so it cannot run inside a sandbox"
+        ),
+        None => format!("no binfmt_misc entry runs {platform} programs on this {host} machine"),
+    })
+}
+
+/// The ELF machine (and endianness) an enabled-or-not binfmt_misc entry's
+/// magic matches, when it is an ELF executable entry at offset 0.
+fn binfmt_entry_machine(text: &str) -> Option<(u16, bool)> {
+    let field = |key: &str| text.lines().find_map(|l| l.strip_prefix(key));
+    if field("offset ").map(str::trim) != Some("0") {
+        return None;
+    }
+    let magic = field("magic ")?.trim();
+    let bytes: Vec<u8> = (0..magic.len() / 2)
+        .map(|i| u8::from_str_radix(magic.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect::<Option<_>>()?;
+    if bytes.len() < 20 || &bytes[..4] != b"\x7fELF" {
+        return None;
+    }
+    let big_endian = bytes[5] == 2;
+    let machine = if big_endian {
+        u16::from_be_bytes([bytes[18], bytes[19]])
+    } else {
+        u16::from_le_bytes([bytes[18], bytes[19]])
+    };
+    Some((machine, big_endian))
 }
 
 impl fmt::Display for Platform {
@@ -273,6 +427,102 @@ mod tests {
         ] {
             assert_eq!(p(platform).machine(), machine);
         }
+    }
+
+    #[test]
+    fn platform_lists() {
+        assert_eq!(Platforms::parse("all").unwrap(), Platforms::All);
+        assert_eq!(
+            Platforms::parse("linux/amd64,linux/arm64/v8,linux/aarch64").unwrap(),
+            Platforms::Listed(vec![p("linux/amd64"), p("linux/arm64")])
+        );
+        assert!(Platforms::parse("linux/amd64,").is_err());
+        assert_eq!(
+            index_platforms(&index()),
+            vec![
+                p("linux/amd64"),
+                p("linux/arm/v6"),
+                p("linux/arm/v7"),
+                p("linux/arm64")
+            ]
+        );
+    }
+
+    fn binfmt(entries: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("status"), "enabled\n").unwrap();
+        std::fs::write(dir.path().join("register"), "").unwrap();
+        for (name, text) in entries {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        dir
+    }
+
+    const AARCH64: &str = "enabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nflags: POF\noffset 0\nmagic 7f454c460201010000000000000000000200b700\nmask ffffffffffffff00fffffffffffffffffeffffff\n";
+
+    #[test]
+    fn binfmt_entries_say_what_runs() {
+        assert_eq!(binfmt_entry_machine(AARCH64), Some((0xb7, false)));
+        let s390x = "enabled\nflags: F\noffset 0\nmagic 7f454c4602020100000000000000000000020016\n";
+        assert_eq!(binfmt_entry_machine(s390x), Some((0x16, true)));
+        assert_eq!(
+            binfmt_entry_machine("enabled\nflags: \noffset 0\nmagic 4d5a\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn foreign_platforms_run_through_binfmt_with_the_f_flag() {
+        // Reads DALLINGER_OCI_BINFMT_MISC: one test sets it, in a child.
+        if std::env::var_os("DALLINGER_OCI_BINFMT_CHILD").is_none() {
+            let me = std::env::current_exe().unwrap();
+            let out = std::process::Command::new(me)
+                .args([
+                    "--exact",
+                    "image::platform::tests::foreign_platforms_run_through_binfmt_with_the_f_flag",
+                ])
+                .env("DALLINGER_OCI_BINFMT_CHILD", "1")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            return;
+        }
+        let foreign = if Platform::host().architecture == "arm64" {
+            p("linux/amd64")
+        } else {
+            p("linux/arm64")
+        };
+        assert_eq!(can_run(&Platform::host()), Ok(()));
+        if foreign.architecture != "arm64" {
+            return;
+        }
+        let with = binfmt(&[("qemu-aarch64", AARCH64)]);
+        std::env::set_var("DALLINGER_OCI_BINFMT_MISC", with.path());
+        assert_eq!(can_run(&foreign), Ok(()));
+        let without_f = binfmt(&[("qemu-aarch64", &AARCH64.replace("POF", "PO"))]);
+        std::env::set_var("DALLINGER_OCI_BINFMT_MISC", without_f.path());
+        assert!(can_run(&foreign)
+            .unwrap_err()
+            .contains("lacks the F (fix-binary) flag"));
+        let none = binfmt(&[]);
+        std::env::set_var("DALLINGER_OCI_BINFMT_MISC", none.path());
+        assert_eq!(
+            can_run(&foreign).unwrap_err(),
+            "no binfmt_misc entry runs linux/arm64 programs on this linux/amd64 machine"
+        );
+        let unmounted = tempfile::tempdir().unwrap();
+        std::env::set_var("DALLINGER_OCI_BINFMT_MISC", unmounted.path());
+        assert!(can_run(&foreign)
+            .unwrap_err()
+            .starts_with("binfmt_misc is not mounted"));
+        assert_eq!(
+            can_run(&p("linux/sparc64")).unwrap_err(),
+            "no emulator is known for linux/sparc64"
+        );
     }
 
     fn index() -> Vec<Value> {

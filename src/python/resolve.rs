@@ -931,6 +931,9 @@ fn lock_of(
                 }],
             })
             .collect(),
-        tool: crate::plan::ToolSection { ours: inputs },
+        tool: crate::plan::ToolSection {
+            ours: inputs,
+            platforms: Vec::new(),
+        },
     }
 }

@@ -16,7 +16,7 @@ use super::client::{BlobOutcome, BlobUpload, RegistryClient};
 use super::error::RegistryError;
 use super::reference::Reference;
 use crate::image::store::{BlobStore, VerifiedBlob};
-use crate::image::{Image, ImageLayer, MEDIA_TYPE_MANIFEST};
+use crate::image::{Image, ImageLayer};
 
 pub struct PushOptions {
     /// Force chunked uploads with PATCHes of this many bytes.
@@ -104,7 +104,7 @@ pub fn publish(
         client.put_manifest(
             &target.repository,
             target.tag.as_deref().unwrap_or(digest),
-            MEDIA_TYPE_MANIFEST,
+            image.media_type(),
             &image.manifest_bytes,
             digest,
         )?;
@@ -180,12 +180,13 @@ pub fn push_image(
             fetchable: layer.remote.is_some().then_some(layer),
         })
         .collect();
-    blobs.push(Blob {
-        digest: &image.config_digest,
-        size: image.config_size,
+    // Each image's config (an index's: every platform's).
+    blobs.extend(image.manifests().into_iter().map(|manifest| Blob {
+        digest: &manifest.config_digest,
+        size: manifest.config_size,
         mount: None,
         fetchable: None,
-    });
+    }));
 
     // Bars on a terminal; plain lines in CI or when stderr is not a tty.
     let interactive = std::io::stderr().is_terminal()
@@ -239,6 +240,19 @@ pub fn push_image(
     if let Some(err) = first_error.into_inner().unwrap() {
         return Err(err);
     }
+    // An index's images by digest, before the index that names them.
+    for (platform, manifest) in &image.platforms {
+        client
+            .put_manifest(
+                repository,
+                &manifest.manifest_digest,
+                manifest.media_type(),
+                &manifest.manifest_bytes,
+                &manifest.manifest_digest,
+            )
+            .with_context(|| format!("pushing the {platform} image of {target}"))?;
+        eprintln!("{platform}: digest: {}", manifest.manifest_digest);
+    }
     put_by_digest_then_tag(client, image, target)?;
     let mut blobs = outcomes.into_inner().unwrap();
     blobs.sort_by(|a, b| a.0.cmp(&b.0));
@@ -263,7 +277,7 @@ fn put_by_digest_then_tag(
         client.put_manifest(
             repository,
             reference,
-            MEDIA_TYPE_MANIFEST,
+            image.media_type(),
             &image.manifest_bytes,
             digest,
         )
@@ -295,7 +309,7 @@ pub fn add_tags(
             .put_manifest(
                 &target.repository,
                 tag,
-                MEDIA_TYPE_MANIFEST,
+                image.media_type(),
                 &image.manifest_bytes,
                 &image.manifest_digest,
             )

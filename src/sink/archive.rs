@@ -35,4 +35,8 @@ impl Sink for DockerArchive {
         )?;
         Ok(format!("Wrote docker-archive:{}", self.file.display()))
     }
+
+    fn one_platform(&self) -> Option<&str> {
+        Some("docker-archive:FILE")
+    }
 }

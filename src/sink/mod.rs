@@ -80,6 +80,13 @@ pub trait Sink: Send + Sync {
     fn push_target(&self) -> Option<&Reference> {
         None
     }
+
+    /// What this output is called when it holds one platform's image only
+    /// (a docker-archive): a build for several platforms is refused
+    /// before any work.
+    fn one_platform(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// The schemes of `--output`: each parses what follows `SCHEME:` (the

@@ -7,6 +7,8 @@
 //! times), `CFLAGS=-g0` (no build paths in debug info), `PYTHONHASHSEED=0`.
 //! A built wheel is kept by (sdist sha256, builder digest) and then used
 //! like a downloaded one: verified by its own sha256, which the lock records.
+//! The builder's digest is its manifest's for the build's platform, so a
+//! foreign platform's wheel (built under qemu-user) is kept apart.
 
 use fs_err::{self as fs, File};
 use std::path::{Path, PathBuf};
@@ -42,6 +44,9 @@ pub struct SdistBuilder<'a> {
     prepared: OnceLock<Prepared>,
     /// One build at a time: each may use every core.
     running: Mutex<()>,
+    /// The platform the wheels are for, when known: a foreign one is
+    /// built only where this machine runs its programs (qemu-user).
+    platform: Option<crate::image::platform::Platform>,
 }
 
 /// Resolves the builder image and fetches its missing layer blobs.
@@ -86,7 +91,18 @@ impl<'a> SdistBuilder<'a> {
             image: OnceLock::new(),
             prepared: OnceLock::new(),
             running: Mutex::new(()),
+            platform: None,
         }
+    }
+
+    /// Builds for `platform` (the build's): a foreign platform's sdist is
+    /// built under emulation, or refused naming the ways out.
+    pub fn for_platform(
+        mut self,
+        platform: Option<crate::image::platform::Platform>,
+    ) -> SdistBuilder<'a> {
+        self.platform = platform;
+        self
     }
 
     /// The builder's digest, once a build has resolved it.
@@ -130,6 +146,17 @@ impl<'a> SdistBuilder<'a> {
         let memo = index.cache_dir.join("built").join(&key[7..]);
         if let Some(built) = remembered(&memo, index) {
             return Ok(built);
+        }
+        if let Some(platform) = &self.platform {
+            crate::image::platform::can_run(platform).map_err(|why| {
+                anyhow::anyhow!(
+                    "{name} {version} has no wheel for {platform}, and building its sdist runs \
+                     the {platform} builder's compiler, which this machine cannot run ({why}): \
+                     put a {platform} wheel of it in a --find-links directory, or register \
+                     qemu-user-static's interpreters with binfmt_misc (Debian: apt install \
+                     qemu-user-static) to build it under emulation"
+                )
+            })?;
         }
         let prepared = self.prepare()?;
         check_fits(prepared, target, &self.description)?;
