@@ -65,7 +65,23 @@ impl TempFile {
     /// Syncs the bytes, renames the file to `dest` and syncs `dest`'s
     /// directory. On an error the temporary file is removed.
     pub fn commit(self, dest: &Path) -> io::Result<()> {
+        self.commit_leaving_dir(dest)?;
+        sync_dir(parent_of(dest))
+    }
+
+    /// Like [`TempFile::commit`], but `dest`'s directory is left for the
+    /// caller to sync once, after several files are renamed into it (and
+    /// before anything naming them is written).
+    pub fn commit_leaving_dir(self, dest: &Path) -> io::Result<()> {
         self.tmp.as_file().sync_all()?;
+        self.tmp.persist(dest).map_err(|e| e.error)?;
+        Ok(())
+    }
+
+    /// Like [`TempFile::commit`], for bytes the caller has already synced
+    /// (`file().sync_all()`, e.g. before taking a lock): renames and syncs
+    /// `dest`'s directory.
+    pub fn commit_synced(self, dest: &Path) -> io::Result<()> {
         self.tmp.persist(dest).map_err(|e| e.error)?;
         sync_dir(parent_of(dest))
     }

@@ -151,12 +151,20 @@ fn copy_blobs(store: &BlobStore, image: &Image, dir: &Path) -> Result<()> {
     if image.is_index() {
         all.push((&image.manifest_digest, image.manifest_size()));
     }
+    let mut copied = false;
     for (digest, size) in all {
         let dest = blobs.join(hex_of(digest)?);
         if fs::symlink_metadata(&dest).is_ok_and(|m| m.is_file() && m.len() == size) {
             continue;
         }
         copy_verified(store, digest, size, &dest)?;
+        copied = true;
+    }
+    // One sync of the directory for all the blobs, before index.json names
+    // them.
+    if copied {
+        crate::fsutil::sync_dir(&blobs)
+            .with_context(|| format!("cannot write {}", blobs.display()))?;
     }
     Ok(())
 }
@@ -177,7 +185,7 @@ fn copy_verified(store: &BlobStore, digest: &str, size: u64, dest: &Path) -> Res
             .write_all(&buf[..n])
             .with_context(|| format!("cannot write {}", dest.display()))?;
     }
-    tmp.commit(dest)
+    tmp.commit_leaving_dir(dest)
         .with_context(|| format!("cannot write {}", dest.display()))
 }
 

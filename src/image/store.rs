@@ -731,7 +731,8 @@ impl BlobStore {
             .sync_all()
             .map_err(|e| self.write_error(e.into()))?;
         let _lock = self.lock()?;
-        tmp.commit(&dest).map_err(|e| self.write_error(e.into()))
+        tmp.commit_synced(&dest)
+            .map_err(|e| self.write_error(e.into()))
     }
 
     /// The store's lock, held while a blob is renamed into place or a

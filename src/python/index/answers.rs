@@ -6,7 +6,8 @@
 //! version and the index URLs (without their credentials, which are never
 //! stored). It does not depend on the target: choosing the wheel for the
 //! target's tags happens after, on every build, so another base reuses the
-//! answer. `--find-links` directories are listed afresh on every build.
+//! answer. `--find-links` directories are listed afresh on every build (their
+//! files' hashes remembered by each file's identity, see `local`).
 //!
 //! An answer is trusted for [`MAX_AGE`], and only while the file it leads
 //! to is in the wheel cache (otherwise the build downloads anyway, and asks
@@ -25,6 +26,7 @@ use reqwest::blocking::Client;
 use serde::{Deserialize, Serialize};
 
 use super::client::{list_cache, list_find_links, list_index, of_version, Candidate};
+use super::local::LocalFiles;
 use super::{IndexConfig, IndexError};
 use crate::http::redact;
 use crate::image::store::{BlobStore, Bucket};
@@ -43,6 +45,15 @@ pub struct IndexAnswers {
     dir: PathBuf,
     /// Ask the indexes again, whatever is remembered (`--refresh`).
     refresh: bool,
+    /// The wheel cache and `--find-links` directories, as this resolve
+    /// read them.
+    local: LocalFiles,
+}
+
+impl Drop for IndexAnswers {
+    fn drop(&mut self) {
+        self.local.save(&self.store);
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -71,6 +82,7 @@ impl IndexAnswers {
             dir: store.bucket(Bucket::IndexAnswers)?,
             store: store.clone(),
             refresh,
+            local: LocalFiles::default(),
         })
     }
 
@@ -155,7 +167,10 @@ pub fn list_pin_files(
             remembered: true,
         },
         None if config.offline => PinListing {
-            files: list_cache(&project, config)?,
+            files: match answers {
+                Some(answers) => answers.local.cached(&project, config),
+                None => list_cache(&project, config)?,
+            },
             remembered: false,
         },
         None => {
@@ -174,7 +189,10 @@ pub fn list_pin_files(
         }
     };
     for dir in &config.find_links {
-        listing.files.extend(list_find_links(dir, &project)?);
+        listing.files.extend(match answers {
+            Some(answers) => answers.local.find_links(&answers.store, dir, &project)?,
+            None => list_find_links(dir, &project)?,
+        });
     }
     Ok(listing)
 }

@@ -218,7 +218,7 @@ pub enum IndexError {
     Invalid(String),
 }
 
-fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> IndexError {
+pub(super) fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> IndexError {
     let what = what.into();
     move |source| IndexError::Io { what, source }
 }
@@ -730,49 +730,80 @@ pub(super) fn list_index(
 }
 
 pub(super) fn list_find_links(dir: &Path, name: &str) -> Result<Vec<Candidate>, IndexError> {
+    let names = find_links_names(dir)?.remove(name).unwrap_or_default();
+    let mut out = Vec::new();
+    for filename in names {
+        let (hex, size) = hash_file(&dir.join(&filename))?;
+        out.push(find_links_candidate(dir, filename, hex, size));
+    }
+    Ok(out)
+}
+
+/// The wheel and sdist file names of a `--find-links` directory, by
+/// normalised project name, each list sorted.
+pub(super) fn find_links_names(dir: &Path) -> Result<BTreeMap<String, Vec<String>>, IndexError> {
     let entries = fs::read_dir(dir).map_err(io_error(format!(
         "cannot read the --find-links directory {}",
         dir.display()
     )))?;
-    let mut files = Vec::new();
+    let mut by_project: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for entry in entries {
         let entry = entry.map_err(io_error(format!("cannot read {}", dir.display())))?;
         let Some(filename) = entry.file_name().to_str().map(str::to_string) else {
             continue;
         };
-        if parse_filename(&filename).is_some_and(|f| f.name == name)
-            && entry.path().is_file()
-            && safe_filename(&filename)
-        {
-            files.push(filename);
+        let Some(project) = parse_filename(&filename).map(|f| f.name) else {
+            continue;
+        };
+        if entry.path().is_file() && safe_filename(&filename) {
+            by_project.entry(project).or_default().push(filename);
         }
     }
-    files.sort();
-    let mut out = Vec::new();
-    for filename in files {
-        let path = dir.join(&filename);
-        let (hex, size) = hash_file(&path)?;
-        out.push(Candidate {
-            filename,
-            url: path.display().to_string(),
-            sha256: Some(hex),
-            requires_python: None,
-            yanked: None,
-            size: Some(size),
-            index: dir.display().to_string(),
-        });
+    for names in by_project.values_mut() {
+        names.sort();
     }
-    Ok(out)
+    Ok(by_project)
+}
+
+/// The candidate `filename` of the `--find-links` directory `dir` is.
+pub(super) fn find_links_candidate(
+    dir: &Path,
+    filename: String,
+    sha256: String,
+    size: u64,
+) -> Candidate {
+    Candidate {
+        url: dir.join(&filename).display().to_string(),
+        filename,
+        sha256: Some(sha256),
+        requires_python: None,
+        yanked: None,
+        size: Some(size),
+        index: dir.display().to_string(),
+    }
 }
 
 /// The cached files of project `name`, with what the index said of them
 /// when they were fetched.
 pub(super) fn list_cache(name: &str, config: &IndexConfig) -> Result<Vec<Candidate>, IndexError> {
+    Ok(scan_cache(config, Some(name))
+        .remove(name)
+        .unwrap_or_default())
+}
+
+/// The wheel cache's files, by project (normalised name), in one pass over
+/// its directories; only `only`'s when given. A resolve lists the cache
+/// once this way rather than once per pin (each listing reads every
+/// directory of the cache: quadratic in the number of cached files).
+pub(super) fn scan_cache(
+    config: &IndexConfig,
+    only: Option<&str>,
+) -> BTreeMap<String, Vec<Candidate>> {
+    let mut out: BTreeMap<String, Vec<Candidate>> = BTreeMap::new();
     let root = config.cache_dir.join("sha256");
     let Ok(dirs) = fs::read_dir(&root) else {
-        return Ok(Vec::new());
+        return out;
     };
-    let mut out = Vec::new();
     for dir in dirs.flatten() {
         let Some(hex) = dir.file_name().to_str().map(str::to_string) else {
             continue;
@@ -787,8 +818,13 @@ pub(super) fn list_cache(name: &str, config: &IndexConfig) -> Result<Vec<Candida
             let Some(filename) = file.file_name().to_str().map(str::to_string) else {
                 continue;
             };
-            if filename.starts_with('.') || parse_filename(&filename).is_none_or(|f| f.name != name)
-            {
+            if filename.starts_with('.') {
+                continue;
+            }
+            let Some(project) = parse_filename(&filename).map(|f| f.name) else {
+                continue;
+            };
+            if only.is_some_and(|name| name != project) {
                 continue;
             }
             let Ok(meta) = file.metadata() else { continue };
@@ -808,11 +844,15 @@ pub(super) fn list_cache(name: &str, config: &IndexConfig) -> Result<Vec<Candida
             candidate.filename = filename;
             candidate.sha256 = Some(hex.clone());
             candidate.size = Some(meta.len());
-            out.push(candidate);
+            out.entry(project).or_default().push(candidate);
         }
     }
-    out.sort_by(|a, b| (&a.filename, &a.sha256, &a.index).cmp(&(&b.filename, &b.sha256, &b.index)));
-    Ok(out)
+    for files in out.values_mut() {
+        files.sort_by(|a, b| {
+            (&a.filename, &a.sha256, &a.index).cmp(&(&b.filename, &b.sha256, &b.index))
+        });
+    }
+    out
 }
 
 /// The files of `files` whose names give `version` (what an answer about
@@ -1263,7 +1303,7 @@ fn safe_filename(name: &str) -> bool {
 }
 
 /// sha256 (hex) and size of a local file, streamed.
-fn hash_file(path: &Path) -> Result<(String, u64), IndexError> {
+pub(super) fn hash_file(path: &Path) -> Result<(String, u64), IndexError> {
     let (sum, size) = File::open(path)
         .and_then(sha256_stream)
         .map_err(io_error(format!("cannot read {}", path.display())))?;

@@ -4,6 +4,7 @@
 
 mod answers;
 mod client;
+mod local;
 
 pub use answers::{list_pin_files, IndexAnswers, PinListing, MAX_AGE};
 
