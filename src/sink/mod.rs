@@ -209,6 +209,7 @@ mod tests {
             retry: Default::default(),
             refresh_base: false,
             push_registry: Default::default(),
+            mirrors: Default::default(),
         }
     }
 

@@ -29,6 +29,7 @@ mod github_action;
 mod hostile;
 mod image_metadata;
 mod lock_remote;
+mod mirrors;
 mod prepare_script;
 mod python_build;
 mod python_index;
