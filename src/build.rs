@@ -28,6 +28,7 @@ use crate::python::{
     python_layers, resolve, target, IndexConfig, PythonLayers, ResolveRequest, TargetOverrides,
 };
 use crate::registry::credentials::{self, CredentialContext};
+use crate::registry::mirrors::{Mirrors, PullSource, Puller};
 use crate::registry::push::PushOptions;
 use crate::registry::{pull, Reference, RegistryClient};
 use crate::sink::{self, Built};
@@ -52,6 +53,8 @@ pub struct RegistryOptions {
     /// as soon as it knows the name: the only registry the explicit
     /// credentials (`--username`, `DALLINGER_OCI_REGISTRY_*`) go to.
     pub push_registry: OnceLock<String>,
+    /// registries.conf: where images are pulled from (never pushed to).
+    pub mirrors: Mirrors,
 }
 
 impl RegistryOptions {
@@ -85,13 +88,20 @@ impl RegistryOptions {
         RegistryClient::new(reference, &self.insecure, credential, self.retry)
     }
 
-    /// A client for the registry `remote` is on, with its own credentials.
-    pub fn client_for_remote(&self, remote: &RemoteBlob) -> Result<RegistryClient> {
-        self.client(&Reference {
-            registry: remote.registry.clone(),
-            repository: remote.repository.clone(),
-            tag: None,
-            digest: None,
+    /// Where `image` is pulled from (registries.conf: its mirrors, then its
+    /// location), each source reached with the credentials of its own host.
+    /// `blobs`: for blobs, which every mirror may serve.
+    pub fn puller(&self, image: &Reference, blobs: bool) -> Result<Puller<'_>> {
+        Ok(Puller {
+            image: image.clone(),
+            sources: self.mirrors.conf()?.pull_sources(image, blobs)?,
+            connect: Box::new(move |source: &PullSource| {
+                let mut options = self.clone();
+                if source.insecure {
+                    options.insecure.push(source.reference.registry.clone());
+                }
+                options.client(&source.reference)
+            }),
         })
     }
 }
@@ -106,8 +116,13 @@ impl BlobFetcher for RegistryOptions {
         size: u64,
         import: &mut dyn FnMut(&mut dyn std::io::Read) -> Result<()>,
     ) -> Result<()> {
-        let client = self.client_for_remote(remote)?;
-        Ok(client.get_blob(&remote.repository, digest, size, import)?)
+        let image = Reference {
+            registry: remote.registry.clone(),
+            repository: remote.repository.clone(),
+            tag: None,
+            digest: None,
+        };
+        self.puller(&image, true)?.get_blob(digest, size, import)
     }
 }
 
@@ -1227,9 +1242,9 @@ fn resolve_base(
 ) -> Result<base::BaseImage> {
     match base_ref {
         BaseRef::Registry(reference) => {
-            let client = request.registry.client(reference)?;
+            let puller = request.registry.puller(reference, false)?;
             pull::resolve_base(
-                &client,
+                &puller,
                 store,
                 reference,
                 platform,
@@ -1490,6 +1505,7 @@ mod tests {
             retry: RetryPolicy::default(),
             refresh_base: false,
             push_registry: OnceLock::new(),
+            mirrors: Mirrors::default(),
         }
     }
 

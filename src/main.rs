@@ -21,6 +21,7 @@ use dallinger_oci::image::store::Bucket;
 use dallinger_oci::python::index::IndexConfig;
 use dallinger_oci::python::TargetOverrides;
 use dallinger_oci::registry::credentials::{CredentialContext, Secret};
+use dallinger_oci::registry::mirrors::Mirrors;
 use dallinger_oci::registry::push::{self, PushOptions};
 use dallinger_oci::registry::referrers;
 use dallinger_oci::sink::registry::RegistrySink;
@@ -674,12 +675,18 @@ fn build_request_adding_up(
         compression: build::compression(args.compression.as_deref())?,
         compression_jobs: build::compression_jobs()?,
         home_config: dirs::home_dir().map(|h| h.join(".dallingerconfig")),
-        registry: RegistryOptions {
-            insecure: args.insecure_registries.clone(),
-            credentials: CredentialContext::from_process(args.username.clone(), password),
-            retry: RetryPolicy::with_attempts(args.retries),
-            refresh_base: args.pull,
-            push_registry: Default::default(),
+        registry: {
+            let credentials = CredentialContext::from_process(args.username.clone(), password);
+            let mirrors =
+                Mirrors::from_environment(credentials.env.clone(), credentials.home.clone());
+            RegistryOptions {
+                insecure: args.insecure_registries.clone(),
+                credentials,
+                retry: RetryPolicy::with_attempts(args.retries),
+                refresh_base: args.pull,
+                push_registry: Default::default(),
+                mirrors,
+            }
         },
         adding_up,
         customisation: build::Customisation {

@@ -1,9 +1,11 @@
 //! The registry: one client for pulling bases and pushing images over the
-//! OCI distribution API, and where credentials come from.
+//! OCI distribution API, where credentials come from, and where images are
+//! pulled from (registries.conf mirrors).
 
 pub mod client;
 pub mod credentials;
 pub mod error;
+pub mod mirrors;
 pub mod pull;
 pub mod push;
 pub mod reference;

@@ -7,17 +7,20 @@ use fs_err as fs;
 use anyhow::{Context, Result};
 use serde_json::Value;
 
-use super::client::RegistryClient;
+use super::mirrors::Puller;
 use super::reference::Reference;
 use crate::base::{layers_of, BaseImage};
 use crate::image::platform::{choose_manifest, Platform};
 use crate::image::store::{hex_of, sha256_digest, BlobStore};
 use crate::image::RemoteBlob;
 
-/// Resolves `reference` to a base image. A tag resolved before is not
+/// Resolves `reference` to a base image, from the sources `puller` gives
+/// it (its mirrors, then its location). A tag resolved before is not
 /// resolved again unless `refresh`: a rebuild must not follow a moved tag.
+/// Wherever the bytes came from, the image is named and recorded as
+/// `reference`, by the digests we computed.
 pub fn resolve_base(
-    client: &RegistryClient,
+    puller: &Puller,
     store: &BlobStore,
     reference: &Reference,
     platform: &str,
@@ -34,26 +37,27 @@ pub fn resolve_base(
         (None, false) => remembered.clone(),
         (None, true) => None,
     };
-    let repository = reference.repository.as_str();
     let manifest_bytes = match pinned.as_deref().and_then(|d| store.read_blob(d).ok()) {
         Some(bytes) => bytes,
         None => {
             let wanted = pinned.as_deref().unwrap_or(reference.manifest_ref());
-            let (bytes, media_type, digest) = client
-                .get_manifest(repository, wanted)
-                .with_context(|| format!("base {reference}"))?;
-            let parsed: Value = serde_json::from_slice(&bytes)
-                .with_context(|| format!("the manifest of {reference} is not JSON"))?;
-            let is_index = media_type.contains("index")
-                || media_type.contains("manifest.list")
-                || parsed.get("manifests").is_some();
-            let bytes = if is_index {
+            let bytes = puller.pull(|client, source| {
+                let repository = source.repository.as_str();
+                let (bytes, media_type, digest) = client
+                    .get_manifest(repository, wanted)
+                    .with_context(|| format!("base {reference}"))?;
+                let parsed: Value = serde_json::from_slice(&bytes)
+                    .with_context(|| format!("the manifest of {reference} is not JSON"))?;
+                let is_index = media_type.contains("index")
+                    || media_type.contains("manifest.list")
+                    || parsed.get("manifests").is_some();
+                if !is_index {
+                    return Ok(bytes);
+                }
                 let chosen = choose_platform(&parsed, &platform)
                     .with_context(|| format!("base {reference} (index {digest})"))?;
-                client.get_manifest(repository, &chosen)?.0
-            } else {
-                bytes
-            };
+                Ok(client.get_manifest(repository, &chosen)?.0)
+            })?;
             store.put_bytes(&bytes)?;
             bytes
         }
@@ -81,8 +85,8 @@ pub fn resolve_base(
     let config_bytes = match cached {
         Some(bytes) => bytes,
         None => {
-            let origin = format!("{}", reference);
-            client.get_blob(repository, &config_digest, config_size, &mut |reader| {
+            let origin = reference.to_string();
+            puller.get_blob(&config_digest, config_size, &mut |reader| {
                 store.import_reader(reader, &config_digest, config_size, &origin)
             })?;
             store.read_blob(&config_digest)?
@@ -92,7 +96,7 @@ pub fn resolve_base(
         serde_json::from_slice(&config_bytes).context("the base image config is not JSON")?;
     let remote = RemoteBlob {
         registry: reference.registry.clone(),
-        repository: repository.to_string(),
+        repository: reference.repository.clone(),
     };
     let layers =
         layers_of(&manifest, &config, Some(remote)).with_context(|| format!("base {reference}"))?;

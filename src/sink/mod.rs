@@ -216,6 +216,7 @@ mod tests {
             retry: Default::default(),
             refresh_base: false,
             push_registry: Default::default(),
+            mirrors: Default::default(),
         }
     }
 

@@ -15,7 +15,8 @@ use crate::build::RegistryOptions;
 use crate::image::platform::{choose_manifest, Platform};
 use crate::image::store::{hex_of, sha256_digest, BlobStore, StoredLayer};
 use crate::image::{layout, ImageLayer, RemoteBlob, MEDIA_TYPE_INDEX};
-use crate::registry::{Reference, RegistryClient};
+use crate::registry::mirrors::Puller;
+use crate::registry::Reference;
 
 /// Where the image to verify is, as given to `--image`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,8 +97,8 @@ impl Image {
     ) -> Result<Image> {
         match image {
             ImageRef::Registry(reference) => {
-                let client = registry.client(reference)?;
-                from_registry(&client, reference, store, platform)
+                let puller = registry.puller(reference, false)?;
+                from_registry(&puller, reference, store, platform)
             }
             ImageRef::Layout { dir, tag } => {
                 let found = layout::find_manifest(dir, tag.as_deref(), platform)?;
@@ -211,17 +212,20 @@ fn is_index(media_type: &str, parsed: &Value) -> bool {
 }
 
 fn from_registry(
-    client: &RegistryClient,
+    puller: &Puller,
     reference: &Reference,
     store: &BlobStore,
     platform: &str,
 ) -> Result<Image> {
-    let repository = &reference.repository;
-    let (mut bytes, media_type, mut digest) = client
-        .get_manifest(repository, reference.manifest_ref())
-        .with_context(|| format!("image {reference}"))?;
-    let parsed = json_of(&bytes, "manifest")?;
-    if is_index(&media_type, &parsed) {
+    let (bytes, digest) = puller.pull(|client, source| {
+        let repository = &source.repository;
+        let (bytes, media_type, digest) = client
+            .get_manifest(repository, reference.manifest_ref())
+            .with_context(|| format!("image {reference}"))?;
+        let parsed = json_of(&bytes, "manifest")?;
+        if !is_index(&media_type, &parsed) {
+            return Ok((bytes, digest));
+        }
         let entries = parsed.get("manifests").and_then(Value::as_array);
         let chosen = choose_manifest(
             entries.map_or(&[], Vec::as_slice),
@@ -232,8 +236,9 @@ fn from_registry(
         .and_then(Value::as_str)
         .context("the index's entry for the platform has no digest")?
         .to_string();
-        (bytes, _, digest) = client.get_manifest(repository, &chosen)?;
-    }
+        let (bytes, _, digest) = client.get_manifest(repository, &chosen)?;
+        Ok((bytes, digest))
+    })?;
     let manifest = json_of(&bytes, "manifest")?;
     let config_digest = config_digest(&manifest)?;
     let config_size = manifest
@@ -242,14 +247,14 @@ fn from_registry(
         .context("the manifest's config has no size")?;
     if !store.has_blob(&config_digest, config_size) {
         let origin = reference.name();
-        client.get_blob(repository, &config_digest, config_size, &mut |reader| {
+        puller.get_blob(&config_digest, config_size, &mut |reader| {
             store.import_reader(reader, &config_digest, config_size, &origin)
         })?;
     }
     let config = json_of(&store.read_blob(&config_digest)?, "config")?;
     let remote = RemoteBlob {
         registry: reference.registry.clone(),
-        repository: repository.clone(),
+        repository: reference.repository.clone(),
     };
     let layers = crate::base::layers_of(&manifest, &config, Some(remote))?;
     Ok(Image {

@@ -92,6 +92,9 @@ impl Sandbox {
             "DALLINGER_OCI_REGISTRY_USERNAME",
             "DALLINGER_OCI_REGISTRY_PASSWORD",
             "DALLINGER_OCI_RETRIES",
+            // registries.conf: tests name their own (or none).
+            "CONTAINERS_REGISTRIES_CONF",
+            "REGISTRIES_CONFIG_PATH",
         ] {
             cmd.env_remove(var);
         }

@@ -32,6 +32,7 @@ mod github_action;
 mod hostile;
 mod image_metadata;
 mod lock_remote;
+mod mirrors;
 mod multi_platform;
 mod prepare_script;
 mod python_build;
