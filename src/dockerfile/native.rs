@@ -1186,14 +1186,20 @@ impl<'a> Builder<'a> {
             sources.join(" ")
         );
         let tar_dest = dest_rel.clone();
+        // --chown applies to what an ADD extracts as well.
+        let tar_owner = chown.is_some().then_some(owner);
         let produced = store.produce(LayerDescription {
             kind: "dockerfile-copy",
             key,
             created_by: shown.clone(),
             fill: Box::new(move |writer| {
-                let tars: Vec<(Content, String)> = tars
+                let tars: Vec<Extract> = tars
                     .iter()
-                    .map(|t| (source_content(t).0, tar_dest.clone()))
+                    .map(|t| Extract {
+                        content: source_content(t).0,
+                        dest: tar_dest.clone(),
+                        owner: tar_owner,
+                    })
                     .collect();
                 write_entries(writer, store, entries, &tars)
             }),
@@ -1812,7 +1818,7 @@ fn write_entries(
     writer: crate::image::store::LayerWriter<'_>,
     store: &BlobStore,
     entries: Vec<Entry>,
-    tars: &[(Content, String)],
+    tars: &[Extract],
 ) -> Result<crate::image::store::WrittenLayer> {
     if entries.is_empty() && tars.is_empty() {
         return writer.tree(&LayerTree::new());
@@ -1857,8 +1863,8 @@ fn write_entries(
             }
         }
     }
-    for (content, dest) in tars {
-        extract_into(&mut tar, content, dest, mtime)?;
+    for extract in tars {
+        extract_into(&mut tar, extract, mtime)?;
     }
     let mut out = tar.into_inner()?.into_inner().map_err(|e| e.into_error())?;
     out.sync_all()?;
@@ -1866,14 +1872,19 @@ fn write_entries(
     writer.tar("a Dockerfile layer", std::io::BufReader::new(out))
 }
 
-/// ADD of a local archive: its entries under `dest`, their owners and
-/// modes kept, times the build's.
-fn extract_into<W: Write>(
-    tar: &mut tar::Builder<W>,
-    content: &Content,
-    dest: &str,
-    mtime: u64,
-) -> Result<()> {
+/// An archive an ADD extracts.
+struct Extract {
+    content: Content,
+    /// The directory it goes to, below the root.
+    dest: String,
+    /// `--chown`'s, over the archive's owners.
+    owner: Option<(u32, u32)>,
+}
+
+/// ADD of a local archive: its entries under its directory, their owners
+/// (unless `--chown`) and modes kept, times the build's.
+fn extract_into<W: Write>(tar: &mut tar::Builder<W>, extract: &Extract, mtime: u64) -> Result<()> {
+    let (content, dest) = (&extract.content, extract.dest.as_str());
     let mut head = Vec::new();
     content.open()?.take(8).read_to_end(&mut head)?;
     let reader: Box<dyn Read> = {
@@ -1909,6 +1920,13 @@ fn extract_into<W: Write>(
         let Some(path) = prefix(&name) else { continue };
         let mut header = entry.header().clone();
         header.set_mtime(mtime);
+        if let Some((uid, gid)) = extract.owner {
+            header.set_uid(uid.into());
+            header.set_gid(gid.into());
+            // Names would say otherwise to a reader that prefers them.
+            let _ = header.set_username("");
+            let _ = header.set_groupname("");
+        }
         let kind = header.entry_type();
         if kind.is_dir() {
             tar.append_data(&mut header, format!("{path}/"), std::io::empty())?;

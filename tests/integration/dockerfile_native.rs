@@ -92,7 +92,7 @@ COPY --chown=app:staff --chmod=0640 experiment.py ./
 COPY *constraints.txt constraints.txt
 COPY static/ /srv/static/
 COPY --from=tools /tool.txt /notes/heredoc.txt /from-tools/
-ADD bundle.tar /unpacked/
+ADD --chown=app:staff bundle.tar /unpacked/
 COPY . /context/
 RUN <<SCRIPT
 echo "$GREETING, $FALLBACK, $FLAVOUR" > /app/run-output.txt
@@ -238,6 +238,10 @@ fn a_dockerfile_builds_without_an_engine_and_runs_under_podman() {
         "made in the tools stage\nfrom a heredoc: has a base\n"
     );
     assert_eq!(shell("cat /unpacked/inner/packed.txt"), "from the tar\n");
+    assert_eq!(
+        shell("stat -c '%u:%g' /unpacked/inner/packed.txt"),
+        "1000:50\n"
+    );
     assert_eq!(
         shell(
             "for f in debug.log experiment.py Dockerfile; do [ -e /context/$f ] && echo $f; done"
