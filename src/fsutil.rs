@@ -71,7 +71,8 @@ impl TempFile {
 
     /// Like [`TempFile::commit`], but `dest`'s directory is left for the
     /// caller to sync once, after several files are renamed into it (and
-    /// before anything naming them is written).
+    /// before anything naming them is written), or not at all for a cache
+    /// entry nothing durable names.
     pub fn commit_leaving_dir(self, dest: &Path) -> io::Result<()> {
         self.tmp.as_file().sync_all()?;
         self.tmp.persist(dest).map_err(|e| e.error)?;

@@ -613,12 +613,16 @@ impl BlobStore {
         )
     }
 
-    /// Writes a small cache entry (a record, a memo) atomically.
+    /// Writes a small cache entry (a record, a memo) atomically: its bytes
+    /// are synced before the rename, so its name never shows a torn entry.
+    /// Its directory is not synced: nothing durable names an entry (losing
+    /// one to a crash only costs working it out again), and a cold build
+    /// writes a hundred of them.
     pub fn write_entry(&self, dest: &Path, bytes: &[u8]) -> Result<()> {
         let mut tmp = self.temp_file()?;
         tmp.file_mut()
             .write_all(bytes)
-            .and_then(|_| tmp.commit(dest))
+            .and_then(|_| tmp.commit_leaving_dir(dest))
             .map_err(|e| self.write_error(e.into()))
     }
 
