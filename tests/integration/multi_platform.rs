@@ -69,18 +69,20 @@ fn two_platform_layout(packages: &str) -> String {
     use dallinger_oci::image::{layout, Image};
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let amd64 = rootfs(packages, "amd64");
+    // The amd64 half is the tests' own layout of that base (its layer
+    // compressed once for all tests).
+    let amd64 = BaseRef::parse(&rootfs_layout(rootfs(packages, "amd64"))).unwrap();
     let arm64 = rootfs(packages, "arm64");
     let stem = arm64.file_stem().unwrap().to_string_lossy().into_owned();
     let dir = test_cache_dir().join(format!("{stem}-amd64-arm64-oci"));
     if !dir.join("index.json").is_file() {
         let store_dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(store_dir.path()).unwrap();
+        let arm64 = BaseRef::Rootfs { file: arm64 };
         let images = [("linux/amd64", amd64), ("linux/arm64", arm64)]
             .into_iter()
-            .map(|(platform, file)| {
-                let base = base::resolve(&BaseRef::Rootfs { file }, &store, platform, 946_684_800)
-                    .unwrap();
+            .map(|(platform, base)| {
+                let base = base::resolve(&base, &store, platform, 946_684_800).unwrap();
                 let image = Image::assemble(&store, &base.config, base.layers).unwrap();
                 (Platform::parse(platform).unwrap(), image)
             })
