@@ -31,6 +31,7 @@ mod image_metadata;
 mod lock_remote;
 mod mirrors;
 mod prepare_script;
+mod psynet;
 mod python_build;
 mod python_index;
 mod python_target;
