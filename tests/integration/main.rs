@@ -35,6 +35,7 @@ mod lock_remote;
 mod mirrors;
 mod multi_platform;
 mod prepare_script;
+mod psynet;
 mod python_build;
 mod python_index;
 mod python_target;

@@ -1,0 +1,218 @@
+//! A real PsyNet experiment (psynet 13.3.0 from PyPI,
+//! fixtures/experiments/psynet: a minimal experiment as PsyNet's
+//! documentation writes one, its whole closure pinned in constraints.txt,
+//! a prepare script) on a base named `ghcr.io/astral-sh/uv:python3.11-bookworm`
+//! that a registries.conf mirror on 127.0.0.1 serves: a base this test
+//! makes as astral's uv images are made (Debian bookworm's python3, the
+//! `uv` and `uvx` binaries of the uv wheel in /usr/local/bin,
+//! `UV_TOOL_BIN_DIR`, `CMD ["/usr/local/bin/uv"]`).
+
+use crate::common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::dallinger::sdist_build_args;
+use common::registry::{Registry, RegistryAuth};
+use common::*;
+
+pub const BASE: &str = "ghcr.io/astral-sh/uv:python3.11-bookworm";
+/// The uv release whose binaries the base carries.
+const UV_VERSION: &str = "0.13.9";
+
+/// The uv-like base as an OCI layout (made once under the test cache):
+/// the bookworm Python base with `/usr/local/bin/uv` and `uvx` from the uv
+/// wheel added by umoci, and the uv images' environment and command.
+/// Returns its `oci:DIR:base` reference.
+pub fn uv_base_layout() -> String {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let python = python_base_layout();
+    let python_dir = python
+        .strip_prefix("oci:")
+        .and_then(|s| s.strip_suffix(":base"))
+        .unwrap()
+        .to_string();
+    let stem = Path::new(&python_dir)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let dir = test_cache_dir().join(format!("uv-{UV_VERSION}-{stem}"));
+    if !dir.join("index.json").is_file() {
+        let work = tempfile::tempdir_in(test_cache_dir()).unwrap();
+        // The wheel, from PyPI by pip (its hash checked against the index).
+        ok(Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary",
+                ":all:",
+            ])
+            .args([
+                "--platform",
+                "manylinux_2_17_x86_64",
+                "--python-version",
+                "3.11",
+            ])
+            .arg(format!("uv=={UV_VERSION}"))
+            .arg("-d")
+            .arg(work.path()));
+        let wheel = fs::read_dir(work.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "whl"))
+            .expect("the uv wheel");
+        let root = work.path().join("root");
+        let bin = root.join("usr/local/bin");
+        fs::create_dir_all(&bin).unwrap();
+        let scripts = format!("uv-{UV_VERSION}.data/scripts");
+        ok(Command::new("python3")
+            .args(["-c", "import sys, zipfile\nz = zipfile.ZipFile(sys.argv[1])\n\
+                for n in ('uv', 'uvx'):\n    open(sys.argv[3] + '/' + n, 'wb').write(z.read(sys.argv[2] + '/' + n))"])
+            .arg(&wheel)
+            .arg(&scripts)
+            .arg(&bin));
+        for name in ["uv", "uvx"] {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(bin.join(name), fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        // One layer of our own tar (umoci's `insert` writes a tar without
+        // its end blocks), appended by umoci.
+        let layer = work.path().join("uv-layer.tar");
+        deterministic_tar(&layer, &root, "usr");
+        let partial = dir.with_extension("partial");
+        let _ = fs::remove_dir_all(&partial);
+        copy_tree(Path::new(&python_dir), &partial);
+        let image = format!("{}:base", partial.display());
+        let umoci = require_tool("umoci");
+        ok(Command::new(&umoci)
+            .args(["raw", "add-layer", "--image", &image])
+            .arg(&layer));
+        ok(Command::new(&umoci).args([
+            "config",
+            "--image",
+            &image,
+            "--config.env",
+            "UV_TOOL_BIN_DIR=/usr/local/bin",
+            "--config.cmd",
+            "/usr/local/bin/uv",
+        ]));
+        ok(Command::new(&umoci).args(["gc", "--layout", &partial.display().to_string()]));
+        let _ = fs::remove_dir_all(&dir);
+        fs::rename(&partial, &dir).unwrap();
+    }
+    format!("oci:{}:base", dir.display())
+}
+
+/// A mirror of ghcr.io on 127.0.0.1 holding the uv-like base as
+/// `astral-sh/uv:python3.11-bookworm`, and a registries.conf in `sandbox`
+/// that sends ghcr.io to it (ghcr.io's own location is never reached).
+pub fn uv_mirror(sandbox: &Sandbox) -> (Registry, PathBuf) {
+    let mirror = Registry::start(RegistryAuth::None);
+    ok(Command::new(require_tool("skopeo"))
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(uv_base_layout())
+        .arg(format!(
+            "docker://{}/astral-sh/uv:python3.11-bookworm",
+            mirror.host()
+        )));
+    let conf = sandbox.path("registries.conf");
+    fs::write(
+        &conf,
+        format!(
+            "[[registry]]\nprefix = \"ghcr.io\"\nlocation = \"127.0.0.1:{}\"\n\
+             [[registry.mirror]]\nlocation = \"{}\"\n",
+            free_local_port(),
+            mirror.host()
+        ),
+    )
+    .unwrap();
+    (mirror, conf)
+}
+
+/// The PsyNet fixture in `sandbox` at `rel` (without its Dockerfile when
+/// `dockerfile` is false).
+fn psynet_experiment(sandbox: &Sandbox, rel: &str, dockerfile: bool) -> PathBuf {
+    let exp = sandbox.experiment("psynet", rel);
+    if !dockerfile {
+        fs::remove_file(exp.join("Dockerfile")).unwrap();
+    }
+    exp
+}
+
+/// `build` of `exp` on the mirrored base with PsyNet's closure through our
+/// Python path (psycopg2 built from its sdist), the prepare script run.
+fn build_command(sandbox: &Sandbox, conf: &Path, exp: &Path, cache: &Path, out: &Path) -> Command {
+    let mut cmd = sandbox.cmd();
+    cmd.env_remove("DALLINGER_OCI_NO_DEPS")
+        .env("CONTAINERS_REGISTRIES_CONF", conf)
+        .arg("build")
+        .arg(exp)
+        .args(["--base", BASE])
+        .args(sdist_build_args())
+        .arg("--run-prepare")
+        // The mirror is new each run: its tag is resolved again, not taken
+        // from what the kept cache remembers.
+        .arg("--pull")
+        .arg("--cache-dir")
+        .arg(cache)
+        .arg("--output")
+        .arg(format!("oci:{}:psynet", out.display()));
+    cmd
+}
+
+#[test]
+fn psynets_closure_builds_on_the_mirrored_uv_base_reproducibly() {
+    let sandbox = Sandbox::new();
+    let (mirror, conf) = uv_mirror(&sandbox);
+    let exp = psynet_experiment(&sandbox, "psynet-exp", false);
+    let shared = test_cache_dir().join("psynet-cache");
+    let (stdout, stderr) = succeeds(run(&mut build_command(
+        &sandbox,
+        &conf,
+        &exp,
+        &shared,
+        &sandbox.path("first"),
+    )));
+    let digest = printed_digest(&stdout);
+    assert!(
+        mirror
+            .requests()
+            .iter()
+            .any(|r| r.path == "/v2/astral-sh/uv/manifests/python3.11-bookworm"),
+        "{stderr}"
+    );
+    // The same inputs in a fresh cache: the same image.
+    let (again, _) = succeeds(run(&mut build_command(
+        &sandbox,
+        &conf,
+        &exp,
+        &sandbox.path("fresh-cache"),
+        &sandbox.path("second"),
+    )));
+    assert_eq!(printed_digest(&again), digest);
+
+    // What the image holds: psynet and Dallinger 12.4.0 installed for
+    // Debian's python3, uv from the base, the prepare script's marker.
+    let bundle = sandbox.path("bundle");
+    ok(Command::new(require_tool("umoci"))
+        .args(["unpack", "--rootless", "--image"])
+        .arg(format!("{}:psynet", sandbox.path("first").display()))
+        .arg(&bundle)
+        .env("HOME", sandbox.home()));
+    let rootfs = bundle.join("rootfs");
+    let site = rootfs.join("usr/local/lib/python3.11/dist-packages");
+    assert!(site.join("psynet-13.3.0.dist-info/METADATA").is_file());
+    assert!(site.join("dallinger-12.4.0.dist-info/METADATA").is_file());
+    assert!(rootfs.join("usr/local/bin/uv").is_file());
+    assert!(rootfs.join("usr/local/bin/dallinger").is_file());
+    assert_eq!(
+        fs::read_to_string(rootfs.join("experiment/prepared.txt")).unwrap(),
+        "prepared for psynet 13.3.0\n"
+    );
+    assert!(rootfs.join("experiment/experiment.py").is_file());
+}
