@@ -22,7 +22,10 @@ const STAGING_PREFIX: &str = ".dallinger-oci-layout-";
 /// an `index.json` (replaced atomically) in which `tag` names this image,
 /// under a lock on the directory, so two builds writing the same layout
 /// each keep the other's tag. Anything else at `dir` is refused. Every blob
-/// is checked against its digest as it is copied out of the store.
+/// is checked against its digest as it is copied out of the store, except
+/// one this process wrote (hashed as it was written, its file untouched
+/// since), which is hard-linked when the layout is on the cache's file
+/// system (see `BlobStore::link_written`).
 pub fn write(store: &BlobStore, image: &Image, dir: &Path, tag: &str) -> Result<()> {
     write_tags(store, image, dir, &[tag])
 }
@@ -157,7 +160,9 @@ fn copy_blobs(store: &BlobStore, image: &Image, dir: &Path) -> Result<()> {
         if fs::symlink_metadata(&dest).is_ok_and(|m| m.is_file() && m.len() == size) {
             continue;
         }
-        copy_verified(store, digest, size, &dest)?;
+        if !store.link_written(digest, size, &dest)? {
+            copy_verified(store, digest, size, &dest)?;
+        }
         copied = true;
     }
     // One sync of the directory for all the blobs, before index.json names
@@ -170,7 +175,8 @@ fn copy_blobs(store: &BlobStore, image: &Image, dir: &Path) -> Result<()> {
 }
 
 /// Copies the store's blob `digest` to `dest` through an exclusive
-/// temporary file, renamed only when every byte matched the digest.
+/// temporary file, renamed only when every byte matched the digest (or,
+/// for a blob this process wrote, as it is: see `BlobStore::open_blob`).
 fn copy_verified(store: &BlobStore, digest: &str, size: u64, dest: &Path) -> Result<()> {
     let mut blob = store.open_blob(digest, size)?;
     let mut tmp = TempFile::beside(dest, 0o644)

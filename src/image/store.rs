@@ -35,7 +35,9 @@ pub struct StoredLayer {
 /// name a build trusts. A layer record is written only after its blob is
 /// durable. Blobs are checked against their digest whenever they are
 /// copied out to an output ([`BlobStore::open_blob`]), and a corrupt one is
-/// removed, with the records naming it, so the next build makes it again.
+/// removed, with the records naming it, so the next build makes it again;
+/// only a blob this very process wrote, hashing it as it went, is copied
+/// (or linked) out as it is while its file is untouched ([`WrittenHere`]).
 ///
 /// The store is also the one producer of layers ([`BlobStore::produce`]):
 /// a stage describes a layer, the store keys it (adding the format, the
@@ -54,6 +56,53 @@ pub struct BlobStore {
     /// Refuse to make a layer that is neither cached nor predicted
     /// ([`BlobStore::known_only`]).
     known_only: bool,
+    /// The blobs this process committed (see [`WrittenHere`]).
+    written: Arc<WrittenHere>,
+}
+
+/// The blobs this process committed to the store, each hashed as its bytes
+/// were written (a layer by its writer, a fetched or imported blob against
+/// its descriptor, a small one in memory), by the file it was committed
+/// as. Copying such a blob out needs no second hash while the file at its
+/// name is still that file: same device, inode, size and modification
+/// time (another build renaming its own copy over it changes the inode; a
+/// write into it, the time). A blob this process did not write (one a
+/// previous build left, a base already in the cache) is not in here: it is
+/// hashed as it is copied out, so a tampered cache never reaches an output.
+#[derive(Default)]
+struct WrittenHere(Mutex<std::collections::HashMap<String, FileIdentity>>);
+
+/// What tells a blob's file from another one put at its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileIdentity {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+}
+
+impl FileIdentity {
+    fn of(meta: &fs::Metadata) -> FileIdentity {
+        FileIdentity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+        }
+    }
+}
+
+impl WrittenHere {
+    fn record(&self, digest: &str, identity: FileIdentity) {
+        self.0.lock().unwrap().insert(digest.to_string(), identity);
+    }
+
+    /// Whether the file `meta` describes is the one this process committed
+    /// as `digest`, with `size` bytes.
+    fn is(&self, digest: &str, size: u64, meta: &fs::Metadata) -> bool {
+        let identity = FileIdentity::of(meta);
+        identity.size == size && self.0.lock().unwrap().get(digest) == Some(&identity)
+    }
 }
 
 /// Layers a build need not make: the lock says what their inputs give, by
@@ -304,6 +353,7 @@ impl BlobStore {
             fetcher: None,
             predicted: Arc::default(),
             known_only: false,
+            written: Arc::default(),
         };
         for bucket in Bucket::OPENED {
             fs::create_dir_all(store.dir(bucket)).map_err(|e| store.write_error(e.into()))?;
@@ -575,6 +625,14 @@ impl BlobStore {
         if size == 0 && sha256_digest(b"") != digest {
             return Err(self.corrupt(digest, &sha256_digest(b""), Some(identity)));
         }
+        // A blob this process wrote was hashed as it was written: while its
+        // file is that one, its bytes are read as they are (see
+        // [`WrittenHere`]); any other is hashed as it streams.
+        let hashed = if self.written.is(digest, size, &meta) {
+            size
+        } else {
+            0
+        };
         Ok(VerifiedBlob {
             file,
             store: self.clone(),
@@ -582,7 +640,7 @@ impl BlobStore {
             size,
             identity,
             hasher: Sha256::new(),
-            hashed: 0,
+            hashed,
             pos: 0,
             report: None,
         })
@@ -734,9 +792,64 @@ impl BlobStore {
         tmp.file()
             .sync_all()
             .map_err(|e| self.write_error(e.into()))?;
+        // Taken from the open file, whatever is at `dest` by the time it
+        // is renamed: no more bytes go into it.
+        let identity = tmp
+            .file()
+            .metadata()
+            .map_err(|e| self.write_error(e.into()))?;
         let _lock = self.lock()?;
         tmp.commit_synced(&dest)
-            .map_err(|e| self.write_error(e.into()))
+            .map_err(|e| self.write_error(e.into()))?;
+        self.written.record(digest, FileIdentity::of(&identity));
+        Ok(())
+    }
+
+    /// Puts the blob `digest` at `dest` (a name in an output directory) as
+    /// a hard link to the store's file, when this process wrote that file
+    /// (see [`WrittenHere`]) and `dest` is on the same file system: no byte
+    /// is read, hashed or written again, and none needs syncing (the
+    /// store's commit synced them). The link is made under a temporary
+    /// name beginning with `.` beside `dest` (what a sweep of a layout's
+    /// blobs removes when a build dies) and renamed over `dest` only when
+    /// it is still that file. False when the blob must be copied instead:
+    /// not written here, or not linkable there.
+    pub fn link_written(&self, digest: &str, size: u64, dest: &Path) -> Result<bool> {
+        let source = self.blob_path(digest)?;
+        let is_written = |path: &Path| {
+            fs::symlink_metadata(path)
+                .is_ok_and(|m| m.is_file() && self.written.is(digest, size, &m))
+        };
+        if !is_written(&source) {
+            return Ok(false);
+        }
+        let dir = match dest.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let name = dest
+            .file_name()
+            .map(|n| format!(".{}.link-", n.to_string_lossy()))
+            .unwrap_or_else(|| ".link-".into());
+        // `make_in` retries another random name when one is taken.
+        let linked = tempfile::Builder::new()
+            .prefix(&name)
+            .make_in(dir, |path| fs::hard_link(&source, path));
+        let Ok(linked) = linked else {
+            // Another file system, or one without hard links: copy.
+            return Ok(false);
+        };
+        // The store's file may have been replaced between the check and the
+        // link: then the link is dropped (removed) and the blob copied,
+        // hashed, as one this process did not write.
+        if !is_written(linked.path()) {
+            return Ok(false);
+        }
+        linked
+            .persist(dest)
+            .map_err(|e| e.error)
+            .with_context(|| format!("cannot write {}", dest.display()))?;
+        Ok(true)
     }
 
     /// The store's lock, held while a blob is renamed into place or a
@@ -1151,5 +1264,81 @@ mod tests {
         };
         let err = store.fetch_missing(&[layer]).unwrap_err().to_string();
         assert_eq!(err, format!("blob {digest} is missing from the cache"));
+    }
+
+    /// A blob this process committed is linked out (the same file, nothing
+    /// read again) and read out as it is; the same blob seen by another
+    /// process (a store opened afresh) is neither: it is copied hashed, so
+    /// a change made to it in the cache stops the output.
+    #[test]
+    fn only_blobs_written_here_are_linked_and_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let bytes = b"a blob written by this build".to_vec();
+        let digest = store.put_bytes(&bytes).unwrap();
+        let size = bytes.len() as u64;
+        let dest = out.path().join("one");
+        assert!(store.link_written(&digest, size, &dest).unwrap());
+        let (src, linked) = (
+            fs::metadata(store.blob_path(&digest).unwrap()).unwrap(),
+            fs::metadata(&dest).unwrap(),
+        );
+        assert_eq!((src.dev(), src.ino()), (linked.dev(), linked.ino()));
+        assert_eq!(fs::read(&dest).unwrap(), bytes);
+        // Nothing but the blob is left in the output directory.
+        let names: Vec<_> = fs::read_dir(out.path()).unwrap().flatten().collect();
+        assert_eq!(names.len(), 1);
+        // A wrong size is not this blob.
+        assert!(!store
+            .link_written(&digest, size + 1, &out.path().join("two"))
+            .unwrap());
+
+        // Another process's view: same bytes, not written by it.
+        let later = BlobStore::open(dir.path()).unwrap();
+        assert!(!later
+            .link_written(&digest, size, &out.path().join("three"))
+            .unwrap());
+        // Tampered in place (same length): the first store sees another
+        // modification time and hashes it; so does the later one.
+        let path = store.blob_path(&digest).unwrap();
+        let mut tampered = bytes.clone();
+        tampered[0] ^= 1;
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .write_all(&tampered)
+            .unwrap();
+        assert!(!store
+            .link_written(&digest, size, &out.path().join("four"))
+            .unwrap());
+        let mut read = Vec::new();
+        let err = store
+            .open_blob(&digest, size)
+            .unwrap()
+            .read_to_end(&mut read)
+            .unwrap_err();
+        assert!(err.to_string().contains("is corrupt"), "{err}");
+        // And it was removed, so the next build makes it again.
+        assert!(!path.exists());
+    }
+
+    /// The blob read out of a store that wrote it is what was written
+    /// (read as it is, not hashed again).
+    #[test]
+    fn a_blob_written_here_reads_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let digest = store.put_bytes(&bytes).unwrap();
+        let mut read = Vec::new();
+        store
+            .open_blob(&digest, bytes.len() as u64)
+            .unwrap()
+            .read_to_end(&mut read)
+            .unwrap();
+        assert_eq!(read, bytes);
     }
 }
