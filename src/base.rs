@@ -79,6 +79,19 @@ pub struct BaseImage {
 pub const DEFAULT_PLATFORM: &str = "linux/amd64";
 
 pub fn resolve(base: &BaseRef, store: &BlobStore, platform: &str, epoch: u64) -> Result<BaseImage> {
+    resolve_with(base, store, platform, epoch, &|_, _| {})
+}
+
+/// [`resolve`], calling `before_import` with a layout base and its blobs'
+/// files in the layout (unverified) before they are imported into the
+/// store, for work that can read them meanwhile.
+pub fn resolve_with(
+    base: &BaseRef,
+    store: &BlobStore,
+    platform: &str,
+    epoch: u64,
+    before_import: &dyn Fn(&BaseImage, Vec<PathBuf>),
+) -> Result<BaseImage> {
     match base {
         BaseRef::Scratch => Ok(BaseImage {
             config: empty_config(platform)?,
@@ -86,7 +99,9 @@ pub fn resolve(base: &BaseRef, store: &BlobStore, platform: &str, epoch: u64) ->
             name: None,
             digest: None,
         }),
-        BaseRef::OciLayout { dir, tag } => from_layout(dir, tag.as_deref(), store, platform),
+        BaseRef::OciLayout { dir, tag } => {
+            from_layout(dir, tag.as_deref(), store, platform, before_import)
+        }
         BaseRef::Rootfs { file } => from_rootfs(file, store, platform, epoch),
         BaseRef::Registry(_) => bail!("registry bases are resolved by the registry module"),
     }
@@ -114,6 +129,7 @@ fn from_layout(
     tag: Option<&str>,
     store: &BlobStore,
     platform: &str,
+    before_import: &dyn Fn(&BaseImage, Vec<PathBuf>),
 ) -> Result<BaseImage> {
     let found = layout::find_manifest(dir, tag, platform)
         .with_context(|| format!("base oci:{}", dir.display()))?;
@@ -126,19 +142,26 @@ fn from_layout(
         .context("the base image config is not JSON")?;
     let layers = layers_of(&manifest, &config, None)
         .with_context(|| format!("base oci:{}", dir.display()))?;
-    for layer in &layers {
-        let (digest, size) = (&layer.blob.digest, layer.blob.size);
-        store.import_blob(&layout::blob_path(dir, digest)?, digest, size)?;
-    }
     // A ref name that is a full image reference is a portable base name; a
     // bare tag or a local directory is not, and no host path may enter the image.
     let name = found.ref_name.filter(|n| n.contains('/'));
-    Ok(BaseImage {
+    let image = BaseImage {
         config,
         layers,
         name,
         digest: Some(found.digest),
-    })
+    };
+    let files = image
+        .layers
+        .iter()
+        .map(|l| layout::blob_path(dir, &l.blob.digest))
+        .collect::<Result<Vec<_>>>()?;
+    before_import(&image, files);
+    for layer in &image.layers {
+        let (digest, size) = (&layer.blob.digest, layer.blob.size);
+        store.import_blob(&layout::blob_path(dir, digest)?, digest, size)?;
+    }
+    Ok(image)
 }
 
 /// The layers a manifest lists, paired with its config's diff_ids.

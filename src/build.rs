@@ -605,7 +605,17 @@ fn platform_image(
     store: &BlobStore,
     inventory: &mut crate::attest::Inventory,
 ) -> Result<(Image, bool, Option<SourceMount>)> {
-    let base = resolve_base(&sources.base_ref, store, &sources.platform, request)?;
+    let base = match &sources.base_ref {
+        // The base's Python is read from its blobs while they are imported.
+        layout @ BaseRef::OciLayout { .. } => base::resolve_with(
+            layout,
+            store,
+            &sources.platform,
+            request.epoch,
+            &|base, files| scan_target_ahead(request, sources, store, base, files),
+        )?,
+        other => resolve_base(other, store, &sources.platform, request)?,
+    };
     // The layers the lock predicts and the registry already has
     // are taken as made (see `predict`).
     let store = store.clone().predicting(crate::predict::predictions(
@@ -1252,6 +1262,30 @@ fn resolve_base(
             )
         }
         local => base::resolve(local, store, platform, request.epoch),
+    }
+}
+
+/// Starts reading the base's Python (`target::scan_ahead`) when
+/// `python_stage` will need it: Python dependencies, and no target the
+/// lock recorded for this base.
+fn scan_target_ahead(
+    request: &BuildRequest,
+    sources: &Sources,
+    store: &BlobStore,
+    base: &base::BaseImage,
+    files: Vec<PathBuf>,
+) {
+    let Some(python) = request.python.as_ref().filter(|_| !request.adding_up) else {
+        return;
+    };
+    let lock = Lock::read(&sources.experiment.dir).ok().flatten();
+    let identity = crate::predict::base_identity(base);
+    if lock
+        .as_ref()
+        .and_then(|l| crate::predict::locked_target(l, &identity, &python.overrides))
+        .is_none()
+    {
+        target::scan_ahead(store, &base.layers, &base.config, files);
     }
 }
 

@@ -50,13 +50,7 @@ pub fn detect(
     config: &serde_json::Value,
     overrides: &TargetOverrides,
 ) -> anyhow::Result<Target> {
-    let mut key_text = String::from("target/1\n");
-    for layer in layers {
-        key_text.push_str(&layer.blob.digest);
-        key_text.push('\n');
-    }
-    key_text.push_str(&serde_json::to_string(&config.get("architecture"))?);
-    key_text.push_str(&serde_json::to_string(&config.pointer("/config/Env"))?);
+    let key_text = files_key(layers, config)?;
     // The target itself is remembered too, by the base and the overrides:
     // a rebuild reads it back instead of working it out of the base's
     // files (its dpkg status, every RECORD) again.
@@ -65,11 +59,146 @@ pub fn detect(
         serde_json::to_string(config)?
     );
     crate::image::memoised(store, "target-of", &target_key, || {
+        // A scan of these layers started ahead has filled the memo by the
+        // time it ends (or failed, and the layers are read here, where
+        // the failure is reported).
+        let memo = store.memo_path("target", &key_text);
+        let ahead = in_flight().lock().unwrap().remove(&memo);
+        if let Some(scan) = ahead {
+            let _ = scan.join();
+        }
         let files = crate::image::memoised(store, "target", &key_text, || {
             scan_layers(&crate::image::layer_files(store, layers)?)
         })?;
         target_from(&files, config, overrides)
     })
+}
+
+/// The key of the memo of a base's Python files: its layers and what of
+/// its config the scan's use depends on.
+fn files_key(
+    layers: &[crate::image::ImageLayer],
+    config: &serde_json::Value,
+) -> anyhow::Result<String> {
+    let mut key_text = String::from("target/1\n");
+    for layer in layers {
+        key_text.push_str(&layer.blob.digest);
+        key_text.push('\n');
+    }
+    key_text.push_str(&serde_json::to_string(&config.get("architecture"))?);
+    key_text.push_str(&serde_json::to_string(&config.pointer("/config/Env"))?);
+    Ok(key_text)
+}
+
+type Scans = std::sync::Mutex<BTreeMap<std::path::PathBuf, std::thread::JoinHandle<()>>>;
+
+/// Scans started by [`scan_ahead`], by the memo they fill.
+fn in_flight() -> &'static Scans {
+    static IN_FLIGHT: std::sync::OnceLock<Scans> = std::sync::OnceLock::new();
+    IN_FLIGHT.get_or_init(Default::default)
+}
+
+/// Starts reading the base's Python files on another thread, so that the
+/// build goes on meanwhile with what does not need them (the base's
+/// import into the cache, the Debian layer, the lock's predictions); a
+/// [`detect`] of the same base in this process waits for it instead of
+/// inflating the layers again. `files` are the layers' blobs as they are
+/// now, in order: the cache's, or a layout's not imported yet. Their bytes
+/// are hashed as they are read and the result is remembered only when
+/// every blob has its layer's digest and size, as if read from the cache
+/// after the import verified it. Nothing is reported from here: whatever
+/// goes wrong (a missing blob, a bad one) leaves `detect` to read the
+/// layers itself and say so. Does nothing when the memo is already there
+/// or a scan of these layers is under way.
+pub fn scan_ahead(
+    store: &crate::image::store::BlobStore,
+    layers: &[crate::image::ImageLayer],
+    config: &serde_json::Value,
+    files: Vec<std::path::PathBuf>,
+) {
+    let Ok(key_text) = files_key(layers, config) else {
+        return;
+    };
+    let memo = store.memo_path("target", &key_text);
+    if files.len() != layers.len() || memo.is_file() {
+        return;
+    }
+    let mut scans = in_flight().lock().unwrap();
+    if scans.contains_key(&memo) {
+        return;
+    }
+    let store = store.clone();
+    let blobs: Vec<(std::path::PathBuf, crate::image::store::StoredLayer)> = files
+        .into_iter()
+        .zip(layers.iter().map(|l| l.blob.clone()))
+        .collect();
+    let key = key_text;
+    let spawned = std::thread::Builder::new()
+        .name("target-scan".into())
+        .spawn(move || {
+            let _ = crate::image::memoised(&store, "target", &key, || scan_verified(&blobs));
+        });
+    if let Ok(handle) = spawned {
+        scans.insert(memo, handle);
+    }
+}
+
+/// [`scan_layers`] of blob files not (yet) known to be what their layers
+/// say: each hashed as it is read, to its end, and refused unless it has
+/// its layer's digest and size.
+fn scan_verified(
+    blobs: &[(std::path::PathBuf, crate::image::store::StoredLayer)],
+) -> anyhow::Result<BaseFiles> {
+    use anyhow::{bail, Context};
+    use sha2::Digest as _;
+    let mut files = BaseFiles::default();
+    for (path, blob) in blobs {
+        let file = std::fs::File::open(path)
+            .with_context(|| format!("cannot read base layer {}", path.display()))?;
+        let mut hashing = HashingRead {
+            inner: file,
+            hasher: sha2::Sha256::new(),
+            size: 0,
+        };
+        {
+            let reader = std::io::BufReader::with_capacity(1 << 20, &mut hashing);
+            let mut reader = std::io::BufReader::new(
+                dallinger_oci_layers::open_layer(&blob.media_type, reader)
+                    .with_context(|| format!("base layer {}", path.display()))?,
+            );
+            scan_one(
+                &mut files,
+                &mut reader,
+                &path.display().to_string(),
+                &interesting_path,
+            )?;
+        }
+        // Whatever follows the end of the tar is the blob's too.
+        std::io::copy(&mut hashing, &mut std::io::sink())?;
+        let digest =
+            dallinger_oci_layers::Digest::sha256(hashing.hasher.finalize().into()).to_string();
+        if digest != blob.digest || hashing.size != blob.size {
+            bail!("base layer {} is not blob {}", path.display(), blob.digest);
+        }
+    }
+    Ok(files)
+}
+
+/// Counts and hashes what is read through it.
+struct HashingRead<R> {
+    inner: R,
+    hasher: sha2::Sha256,
+    size: u64,
+}
+
+impl<R: std::io::Read> std::io::Read for HashingRead<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use sha2::Digest as _;
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
 }
 
 /// Overrides for the rare base whose Python cannot be read from its files.
@@ -133,7 +262,11 @@ fn interesting(path: &str) -> (bool, bool) {
 
 /// Reads the base layers (plain tar, gzip or zstd), applying OCI whiteouts.
 pub(crate) fn scan_layers(paths: &[(std::path::PathBuf, String)]) -> anyhow::Result<BaseFiles> {
-    scan_layers_with(paths, &|path, _| interesting(path))
+    scan_layers_with(paths, &interesting_path)
+}
+
+fn interesting_path(path: &str, _is_symlink: bool) -> (bool, bool) {
+    interesting(path)
 }
 
 /// Reads the base layers, keeping the paths `interesting(path, is_symlink)`
@@ -143,7 +276,6 @@ pub(crate) fn scan_layers_with(
     interesting: &dyn Fn(&str, bool) -> (bool, bool),
 ) -> anyhow::Result<BaseFiles> {
     use anyhow::Context;
-    use std::io::Read;
     let mut files = BaseFiles::default();
     for (path, media_type) in paths {
         let file = std::fs::File::open(path)
@@ -151,64 +283,80 @@ pub(crate) fn scan_layers_with(
         let file = std::io::BufReader::with_capacity(1 << 20, file);
         let reader = dallinger_oci_layers::open_layer(media_type, file)
             .with_context(|| format!("base layer {}", path.display()))?;
-        let mut archive = tar::Archive::new(reader);
-        for entry in archive.entries().context("reading a base layer")? {
-            let mut entry = entry.context("reading a base layer")?;
-            let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-            let p = raw
-                .trim_start_matches("./")
-                .trim_start_matches('/')
-                .trim_end_matches('/')
-                .to_string();
-            let (dir, name) = match p.rsplit_once('/') {
-                Some((d, n)) => (d.to_string(), n.to_string()),
-                None => (String::new(), p.clone()),
-            };
-            if name == ".wh..wh..opq" {
-                files.clear_children(&dir);
-                continue;
-            }
-            if let Some(hidden) = name.strip_prefix(".wh.") {
-                let gone = if dir.is_empty() {
-                    hidden.to_string()
-                } else {
-                    format!("{dir}/{hidden}")
-                };
-                files.remove_subtree(&gone);
-                continue;
-            }
-            let is_symlink = entry.header().entry_type() == tar::EntryType::Symlink;
-            let (keep, read) = interesting(&p, is_symlink);
-            if !keep {
-                continue;
-            }
-            files.remove_subtree(&p);
-            files.present.insert(p.clone());
-            match entry.header().entry_type() {
-                tar::EntryType::Symlink => {
-                    if let Some(target) = entry.link_name().ok().flatten() {
-                        files.links.insert(p, target.to_string_lossy().into_owned());
-                    }
-                }
-                tar::EntryType::Regular | tar::EntryType::Continuous if read => {
-                    let mut bytes = Vec::new();
-                    entry
-                        .read_to_end(&mut bytes)
-                        .with_context(|| format!("reading {p} in a base layer"))?;
-                    match String::from_utf8(bytes) {
-                        Ok(text) => {
-                            files.texts.insert(p, text);
-                        }
-                        Err(e) => {
-                            files.binaries.insert(p, e.into_bytes());
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
+        scan_one(&mut files, reader, &path.display().to_string(), interesting)?;
     }
     Ok(files)
+}
+
+/// Applies one layer's tar (`name` in messages) to `files`.
+fn scan_one(
+    files: &mut BaseFiles,
+    reader: impl std::io::Read,
+    name: &str,
+    interesting: &dyn Fn(&str, bool) -> (bool, bool),
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::Read;
+    let mut archive = tar::Archive::new(reader);
+    for entry in archive
+        .entries()
+        .with_context(|| format!("reading base layer {name}"))?
+    {
+        let mut entry = entry.with_context(|| format!("reading base layer {name}"))?;
+        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let p = raw
+            .trim_start_matches("./")
+            .trim_start_matches('/')
+            .trim_end_matches('/')
+            .to_string();
+        let (dir, name) = match p.rsplit_once('/') {
+            Some((d, n)) => (d.to_string(), n.to_string()),
+            None => (String::new(), p.clone()),
+        };
+        if name == ".wh..wh..opq" {
+            files.clear_children(&dir);
+            continue;
+        }
+        if let Some(hidden) = name.strip_prefix(".wh.") {
+            let gone = if dir.is_empty() {
+                hidden.to_string()
+            } else {
+                format!("{dir}/{hidden}")
+            };
+            files.remove_subtree(&gone);
+            continue;
+        }
+        let is_symlink = entry.header().entry_type() == tar::EntryType::Symlink;
+        let (keep, read) = interesting(&p, is_symlink);
+        if !keep {
+            continue;
+        }
+        files.remove_subtree(&p);
+        files.present.insert(p.clone());
+        match entry.header().entry_type() {
+            tar::EntryType::Symlink => {
+                if let Some(target) = entry.link_name().ok().flatten() {
+                    files.links.insert(p, target.to_string_lossy().into_owned());
+                }
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous if read => {
+                let mut bytes = Vec::new();
+                entry
+                    .read_to_end(&mut bytes)
+                    .with_context(|| format!("reading {p} in a base layer"))?;
+                match String::from_utf8(bytes) {
+                    Ok(text) => {
+                        files.texts.insert(p, text);
+                    }
+                    Err(e) => {
+                        files.binaries.insert(p, e.into_bytes());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Works out the target from the base's files and config.
@@ -505,5 +653,102 @@ Package: libpython3.11-minimal\nStatus: install ok installed\nVersion: 3.11.2-6+
         )
         .unwrap_err();
         assert!(err.to_string().contains("has no Python"), "{err}");
+    }
+
+    /// A plain tar layer with a Debian Python, and its descriptor.
+    fn base_layer() -> (Vec<u8>, crate::image::ImageLayer) {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut add = |path: &str, kind: tar::EntryType, link: Option<&str>, body: &[u8]| {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(kind);
+            header.set_size(body.len() as u64);
+            header.set_mode(0o755);
+            if let Some(l) = link {
+                header.set_link_name(l).unwrap();
+            }
+            tar.append_data(&mut header, path, body).unwrap();
+        };
+        add(
+            "usr/bin/python3",
+            tar::EntryType::Symlink,
+            Some("python3.11"),
+            b"",
+        );
+        add("usr/bin/python3.11", tar::EntryType::Regular, None, b"elf");
+        add(
+            "usr/lib/python3.11/os.py",
+            tar::EntryType::Regular,
+            None,
+            b"",
+        );
+        add(
+            "var/lib/dpkg/status",
+            tar::EntryType::Regular,
+            None,
+            DPKG.as_bytes(),
+        );
+        let bytes = tar.into_inner().unwrap();
+        let digest = crate::image::store::sha256_digest(&bytes);
+        let layer = crate::image::ImageLayer {
+            blob: crate::image::store::StoredLayer {
+                diff_id: digest.clone(),
+                digest,
+                size: bytes.len() as u64,
+                media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+            },
+            annotations: Default::default(),
+            remote: None,
+        };
+        (bytes, layer)
+    }
+
+    /// A scan started ahead from a layout's file gives `detect` what it
+    /// would have read itself, and remembers it; a file that is not the
+    /// layer's blob is not remembered, and `detect` reads the cache's.
+    #[test]
+    fn a_scan_ahead_is_what_detect_reads_and_only_of_the_right_bytes() {
+        let (bytes, layer) = base_layer();
+        let config = serde_json::json!({"architecture": "amd64"});
+        let plain = tempfile::tempdir().unwrap();
+        let plain_file = plain.path().join("blob");
+        std::fs::write(&plain_file, &bytes).unwrap();
+        let scanned = scan_layers(&[(plain_file, layer.blob.media_type.clone())]).unwrap();
+        let expected = target_from(&scanned, &config, &TargetOverrides::default()).unwrap();
+        assert_eq!(expected.python_version, (3, 11, 2));
+        for tampered in [false, true] {
+            let cache = tempfile::tempdir().unwrap();
+            let layout = tempfile::tempdir().unwrap();
+            let store = crate::image::store::BlobStore::open(cache.path()).unwrap();
+            let file = layout.path().join("blob");
+            let mut offered = bytes.clone();
+            if tampered {
+                // Same length, another Python version in the dpkg status.
+                let at = offered.windows(8).position(|w| w == b"3.11.2-6").unwrap();
+                offered[at + 3] = b'9';
+            }
+            std::fs::write(&file, &offered).unwrap();
+            scan_ahead(
+                &store,
+                std::slice::from_ref(&layer),
+                &config,
+                vec![file.clone()],
+            );
+            store.put_bytes(&bytes).unwrap();
+            let memo = store.memo_path(
+                "target",
+                &files_key(std::slice::from_ref(&layer), &config).unwrap(),
+            );
+            let scan = in_flight().lock().unwrap().remove(&memo).unwrap();
+            scan.join().unwrap();
+            assert_eq!(memo.is_file(), !tampered, "tampered: {tampered}");
+            let target = detect(
+                &store,
+                std::slice::from_ref(&layer),
+                &config,
+                &TargetOverrides::default(),
+            )
+            .unwrap();
+            assert_eq!(target, expected, "tampered: {tampered}");
+        }
     }
 }

@@ -4,6 +4,6 @@
 mod interpreter;
 mod tags;
 
-pub use interpreter::{detect, InstalledDist, Target, TargetOverrides};
+pub use interpreter::{detect, scan_ahead, InstalledDist, Target, TargetOverrides};
 pub(crate) use interpreter::{normalise_join, scan_layers_with, BaseFiles};
 pub(crate) use tags::{file_priority, TagIndex};
