@@ -209,7 +209,7 @@ fn psynets_closure_builds_on_the_mirrored_uv_base_reproducibly() {
     let digest = printed_digest(&stdout);
     assert_base_from_mirror(&mirror, &stderr);
     // The same inputs in a fresh cache: the same image.
-    let (again, _) = succeeds(run(&mut build_command(
+    let (again, again_err) = succeeds(run(&mut build_command(
         &sandbox,
         &conf,
         &exp,
@@ -217,6 +217,14 @@ fn psynets_closure_builds_on_the_mirrored_uv_base_reproducibly() {
         &sandbox.path("second"),
     )));
     assert_eq!(printed_digest(&again), digest);
+    // PsyNet's extra_files() names ('.deploy', '.deploy'), which its launch
+    // writes: nothing to copy at build time, said once, the build goes on.
+    assert!(
+        again_err.contains(
+            "extra_files(): ('.deploy', '.deploy'): /experiment/.deploy does not exist at build time (a launch writes it): nothing copied"
+        ),
+        "{again_err}"
+    );
 
     // What the image holds: psynet and Dallinger 12.4.0 installed for
     // Debian's python3, uv from the base, the prepare script's marker.
