@@ -1622,8 +1622,54 @@ fn report(at: &str, produced: &ProducedLayer) {
 
 /// Whether a RUN only installs the experiment's requirements with pip or
 /// uv (`pip install -r requirements.txt`, `python -m pip install …`,
-/// `uv pip install -r constraints.txt --system`, with the usual flags).
+/// `uv pip install -r constraints.txt --system`, with the usual flags),
+/// alone or as both branches of an `if` on a requirements file's
+/// presence (PsyNet's stock Dockerfile:
+/// `if [ -f constraints.txt ]; then … -r constraints.txt …; else … -r
+/// requirements.txt …; fi`). Either branch installs the experiment's
+/// requirements, so our locked layers stand for the whole RUN.
 pub fn installs_requirements(command: &str) -> bool {
+    single_install(command) || if_else_install(command)
+}
+
+/// `if [ -f F ]; then INSTALL; else INSTALL; fi` (or `test -f F`, `-e`),
+/// F a requirements file, each INSTALL a [`single_install`], nothing else
+/// before or after.
+fn if_else_install(command: &str) -> bool {
+    if command.contains(['&', '|', '`', '$', '>', '<', '(', '\n']) {
+        return false;
+    }
+    let spaced = command.replace(';', " ; ");
+    let words: Vec<&str> = spaced.split_whitespace().collect();
+    let Some(rest) = words.strip_prefix(&["if"][..]) else {
+        return false;
+    };
+    let rest = match rest {
+        ["[", "-f" | "-e", file, "]", ";", "then", rest @ ..]
+        | ["test", "-f" | "-e", file, ";", "then", rest @ ..]
+            if is_requirements_file(file) =>
+        {
+            rest
+        }
+        _ => return false,
+    };
+    let Some(else_at) = rest.iter().position(|w| *w == "else") else {
+        return false;
+    };
+    let (then, otherwise) = (&rest[..else_at], &rest[else_at + 1..]);
+    let Some(otherwise) = otherwise.strip_suffix(&["fi"][..]) else {
+        return false;
+    };
+    // Each branch one command, its `;` before `else` and `fi` optional.
+    let branch = |words: &[&str]| {
+        let words = words.strip_suffix(&[";"][..]).unwrap_or(words);
+        !words.contains(&";") && single_install(&words.join(" "))
+    };
+    branch(then) && branch(otherwise)
+}
+
+/// One pip or uv command installing requirements files, nothing more.
+fn single_install(command: &str) -> bool {
     if command.contains(['&', ';', '|', '`', '$', '>', '<', '(', '\n']) {
         return false;
     }
@@ -1962,6 +2008,11 @@ mod tests {
             "/usr/local/bin/python3 -m pip install -r /experiment/requirements.txt",
             "uv pip install -r constraints.txt --system",
             "uv pip install --system -r requirements.txt -c constraints.txt",
+            // PsyNet's stock RUN, as the parser joins its continued lines.
+            "if [ -f constraints.txt ]; then         uv pip install -r constraints.txt --system;     \
+             else         uv pip install -r requirements.txt --system;     fi",
+            "if test -f constraints.txt; then pip install -r constraints.txt; else pip install -r requirements.txt; fi",
+            "if [ -e requirements.txt ] ; then uv pip install -r requirements.txt --system ; else uv pip install -r constraints.txt --system ; fi",
         ] {
             assert!(installs_requirements(yes), "{yes}");
         }
@@ -1974,6 +2025,17 @@ mod tests {
             "uv pip install --system",
             "apt-get install -y ffmpeg",
             "pip install -r $REQS",
+            // An `if` that does anything more than install the requirements.
+            "if [ -f constraints.txt ]; then uv pip install -r constraints.txt --system; fi",
+            "if [ -f constraints.txt ]; then uv pip install -r constraints.txt --system; else rm -rf /; fi",
+            "if [ -f constraints.txt ]; then uv pip install -r constraints.txt --system; rm -rf /x; else uv pip install -r requirements.txt --system; fi",
+            "if [ -f constraints.txt ]; then uv pip install -r constraints.txt --system; else uv pip install -r requirements.txt --system; fi; rm -rf /x",
+            "if [ -f constraints.txt ]; then uv pip install -r constraints.txt --system; else uv pip install -r requirements.txt --system; fi; fi",
+            "if [ -f other.txt ]; then uv pip install -r constraints.txt --system; else uv pip install -r requirements.txt --system; fi",
+            "if [ ! -f constraints.txt ]; then pip install -r requirements.txt; else pip install -r constraints.txt; fi",
+            "if pip install -r requirements.txt; then pip install -r constraints.txt; else pip install -r requirements.txt; fi",
+            "if [ -f constraints.txt ]; then pip install -r constraints.txt; else pip install -r requirements.txt; else pip install flask; fi",
+            "if [ -f constraints.txt ]; then pip install -r constraints.txt; elif [ -f x ]; then pip install -r requirements.txt; else pip install -r requirements.txt; fi",
         ] {
             assert!(!installs_requirements(no), "{no}");
         }

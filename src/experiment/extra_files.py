@@ -86,8 +86,15 @@ def main():
         failed(exc, "extra_files()")
 
     files = []
+    skipped = []
 
     def add(source, destination, pair):
+        if not os.path.lexists(source) and is_in_experiment(source):
+            # Written by a launch, not part of the build: PsyNet's
+            # ('.deploy', '.deploy'), which `psynet debug` and `deploy` fill
+            # before Dallinger assembles the experiment.
+            skipped.append(f"{pair}: {source} does not exist at build time")
+            return
         if not os.path.lexists(source):
             refuse(f"the source {source} of {pair} does not exist in the image")
         if not os.path.exists(source):
@@ -125,7 +132,11 @@ def main():
                     add(os.path.abspath(os.path.join(dirpath, fn)), destination, shown)
         else:
             add(os.path.abspath(source), os.path.join(EXPERIMENT, filename), shown)
-    finish({"hook": True, "files": files})
+    finish({"hook": True, "files": files, "skipped": skipped})
+
+
+def is_in_experiment(path):
+    return os.path.commonpath([os.path.abspath(path), EXPERIMENT]) == EXPERIMENT
 
 
 main()

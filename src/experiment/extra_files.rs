@@ -107,6 +107,10 @@ struct Outcome {
     files: Vec<Copied>,
     failure: Option<Failure>,
     refused: Option<String>,
+    /// Pairs whose source, inside the experiment, does not exist yet (a
+    /// launch writes it, as PsyNet's `.deploy`).
+    #[serde(default)]
+    skipped: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -301,6 +305,12 @@ fn evaluate(store: &BlobStore, request: &HookRequest, interpreter: &str) -> Resu
             log_tail()
         ),
     };
+    for skipped in &outcome.skipped {
+        eprintln!(
+            "warning: {}: extra_files(): {skipped} (a launch writes it): nothing copied",
+            hook_file.display()
+        );
+    }
     let mut memo = Memo { files: Vec::new() };
     for copied in outcome.files {
         let destination = check_destination(&copied.destination).map_err(|why| {

@@ -53,7 +53,7 @@ fn base_layout(dir: &Path) -> String {
 }
 
 /// A PATH with no container engine: only git, which experiments use.
-fn engine_free_path(sandbox: &Sandbox) -> PathBuf {
+pub fn engine_free_path(sandbox: &Sandbox) -> PathBuf {
     let bin = sandbox.path("engine-free-bin");
     if bin.join("git").exists() {
         return bin;

@@ -144,17 +144,16 @@ fn psynet_experiment(sandbox: &Sandbox, rel: &str, dockerfile: bool) -> PathBuf 
     exp
 }
 
-/// `build` of `exp` on the mirrored base with PsyNet's closure through our
-/// Python path (psycopg2 built from its sdist), the prepare script run.
-fn build_command(sandbox: &Sandbox, conf: &Path, exp: &Path, cache: &Path, out: &Path) -> Command {
+/// `build` of `exp` on the mirrored registry (ghcr.io through
+/// `conf`) with PsyNet's closure through our Python path (psycopg2 built
+/// from its sdist), into `oci:OUT:psynet`.
+fn psynet_build(sandbox: &Sandbox, conf: &Path, exp: &Path, cache: &Path, out: &Path) -> Command {
     let mut cmd = sandbox.cmd();
     cmd.env_remove("DALLINGER_OCI_NO_DEPS")
         .env("CONTAINERS_REGISTRIES_CONF", conf)
         .arg("build")
         .arg(exp)
-        .args(["--base", BASE])
         .args(sdist_build_args())
-        .arg("--run-prepare")
         // The mirror is new each run: its tag is resolved again, not taken
         // from what the kept cache remembers.
         .arg("--pull")
@@ -163,6 +162,35 @@ fn build_command(sandbox: &Sandbox, conf: &Path, exp: &Path, cache: &Path, out: 
         .arg("--output")
         .arg(format!("oci:{}:psynet", out.display()));
     cmd
+}
+
+/// The build without a Dockerfile: on the base, the prepare script run.
+fn build_command(sandbox: &Sandbox, conf: &Path, exp: &Path, cache: &Path, out: &Path) -> Command {
+    let mut cmd = psynet_build(sandbox, conf, exp, cache, out);
+    cmd.args(["--base", BASE]).arg("--run-prepare");
+    cmd
+}
+
+/// The base came from the mirror (ghcr.io itself is never reached).
+fn assert_base_from_mirror(mirror: &Registry, stderr: &str) {
+    assert!(
+        mirror
+            .requests()
+            .iter()
+            .any(|r| r.path == "/v2/astral-sh/uv/manifests/python3.11-bookworm"),
+        "{stderr}"
+    );
+}
+
+/// `oci:LAYOUT:psynet` unpacked by umoci in `sandbox`: its root.
+fn unpacked(sandbox: &Sandbox, layout: &Path) -> PathBuf {
+    let bundle = sandbox.path("bundle");
+    ok(Command::new(require_tool("umoci"))
+        .args(["unpack", "--rootless", "--image"])
+        .arg(format!("{}:psynet", layout.display()))
+        .arg(&bundle)
+        .env("HOME", sandbox.home()));
+    bundle.join("rootfs")
 }
 
 #[test]
@@ -179,15 +207,9 @@ fn psynets_closure_builds_on_the_mirrored_uv_base_reproducibly() {
         &sandbox.path("first"),
     )));
     let digest = printed_digest(&stdout);
-    assert!(
-        mirror
-            .requests()
-            .iter()
-            .any(|r| r.path == "/v2/astral-sh/uv/manifests/python3.11-bookworm"),
-        "{stderr}"
-    );
+    assert_base_from_mirror(&mirror, &stderr);
     // The same inputs in a fresh cache: the same image.
-    let (again, _) = succeeds(run(&mut build_command(
+    let (again, again_err) = succeeds(run(&mut build_command(
         &sandbox,
         &conf,
         &exp,
@@ -195,16 +217,18 @@ fn psynets_closure_builds_on_the_mirrored_uv_base_reproducibly() {
         &sandbox.path("second"),
     )));
     assert_eq!(printed_digest(&again), digest);
+    // PsyNet's extra_files() names ('.deploy', '.deploy'), which its launch
+    // writes: nothing to copy at build time, said once, the build goes on.
+    assert!(
+        again_err.contains(
+            "extra_files(): ('.deploy', '.deploy'): /experiment/.deploy does not exist at build time (a launch writes it): nothing copied"
+        ),
+        "{again_err}"
+    );
 
     // What the image holds: psynet and Dallinger 12.4.0 installed for
     // Debian's python3, uv from the base, the prepare script's marker.
-    let bundle = sandbox.path("bundle");
-    ok(Command::new(require_tool("umoci"))
-        .args(["unpack", "--rootless", "--image"])
-        .arg(format!("{}:psynet", sandbox.path("first").display()))
-        .arg(&bundle)
-        .env("HOME", sandbox.home()));
-    let rootfs = bundle.join("rootfs");
+    let rootfs = unpacked(&sandbox, &sandbox.path("first"));
     let site = rootfs.join("usr/local/lib/python3.11/dist-packages");
     assert!(site.join("psynet-13.3.0.dist-info/METADATA").is_file());
     assert!(site.join("dallinger-12.4.0.dist-info/METADATA").is_file());
@@ -215,4 +239,105 @@ fn psynets_closure_builds_on_the_mirrored_uv_base_reproducibly() {
         "prepared for psynet 13.3.0\n"
     );
     assert!(rootfs.join("experiment/experiment.py").is_file());
+}
+
+/// `build` of `exp` from its Dockerfile, natively (no engine on PATH),
+/// PsyNet's requirements install replaced by our locked layers.
+fn native_dockerfile_command(
+    sandbox: &Sandbox,
+    conf: &Path,
+    exp: &Path,
+    cache: &Path,
+    out: &Path,
+) -> Command {
+    let mut cmd = psynet_build(sandbox, conf, exp, cache, out);
+    cmd.env("PATH", crate::dockerfile_native::engine_free_path(sandbox))
+        .arg("--native-python");
+    cmd
+}
+
+/// Must-show 4: PsyNet's stock Dockerfile (less its Heroku CLI lines)
+/// built without an engine, its `if [ -f constraints.txt ] … fi` install
+/// replaced by our locked layers (`--native-python`): the same digest from
+/// an empty cache at another path; the image holds what the Dockerfile
+/// makes (psynet installed, the prepare script's marker, the experiment,
+/// PORT, the command).
+#[test]
+fn psynets_stock_dockerfile_builds_natively_and_reproducibly() {
+    let sandbox = Sandbox::new();
+    let (mirror, conf) = uv_mirror(&sandbox);
+    let exp = psynet_experiment(&sandbox, "psynet-df", true);
+    let shared = test_cache_dir().join("psynet-cache");
+    let first = sandbox.path("first");
+    let (stdout, stderr) = succeeds(run(&mut native_dockerfile_command(
+        &sandbox, &conf, &exp, &shared, &first,
+    )));
+    let digest = printed_digest(&stdout);
+    assert!(
+        stderr.contains("psynet-df/Dockerfile:17: `if [ -f constraints.txt ]; then")
+            && stderr
+                .contains("replaced by dallinger-oci's locked Python layers (--native-python)"),
+        "{stderr}"
+    );
+    assert_base_from_mirror(&mirror, &stderr);
+    // Elsewhere, from an empty cache: the same image.
+    let other = Sandbox::new();
+    let (_mirror2, conf2) = uv_mirror(&other);
+    let exp2 = psynet_experiment(&other, "elsewhere/psynet-df", true);
+    let (again, _) = succeeds(run(&mut native_dockerfile_command(
+        &other,
+        &conf2,
+        &exp2,
+        &other.path("empty-cache"),
+        &other.path("second"),
+    )));
+    assert_eq!(printed_digest(&again), digest);
+
+    let (_, _, config) = layout_image(&first);
+    let cfg = &config["config"];
+    assert_eq!(cfg["WorkingDir"], "/experiment");
+    assert_eq!(
+        cfg["Cmd"],
+        serde_json::json!(["/bin/sh", "-c", "dallinger_heroku_web"])
+    );
+    let env: Vec<&str> = cfg["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    for want in [
+        "PORT=5000",
+        "DALLINGER_NO_EGG_BUILD=1",
+        "SKIP_DEPENDENCY_CHECK=",
+        "UV_TOOL_BIN_DIR=/usr/local/bin",
+    ] {
+        assert!(env.contains(&want), "{env:?}");
+    }
+    let rootfs = unpacked(&sandbox, &first);
+    let site = rootfs.join("usr/local/lib/python3.11/dist-packages");
+    assert!(site.join("psynet-13.3.0.dist-info/METADATA").is_file());
+    assert!(site.join("dallinger-12.4.0.dist-info/METADATA").is_file());
+    assert!(rootfs.join("usr/local/bin/dallinger_heroku_web").is_file());
+    assert_eq!(
+        fs::read_to_string(rootfs.join("experiment/prepared.txt")).unwrap(),
+        "prepared for psynet 13.3.0\n"
+    );
+    for rel in [
+        "experiment.py",
+        "config.txt",
+        "requirements.txt",
+        "prepare_docker_image.sh",
+        "Dockerfile",
+    ] {
+        assert!(rootfs.join("experiment").join(rel).is_file(), "{rel}");
+    }
+    // The context is Dallinger's staging directory: constraints.txt renamed
+    // over requirements.txt, so `COPY *constraints.txt constraints.txt`
+    // matches nothing and copies nothing, as BuildKit does.
+    assert!(!rootfs.join("experiment/constraints.txt").exists());
+    assert_eq!(
+        fs::read(rootfs.join("experiment/requirements.txt")).unwrap(),
+        fs::read(exp.join("constraints.txt")).unwrap()
+    );
 }
