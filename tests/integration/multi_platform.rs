@@ -233,45 +233,13 @@ fn without_deps_each_platform_gets_its_base_and_shares_the_code_layer() {
     assert!(!sandbox.path("x.tar").exists());
 }
 
-/// A find-links directory with `tinyext-1.0.tar.gz`, an sdist with a C
-/// extension (as tests/integration/sdist_build.rs makes it).
-fn tinyext_sdist(dir: &Path) -> PathBuf {
-    let src = dir.join("src/tinyext-1.0");
-    fs::create_dir_all(&src).unwrap();
-    fs::write(
-        src.join("setup.py"),
-        "from setuptools import setup, Extension\n\
-         setup(name='tinyext', version='1.0', ext_modules=[Extension('tinyext', ['tinyext.c'])])\n",
-    )
-    .unwrap();
-    fs::write(src.join("tinyext.c"), "int tinyext;\n").unwrap();
-    fs::write(
-        src.join("PKG-INFO"),
-        "Metadata-Version: 2.1\nName: tinyext\nVersion: 1.0\n",
-    )
-    .unwrap();
-    let links = dir.join("links");
-    fs::create_dir_all(&links).unwrap();
-    let tar = dir.join("tinyext-1.0.tar");
-    deterministic_tar(&tar, &dir.join("src"), "tinyext-1.0");
-    ok(Command::new(require_tool("gzip"))
-        .args(["-n", "-9"])
-        .arg(&tar));
-    fs::rename(
-        dir.join("tinyext-1.0.tar.gz"),
-        links.join("tinyext-1.0.tar.gz"),
-    )
-    .unwrap();
-    links
-}
-
 #[test]
 fn a_foreign_sdist_without_binfmt_is_one_line_and_a_wheel_in_find_links_builds() {
     let sandbox = Sandbox::new();
     let exp = sandbox.experiment("golden", "tinyext");
     fs::write(exp.join("requirements.txt"), "tinyext\n").unwrap();
     fs::write(exp.join("constraints.txt"), "tinyext==1.0\n").unwrap();
-    let links = tinyext_sdist(&sandbox.path("sdist"));
+    let links = crate::sdist_build::sdist_dir(&sandbox.path("sdist"));
     let base = two_platform_layout(PYTHON_BASE_PACKAGES);
     // A machine without emulation: an empty binfmt_misc.
     let no_binfmt = sandbox.path("no-binfmt");

@@ -30,7 +30,7 @@ PyMODINIT_FUNC PyInit_tinyext(void) { return PyModule_Create(&module); }
 
 /// A find-links directory holding only `tinyext-1.0.tar.gz`, an sdist with a
 /// C extension (so a compiler and Python's headers are needed).
-fn sdist_dir(dir: &Path) -> PathBuf {
+pub(crate) fn sdist_dir(dir: &Path) -> PathBuf {
     let src = dir.join("src/tinyext-1.0");
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("setup.py"), SETUP_PY).unwrap();
