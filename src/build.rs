@@ -1456,7 +1456,7 @@ fn validate_tag(tag: &str) -> Result<String> {
 }
 
 /// The experiment-code layer: everything under `/experiment`.
-fn experiment_tree(experiment: &Experiment) -> Result<LayerTree> {
+pub(crate) fn experiment_tree(experiment: &Experiment) -> Result<LayerTree> {
     let mut tree = LayerTree::new();
     tree.add_dir("experiment")?;
     for file in &experiment.files {

@@ -247,6 +247,7 @@ pub fn debug(req: &DebugRequest) -> Result<()> {
         environment,
         postgres_password: POSTGRES_DEBUG_PASSWORD.into(),
         workers: WorkerNaming::Single,
+        psynet: is_psynet(req, engine, image)?,
         // Debug serves this machine only.
         web_port: PortMapping {
             host_ip: "127.0.0.1".into(),
@@ -303,6 +304,17 @@ pub fn debug(req: &DebugRequest) -> Result<()> {
     }
 }
 
+/// Whether the image is a PsyNet experiment's: from the wheels the build
+/// installed, else (a Dockerfile's image, whose installs we did not make)
+/// by asking the image's Python.
+fn is_psynet(req: &DebugRequest, engine: &Engine, image: &str) -> Result<bool> {
+    let wheels = &req.build.inventory.wheels;
+    if !wheels.is_empty() {
+        return Ok(wheels.iter().any(|w| w.normalised.as_str() == "psynet"));
+    }
+    engine.image_has_python_module(image, "psynet")
+}
+
 /// Debug's stack is only reachable from this machine and its containers.
 const POSTGRES_DEBUG_PASSWORD: &str = "dallinger";
 
@@ -313,7 +325,13 @@ fn run_debug(
     dashboard_password: &str,
     req: &DebugRequest,
 ) -> Result<()> {
-    stack.start()?;
+    let origin = req
+        .build
+        .inventory
+        .source
+        .as_ref()
+        .and_then(|s| s.url.as_deref());
+    stack.start_preparing("debug", origin)?;
     stack.initdb("worker")?;
     let base_url = format!("http://localhost:{port}");
     stack.wait_web(&base_url)?;
@@ -463,6 +481,8 @@ pub fn deploy_image(engine: Option<&Engine>, req: &DeployRequest) -> Result<()> 
             home.as_ref(),
         ),
         source_mounts: Vec::new(),
+        // Known once the image is here (below).
+        psynet: false,
         worker_cpu_shares: parse_number(&environment, "docker_worker_cpu_shares")?,
         clock: truthy(lookup(&environment, "clock_on")),
         environment,
@@ -474,10 +494,11 @@ pub fn deploy_image(engine: Option<&Engine>, req: &DeployRequest) -> Result<()> 
             container_port: 5000,
         },
     };
-    let file = plan.compose_file();
-    let compose_file = write_stack_files(&dir, &app, &file.render())?;
-    println!("Compose file: {}", compose_file.display());
+    let mut plan = plan;
+    let mut file = plan.compose_file();
+    let mut compose_file = write_stack_files(&dir, &app, &file.render())?;
     let Some(engine) = engine else {
+        println!("Compose file: {}", compose_file.display());
         println!("Not started (--no-start); compose project name: {app}");
         return Ok(());
     };
@@ -492,6 +513,14 @@ pub fn deploy_image(engine: Option<&Engine>, req: &DeployRequest) -> Result<()> 
             || req.insecure_registries.contains(&reference.registry);
         engine.pull(&image, plain_http)?;
     }
+    // A PsyNet experiment's web and workers share the `.deploy` volume its
+    // preparation writes (see `Stack::start_preparing`).
+    if engine.image_has_python_module(&image, "psynet")? {
+        plan.psynet = true;
+        file = plan.compose_file();
+        compose_file = write_stack_files(&dir, &app, &file.render())?;
+    }
+    println!("Compose file: {}", compose_file.display());
     let stack = Stack {
         engine: engine.clone(),
         compose: Compose {
@@ -510,7 +539,13 @@ pub fn deploy_image(engine: Option<&Engine>, req: &DeployRequest) -> Result<()> 
     let base_url = format!("http://{host}:{}", req.port);
     let logs = stack.compose.logs_hint(&["web", "worker_1"]);
     let started = (|| -> Result<serde_json::Value> {
-        stack.start()?;
+        stack.start_preparing(
+            match req.mode {
+                Mode::Sandbox => "sandbox",
+                Mode::Live => "live",
+            },
+            None,
+        )?;
         stack.initdb("worker_1")?;
         stack.wait_web(&base_url)?;
         println!("Launching experiment");

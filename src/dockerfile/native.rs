@@ -187,6 +187,8 @@ struct Builder<'a> {
 struct BuildContext {
     files: BTreeMap<String, FileKind>,
     dirs: BTreeSet<String>,
+    /// The extra and Dallinger's files were added (`complete_context`).
+    completed: bool,
 }
 
 impl BuildContext {
@@ -206,8 +208,93 @@ impl BuildContext {
             }
             files.insert(file.rel.clone(), file.kind.clone());
         }
-        Ok(BuildContext { files, dirs })
+        Ok(BuildContext {
+            files,
+            dirs,
+            completed: false,
+        })
     }
+
+    /// Adds `rel` unless the context has it (or it is a directory there).
+    fn add_if_absent(&mut self, rel: &str, kind: FileKind) -> bool {
+        if self.files.contains_key(rel) || self.dirs.contains(rel) {
+            return false;
+        }
+        let mut parent = Path::new(rel).parent();
+        while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
+            self.dirs.insert(p.to_string_lossy().into_owned());
+            parent = p.parent();
+        }
+        self.files.insert(rel.to_string(), kind);
+        true
+    }
+}
+
+/// The Python site directories of an unpacked image (Debian's
+/// `dist-packages`, others' `site-packages`).
+fn site_dirs(root: &Path) -> Vec<PathBuf> {
+    let mut sites = vec![root.join("usr/lib/python3/dist-packages")];
+    for lib in ["usr/local/lib", "usr/lib"] {
+        let Ok(entries) = fs::read_dir(root.join(lib)) else {
+            continue;
+        };
+        let mut versions: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("python3"))
+            .map(|e| e.path())
+            .collect();
+        versions.sort();
+        for dir in versions {
+            sites.push(dir.join("dist-packages"));
+            sites.push(dir.join("site-packages"));
+        }
+    }
+    sites.retain(|d| d.is_dir());
+    sites
+}
+
+/// Normalised names of the distributions installed in `sites`.
+fn installed_distributions(sites: &[PathBuf]) -> Vec<String> {
+    let mut names = BTreeSet::new();
+    for site in sites {
+        let Ok(entries) = fs::read_dir(site) else {
+            continue;
+        };
+        for entry in entries.filter_map(|e| e.ok()) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(stem) = name.strip_suffix(".dist-info") {
+                let project = stem.split_once('-').map_or(stem, |(p, _)| p);
+                names.insert(crate::python::spec::normalise_name(project));
+            }
+        }
+    }
+    names.into_iter().collect()
+}
+
+/// Regular files below `dir`, with paths relative to it under `prefix`.
+fn collect_files(dir: &Path, prefix: &str, out: &mut Vec<(String, PathBuf)>) -> Result<()> {
+    let mut entries: Vec<fs::DirEntry> = fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .collect::<std::io::Result<_>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let rel = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            if rel.ends_with("__pycache__") {
+                continue;
+            }
+            collect_files(&entry.path(), &rel, out)?;
+        } else if kind.is_file() {
+            out.push((rel, entry.path()));
+        }
+    }
+    Ok(())
 }
 
 /// The context's `.dockerignore`, as docker reads it (moby's
@@ -1019,6 +1106,9 @@ impl<'a> Builder<'a> {
                 Some(unpack::cached_rootfs(self.request.store, &layers)?)
             }
         };
+        if source_root.is_none() && sources.iter().any(|s| clean_rel(s).is_empty()) {
+            self.complete_context(stage, ins)?;
+        }
         let mut picked: Vec<Picked> = Vec::new();
         for source in sources {
             if let Some(name) = source.strip_prefix("<<").map(|n| n.trim_start_matches('-')) {
@@ -1214,6 +1304,96 @@ impl<'a> Builder<'a> {
             return Ok(heredoc.body.clone());
         }
         parse::expand_variables(&heredoc.body, vars, self.escape)
+    }
+
+    /// Dallinger's staging directory, which is the context of Dallinger's
+    /// own Dockerfile builds, also holds what the experiment's
+    /// `extra_files()` names and Dallinger's frontend files (its
+    /// `collate_experiment_files`, on the host's Python). Here both come
+    /// from the image the Dockerfile has made when it first copies the
+    /// whole context (`COPY . DEST`, as Dallinger's and PsyNet's
+    /// Dockerfiles do after their installs): the hook is evaluated in the
+    /// sandbox on that image, and the frontend files are its installed
+    /// Dallinger's. Each goes in where the context has nothing, extra
+    /// files first, as in a build without a Dockerfile.
+    fn complete_context(&mut self, stage: &Stage, ins: &Instruction) -> Result<()> {
+        if self.context.completed {
+            return Ok(());
+        }
+        self.context.completed = true;
+        let store = self.request.store;
+        let experiment = self.request.experiment;
+        store.fetch_missing(&stage.layers)?;
+        let rootfs = unpack::cached_rootfs(store, &stage.layers)?;
+        let sites = site_dirs(&rootfs);
+        let installed = installed_distributions(&sites);
+        let interpreter = ["/usr/local/bin/python3", "/usr/bin/python3"]
+            .into_iter()
+            .find(|p| rootfs.join(&p[1..]).symlink_metadata().is_ok());
+        let mut added = 0usize;
+        if let Some(interpreter) = interpreter {
+            let tree = crate::build::experiment_tree(experiment)?;
+            let hook = crate::experiment::extra_files::HookRequest {
+                experiment,
+                tree: &tree,
+                layers: &stage.layers,
+                config: &stage.config,
+                interpreter: Some(interpreter),
+                installed: &installed,
+                adding_up: false,
+            };
+            for extra in crate::experiment::extra_files::extra_files(store, &hook)? {
+                let Content::File(source) = extra.content else {
+                    continue;
+                };
+                added += self.context.add_if_absent(
+                    &extra.rel,
+                    FileKind::File {
+                        source,
+                        executable: false,
+                    },
+                ) as usize;
+            }
+        }
+        if let Some(dallinger) = sites
+            .iter()
+            .map(|site| site.join("dallinger"))
+            .find(|d| d.join("frontend").is_dir())
+        {
+            let clock_on = experiment.get("clock_on").is_some_and(|v| {
+                matches!(
+                    v.trim().to_ascii_lowercase().as_str(),
+                    "true" | "1" | "yes" | "on"
+                )
+            });
+            let mut files = Vec::new();
+            collect_files(&dallinger.join("frontend"), "", &mut files)?;
+            let procfile = if clock_on {
+                "Procfile"
+            } else {
+                "Procfile_no_clock"
+            };
+            let procfile = dallinger.join("heroku").join(procfile);
+            if procfile.is_file() {
+                files.push(("Procfile".to_string(), procfile));
+            }
+            for (rel, path) in files {
+                let bytes =
+                    fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+                let executable = fs::metadata(&path)?.permissions().mode() & 0o111 != 0;
+                added += self
+                    .context
+                    .add_if_absent(&rel, FileKind::Generated { bytes, executable })
+                    as usize;
+            }
+        }
+        if added > 0 {
+            eprintln!(
+                "{}: the context also has {added} files of the image's extra_files() and Dallinger's frontend, as Dallinger's staging directory has them",
+                self.at(ins)
+            );
+        }
+        Ok(())
     }
 
     /// The context paths `pattern` names: a file, a directory (with its

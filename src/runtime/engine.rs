@@ -287,6 +287,30 @@ impl Engine {
         Ok(state.trim().to_string())
     }
 
+    /// Whether Python in `image` imports `module`: a one-off container
+    /// without network runs the image's own `python3` (an image without one
+    /// has no such module).
+    pub fn image_has_python_module(&self, image: &str, module: &str) -> Result<bool> {
+        let script = format!(
+            "import importlib.util, sys\nsys.exit(0 if importlib.util.find_spec({module:?}) else 3)"
+        );
+        let out = self
+            .command()
+            .args([
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "--entrypoint",
+                "python3",
+            ])
+            .arg(image)
+            .args(["-c", &script])
+            .output()
+            .with_context(|| format!("cannot run {}", self.program.display()))?;
+        Ok(out.status.success())
+    }
+
     /// `ENGINE exec CONTAINER ARGS…`, its output captured.
     pub fn exec(&self, container: &str, args: &[&str]) -> Result<Output> {
         self.command()
@@ -394,6 +418,17 @@ impl Compose {
     /// Runs `compose ARGS…`; output is shown only when it fails (or when
     /// `verbose`).
     pub fn run(&self, args: &[&str], verbose: bool) -> Result<()> {
+        self.run_checked(args, verbose, None)
+    }
+
+    /// [`Compose::run`] of a command that prints `line` when it succeeded:
+    /// without that line it failed, whatever the exit status
+    /// (podman-compose 1.0's `run` exits 0 when the container did not).
+    pub fn run_expecting(&self, args: &[&str], verbose: bool, line: &str) -> Result<()> {
+        self.run_checked(args, verbose, Some(line))
+    }
+
+    fn run_checked(&self, args: &[&str], verbose: bool, expected: Option<&str>) -> Result<()> {
         let mut cmd = self.command();
         cmd.args(args).stdin(Stdio::null());
         let out = cmd
@@ -403,14 +438,34 @@ impl Compose {
             std::io::stderr().write_all(&out.stdout).ok();
             std::io::stderr().write_all(&out.stderr).ok();
         }
-        if !out.status.success() {
+        let printed = match expected {
+            None => true,
+            Some(line) => String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .any(|l| l.trim_end() == line),
+        };
+        if !out.status.success() || !printed {
+            // The command itself (a long line, secrets in its `-e`s) is
+            // left out: `compose ARGS` names it.
+            let shown: Vec<&str> = args
+                .iter()
+                .map(|a| if a.contains('\n') { "…" } else { a })
+                .collect();
+            // podman-compose echoes a program given as an argument, too.
+            let echoed: Vec<&str> = args
+                .iter()
+                .filter(|a| a.contains('\n'))
+                .flat_map(|a| a.lines())
+                .filter(|l| !l.trim().is_empty())
+                .collect();
+            let output = last_lines_except(&out, 20, &echoed);
             bail!(
                 "`{} -f {} {}` failed ({}): {}",
                 self.tool.display(),
                 self.file.display(),
-                args.join(" "),
+                shown.join(" "),
                 out.status,
-                last_lines(&out, 20)
+                output
             );
         }
         Ok(())
@@ -433,10 +488,25 @@ impl Compose {
 }
 
 fn last_lines(out: &Output, n: usize) -> String {
+    last_lines_except(out, n, &[])
+}
+
+/// [`last_lines`] without the lines in `echoed`.
+fn last_lines_except(out: &Output, n: usize, echoed: &[&str]) -> String {
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<&str> = text.lines().collect();
+    // podman-compose echoes each podman command it runs, environment values
+    // (passwords, secret keys) included: those lines are never shown.
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !is_echoed_command(l) && !l.trim().is_empty() && !echoed.contains(l))
+        .collect();
     lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+/// A line in which podman-compose echoes a command it runs.
+fn is_echoed_command(line: &str) -> bool {
+    line.starts_with("['podman'") || line.starts_with("podman ")
 }
 
 /// A word for a POSIX shell, quoted only when it needs it.

@@ -61,11 +61,21 @@ pub struct StackPlan {
     /// `(host path, container path)` bound read-only into web, workers and
     /// clock: debug's `--dallinger-src` tree over the installed package.
     pub source_mounts: Vec<(String, String)>,
+    /// The image holds psynet: web, workers and clock share a volume on
+    /// `/experiment/.deploy`, where PsyNet's preparation writes
+    /// `deployment_info.json` (nothing of it goes into the image).
+    pub psynet: bool,
 }
 
 pub const POSTGRES_USER: &str = "dallinger";
 const PG_VOLUME: &str = "pg_data";
 const REDIS_VOLUME: &str = "redis_data";
+const PSYNET_DEPLOY_VOLUME: &str = "psynet_deploy";
+/// Where PsyNet reads its deployment's state (`psynet/deployment_info.py`).
+const PSYNET_DEPLOY_DIR: &str = "/experiment/.deploy";
+/// The program [`Stack::prepare_psynet`] runs, and the line it ends with.
+const PSYNET_PREPARE: &str = include_str!("psynet_prepare.py");
+const PSYNET_PREPARED: &str = "dallinger-oci: PsyNet prepared";
 
 impl StackPlan {
     /// The compose file: services, health checks and `depends_on` as
@@ -114,6 +124,11 @@ impl StackPlan {
             environment: env.clone(),
             depends_on: depends_on.clone(),
             binds: self.source_mounts.clone(),
+            volumes: if self.psynet {
+                vec![(PSYNET_DEPLOY_VOLUME.into(), PSYNET_DEPLOY_DIR.into())]
+            } else {
+                vec![]
+            },
             ..Service::default()
         };
         let mut web = app("web", "dallinger_heroku_web");
@@ -127,10 +142,11 @@ impl StackPlan {
         if self.clock {
             services.push(app("clock", "dallinger_heroku_clock"));
         }
-        ComposeFile {
-            services,
-            volumes: vec![PG_VOLUME.into(), REDIS_VOLUME.into()],
+        let mut volumes = vec![PG_VOLUME.into(), REDIS_VOLUME.into()];
+        if self.psynet {
+            volumes.push(PSYNET_DEPLOY_VOLUME.into());
         }
+        ComposeFile { services, volumes }
     }
 
     /// The environment of web, workers and clock: how to reach the stack's
@@ -154,6 +170,11 @@ impl StackPlan {
         }
         env
     }
+}
+
+/// Whether the stack is a PsyNet experiment's (it has the `.deploy` volume).
+pub fn is_psynet(file: &ComposeFile) -> bool {
+    file.volumes.iter().any(|v| v == PSYNET_DEPLOY_VOLUME)
 }
 
 /// Sets `key` in an ordered list of pairs: replaced in place, else appended.
@@ -218,10 +239,62 @@ impl Stack {
     /// starts the rest: `depends_on` conditions hold whichever compose tool
     /// runs the file (podman-compose 1.0 ignores them).
     pub fn start(&self) -> Result<()> {
+        self.start_services()?;
+        self.start_apps()
+    }
+
+    /// [`Stack::start`], with PsyNet's preparation of the launch between
+    /// the services and the apps when the stack is a PsyNet experiment's
+    /// (`mode`: PsyNet's deployment mode, debug, sandbox or live).
+    pub fn start_preparing(&self, mode: &str, origin: Option<&str>) -> Result<()> {
+        if !is_psynet(&self.file) {
+            return self.start();
+        }
+        self.start_services()?;
+        self.prepare_psynet(mode, origin)?;
+        self.start_apps()
+    }
+
+    /// Starts postgres and redis and waits until they are healthy.
+    pub fn start_services(&self) -> Result<()> {
         eprintln!("Starting postgresql and redis…");
         self.compose
             .run(&["up", "-d", "postgresql", "redis"], self.verbose)?;
-        self.wait_healthy(&["postgresql", "redis"])?;
+        self.wait_healthy(&["postgresql", "redis"])
+    }
+
+    /// PsyNet's preparation of a launch (`psynet_prepare.py`: PsyNet's own
+    /// `deployment_info.init`, `update_deployment_id` and `_prepare`, as
+    /// `psynet debug` runs them before Dallinger's): the deployment's info,
+    /// pre-deploy constants and database template in the `.deploy` volume,
+    /// written by a one-off container of the web service against the
+    /// stack's postgres and redis. Dallinger's initdb and launch follow,
+    /// and the launch ingests the template.
+    /// `origin` is the experiment's git origin, for PsyNet's record.
+    fn prepare_psynet(&self, mode: &str, origin: Option<&str>) -> Result<()> {
+        eprintln!("Preparing the PsyNet experiment (its deployment info and database)…");
+        self.compose
+            .run_expecting(
+                &[
+                    "run",
+                    "--rm",
+                    "--no-deps",
+                    "-T",
+                    "web",
+                    "python3",
+                    "-c",
+                    PSYNET_PREPARE,
+                    mode,
+                    origin.unwrap_or(""),
+                ],
+                self.verbose,
+                PSYNET_PREPARED,
+            )
+            .context("PsyNet's preparation of the launch failed (in a one-off web container)")
+    }
+
+    /// Starts web, workers and clock (postgres and redis are healthy).
+    pub fn start_apps(&self) -> Result<()> {
         eprintln!("Postgresql and redis are healthy; starting web and workers…");
         self.compose.run(&["up", "-d"], self.verbose)?;
         for service in &self.file.services {

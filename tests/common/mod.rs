@@ -3,6 +3,7 @@
 
 pub mod dallinger;
 pub mod dallinger_image;
+pub mod debug_session;
 pub mod git;
 pub mod registry;
 pub mod service_images;

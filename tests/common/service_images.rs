@@ -144,3 +144,53 @@ impl Drop for ProjectCleanup {
             .output();
     }
 }
+
+/// The first container of a compose service.
+pub fn container_of(project: &str, service: &str) -> String {
+    ok(podman().args([
+        "ps",
+        "--filter",
+        &format!("label=com.docker.compose.project={project}"),
+        "--filter",
+        &format!("label=com.docker.compose.service={service}"),
+        "--format",
+        "{{.Names}}",
+    ]))
+    .lines()
+    .next()
+    .unwrap_or_else(|| panic!("no running {service} container in {project}"))
+    .to_string()
+}
+
+/// `podman exec CONTAINER ARGS…`, its standard output.
+pub fn podman_exec(container: &str, args: &[&str]) -> String {
+    ok(podman().arg("exec").arg(container).args(args))
+}
+
+/// Removes the image podman pulled for the test.
+pub struct PulledImage(pub String);
+
+impl Drop for PulledImage {
+    fn drop(&mut self) {
+        let _ = podman().args(["rmi", "-f", &self.0]).output();
+    }
+}
+
+/// `deploy-image --image REFERENCE --sandbox` as app `app` on `port`, with
+/// Dallinger's hot-air recruiter and the stand-in service images.
+pub fn deploy_image_command(
+    sandbox: &Sandbox,
+    reference: &str,
+    app: &str,
+    port: u16,
+    redis: &str,
+    postgres: &str,
+) -> Command {
+    let mut cmd = sandbox.cmd();
+    cmd.env("CONTAINERS_CONF", fixture("containers.conf"))
+        .args(["deploy-image", "--image", reference, "--sandbox"])
+        .args(["-c", "recruiter", "hotair", "--app", app])
+        .args(["--port", &port.to_string()])
+        .args(["--redis-image", redis, "--postgres-image", postgres]);
+    cmd
+}

@@ -332,6 +332,38 @@ fn psynets_stock_dockerfile_builds_natively_and_reproducibly() {
     ] {
         assert!(rootfs.join("experiment").join(rel).is_file(), "{rel}");
     }
+    // As in Dallinger's staging directory, `COPY . /experiment` also
+    // copies what PsyNet's extra_files() names (its templates and favicon,
+    // and DEPLOYMENT_PACKAGE) and Dallinger's frontend files and Procfile,
+    // from the image the Dockerfile made; nothing of a launch (.deploy).
+    let psynet_site = site.join("psynet");
+    for (rel, from) in [
+        ("templates/ad.html", psynet_site.join("templates/ad.html")),
+        (
+            "static/favicon.svg",
+            psynet_site.join("resources/favicon.svg"),
+        ),
+        (
+            "DEPLOYMENT_PACKAGE",
+            psynet_site.join("resources/DEPLOYMENT_PACKAGE"),
+        ),
+        (
+            "static/scripts/dallinger2.js",
+            site.join("dallinger/frontend/static/scripts/dallinger2.js"),
+        ),
+        ("Procfile", site.join("dallinger/heroku/Procfile_no_clock")),
+    ] {
+        assert_eq!(
+            fs::read(rootfs.join("experiment").join(rel)).unwrap(),
+            fs::read(&from).unwrap(),
+            "{rel}"
+        );
+    }
+    assert!(!rootfs.join("experiment/.deploy").exists());
+    assert!(
+        stderr.contains("psynet-df/Dockerfile:26: the context also has "),
+        "{stderr}"
+    );
     // The context is Dallinger's staging directory: constraints.txt renamed
     // over requirements.txt, so `COPY *constraints.txt constraints.txt`
     // matches nothing and copies nothing, as BuildKit does.
@@ -340,4 +372,208 @@ fn psynets_stock_dockerfile_builds_natively_and_reproducibly() {
         fs::read(rootfs.join("experiment/requirements.txt")).unwrap(),
         fs::read(exp.join("constraints.txt")).unwrap()
     );
+}
+
+/// Must-show 4, served: `debug` of the PsyNet experiment built from its
+/// stock Dockerfile natively. The image holds nothing of a deployment:
+/// PsyNet's own preparation (its deployment info, the database template
+/// that `pre_deploy` exports) runs in a one-off container of the image
+/// against the stack's postgres and redis, into a volume on
+/// `/experiment/.deploy` that web and worker share; then Dallinger's
+/// initdb and launch. The ad page answers 200, a participant is created
+/// and is in the database, and Ctrl-C removes every container.
+#[test]
+fn debug_serves_the_psynet_experiment() {
+    use common::debug_session::DebugSession;
+    use common::service_images::{project_containers, service_images, ProjectCleanup};
+    use std::time::{Duration, Instant};
+
+    let started = Instant::now();
+    let (redis, postgres) = service_images();
+    let sandbox = Sandbox::new();
+    let (_mirror, conf) = uv_mirror(&sandbox);
+    // The directory name is the compose project.
+    let project = format!("psynet-debug-{}", std::process::id());
+    let exp = psynet_experiment(&sandbox, &project, true);
+    let _cleanup = ProjectCleanup(project.clone());
+    let port = free_local_port();
+    let mut cmd = sandbox.cmd();
+    cmd.env_remove("DALLINGER_OCI_NO_DEPS")
+        .env("CONTAINERS_REGISTRIES_CONF", &conf)
+        .env("CONTAINERS_CONF", fixture("containers.conf"))
+        .arg("debug")
+        .arg(&exp)
+        .args(sdist_build_args())
+        .args([
+            "--pull",
+            "--native-python",
+            "--no-browsers",
+            "--remove-volumes",
+        ])
+        .arg("--cache-dir")
+        .arg(test_cache_dir().join("psynet-cache"))
+        .args(["--port", &port.to_string()])
+        .args(["--redis-image", &redis, "--postgres-image", &postgres]);
+    let mut session = DebugSession::spawn(&mut cmd);
+    session.wait_for("Preparing the PsyNet experiment", Duration::from_secs(1200));
+    session.wait_for(
+        &format!("Server is running on http://localhost:{port}"),
+        Duration::from_secs(600),
+    );
+    eprintln!("server running after {:.1?}", started.elapsed());
+    session.wait_for("Dashboard user: admin password: ", Duration::from_secs(180));
+    // PsyNet's launch ends by asking for the first participant (Dallinger's
+    // hot-air recruiter in debug): its ad URL.
+    let requested = session.wait_for("New participant requested: ", Duration::from_secs(180));
+    let url = requested
+        .split_once("New participant requested: ")
+        .unwrap()
+        .1
+        .trim()
+        .to_string();
+    serves_a_participant(&project, port, &url);
+
+    let status = session.interrupt(Duration::from_secs(180));
+    assert!(
+        status.success(),
+        "debug exited with {status}:\n{}",
+        session.transcript
+    );
+    assert_eq!(project_containers(&project), Vec::<String>::new());
+    eprintln!("whole test: {:.1?}", started.elapsed());
+}
+
+/// What must-show 4 asks of a served PsyNet experiment (compose project
+/// `project` on `port`): the ad page PsyNet's launch asked for (`url`)
+/// answers 200 with PsyNet's template and the favicon its extra_files()
+/// added; a participant is created, and is in the stack's database beside
+/// the rows PsyNet's preparation exported and its launch ingested.
+fn serves_a_participant(project: &str, port: u16, url: &str) {
+    use common::registry::http_request;
+    use common::service_images::{container_of, podman, podman_exec};
+    let target = url
+        .strip_prefix(&format!("http://localhost:{port}"))
+        .unwrap_or_else(|| panic!("{url}"));
+    let param = |name: &str| {
+        target
+            .split(['?', '&'])
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name} in {url}"))
+            .to_string()
+    };
+    let (worker, hit, assignment) = (param("workerId"), param("hitId"), param("assignmentId"));
+
+    let host = format!("127.0.0.1:{port}");
+    let web_logs = || {
+        let web = container_of(project, "web");
+        let out = podman()
+            .args(["logs", "--tail", "60", &web])
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let ad = http_request(&host, "GET", target, &[], b"")
+        .unwrap_or_else(|e| panic!("GET {target}: {e}; web's logs:\n{}", web_logs()));
+    assert_eq!(ad.status, 200, "{}", ad.text());
+    // PsyNet's ad template, with the favicon its extra_files() added.
+    assert!(ad.text().contains("/static/favicon.svg"), "{}", ad.text());
+    let favicon = http_request(&host, "GET", "/static/favicon.svg", &[], b"").unwrap();
+    assert_eq!(favicon.status, 200);
+
+    let created = http_request(
+        &host,
+        "POST",
+        &format!("/participant/{worker}/{hit}/{assignment}/debug"),
+        &[],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(created.status, 200, "{}", created.text());
+    let body: serde_json::Value = serde_json::from_str(&created.text()).unwrap();
+    assert_eq!(body["status"], "success", "{body}");
+    assert_eq!(body["participant"]["worker_id"], worker.as_str(), "{body}");
+    // It is in the stack's database, beside the rows PsyNet's preparation
+    // exported and its launch ingested.
+    let postgres_container = container_of(project, "postgresql");
+    let count = |table: &str| {
+        podman_exec(
+            &postgres_container,
+            &[
+                "psql",
+                "-U",
+                "dallinger",
+                "-d",
+                "dallinger",
+                "-tAc",
+                &format!("SELECT count(*) FROM {table}"),
+            ],
+        )
+        .trim()
+        .to_string()
+    };
+    assert_eq!(
+        count(&format!("participant WHERE worker_id = '{worker}'")),
+        "1"
+    );
+    // PsyNet's `ExperimentConfig` (table `experiment`), from the template.
+    assert_ne!(count("experiment"), "0");
+}
+
+/// The PsyNet image pushed to a registry on 127.0.0.1 and run by digest
+/// with `deploy-image`, as a server runs it: the pulled image is found to
+/// be PsyNet's, its preparation runs in a one-off container (PsyNet's
+/// sandbox mode), and the experiment serves a participant; `destroy`
+/// removes it.
+#[test]
+fn deploy_image_serves_the_pushed_psynet_image() {
+    use common::service_images::{
+        deploy_image_command, project_containers, service_images, ProjectCleanup, PulledImage,
+    };
+
+    let (redis, postgres) = service_images();
+    let sandbox = Sandbox::new();
+    let (_mirror, conf) = uv_mirror(&sandbox);
+    let exp = psynet_experiment(&sandbox, "psynet-deploy", false);
+    let registry = Registry::start(RegistryAuth::None);
+    let repository = format!("{}/dallinger-oci-test/psynet", registry.host());
+    sandbox.name_image(&exp, &repository);
+    let mut push = sandbox.cmd();
+    push.env_remove("DALLINGER_OCI_NO_DEPS")
+        .env("CONTAINERS_REGISTRIES_CONF", &conf)
+        .arg("push")
+        .arg(&exp)
+        .args(sdist_build_args())
+        .args(["--pull", "--base", BASE, "--run-prepare"])
+        .arg("--cache-dir")
+        .arg(test_cache_dir().join("psynet-cache"));
+    let out = ok(&mut push);
+    let reference = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Image ")?.strip_suffix(" built and pushed."))
+        .unwrap_or_else(|| panic!("no pushed reference in {out}"))
+        .to_string();
+    let _pulled = PulledImage(reference.clone());
+
+    let app = format!("psynet-deploy-{}", std::process::id());
+    let _cleanup = ProjectCleanup(app.clone());
+    let port = free_local_port();
+    let out = ok(&mut deploy_image_command(
+        &sandbox, &reference, &app, port, &redis, &postgres,
+    ));
+    assert!(out.contains("Launch: success"), "{out}");
+    let url = out
+        .split_whitespace()
+        .find(|w| w.contains("/ad?recruiter=hotair&assignmentId="))
+        .unwrap_or_else(|| panic!("no ad URL in {out}"));
+    serves_a_participant(&app, port, url);
+
+    ok(sandbox
+        .cmd()
+        .env("CONTAINERS_CONF", fixture("containers.conf"))
+        .args(["destroy", "--app", &app, "--remove-data"]));
+    assert_eq!(project_containers(&app), Vec::<String>::new());
 }

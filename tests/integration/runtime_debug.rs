@@ -4,25 +4,13 @@
 
 use crate::common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::dallinger_image::dallinger_demo_command;
+use common::debug_session::DebugSession;
 use common::registry::{http_request, Registry, RegistryAuth};
 use common::service_images::*;
 use common::*;
-
-/// Kills the debug process if the test fails before it exits.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 fn debug_serves_the_experiment_and_stops_cleanly_on_sigint() {
@@ -50,50 +38,14 @@ fn debug_serves_the_experiment_and_stops_cleanly_on_sigint() {
             "--remove-volumes",
             "--port",
             &port.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = KillOnDrop(cmd.spawn().unwrap());
-    let (lines, received) = mpsc::channel::<String>();
-    for stream in [
-        Box::new(child.0.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-        Box::new(child.0.stderr.take().unwrap()),
-    ] {
-        let lines = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                if lines.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-    }
-    drop(lines);
-    let mut transcript = String::new();
-    let mut wait_for = |needle: &str, limit: Duration| {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            match received.recv_timeout(Duration::from_millis(500)) {
-                Ok(line) => {
-                    eprintln!("debug> {line}");
-                    transcript.push_str(&line);
-                    transcript.push('\n');
-                    if line.contains(needle) {
-                        return;
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-        }
-        panic!("no {needle:?} within {limit:?}:\n{transcript}");
-    };
-    wait_for(
+        ]);
+    let mut session = DebugSession::spawn(&mut cmd);
+    session.wait_for(
         &format!("Server is running on http://localhost:{port}"),
         Duration::from_secs(1200),
     );
     eprintln!("server running after {:.1?}", started.elapsed());
-    wait_for("Dashboard user: admin password: ", Duration::from_secs(120));
+    session.wait_for("Dashboard user: admin password: ", Duration::from_secs(120));
 
     let host = format!("127.0.0.1:{port}");
     let robots = http_request(&host, "GET", "/robots.txt", &[], b"").unwrap();
@@ -104,22 +56,8 @@ fn debug_serves_the_experiment_and_stops_cleanly_on_sigint() {
         robots.text()
     );
 
-    // Ctrl-C as a terminal would send it.
     let stop_started = Instant::now();
-    ok(Command::new("kill")
-        .args(["-INT", &child.0.id().to_string()])
-        .stdout(Stdio::null()));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "debug did not exit after SIGINT");
-        while let Ok(line) = received.try_recv() {
-            eprintln!("debug> {line}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let status = session.interrupt(Duration::from_secs(120));
     eprintln!("stopped in {:.1?}", stop_started.elapsed());
     assert!(status.success(), "debug exited with {status}");
     assert_eq!(project_containers(&project), Vec::<String>::new());

@@ -15,36 +15,6 @@ use common::registry::{http_request, Registry, RegistryAuth};
 use common::service_images::*;
 use common::*;
 
-/// The first container of a compose service.
-fn container_of(project: &str, service: &str) -> String {
-    ok(podman().args([
-        "ps",
-        "--filter",
-        &format!("label=com.docker.compose.project={project}"),
-        "--filter",
-        &format!("label=com.docker.compose.service={service}"),
-        "--format",
-        "{{.Names}}",
-    ]))
-    .lines()
-    .next()
-    .unwrap_or_else(|| panic!("no running {service} container in {project}"))
-    .to_string()
-}
-
-fn podman_exec(container: &str, args: &[&str]) -> String {
-    ok(podman().arg("exec").arg(container).args(args))
-}
-
-/// Removes the image podman pulled for the test.
-struct PulledImage(String);
-
-impl Drop for PulledImage {
-    fn drop(&mut self) {
-        let _ = podman().args(["rmi", "-f", &self.0]).output();
-    }
-}
-
 #[test]
 fn deploy_image_runs_a_pushed_dallinger_image_by_digest_and_destroy_removes_it() {
     let started = Instant::now();
@@ -70,13 +40,9 @@ fn deploy_image_runs_a_pushed_dallinger_image_by_digest_and_destroy_removes_it()
     let _cleanup = ProjectCleanup(app.clone());
     let port = free_local_port();
     let deploy_started = Instant::now();
-    let out = ok(sandbox
-        .cmd()
-        .env("CONTAINERS_CONF", fixture("containers.conf"))
-        .args(["deploy-image", "--image", &reference, "--sandbox"])
-        .args(["-c", "recruiter", "hotair", "--app", &app])
-        .args(["--port", &port.to_string()])
-        .args(["--redis-image", &redis, "--postgres-image", &postgres]));
+    let out = ok(&mut deploy_image_command(
+        &sandbox, &reference, &app, port, &redis, &postgres,
+    ));
     eprintln!("deploy-image: {:.1?}", deploy_started.elapsed());
     assert!(out.contains("Launch: success"), "{out}");
     assert!(
