@@ -15,7 +15,9 @@ epoch=${BASE_SOURCE_DATE_EPOCH:-946684800}
 arch=${BASE_ARCH:-}
 
 cache=${DALLINGER_OCI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dallinger-oci}
-key=$(printf '%s\n' "$suite" "$variant" "$packages" "$mirror" "$epoch" ${arch:+"$arch"} | sha256sum | cut -c1-16)
+# The extract variant's dpkg status is written by a hook below (its version is in the key).
+key=$(printf '%s\n' "$suite" "$variant" "$packages" "$mirror" "$epoch" ${arch:+"$arch"} \
+  $([ "$variant" != extract ] || echo extract-status-1) | sha256sum | cut -c1-16)
 out="$cache/bases/$suite-python-$key.tar"
 
 if [ ! -s "$out" ]; then
@@ -33,8 +35,20 @@ if [ ! -s "$out" ]; then
   tmp="$out.partial.$$"
   trap 'rm -f "$tmp"' EXIT
   echo "making the $suite Python base with mmdebstrap (about 30 s)" >&2
+  hooks=()
+  if [ "$variant" = extract ]; then
+    # The extract variant only unpacks (no maintainer script runs, so a
+    # foreign architecture needs no emulation) and leaves dpkg's status
+    # empty: record each unpacked package there, as an install would, so
+    # what reads the status (the Python version, Debian packages) sees them.
+    hooks+=(--extract-hook='set -e; export LC_ALL=C; s="$1/var/lib/dpkg/status"; : > "$s";
+      for deb in "$1"/var/cache/apt/archives/*.deb; do
+        dpkg-deb -f "$deb" | awk '"'"'{ print } /^Package:/ { print "Status: install ok installed" }'"'"' >> "$s"
+        echo >> "$s"
+      done')
+  fi
   SOURCE_DATE_EPOCH=$epoch mmdebstrap --quiet --variant="$variant" --include="$packages" \
-    ${arch:+--architectures="$arch"} --mode=root --format=tar "$suite" "$tmp" "$mirror" >&2
+    ${arch:+--architectures="$arch"} "${hooks[@]}" --mode=root --format=tar "$suite" "$tmp" "$mirror" >&2
   mv "$tmp" "$out"
 fi
 echo "$out"

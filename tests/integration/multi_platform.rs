@@ -4,8 +4,10 @@
 //! qemu-user through binfmt_misc, or refused in one line without it.
 //!
 //! The bases are made by the test: Debian bookworm with mmdebstrap for
-//! amd64 and for arm64 (the latter in mmdebstrap's foreign mode, under
-//! qemu-user-static), imported as one two-platform layout.
+//! amd64 and for arm64 (the latter in mmdebstrap's foreign mode: only
+//! unpacked for the builds that run nothing of it, installed under
+//! qemu-user-static for the long demo test), imported as one two-platform
+//! layout.
 
 use crate::common;
 
@@ -43,26 +45,43 @@ fn register_qemu_aarch64() {
     assert!(entry.starts_with("enabled"), "{entry}");
 }
 
+/// How the foreign (arm64) half of a two-platform base is made.
+#[derive(Clone, Copy)]
+enum Foreign {
+    /// Installed as Debian installs it, its maintainer scripts run under
+    /// qemu-user-static (minutes): for images that run on arm64.
+    Installed,
+    /// The same packages only unpacked (mmdebstrap's `extract` variant,
+    /// seconds, no emulation): for builds that read the base and run
+    /// nothing of it.
+    Unpacked,
+}
+
 /// A Debian bookworm root filesystem with `packages` for `arch` (an
-/// arm64 one made under qemu-user-static).
-fn rootfs(packages: &str, arch: &str) -> PathBuf {
+/// arm64 one made by mmdebstrap's foreign mode, as `foreign` says).
+fn rootfs(packages: &str, arch: &str, foreign: Foreign) -> PathBuf {
     if arch == "amd64" {
         // The tests' own bases (this machine's architecture).
         return debian_rootfs(packages);
     }
     require_tool("mmdebstrap");
-    register_qemu_aarch64();
-    let out = ok(Command::new("bash")
-        .arg(repo_root().join("scripts/python-base.sh"))
+    let mut cmd = Command::new("bash");
+    cmd.arg(repo_root().join("scripts/python-base.sh"))
         .env("BASE_PACKAGES", packages)
-        .env("BASE_ARCH", arch));
-    PathBuf::from(out.trim())
+        .env("BASE_ARCH", arch);
+    match foreign {
+        Foreign::Installed => register_qemu_aarch64(),
+        Foreign::Unpacked => {
+            cmd.env("BASE_VARIANT", "extract");
+        }
+    }
+    PathBuf::from(ok(&mut cmd).trim())
 }
 
 /// The amd64 and arm64 root filesystems with `packages` as one OCI layout
 /// holding an image index (made once under the test cache); its
 /// `oci:DIR:base` reference.
-fn two_platform_layout(packages: &str) -> String {
+fn two_platform_layout(packages: &str, foreign: Foreign) -> String {
     use dallinger_oci::base::{self, BaseRef};
     use dallinger_oci::image::platform::Platform;
     use dallinger_oci::image::store::BlobStore;
@@ -71,8 +90,8 @@ fn two_platform_layout(packages: &str) -> String {
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     // The amd64 half is the tests' own layout of that base (its layer
     // compressed once for all tests).
-    let amd64 = BaseRef::parse(&rootfs_layout(rootfs(packages, "amd64"))).unwrap();
-    let arm64 = rootfs(packages, "arm64");
+    let amd64 = BaseRef::parse(&rootfs_layout(rootfs(packages, "amd64", foreign))).unwrap();
+    let arm64 = rootfs(packages, "arm64", foreign);
     let stem = arm64.file_stem().unwrap().to_string_lossy().into_owned();
     let dir = test_cache_dir().join(format!("{stem}-amd64-arm64-oci"));
     if !dir.join("index.json").is_file() {
@@ -170,7 +189,7 @@ fn python_cmd(sandbox: &Sandbox, args: &[&str]) -> Command {
 fn without_deps_each_platform_gets_its_base_and_shares_the_code_layer() {
     let sandbox = Sandbox::new();
     let exp = sandbox.experiment("golden", "golden");
-    let base = two_platform_layout(PYTHON_BASE_PACKAGES);
+    let base = two_platform_layout(PYTHON_BASE_PACKAGES, Foreign::Unpacked);
     let build = |out: &str, platform: &str| {
         let mut cmd = sandbox.cmd();
         cmd.args(["build"])
@@ -240,7 +259,7 @@ fn a_foreign_sdist_without_binfmt_is_one_line_and_a_wheel_in_find_links_builds()
     fs::write(exp.join("requirements.txt"), "tinyext\n").unwrap();
     fs::write(exp.join("constraints.txt"), "tinyext==1.0\n").unwrap();
     let links = crate::sdist_build::sdist_dir(&sandbox.path("sdist"));
-    let base = two_platform_layout(PYTHON_BASE_PACKAGES);
+    let base = two_platform_layout(PYTHON_BASE_PACKAGES, Foreign::Unpacked);
     // A machine without emulation: an empty binfmt_misc.
     let no_binfmt = sandbox.path("no-binfmt");
     fs::create_dir_all(&no_binfmt).unwrap();
@@ -313,8 +332,8 @@ fn a_foreign_sdist_without_binfmt_is_one_line_and_a_wheel_in_find_links_builds()
 fn the_dallinger_demo_for_amd64_and_arm64() {
     let started = Instant::now();
     register_qemu_aarch64();
-    let base = two_platform_layout(PYTHON_BASE_PACKAGES);
-    let builder = two_platform_layout(PYTHON_BUILDER_PACKAGES);
+    let base = two_platform_layout(PYTHON_BASE_PACKAGES, Foreign::Installed);
+    let builder = two_platform_layout(PYTHON_BUILDER_PACKAGES, Foreign::Installed);
     eprintln!("bases: {:.1?}", started.elapsed());
     let sandbox = Sandbox::new();
     let exp = sandbox.experiment("dallinger-demo", "dallinger-demo");
