@@ -3,7 +3,8 @@
 # a one-off container of the experiment's image against the stack's
 # postgresql and redis. What it writes to /experiment/.deploy (the deployment
 # info with its secret, the pre-deploy constants, the database template)
-# lands in a volume that web and workers share: none of it is in the image.
+# and the assets it deposits (~/psynet-data) land in volumes that web and
+# workers share: none of it is in the image.
 import os
 import sys
 
@@ -32,8 +33,10 @@ deployment_info.find_git_repo = lambda: ORIGIN
 deployment_info.init(
     redeploying_from_archive=False,
     mode=MODE,
-    # debug serves this machine; deploy-image a server.
-    is_local_deployment=MODE == "debug",
+    # Web and workers share this container's file system where PsyNet
+    # writes (the .deploy and psynet-data volumes): a local deployment, so
+    # assets are deposited into the shared storage.
+    is_local_deployment=True,
     is_ssh_deployment=False,
     server=None,
     app=None,

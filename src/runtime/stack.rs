@@ -73,6 +73,13 @@ const REDIS_VOLUME: &str = "redis_data";
 const PSYNET_DEPLOY_VOLUME: &str = "psynet_deploy";
 /// Where PsyNet reads its deployment's state (`psynet/deployment_info.py`).
 const PSYNET_DEPLOY_DIR: &str = "/experiment/.deploy";
+const PSYNET_DATA_VOLUME: &str = "psynet_data";
+/// PsyNet's `LocalStorage` root (`~/psynet-data/assets`, under the
+/// containers' `HOME`), where the preparation deposits the experiment's
+/// assets and web serves them from (`static/assets` links to it).
+const PSYNET_DATA_DIR: &str = "/tmp/psynet-data";
+/// The containers' home (`HOME`).
+const CONTAINER_HOME: &str = "/tmp";
 /// The program [`Stack::prepare_psynet`] runs, and the line it ends with.
 const PSYNET_PREPARE: &str = include_str!("psynet_prepare.py");
 const PSYNET_PREPARED: &str = "dallinger-oci: PsyNet prepared";
@@ -125,7 +132,10 @@ impl StackPlan {
             depends_on: depends_on.clone(),
             binds: self.source_mounts.clone(),
             volumes: if self.psynet {
-                vec![(PSYNET_DEPLOY_VOLUME.into(), PSYNET_DEPLOY_DIR.into())]
+                vec![
+                    (PSYNET_DEPLOY_VOLUME.into(), PSYNET_DEPLOY_DIR.into()),
+                    (PSYNET_DATA_VOLUME.into(), PSYNET_DATA_DIR.into()),
+                ]
             } else {
                 vec![]
             },
@@ -145,6 +155,7 @@ impl StackPlan {
         let mut volumes = vec![PG_VOLUME.into(), REDIS_VOLUME.into()];
         if self.psynet {
             volumes.push(PSYNET_DEPLOY_VOLUME.into());
+            volumes.push(PSYNET_DATA_VOLUME.into());
         }
         ComposeFile { services, volumes }
     }
@@ -162,7 +173,7 @@ impl StackPlan {
                     self.postgres_password
                 ),
             ),
-            ("HOME".into(), "/tmp".into()),
+            ("HOME".into(), CONTAINER_HOME.into()),
             ("PORT".into(), self.web_port.container_port.to_string()),
         ];
         for (key, value) in &self.environment {

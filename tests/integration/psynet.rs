@@ -499,28 +499,32 @@ fn serves_a_participant(project: &str, port: u16, url: &str) {
     // It is in the stack's database, beside the rows PsyNet's preparation
     // exported and its launch ingested.
     let postgres_container = container_of(project, "postgresql");
-    let count = |table: &str| {
+    // One value from the stack's database.
+    let query = |sql: &str| {
         podman_exec(
             &postgres_container,
-            &[
-                "psql",
-                "-U",
-                "dallinger",
-                "-d",
-                "dallinger",
-                "-tAc",
-                &format!("SELECT count(*) FROM {table}"),
-            ],
+            &["psql", "-U", "dallinger", "-d", "dallinger", "-tAc", sql],
         )
         .trim()
         .to_string()
     };
+    let count = |table: &str| query(&format!("SELECT count(*) FROM {table}"));
     assert_eq!(
         count(&format!("participant WHERE worker_id = '{worker}'")),
         "1"
     );
     // PsyNet's `ExperimentConfig` (table `experiment`), from the template.
     assert_ne!(count("experiment"), "0");
+    // The experiment's asset, deposited by the preparation in the storage
+    // web serves (the shared psynet-data volume).
+    let asset_url = query("SELECT url FROM asset WHERE local_key = 'greeting'");
+    assert!(asset_url.starts_with("/static/assets/"), "{asset_url:?}");
+    let greeting = http_request(&host, "GET", &asset_url, &[], b"").unwrap();
+    assert_eq!(greeting.status, 200, "{asset_url}: {}", greeting.text());
+    assert_eq!(
+        greeting.text(),
+        fs::read_to_string(repo_root().join("fixtures/experiments/psynet/greeting.txt")).unwrap()
+    );
 }
 
 /// The PsyNet image pushed to a registry on 127.0.0.1 and run by digest
