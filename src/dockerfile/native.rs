@@ -189,6 +189,8 @@ struct BuildContext {
     dirs: BTreeSet<String>,
     /// The extra and Dallinger's files were added (`complete_context`).
     completed: bool,
+    /// Unpacked trees context files are read from, kept while they are.
+    held: Vec<unpack::Rootfs>,
 }
 
 impl BuildContext {
@@ -212,6 +214,7 @@ impl BuildContext {
             files,
             dirs,
             completed: false,
+            held: Vec::new(),
         })
     }
 
@@ -230,26 +233,42 @@ impl BuildContext {
     }
 }
 
+/// `rel` below `dir` when each of its components is a directory and none
+/// a symlink. An image's unpacked tree is read on this machine only this
+/// way: a link in it could point anywhere here (`/etc`, `/root`).
+fn real_dir(dir: &Path, rel: &str) -> Option<PathBuf> {
+    let mut path = dir.to_path_buf();
+    for part in rel.split('/').filter(|p| !p.is_empty()) {
+        path.push(part);
+        if !path.symlink_metadata().ok()?.is_dir() {
+            return None;
+        }
+    }
+    Some(path)
+}
+
 /// The Python site directories of an unpacked image (Debian's
-/// `dist-packages`, others' `site-packages`).
+/// `dist-packages`, others' `site-packages`), none through a symlink.
 fn site_dirs(root: &Path) -> Vec<PathBuf> {
-    let mut sites = vec![root.join("usr/lib/python3/dist-packages")];
+    let mut sites: Vec<PathBuf> = real_dir(root, "usr/lib/python3/dist-packages")
+        .into_iter()
+        .collect();
     for lib in ["usr/local/lib", "usr/lib"] {
-        let Ok(entries) = fs::read_dir(root.join(lib)) else {
+        let Some(Ok(entries)) = real_dir(root, lib).map(fs::read_dir) else {
             continue;
         };
         let mut versions: Vec<PathBuf> = entries
             .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
             .filter(|e| e.file_name().to_string_lossy().starts_with("python3"))
             .map(|e| e.path())
             .collect();
         versions.sort();
         for dir in versions {
-            sites.push(dir.join("dist-packages"));
-            sites.push(dir.join("site-packages"));
+            sites.extend(real_dir(&dir, "dist-packages"));
+            sites.extend(real_dir(&dir, "site-packages"));
         }
     }
-    sites.retain(|d| d.is_dir());
     sites
 }
 
@@ -1357,8 +1376,8 @@ impl<'a> Builder<'a> {
         }
         if let Some(dallinger) = sites
             .iter()
-            .map(|site| site.join("dallinger"))
-            .find(|d| d.join("frontend").is_dir())
+            .find_map(|site| real_dir(site, "dallinger/frontend"))
+            .and_then(|frontend| frontend.parent().map(Path::to_path_buf))
         {
             let clock_on = experiment.get("clock_on").is_some_and(|v| {
                 matches!(
@@ -1374,19 +1393,21 @@ impl<'a> Builder<'a> {
                 "Procfile_no_clock"
             };
             let procfile = dallinger.join("heroku").join(procfile);
-            if procfile.is_file() {
+            if real_dir(&dallinger, "heroku").is_some()
+                && procfile.symlink_metadata().is_ok_and(|m| m.is_file())
+            {
                 files.push(("Procfile".to_string(), procfile));
             }
-            for (rel, path) in files {
-                let bytes =
-                    fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-                let executable = fs::metadata(&path)?.permissions().mode() & 0o111 != 0;
+            for (rel, source) in files {
+                let executable = source.symlink_metadata()?.permissions().mode() & 0o111 != 0;
                 added += self
                     .context
-                    .add_if_absent(&rel, FileKind::Generated { bytes, executable })
+                    .add_if_absent(&rel, FileKind::File { source, executable })
                     as usize;
             }
         }
+        // Read when the layer is written: the tree stays while the build runs.
+        self.context.held.push(rootfs);
         if added > 0 {
             eprintln!(
                 "{}: the context also has {added} files of the image's extra_files() and Dallinger's frontend, as Dallinger's staging directory has them",
@@ -2177,6 +2198,40 @@ fn extract_into<W: Write>(tar: &mut tar::Builder<W>, extract: &Extract, mtime: u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A hostile image's links are never followed to this machine's files:
+    /// a site directory or Dallinger's frontend that is a symlink is not
+    /// read.
+    #[test]
+    fn image_trees_are_read_only_through_real_directories() {
+        let root = tempfile::tempdir().unwrap();
+        let host = tempfile::tempdir().unwrap();
+        fs::create_dir_all(host.path().join("frontend")).unwrap();
+        fs::write(host.path().join("frontend/secret"), "this machine's").unwrap();
+        let site = root.path().join("usr/local/lib/python3.11/dist-packages");
+        fs::create_dir_all(&site).unwrap();
+        std::os::unix::fs::symlink(host.path(), site.join("dallinger")).unwrap();
+        fs::create_dir_all(root.path().join("usr/lib")).unwrap();
+        std::os::unix::fs::symlink(host.path(), root.path().join("usr/lib/python3.12")).unwrap();
+        assert_eq!(site_dirs(root.path()), vec![site.clone()]);
+        assert!(real_dir(&site, "dallinger/frontend").is_none());
+        // A real directory is read, its symlinked entries skipped.
+        fs::remove_file(site.join("dallinger")).unwrap();
+        fs::create_dir_all(site.join("dallinger/frontend/static")).unwrap();
+        fs::write(site.join("dallinger/frontend/static/a.js"), "a").unwrap();
+        std::os::unix::fs::symlink(
+            host.path().join("frontend/secret"),
+            site.join("dallinger/frontend/static/b.js"),
+        )
+        .unwrap();
+        let frontend = real_dir(&site, "dallinger/frontend").unwrap();
+        let mut files = Vec::new();
+        collect_files(&frontend, "", &mut files).unwrap();
+        assert_eq!(
+            files,
+            vec![("static/a.js".to_string(), frontend.join("static/a.js"))]
+        );
+    }
 
     #[test]
     fn requirement_installs_are_recognised_and_nothing_else() {
