@@ -297,12 +297,7 @@ fn python_stage(
     let requested_of = |resolution: &crate::python::Resolution| -> Result<BTreeSet<PackageName>> {
         requested_packages(experiment, &requirements, resolution)
     };
-    let clock_on = experiment.get("clock_on").is_some_and(|v| {
-        matches!(
-            v.trim().to_ascii_lowercase().as_str(),
-            "true" | "1" | "yes" | "on"
-        )
-    });
+    let clock_on = experiment.clock_on();
     if python.compile_bytecode {
         let wanted = Platform::parse(platform)?;
         crate::image::platform::can_run(&wanted).map_err(|why| {

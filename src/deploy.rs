@@ -473,7 +473,7 @@ pub fn deploy_image(engine: Option<&Engine>, req: &DeployRequest) -> Result<()> 
     let password = lookup(&environment, "dashboard_password")
         .unwrap_or_default()
         .to_string();
-    let plan = StackPlan {
+    let mut plan = StackPlan {
         experiment_image: image.clone(),
         images: service_images(
             req.redis_image.as_deref(),
@@ -494,10 +494,10 @@ pub fn deploy_image(engine: Option<&Engine>, req: &DeployRequest) -> Result<()> 
             container_port: 5000,
         },
     };
-    let mut plan = plan;
-    let mut file = plan.compose_file();
-    let mut compose_file = write_stack_files(&dir, &app, &file.render())?;
     let Some(engine) = engine else {
+        // The image is not looked at: a PsyNet image's volumes are added
+        // when it is started.
+        let compose_file = write_stack_files(&dir, &app, &plan.compose_file().render())?;
         println!("Compose file: {}", compose_file.display());
         println!("Not started (--no-start); compose project name: {app}");
         return Ok(());
@@ -515,11 +515,9 @@ pub fn deploy_image(engine: Option<&Engine>, req: &DeployRequest) -> Result<()> 
     }
     // A PsyNet experiment's web and workers share the `.deploy` volume its
     // preparation writes (see `Stack::start_preparing`).
-    if engine.image_has_python_module(&image, "psynet")? {
-        plan.psynet = true;
-        file = plan.compose_file();
-        compose_file = write_stack_files(&dir, &app, &file.render())?;
-    }
+    plan.psynet = engine.image_has_python_module(&image, "psynet")?;
+    let file = plan.compose_file();
+    let compose_file = write_stack_files(&dir, &app, &file.render())?;
     println!("Compose file: {}", compose_file.display());
     let stack = Stack {
         engine: engine.clone(),

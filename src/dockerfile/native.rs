@@ -1379,12 +1379,7 @@ impl<'a> Builder<'a> {
             .find_map(|site| real_dir(site, "dallinger/frontend"))
             .and_then(|frontend| frontend.parent().map(Path::to_path_buf))
         {
-            let clock_on = experiment.get("clock_on").is_some_and(|v| {
-                matches!(
-                    v.trim().to_ascii_lowercase().as_str(),
-                    "true" | "1" | "yes" | "on"
-                )
-            });
+            let clock_on = experiment.clock_on();
             let mut files = Vec::new();
             collect_files(&dallinger.join("frontend"), "", &mut files)?;
             let procfile = if clock_on {

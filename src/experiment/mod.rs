@@ -295,6 +295,16 @@ impl Experiment {
         self.config.get(key)
     }
 
+    /// `clock_on` is set: Dallinger's Procfile then runs the clock.
+    pub fn clock_on(&self) -> bool {
+        self.get("clock_on").is_some_and(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "true" | "1" | "yes" | "on"
+            )
+        })
+    }
+
     /// The merged configuration (`config.txt` over `~/.dallingerconfig`).
     pub fn config(&self) -> &config::Config {
         &self.config

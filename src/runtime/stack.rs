@@ -73,11 +73,10 @@ const REDIS_VOLUME: &str = "redis_data";
 const PSYNET_DEPLOY_VOLUME: &str = "psynet_deploy";
 /// Where PsyNet reads its deployment's state (`psynet/deployment_info.py`).
 const PSYNET_DEPLOY_DIR: &str = "/experiment/.deploy";
-const PSYNET_DATA_VOLUME: &str = "psynet_data";
-/// PsyNet's `LocalStorage` root (`~/psynet-data/assets`, under the
+/// Holds PsyNet's `LocalStorage` root (`~/psynet-data/assets`, under the
 /// containers' `HOME`), where the preparation deposits the experiment's
 /// assets and web serves them from (`static/assets` links to it).
-const PSYNET_DATA_DIR: &str = "/tmp/psynet-data";
+const PSYNET_DATA_VOLUME: &str = "psynet_data";
 /// The containers' home (`HOME`).
 const CONTAINER_HOME: &str = "/tmp";
 /// The program [`Stack::prepare_psynet`] runs, and the line it ends with.
@@ -134,7 +133,10 @@ impl StackPlan {
             volumes: if self.psynet {
                 vec![
                     (PSYNET_DEPLOY_VOLUME.into(), PSYNET_DEPLOY_DIR.into()),
-                    (PSYNET_DATA_VOLUME.into(), PSYNET_DATA_DIR.into()),
+                    (
+                        PSYNET_DATA_VOLUME.into(),
+                        format!("{CONTAINER_HOME}/psynet-data"),
+                    ),
                 ]
             } else {
                 vec![]
@@ -267,7 +269,7 @@ impl Stack {
     }
 
     /// Starts postgres and redis and waits until they are healthy.
-    pub fn start_services(&self) -> Result<()> {
+    fn start_services(&self) -> Result<()> {
         eprintln!("Starting postgresql and redis…");
         self.compose
             .run(&["up", "-d", "postgresql", "redis"], self.verbose)?;
@@ -305,7 +307,7 @@ impl Stack {
     }
 
     /// Starts web, workers and clock (postgres and redis are healthy).
-    pub fn start_apps(&self) -> Result<()> {
+    fn start_apps(&self) -> Result<()> {
         eprintln!("Postgresql and redis are healthy; starting web and workers…");
         self.compose.run(&["up", "-d"], self.verbose)?;
         for service in &self.file.services {
