@@ -991,10 +991,29 @@ unsafe fn child_main(plan: &ChildPlan, stdin: i32, log: i32, report: i32) -> ! {
     if plan.drop_capabilities && !drop_capabilities() {
         fail(report, STEP_CAPS);
     }
-    libc::execve(
-        plan.args[0].as_ptr(),
-        plan.argv.as_ptr(),
-        plan.envp.as_ptr(),
-    );
+    // ETXTBSY is transient: another thread of this process may have had
+    // the program open for writing (an unpacked tree, a copied binary) when
+    // some sandbox forked, and that fork's child holds the descriptor until
+    // it execs itself, a few milliseconds. Retried, with growing sleeps,
+    // for about two seconds, as cargo does for its build scripts.
+    let mut pause_ms: i64 = 1;
+    let mut waited_ms: i64 = 0;
+    loop {
+        libc::execve(
+            plan.args[0].as_ptr(),
+            plan.argv.as_ptr(),
+            plan.envp.as_ptr(),
+        );
+        if *libc::__errno_location() != libc::ETXTBSY || waited_ms >= 2000 {
+            break;
+        }
+        let pause = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: pause_ms * 1_000_000,
+        };
+        libc::nanosleep(&pause, std::ptr::null_mut());
+        waited_ms += pause_ms;
+        pause_ms = (pause_ms * 2).min(100);
+    }
     fail(report, 15)
 }

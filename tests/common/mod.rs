@@ -148,6 +148,16 @@ pub fn copy_tree(from: &Path, to: &Path) {
 }
 
 pub fn run(cmd: &mut Command) -> Output {
+    // A program a test has just written (a copied binary, a fake tool) is
+    // busy while another test thread's fork still holds it open: retried.
+    for _ in 0..50 {
+        match cmd.output() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            out => return out.expect("command starts"),
+        }
+    }
     cmd.output().expect("command starts")
 }
 

@@ -160,21 +160,33 @@ fn works_for_an_unprivileged_user() {
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
     fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
     std::os::unix::fs::chown(&scratch, Some(65534), Some(65534)).unwrap();
-    let out = run(std::process::Command::new(setpriv)
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(&exe)
-        .arg("--exact")
-        .args(
-            [
-                "runs_as_root_of_its_own_namespaces_on_a_read_only_root",
-                "an_overlay_root_records_changes_in_its_upper_directory",
-            ]
-            .map(|test| test_name(module_path!(), test)),
-        )
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap())
-        .env("HOME", &scratch)
-        .env("TMPDIR", &scratch));
+    // setpriv execs the copy, which another test thread's fork may still
+    // hold open for writing for a moment (ETXTBSY): retried.
+    let unprivileged = || {
+        run(std::process::Command::new(&setpriv)
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&exe)
+            .arg("--exact")
+            .args(
+                [
+                    "runs_as_root_of_its_own_namespaces_on_a_read_only_root",
+                    "an_overlay_root_records_changes_in_its_upper_directory",
+                ]
+                .map(|test| test_name(module_path!(), test)),
+            )
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap())
+            .env("HOME", &scratch)
+            .env("TMPDIR", &scratch))
+    };
+    let mut out = unprivileged();
+    for _ in 0..20 {
+        if !String::from_utf8_lossy(&out.stderr).contains("Text file busy") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        out = unprivileged();
+    }
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains("2 passed"),
