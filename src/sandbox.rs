@@ -747,6 +747,32 @@ unsafe fn drop_capabilities() -> bool {
     libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) == 0
 }
 
+/// Closes every descriptor from `first` on: close_range(2) (Linux 5.9), or
+/// one by one up to the descriptor limit where the kernel lacks it.
+unsafe fn close_from(first: libc::c_int) {
+    if libc::syscall(
+        libc::SYS_close_range,
+        first as libc::c_uint,
+        libc::c_uint::MAX,
+        0,
+    ) == 0
+    {
+        return;
+    }
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    let end = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+        limit.rlim_cur.min(1 << 20) as libc::c_int
+    } else {
+        1024
+    };
+    for fd in first..end {
+        libc::close(fd);
+    }
+}
+
 /// The forked child: namespaces, then a second fork so the program is PID 1
 /// of its own PID namespace, mounts, pivot_root, locks, exec.
 unsafe fn child_main(plan: &ChildPlan, stdin: i32, log: i32, report: i32) -> ! {
@@ -754,6 +780,18 @@ unsafe fn child_main(plan: &ChildPlan, stdin: i32, log: i32, report: i32) -> ! {
     if libc::dup2(stdin, 0) < 0 || libc::dup2(log, 1) < 0 || libc::dup2(log, 2) < 0 {
         fail(report, 0);
     }
+    // Nothing else of the parent is kept: the fork copied every descriptor
+    // its other threads had open (a layer being written, a file being
+    // copied), and this process lives as long as the program. The report
+    // pipe moves to 3, still close-on-exec, and the rest is closed.
+    let report = if report == 3 {
+        report
+    } else if libc::dup3(report, 3, libc::O_CLOEXEC) == 3 {
+        3
+    } else {
+        fail(report, 0)
+    };
+    close_from(4);
     if libc::unshare(plan.flags) != 0 {
         fail(report, STEP_UNSHARE);
     }
@@ -993,9 +1031,9 @@ unsafe fn child_main(plan: &ChildPlan, stdin: i32, log: i32, report: i32) -> ! {
     }
     // ETXTBSY is transient: another thread of this process may have had
     // the program open for writing (an unpacked tree, a copied binary) when
-    // some sandbox forked, and that fork's child holds the descriptor until
-    // it execs itself, a few milliseconds. Retried, with growing sleeps,
-    // for about two seconds, as cargo does for its build scripts.
+    // some process was forked, and that fork's child holds the descriptor
+    // until it closes it or execs, moments later. Retried, with growing
+    // sleeps, for about two seconds, as cargo does for its build scripts.
     let mut pause_ms: i64 = 1;
     let mut waited_ms: i64 = 0;
     loop {

@@ -195,6 +195,61 @@ fn works_for_an_unprivileged_user() {
     );
 }
 
+/// The sandbox keeps nothing its parent had open: a program this process
+/// was still writing when a sandbox started can be run once it is closed,
+/// while the sandboxed program still runs (no ETXTBSY from a descriptor
+/// the sandbox's waiting process inherited).
+#[test]
+fn a_running_sandbox_holds_no_file_of_its_parent_open() {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = busybox_root(dir.path());
+    let exe = dir.path().join("copied-true");
+    let mut writing = File::create(&exe).unwrap();
+    writing
+        .write_all(&fs::read(require_tool("true")).unwrap())
+        .unwrap();
+    fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+    let log_path = dir.path().join("log");
+    let log = File::create(&log_path).unwrap();
+    let sandbox = std::thread::spawn(move || {
+        Sandbox::new(&root)
+            .env("PATH", "/bin")
+            .run(
+                &["/bin/busybox", "sh", "-c", "echo started; busybox sleep 4"],
+                &log,
+            )
+            .unwrap()
+    });
+    for _ in 0..500 {
+        if fs::read_to_string(&log_path).unwrap().contains("started") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(fs::read_to_string(&log_path).unwrap().contains("started"));
+    drop(writing);
+    // Other test threads' forks may hold it for a moment: up to a second,
+    // well inside the program's four.
+    let mut result = std::process::Command::new(&exe).status();
+    for _ in 0..50 {
+        match &result {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                result = std::process::Command::new(&exe).status();
+            }
+            _ => break,
+        }
+    }
+    assert!(result.unwrap().success());
+    assert!(
+        !sandbox.is_finished(),
+        "the check ran after the program ended"
+    );
+    assert_eq!(sandbox.join().unwrap(), Exit::Code(0));
+}
+
 /// With an overlay the root is writable and every change lands in the upper
 /// directory: additions as files, deletions as 0/0 character devices, a
 /// replaced directory marked opaque; the image root is untouched.
